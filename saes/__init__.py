@@ -1,0 +1,1 @@
+"""interlayer.saes"""

@@ -1,0 +1,49 @@
+"""Tiny random models of every supported architecture, built from transformers
+config classes with no network."""
+
+from __future__ import annotations
+
+import torch
+import transformers as tf
+
+VOCAB = 64
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+TINY_ARCHITECTURES = {
+    "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**_COMMON, head_dim=8, sliding_window=4,
+                                                                layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
+    "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**_COMMON, head_dim=8, sliding_window=4,
+                                                          final_logit_softcapping=2.0)),
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**_COMMON)),
+    "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**_COMMON)),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**_COMMON)),
+    "qwen3": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**_COMMON, head_dim=8)),
+    "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**_COMMON)),
+    "olmo2": lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**_COMMON)),
+    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                                    bos_token_id=1, eos_token_id=2)),
+    "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                              num_hidden_layers=3, num_attention_heads=4,
+                                                              max_position_embeddings=64, use_parallel_residual=False,
+                                                              bos_token_id=1, eos_token_id=2)),
+    "gpt_neox_parallel": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32,
+                                                                       intermediate_size=64, num_hidden_layers=3,
+                                                                       num_attention_heads=4, max_position_embeddings=64,
+                                                                       use_parallel_residual=True,
+                                                                       bos_token_id=1, eos_token_id=2)),
+}
+
+
+def make_tiny(name: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random model of architecture ``name`` in eval mode, float32."""
+    torch.manual_seed(seed)
+    model = TINY_ARCHITECTURES[name]().eval()
+    # Random init gives near-uniform outputs; scale weights so layers matter.
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.mul_(3.0)
+    return model
