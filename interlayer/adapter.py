@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_submodule
+from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_blocks, get_submodule
 from .errors import LayerIndexError, UnknownSiteError, choices
 from .sites import SITE_KINDS, Site, parse_site
 
@@ -67,7 +67,7 @@ class ModelAdapter:
         self.tokenizer = tokenizer
         self.spec: ArchSpec = arch_spec(model)
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
-        self.blocks: nn.ModuleList = get_submodule(model, self.spec.layers)  # type: ignore[assignment]
+        self.blocks: nn.ModuleList = get_blocks(model, self.spec)
         self.final_norm: nn.Module = get_submodule(model, self.spec.final_norm)
         self.embed: nn.Module = get_submodule(model, self.spec.embed)
         self.unembed: nn.Module = get_submodule(model, self.spec.unembed)
@@ -153,10 +153,10 @@ class ModelAdapter:
         if site.kind == "resid_post":
             return _Handle([block.register_forward_hook(_output_hook(fn))])
         if site.kind == "attn_out":
-            module = get_submodule(block, self.spec.attn_out)
+            module = get_submodule(block, self.spec.attn_out, unwrap=False)
             return _Handle([module.register_forward_hook(_output_hook(fn))])
         if site.kind == "mlp_out":
-            module = get_submodule(block, self.spec.mlp_out)
+            module = get_submodule(block, self.spec.mlp_out, unwrap=False)
             return _Handle([module.register_forward_hook(_output_hook(fn))])
         return self._hook_resid_mid(block, fn)
 
@@ -177,9 +177,9 @@ class ModelAdapter:
             new = fn(mid)
             return None if new is None else new - pre
 
-        attn_input = get_submodule(block, self.spec.attn_input)
+        attn_input = get_submodule(block, self.spec.attn_input, unwrap=False)
         pre_handle = attn_input.register_forward_pre_hook(_input_hook(keep_pre), with_kwargs=True)
-        attn = get_submodule(block, self.spec.attn_out)
+        attn = get_submodule(block, self.spec.attn_out, unwrap=False)
         return _Handle([pre_handle, attn.register_forward_hook(_output_hook(through_attn))])
 
     @contextlib.contextmanager

@@ -148,9 +148,24 @@ def arch_spec(model: nn.Module) -> ArchSpec:
     return ARCHITECTURES[model_type]
 
 
-def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    """Follow a dotted attribute path from ``root``; errors name the missing part."""
-    module = root
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The original Hugging Face module behind a wrapper.
+
+    TransformerLens's ``TransformerBridge`` swaps a model's modules in place for
+    bridge components that keep the original as ``_original_component``. A block
+    bridge calls its original block, so block hooks go on the original; but some
+    sublayer bridges (attention) reimplement the forward pass instead of calling
+    the original, so sublayer hooks go on whatever the block actually calls.
+    """
+    while "_original_component" in getattr(module, "_modules", {}):
+        module = module._modules["_original_component"]
+    return module
+
+
+def get_submodule(root: nn.Module, path: str, *, unwrap: bool = True) -> nn.Module:
+    """Follow a dotted attribute path from ``root``, through wrappers when ``unwrap``
+    (for modules interlayer calls itself); errors name the missing part."""
+    module = unwrap_module(root)
     for part in path.split("."):
         if not hasattr(module, part):
             raise UnsupportedArchitectureError(
@@ -158,7 +173,17 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
                 "its layout differs from the registered architecture"
             )
         module = getattr(module, part)
+        if unwrap:
+            module = unwrap_module(module)
     return module
+
+
+def get_blocks(root: nn.Module, spec: ArchSpec) -> nn.ModuleList:
+    """The decoder blocks, unwrapped (the model's own ModuleList when unwrapped already)."""
+    layers = get_submodule(root, spec.layers)
+    if all(unwrap_module(block) is block for block in layers):
+        return layers  # type: ignore[return-value]
+    return nn.ModuleList([unwrap_module(block) for block in layers])
 
 
 def final_logit_softcap(model: nn.Module, spec: ArchSpec) -> float | None:

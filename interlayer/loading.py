@@ -3,6 +3,7 @@ all turned into one :class:`~interlayer.adapter.ModelAdapter`."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -103,7 +104,8 @@ def _convert(embedded: EmbeddedModel, out: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = embedded.alias
-    model.save_pretrained(out, safe_serialization=True)
+    with _quiet_transformers():
+        model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
 
@@ -143,6 +145,23 @@ def _pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return names[dtype]
 
 
+@contextlib.contextmanager
+def _quiet_transformers(verbose: bool = False):
+    """Hide transformers' per-load progress bars unless logging is at INFO."""
+    from transformers.utils import logging as hf_logging
+
+    if verbose or log.isEnabledFor(logging.INFO):
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
                      local_only: bool) -> ModelAdapter:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -155,9 +174,10 @@ def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.
             f"unsupported architecture: {', '.join(getattr(config, 'architectures', None) or [config.model_type])} "
             f"(model_type={config.model_type!r}); supported model types: {choices(sorted(ARCHITECTURES))}"
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True
-    )
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True
+        )
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
     model.to(device).eval()
     return ModelAdapter(model, tokenizer, name=name)

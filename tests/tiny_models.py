@@ -41,9 +41,25 @@ def make_tiny(name: str, seed: int = 0) -> torch.nn.Module:
     """A tiny random model of architecture ``name`` in eval mode, float32."""
     torch.manual_seed(seed)
     model = TINY_ARCHITECTURES[name]().eval()
+    model.config.architectures = [type(model).__name__]  # as a saved checkpoint records it
     # Random init gives near-uniform outputs; scale weights so layers matter.
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() >= 2:
                 param.mul_(3.0)
     return model
+
+
+def make_tokenizer(directory) -> "object":
+    """A word-level tokenizer over ``w0 .. w63``, saved to and reloaded from
+    ``directory`` so it carries a local ``name_or_path`` like a real checkpoint's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="w1", eos_token="w2", pad_token="w0", unk_token="w3")
+    tok.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)

@@ -1,0 +1,84 @@
+"""LayerDecoder against direct, unchunked computations."""
+
+import pytest
+import torch
+
+import interlayer
+from interlayer.decoding import LayerDecoder
+from tests.tiny_models import make_tiny
+
+
+@pytest.fixture(params=["gemma2", "llama", "gpt2"])
+def states(request):
+    model = interlayer.load_model(make_tiny(request.param))
+    ids = torch.randint(5, 60, (1, 9))
+    logits, acts = model.run(ids, read=[f"resid_post.{l}" for l in range(model.n_layers)])
+    hidden = torch.stack([acts[f"resid_post.{l}"][0] for l in range(model.n_layers)])  # [L, n, d]
+    return model, hidden, logits[0]
+
+
+def _direct(model, hidden):
+    logits = model.unembed_resid(hidden).detach().float()
+    return torch.log_softmax(logits, -1)
+
+
+def test_final_layer_reproduces_model_logits(states):
+    model, hidden, logits = states
+    dec = LayerDecoder(model)
+    torch.testing.assert_close(dec.logits(hidden[-1]), logits, atol=1e-5, rtol=0)
+    got = dec.decode(hidden[-1:], probs=True).probs[0]
+    torch.testing.assert_close(got, torch.softmax(logits, -1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("memory_mb", [1e-4, 0.001, 256.0])
+def test_decode_matches_direct_computation_in_any_chunking(states, memory_mb):
+    model, hidden, _ = states
+    ids = [3, 7, 7, 50]
+    dec = LayerDecoder(model, memory_mb=memory_mb)
+    out = dec.decode(hidden, top_k=5, entropy=True, reference=hidden[-1], token_ids=ids, probs=True)
+    logp = _direct(model, hidden)
+    p = logp.exp()
+    ref = logp[-1]
+    values, indices = torch.topk(logp, 5, dim=-1)
+    assert torch.equal(out.topk_ids, indices)
+    torch.testing.assert_close(out.topk_probs, values.exp(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.entropy, -(p * logp).sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.kl_to_reference, (ref.exp() * (ref - logp)).sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.token_logprobs, logp[..., ids], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.set_logprob, torch.log(p[..., ids].sum(-1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.probs, p, atol=1e-6, rtol=0)
+    assert out.kl_to_reference[-1].abs().max() < 1e-5  # the final layer against itself
+    if memory_mb < 0.01:
+        assert out.n_chunks > model.n_layers  # really split
+
+
+def test_chunks_stay_within_the_memory_bound():
+    model = interlayer.load_model(make_tiny("llama"))
+    for memory_mb in (0.01, 0.1, 1.0):
+        dec = LayerDecoder(model, memory_mb=memory_mb)
+        rows = dec.rows_per_chunk(with_reference=True)
+        assert rows * model.vocab_size * 4 * 6 <= memory_mb * 2**20 or rows == 1
+        assert (rows + 1) * model.vocab_size * 4 * 6 > memory_mb * 2**20
+
+
+def test_arbitrary_leading_dimensions():
+    model = interlayer.load_model(make_tiny("qwen3"))
+    hidden = torch.randn(2, 3, 4, model.d_model)
+    out = LayerDecoder(model, memory_mb=0.001).decode(hidden, top_k=2, entropy=True)
+    assert out.topk_ids.shape == (2, 3, 4, 2) and out.entropy.shape == (2, 3, 4)
+    assert torch.equal(out.topk_ids, torch.topk(_direct(model, hidden), 2, -1).indices)
+
+
+def test_bad_input_errors():
+    model = interlayer.load_model(make_tiny("llama"))
+    dec = LayerDecoder(model)
+    with pytest.raises(ValueError, match="d_model=32"):
+        dec.decode(torch.randn(3, 16))
+    with pytest.raises(ValueError, match=r"0\.\.64"):
+        dec.decode(torch.randn(3, 32), top_k=65)
+    with pytest.raises(ValueError, match=r"0\.\.63"):
+        dec.decode(torch.randn(3, 32), token_ids=[64])
+    with pytest.raises(ValueError, match="reference must have shape"):
+        dec.decode(torch.randn(2, 3, 32), reference=torch.randn(4, 32))
+    with pytest.raises(ValueError, match="positive"):
+        LayerDecoder(model, memory_mb=0)
