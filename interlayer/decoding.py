@@ -21,9 +21,10 @@ from .adapter import ModelAdapter
 DEFAULT_MEMORY_MB = 256.0
 """Default bound on the working memory of one decoding chunk."""
 
-_WORK_COPIES = 4
-"""Vocabulary-sized float32 buffers alive per row while a chunk is decoded
-(logits, log-probs, probs, one temporary), plus two per row for a KL reference."""
+_WORK_COPIES = 5
+"""Vocabulary-sized float32 buffers alive per row while a chunk is decoded (logits
+and log-probs during the softmax; then log-probs, probs, a product temporary and
+one spare), plus one per row for the reference distribution of a KL."""
 
 
 @dataclass
@@ -68,7 +69,7 @@ class LayerDecoder:
 
     def rows_per_chunk(self, with_reference: bool = False) -> int:
         """Rows decoded together: the most that fit in ``memory_mb`` (at least one)."""
-        copies = _WORK_COPIES + (2 if with_reference else 0)
+        copies = _WORK_COPIES + (1 if with_reference else 0)
         per_row = self.model.vocab_size * 4 * copies
         return max(1, int(self.memory_mb * 2**20 // per_row))
 
@@ -129,13 +130,30 @@ class LayerDecoder:
         # Loop positions outermost so a reference distribution is computed once per chunk.
         for start in range(0, n, step):
             stop = min(n, start + step)
-            ref_logp = self.log_probs(reference[start:stop]) if reference is not None else None
+            ref = _Reference(self.log_probs(reference[start:stop])) if reference is not None else None
             for index in range(g):
                 logp = self.log_probs(flat[index, start:stop])
-                out.fill(index, start, stop, logp, ref_logp)
+                out.fill(index, start, stop, logp, ref)
+                del logp
+            del ref
         result = out.result(lead, n)
         result.n_chunks = math.ceil(n / step) * g
         return result
+
+
+class _Reference:
+    """A chunk's reference distributions, kept as probabilities plus their
+    negative entropy so that KL(ref || q) = sum ref·log ref - sum ref·log q
+    needs no vocabulary-sized temporary per layer."""
+
+    def __init__(self, logp: torch.Tensor) -> None:
+        self.p = logp.exp()
+        self.neg_entropy = _rowdot(self.p, logp)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot product (3x faster than einsum's batched matmul on CPU)."""
+    return torch.linalg.vecdot(a, b)
 
 
 class _Outputs:
@@ -151,7 +169,7 @@ class _Outputs:
         self.set_logprob = torch.zeros(g, n) if ids is not None else None
         self.probs = torch.zeros(g, n, vocab) if probs else None
 
-    def fill(self, index: int, start: int, stop: int, logp: torch.Tensor, ref_logp: torch.Tensor | None) -> None:
+    def fill(self, index: int, start: int, stop: int, logp: torch.Tensor, ref: _Reference | None) -> None:
         p = None
         if self.top_k:
             values, indices = torch.topk(logp, self.top_k, dim=-1)
@@ -159,10 +177,9 @@ class _Outputs:
             self.topk_probs[index, start:stop] = values.exp().cpu()
         if self.entropy is not None:
             p = logp.exp()
-            self.entropy[index, start:stop] = -(p * logp).nan_to_num().sum(-1).cpu()
+            self.entropy[index, start:stop] = -_rowdot(p, logp).cpu()
         if self.kl is not None:
-            ref_p = ref_logp.exp()
-            self.kl[index, start:stop] = (ref_p * (ref_logp - logp)).nan_to_num().sum(-1).cpu()
+            self.kl[index, start:stop] = (ref.neg_entropy - _rowdot(ref.p, logp)).cpu()
         if self.ids is not None:
             picked = logp[:, self.ids]
             self.token_logprobs[index, start:stop] = picked.cpu()

@@ -82,3 +82,21 @@ def test_bad_input_errors():
         dec.decode(torch.randn(2, 3, 32), reference=torch.randn(4, 32))
     with pytest.raises(ValueError, match="positive"):
         LayerDecoder(model, memory_mb=0)
+
+
+def test_never_decodes_more_rows_at_once_than_the_bound(monkeypatch):
+    model = interlayer.load_model(make_tiny("llama"))
+    dec = LayerDecoder(model, memory_mb=0.004)  # a few rows of a 64-token vocabulary
+    seen = []
+    real = LayerDecoder.log_probs
+
+    def spy(self, hidden):
+        seen.append(hidden.shape[0])
+        return real(self, hidden)
+
+    monkeypatch.setattr(LayerDecoder, "log_probs", spy)
+    hidden = torch.randn(3, 50, model.d_model)  # 150 (layer, position) rows
+    dec.decode(hidden, top_k=1, entropy=True, reference=hidden[-1])
+    limit = dec.rows_per_chunk(with_reference=True)
+    assert 1 < limit < 50 and max(seen) <= limit
+    assert sum(seen) == 150 + 50  # every row once, plus each reference row once

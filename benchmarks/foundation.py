@@ -1,0 +1,137 @@
+"""Foundation benchmark: model loading and memory-bounded layer decoding.
+
+Side by side in one process, on Gemma 3 270M (embedded):
+
+* load: transformers reading the packaged GGUF (dequantizing) vs interlayer reading
+  its checksummed safetensors conversion (sha256 verification included);
+* decoding all 18 layers x N positions: the naive way (one [layers, positions,
+  vocab] logits tensor, then softmax/top-k/entropy) vs ``LayerDecoder`` in chunks.
+  Peak extra memory is sampled from the process RSS by a background thread.
+
+Writes ``benchmarks/results/foundation.json``. Not a timed test.
+
+    python benchmarks/foundation.py [--positions 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+import interlayer
+from interlayer.decoding import LayerDecoder
+from interlayer.loading import EMBEDDED, ensure_converted
+
+
+class PeakRSS:
+    """Peak resident memory above the starting level while the block runs, MiB."""
+
+    def __enter__(self):
+        # Hand freed heap memory back to the OS first, so that the block's
+        # allocations show up in RSS instead of reusing earlier free pages.
+        if platform.system() == "Linux":
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.mb = (self.peak - self.base) / 2**20
+
+
+def naive_decode(model, hidden, k):
+    logits = model.unembed_resid(hidden).float()  # [L, n, V] at once
+    logp = torch.log_softmax(logits, -1)
+    top = torch.topk(logp, k, -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return top.indices, entropy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--positions", type=int, default=64)
+    parser.add_argument("--memory-mb", type=float, default=256.0)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+
+    from transformers import AutoModelForCausalLM
+
+    gguf = EMBEDDED["gemma-3-270m"].gguf_path()
+    ensure_converted("gemma-3-270m")
+    t0 = time.perf_counter()
+    AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    gguf_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = interlayer.load_model("gemma-3-270m", device="cpu")
+    cached_s = time.perf_counter() - t0
+
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    ids = model.tokenize(text)["input_ids"][:, : args.positions]
+    _, acts = model.run(ids, read=[f"resid_post.{l}" for l in range(model.n_layers)], logits=False)
+    hidden = torch.stack([acts[f"resid_post.{l}"][0] for l in range(model.n_layers)])
+
+    decoder = LayerDecoder(model, memory_mb=args.memory_mb)
+    # Touch the unembedding once: safetensors weights are memory-mapped, and their
+    # first use would otherwise count as decoding memory.
+    decoder.decode(hidden[:1, :1], top_k=1)
+    with PeakRSS() as chunked_mem:
+        t0 = time.perf_counter()
+        out = decoder.decode(hidden, top_k=5, entropy=True, reference=hidden[-1])
+        chunked_s = time.perf_counter() - t0
+    with PeakRSS() as naive_mem:
+        t0 = time.perf_counter()
+        naive_ids, naive_entropy = naive_decode(model, hidden, 5)
+        naive_s = time.perf_counter() - t0
+    assert torch.equal(naive_ids, out.topk_ids), "chunked and naive top-k differ"
+    max_entropy_diff = float((naive_entropy - out.entropy).abs().max())
+
+    result = {
+        "device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "model": "gemma-3-270m",
+        "load_gguf_s": round(gguf_s, 2),
+        "load_cached_s": round(cached_s, 2),
+        "load_speedup": round(gguf_s / cached_s, 1),
+        "decode_layers": model.n_layers,
+        "decode_positions": int(hidden.shape[1]),
+        "decode_naive_s": round(naive_s, 3),
+        "decode_chunked_s": round(chunked_s, 3),
+        "decode_naive_peak_mb": round(naive_mem.mb, 1),
+        "decode_chunked_peak_mb": round(chunked_mem.mb, 1),
+        "decode_memory_ratio": round(naive_mem.mb / max(chunked_mem.mb, 1e-9), 1),
+        "decode_chunked_extras": "top-5, entropy and KL to the final layer (naive: top-5 and entropy only)",
+        "max_entropy_diff": max_entropy_diff,
+        "memory_mb_bound": args.memory_mb,
+    }
+    print(f"{'':28s}{'baseline':>12s}{'interlayer':>12s}{'ratio':>8s}")
+    print(f"{'load (s)':28s}{gguf_s:12.2f}{cached_s:12.2f}{gguf_s / cached_s:8.1f}x")
+    print(f"{'decode all layers (s)':28s}{naive_s:12.3f}{chunked_s:12.3f}{naive_s / chunked_s:8.2f}x")
+    print(f"{'decode peak extra RSS (MiB)':28s}{naive_mem.mb:12.1f}{chunked_mem.mb:12.1f}"
+          f"{naive_mem.mb / max(chunked_mem.mb, 1e-9):8.1f}x")
+    out_path = Path(__file__).parent / "results" / "foundation.json"
+    out_path.parent.mkdir(exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The quickstart notebook's code runs top to bottom on the embedded model."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_runs(gemma):
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    assert len(cells) >= 5
+    namespace: dict = {}
+    for cell in cells:
+        exec(compile("".join(cell["source"]), f"{NOTEBOOK.name}", "exec"), namespace)
+    assert namespace["lens"].table().shape[0] == 18
+    assert not (namespace["plain"] == namespace["steered"]).all()
