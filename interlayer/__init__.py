@@ -22,10 +22,17 @@ from .errors import (
 )
 from .loading import DEFAULT_MODEL, EMBEDDED, load_model
 from .sites import SITE_KINDS, Site
+from .store import ActivationStore, Activations, CollectOptions, cache, collect, stream
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStore",
+    "Activations",
+    "CollectOptions",
+    "cache",
+    "collect",
+    "stream",
     "ARCHITECTURES",
     "ArchSpec",
     "CacheCorruptError",

@@ -73,6 +73,7 @@ class ModelAdapter:
         self.unembed: nn.Module = get_submodule(model, self.spec.unembed)
         self.logit_softcap: float | None = final_logit_softcap(model, self.spec)
         self.parallel_residual: bool = self.spec.parallel_residual(model.config)
+        self._weights_sha256: str | None = None
 
     # ------------------------------------------------------------------ shape
     @property
@@ -107,6 +108,23 @@ class ModelAdapter:
             f"ModelAdapter({self.name!r}, {type(self.model).__name__}, n_layers={self.n_layers}, "
             f"d_model={self.d_model}, vocab_size={self.vocab_size}, device={self.device}, dtype={self.dtype})"
         )
+
+    def weights_sha256(self) -> str:
+        """sha256 over every parameter's name, dtype, shape and bytes, in order.
+
+        Identifies the exact weights an activation cache was made from (computed
+        once per adapter; about a second per GiB on a CPU).
+        """
+        if self._weights_sha256 is None:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for name, param in self.model.state_dict().items():
+                digest.update(f"{name}:{param.dtype}:{tuple(param.shape)};".encode())
+                tensor = param.detach().contiguous().cpu()
+                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            self._weights_sha256 = digest.hexdigest()
+        return self._weights_sha256
 
     # ------------------------------------------------------------------ sites
     def site_kinds(self) -> tuple[str, ...]:
@@ -230,24 +248,44 @@ class ModelAdapter:
             fns.setdefault(site.name, []).append(reader(site.name))
         stop_layer = None
         if not logits:
-            layers = [self.site(s).layer for s in fns] or [0]
-            stop_layer = max(layers)
+            stop_layer = max([self.site(s).layer for s in fns] or [0])
+        out = self.forward(input_ids, attention_mask, hooks=fns, stop_after_layer=stop_layer)
+        return out, captured
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        hooks: Mapping[str, SiteFn | Sequence[SiteFn]] | None = None,
+        stop_after_layer: int | None = None,
+    ) -> torch.Tensor | None:
+        """The forward pass every interlayer module uses: no autograd, no KV cache,
+        hook functions attached for its duration, logits returned unless it stops
+        after ``stop_after_layer`` (then ``None``; nothing is unembedded).
+
+        With padding, position ids are counted over real tokens only
+        (``cumsum(mask) - 1``), so left padding gives every architecture, absolute
+        position embeddings included, the same positions as an unpadded pass.
+        """
         input_ids = input_ids.to(self.device)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        with torch.no_grad(), self.hooks(fns), self.stop_after(stop_layer):
+            kwargs["attention_mask"] = attention_mask
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad(), self.hooks(hooks or {}), self.stop_after(stop_after_layer):
             try:
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                return self.model(**kwargs).logits
             except _StopForward:
-                out = None
-        return (None if out is None else out.logits), captured
+                return None
 
     @contextlib.contextmanager
     def stop_after(self, layer: int | None) -> Iterator[None]:
         """Within the block, forward passes end right after block ``layer``.
 
-        The model call then raises an internal exception that :meth:`run` catches;
-        ``None`` leaves passes untouched.
+        The model call then raises an internal exception that :meth:`forward`
+        catches; ``None`` leaves passes untouched.
         """
         if layer is None:
             yield

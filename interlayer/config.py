@@ -55,3 +55,21 @@ class LogitLensConfig(ModelOptions):
     top_k: int = option(1, "tokens shown per cell")
     memory_mb: float = option(256.0, "bound on decoding working memory, MiB")
     out: str | None = option(None, "also write the table as CSV (.csv) or JSON (.json) here")
+
+
+@dataclass
+class CacheConfig(ModelOptions):
+    """Cache activations to disk as checksummed shards (resumable)."""
+
+    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id")
+    data: str = option(None, "a .txt (one document per line), .jsonl or .parquet file")
+    sites: str = option("resid_post.*", "comma-separated sites, e.g. resid_post.6,mlp_out.6 or resid_post.*")
+    tokens: int = option(100_000, "how many tokens to cache (BOS excluded)")
+    out: str = option(None, "output directory (an unfinished run there is resumed)")
+    context_length: int = option(128, "tokens per packed context, BOS included")
+    batch_size: int = option(8, "contexts per forward pass")
+    storage_dtype: str = option("float32", "dtype of the stored activations", choices=("float32", "bfloat16", "float16"))
+    memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard")
+    disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB")
+    text_field: str = option("text", "JSON field or parquet column holding the text")
+    no_progress: bool = option(False, "hide the progress bar")

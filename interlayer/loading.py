@@ -178,7 +178,14 @@ def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True
         )
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    except (OSError, ValueError) as err:
+        if not Path(source).is_dir():
+            raise
+        # A checkpoint without tokenizer files still serves token-id inputs.
+        log.warning("%s has no usable tokenizer (%s); text inputs will be refused", source, str(err).splitlines()[0])
+        tokenizer = None
     model.to(device).eval()
     return ModelAdapter(model, tokenizer, name=name)
 

@@ -51,15 +51,18 @@ def make_tiny(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def make_tokenizer(directory) -> "object":
-    """A word-level tokenizer over ``w0 .. w63``, saved to and reloaded from
-    ``directory`` so it carries a local ``name_or_path`` like a real checkpoint's."""
+    """A word-level tokenizer: ids 0-3 are ``<pad> <s> </s> <unk>``, then ``w4 .. w63``.
+    Saved to and reloaded from ``directory`` so it carries a local ``name_or_path``
+    like a real checkpoint's."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    vocab = {f"w{i}": i for i in range(VOCAB)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {**{t: i for i, t in enumerate(specials)}, **{f"w{i}": i for i in range(4, VOCAB)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(single="w1 $A", special_tokens=[("w1", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="w1", eos_token="w2", pad_token="w0", unk_token="w3")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>")
     tok.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)

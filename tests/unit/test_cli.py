@@ -71,7 +71,7 @@ def test_logit_lens_command(capsys, tiny_checkpoint, tmp_path):
     assert code == 0
     rows = json.loads((tmp_path / "t.json").read_text())
     assert len(rows) == 3 * 4 * 2  # layers x positions (BOS + 3) x top-k
-    assert out.splitlines()[0].split()[:2] == ["0:w1", "1:w5"]
+    assert out.splitlines()[0].split()[:2] == ["0:<s>", "1:w5"]
 
 
 def test_configs_are_the_api_defaults():
