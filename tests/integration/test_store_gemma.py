@@ -68,9 +68,9 @@ def test_weighted_mean_equals_per_sentence_reference(gemma):
 
 
 def test_cache_on_real_text(gemma, tmp_path):
-    data = SHARED if SHARED.is_file() else tmp_path / "text.txt"
-    if not SHARED.is_file():
-        data.write_text("\n".join(SENTENCES * 20))
+    data = tmp_path / "text.txt"  # real text where the shared data is present, else the sentences above
+    lines = SHARED.read_text().splitlines()[:200] if SHARED.is_file() else SENTENCES * 20
+    data.write_text("\n".join(lines))
     store = cache(gemma, str(data), ["resid_post.6"], tmp_path / "c", tokens=600, context_length=64, batch_size=4,
                   memory_mb=1.3, progress=False)
     assert store.n_rows == 600 and store.n_shards > 1
