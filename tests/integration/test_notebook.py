@@ -18,3 +18,4 @@ def test_quickstart_notebook_runs(gemma):
         exec(compile("".join(cell["source"]), f"{NOTEBOOK.name}", "exec"), namespace)
     assert namespace["lens"].table().shape[0] == 18
     assert not (namespace["plain"] == namespace["steered"]).all()
+    assert len(namespace["similarity"]) == 18 and len(namespace["tokens"]) > 10
