@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,6 +45,8 @@ class DecodeResult:
     """``[*lead]`` KL(reference || decoded) in nats, the reference being the final layer."""
     token_logprobs: torch.Tensor | None = None
     """``[*lead, n_ids]`` log-probability of each requested id, normalised over the whole vocabulary."""
+    token_ranks: torch.Tensor | None = None
+    """``[*lead, n_ids]`` rank of each requested id (0 = most probable)."""
     set_logprob: torch.Tensor | None = None
     """``[*lead]`` log of the total probability of the requested id set."""
     probs: torch.Tensor | None = None
@@ -59,13 +62,17 @@ class LayerDecoder:
         model: the adapter whose head decodes.
         memory_mb: bound on the working memory of one chunk, in MiB. Rows per chunk
             are chosen so vocabulary-sized buffers stay within it.
+        lens: an optional per-layer transform applied before the head, e.g. a
+            :class:`interlayer.lens.TunedLens` (Belrose et al. 2023). ``None`` is the
+            logit lens. With a lens, :meth:`decode` needs ``layers=``.
     """
 
-    def __init__(self, model: ModelAdapter, memory_mb: float = DEFAULT_MEMORY_MB) -> None:
+    def __init__(self, model: ModelAdapter, memory_mb: float = DEFAULT_MEMORY_MB, lens: Any = None) -> None:
         if not memory_mb > 0:
             raise ValueError(f"memory_mb must be positive, got {memory_mb!r}")
         self.model = model
         self.memory_mb = float(memory_mb)
+        self.lens = lens
 
     def rows_per_chunk(self, with_reference: bool = False) -> int:
         """Rows decoded together: the most that fit in ``memory_mb`` (at least one)."""
@@ -73,14 +80,20 @@ class LayerDecoder:
         per_row = self.model.vocab_size * 4 * copies
         return max(1, int(self.memory_mb * 2**20 // per_row))
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits of ``hidden`` ``[..., d_model]``, unchunked: the model's own head."""
+    def logits(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """float32 logits of ``hidden`` ``[..., d_model]`` from ``layer``, unchunked:
+        the lens transform for that layer (if any), then the model's own head."""
         with torch.no_grad():
-            return self.model.unembed_resid(hidden.to(self.model.device)).float()
+            hidden = hidden.to(self.model.device)
+            if self.lens is not None:
+                if layer is None:
+                    raise ValueError("decoding through a lens needs the layer of each hidden state (layers=...)")
+                hidden = self.lens.transform(hidden, layer)
+            return self.model.unembed_resid(hidden).float()
 
-    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 log-probabilities of ``hidden``, unchunked."""
-        return torch.log_softmax(self.logits(hidden), dim=-1)
+    def log_probs(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """float32 log-probabilities of ``hidden`` from ``layer``, unchunked."""
+        return torch.log_softmax(self.logits(hidden, layer), dim=-1)
 
     def decode(
         self,
@@ -91,6 +104,7 @@ class LayerDecoder:
         reference: torch.Tensor | None = None,
         token_ids: Sequence[int] | torch.Tensor | None = None,
         probs: bool = False,
+        layers: Sequence[int] | None = None,
     ) -> DecodeResult:
         """Decode ``hidden`` of shape ``[*lead, n, d_model]`` in memory-bounded chunks.
 
@@ -105,6 +119,9 @@ class LayerDecoder:
                 whole vocabulary, and the log of their summed probability.
             probs: also return the full distributions (this is ``[*lead, n, vocab]``
                 on the CPU; ask only for what fits).
+            layers: the layer of each ``[n, d]`` slice of ``hidden`` (its leading
+                dimensions flattened), needed when decoding through a lens. The
+                reference is always decoded as the final layer, through no lens.
         """
         if hidden.dim() < 2:
             raise ValueError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
@@ -125,14 +142,23 @@ class LayerDecoder:
             ids = ids.to(self.model.device)
 
         g = flat.shape[0]
+        if layers is not None:
+            layers = [self.model.check_layer(int(layer)) for layer in layers]
+            if len(layers) != g:
+                raise ValueError(f"layers has {len(layers)} entries but hidden holds {g} slices of [n, d]")
+        elif self.lens is not None:
+            raise ValueError("decoding through a lens needs layers=: the layer of each [n, d] slice of hidden")
         out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab)
         step = self.rows_per_chunk(with_reference=reference is not None)
         # Loop positions outermost so a reference distribution is computed once per chunk.
         for start in range(0, n, step):
             stop = min(n, start + step)
-            ref = _Reference(self.log_probs(reference[start:stop])) if reference is not None else None
+            ref = None
+            if reference is not None:
+                with torch.no_grad():
+                    ref = _Reference(torch.log_softmax(self.model.unembed_resid(reference[start:stop].to(self.model.device)).float(), -1))
             for index in range(g):
-                logp = self.log_probs(flat[index, start:stop])
+                logp = self.log_probs(flat[index, start:stop], None if layers is None else layers[index])
                 out.fill(index, start, stop, logp, ref)
                 del logp
             del ref
@@ -166,6 +192,7 @@ class _Outputs:
         self.entropy = torch.zeros(g, n) if entropy else None
         self.kl = torch.zeros(g, n) if kl else None
         self.token_logprobs = torch.zeros(g, n, len(ids)) if ids is not None else None
+        self.token_ranks = torch.zeros(g, n, len(ids), dtype=torch.long) if ids is not None else None
         self.set_logprob = torch.zeros(g, n) if ids is not None else None
         self.probs = torch.zeros(g, n, vocab) if probs else None
 
@@ -183,6 +210,8 @@ class _Outputs:
         if self.ids is not None:
             picked = logp[:, self.ids]
             self.token_logprobs[index, start:stop] = picked.cpu()
+            for j in range(picked.shape[1]):  # one bool row per id, never [rows, ids, vocab]
+                self.token_ranks[index, start:stop, j] = (logp > picked[:, j : j + 1]).sum(-1).cpu()
             self.set_logprob[index, start:stop] = torch.logsumexp(picked, dim=-1).cpu()
         if self.probs is not None:
             self.probs[index, start:stop] = (p if p is not None else logp.exp()).cpu()
@@ -197,6 +226,7 @@ class _Outputs:
             entropy=shape(self.entropy),
             kl_to_reference=shape(self.kl),
             token_logprobs=shape(self.token_logprobs),
+            token_ranks=shape(self.token_ranks),
             set_logprob=shape(self.set_logprob),
             probs=shape(self.probs),
         )
