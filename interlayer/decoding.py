@@ -45,6 +45,8 @@ class DecodeResult:
     """``[*lead]`` KL(reference || decoded) in nats, the reference being the final layer."""
     token_logprobs: torch.Tensor | None = None
     """``[*lead, n_ids]`` log-probability of each requested id, normalised over the whole vocabulary."""
+    target_logprobs: torch.Tensor | None = None
+    """``[*lead, n]`` log-probability of each position's own target id (e.g. the next token)."""
     token_ranks: torch.Tensor | None = None
     """``[*lead, n_ids]`` rank of each requested id (0 = most probable)."""
     set_logprob: torch.Tensor | None = None
@@ -105,6 +107,7 @@ class LayerDecoder:
         token_ids: Sequence[int] | torch.Tensor | None = None,
         probs: bool = False,
         layers: Sequence[int] | None = None,
+        targets: torch.Tensor | None = None,
     ) -> DecodeResult:
         """Decode ``hidden`` of shape ``[*lead, n, d_model]`` in memory-bounded chunks.
 
@@ -122,6 +125,8 @@ class LayerDecoder:
             layers: the layer of each ``[n, d]`` slice of ``hidden`` (its leading
                 dimensions flattened), needed when decoding through a lens. The
                 reference is always decoded as the final layer, through no lens.
+            targets: ``[n]`` one token id per position (shared across ``*lead``), whose
+                log-probability to return, e.g. the true next token for a cross-entropy.
         """
         if hidden.dim() < 2:
             raise ValueError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
@@ -141,6 +146,13 @@ class LayerDecoder:
                 raise ValueError(f"token ids must lie in 0..{vocab - 1}, got min {int(ids.min())}, max {int(ids.max())}")
             ids = ids.to(self.model.device)
 
+        if targets is not None:
+            targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+            if targets.numel() != n:
+                raise ValueError(f"targets must hold one id per position ({n}), got {targets.numel()}")
+            if n and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+                raise ValueError(f"targets must lie in 0..{vocab - 1}")
+            targets = targets.to(self.model.device)
         g = flat.shape[0]
         if layers is not None:
             layers = [self.model.check_layer(int(layer)) for layer in layers]
@@ -148,7 +160,7 @@ class LayerDecoder:
                 raise ValueError(f"layers has {len(layers)} entries but hidden holds {g} slices of [n, d]")
         elif self.lens is not None:
             raise ValueError("decoding through a lens needs layers=: the layer of each [n, d] slice of hidden")
-        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab)
+        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab, targets)
         step = self.rows_per_chunk(with_reference=reference is not None)
         # Loop positions outermost so a reference distribution is computed once per chunk.
         for start in range(0, n, step):
@@ -185,8 +197,10 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _Outputs:
     """Preallocated outputs of one decode call, filled chunk by chunk."""
 
-    def __init__(self, g: int, n: int, top_k: int, entropy: bool, kl: bool, ids: torch.Tensor | None, probs: bool, vocab: int):
-        self.top_k, self.ids = top_k, ids
+    def __init__(self, g: int, n: int, top_k: int, entropy: bool, kl: bool, ids: torch.Tensor | None, probs: bool,
+                 vocab: int, targets: torch.Tensor | None = None):
+        self.top_k, self.ids, self.targets = top_k, ids, targets
+        self.target_logprobs = torch.zeros(g, n) if targets is not None else None
         self.topk_ids = torch.zeros(g, n, top_k, dtype=torch.long) if top_k else None
         self.topk_probs = torch.zeros(g, n, top_k) if top_k else None
         self.entropy = torch.zeros(g, n) if entropy else None
@@ -213,6 +227,8 @@ class _Outputs:
             for j in range(picked.shape[1]):  # one bool row per id, never [rows, ids, vocab]
                 self.token_ranks[index, start:stop, j] = (logp > picked[:, j : j + 1]).sum(-1).cpu()
             self.set_logprob[index, start:stop] = torch.logsumexp(picked, dim=-1).cpu()
+        if self.targets is not None:
+            self.target_logprobs[index, start:stop] = logp.gather(1, self.targets[start:stop, None])[:, 0].cpu()
         if self.probs is not None:
             self.probs[index, start:stop] = (p if p is not None else logp.exp()).cpu()
 
@@ -227,6 +243,7 @@ class _Outputs:
             kl_to_reference=shape(self.kl),
             token_logprobs=shape(self.token_logprobs),
             token_ranks=shape(self.token_ranks),
+            target_logprobs=shape(self.target_logprobs),
             set_logprob=shape(self.set_logprob),
             probs=shape(self.probs),
         )

@@ -76,6 +76,10 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 
 DEFAULT_MODEL = "gemma-3-270m"
 
+SAMPLE_TEXT = Path(__file__).parent / "data" / "sample_text.txt"
+"""Packaged public-domain English text (Pride and Prejudice), the default training and
+evaluation text of commands that need some; see ``data/SAMPLE_TEXT_SOURCE.txt``."""
+
 
 def embedded_aliases() -> list[str]:
     return list(EMBEDDED)

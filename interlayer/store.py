@@ -15,6 +15,7 @@ buffers preallocated on the model's device within ``memory_mb``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import shutil
@@ -132,6 +133,11 @@ class Activations:
         """The row metadata as a DataFrame, one row per activation row."""
         return pd.DataFrame({k: v.numpy() for k, v in self.meta.items()})
 
+    def rows(self, keep: torch.Tensor) -> "Activations":
+        """The subset of rows where ``keep`` (a bool mask or an index tensor) selects."""
+        return Activations({k: v[keep] for k, v in self.tensors.items()}, {k: v[keep] for k, v in self.meta.items()},
+                           self.select, self.model, self.n_layers)
+
     def stack(self, sites: Sequence[str] | None = None) -> torch.Tensor:
         """``[len(sites), rows, d]``: several sites stacked, e.g. every layer's resid_post."""
         return torch.stack([self[s] for s in (sites or self.sites)])
@@ -222,6 +228,8 @@ class CollectOptions:
     """Also keep the final logits of the selected rows (not for pooled selections)."""
     progress: bool = True
     """Show a progress bar."""
+    limit: int | None = None
+    """Use at most this many input sequences (or packed contexts)."""
 
 
 def _options(options: dict[str, Any]) -> CollectOptions:
@@ -242,8 +250,12 @@ def _options(options: dict[str, Any]) -> CollectOptions:
 def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[Sequence_]], int | None]:
     """Batches of sequences, and the number of sequences when known up front."""
     tok = Tokenized(model, opts.max_length)
+    if opts.limit is not None and opts.limit < 1:
+        raise InterlayerError(f"limit must be at least 1, got {opts.limit}")
     if opts.context_length is not None:
         contexts = tok.packed(inputs, opts.context_length, opts.text_field)
+        if opts.limit is not None:
+            contexts = itertools.islice(contexts, opts.limit)
 
         def sequential() -> Iterator[list[Sequence_]]:
             chunk: list[Sequence_] = []
@@ -256,7 +268,7 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
                 yield chunk
 
         return sequential(), None
-    sequences = tok.sequences(inputs, opts.text_field)
+    sequences = tok.sequences(inputs, opts.text_field, opts.limit)
     return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
 
 
@@ -554,16 +566,18 @@ class ActivationStore:
         keys = [k for k in self.shard(0) if k.startswith("meta.")]
         return pd.DataFrame({k.removeprefix("meta."): self.load(k).numpy() for k in keys})
 
-    def batches(self, site: str, batch_size: int, *, seed: int = 0, shuffle: bool = True, epochs: int = 1,
-                start: int = 0, drop_last: bool = False, dtype: torch.dtype = torch.float32,
+    def batches(self, site: str | Sequence[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                epochs: int = 1, start: int = 0, drop_last: bool = False, dtype: torch.dtype = torch.float32,
                 device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
-        """Yield ``[batch_size, d]`` batches of one site.
+        """Yield ``[batch_size, d]`` batches of one site (``[n_sites, batch_size, d]``
+        for a list of sites, the same rows at each).
 
         With ``shuffle`` every epoch is a seeded permutation of all rows, so a batch
         mixes rows from across the shards; the same seed gives the same batches.
         ``start`` skips that many batches, to resume a training run exactly.
         """
-        site = self._check_site(site)
+        many = not isinstance(site, str)
+        names = [self._check_site(s) for s in (site if many else [site])]
         if batch_size < 1:
             raise InterlayerError(f"batch_size must be at least 1, got {batch_size}")
         n = self.n_rows
@@ -579,7 +593,8 @@ class ActivationStore:
                 if number <= start:
                     continue
                 index = order[b * batch_size : (b + 1) * batch_size]
-                yield self._gather(site, index).to(device=device, dtype=dtype)
+                rows = [self._gather(name, index).to(device=device, dtype=dtype) for name in names]
+                yield torch.stack(rows) if many else rows[0]
 
     def _gather(self, site: str, index: torch.Tensor) -> torch.Tensor:
         shard_of = torch.searchsorted(self.offsets, index, right=True) - 1

@@ -1,92 +1,169 @@
 """The logit lens (nostalgebraist 2020): decode the residual stream after every
-layer through the model's own final norm and unembedding."""
+layer through the model's own final norm and unembedding. With ``lens=`` a tuned
+lens decodes instead (drop-in)."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
 from interlayer.adapter import ModelAdapter
 from interlayer.decoding import DEFAULT_MEMORY_MB, LayerDecoder
+from interlayer.errors import InterlayerError
+from interlayer.store import collect
 
 
 @dataclass
 class LogitLensResult:
-    """Per-layer, per-position decoding of one prompt.
+    """Per-layer decoding of prompts at every position (or the last).
 
-    ``top_ids``/``top_probs`` are ``[layers, positions, k]``; ``entropy`` and
-    ``kl_to_final`` (KL(final || layer), nats) are ``[layers, positions]``.
+    Rows are (prompt, position) pairs. ``top_ids``/``top_probs`` are
+    ``[layers, rows, k]``; ``entropy`` and ``kl_to_final`` (KL(final || layer), nats)
+    are ``[layers, rows]``; ``target_probs`` and ``target_ranks`` are
+    ``[layers, rows, n_targets]`` when targets were given.
     """
 
     model: str
-    input_tokens: list[str]
+    lens: str
+    prompts: list[str]
+    rows: pd.DataFrame
+    """One row per decoded position: prompt, position, input_token."""
     layers: list[int]
     top_ids: torch.Tensor
     top_probs: torch.Tensor
     top_tokens: list[list[list[str]]]
     entropy: torch.Tensor
     kl_to_final: torch.Tensor
+    targets: list[str]
+    target_ids: list[int]
+    target_probs: torch.Tensor | None
+    target_ranks: torch.Tensor | None
+
+    @property
+    def input_tokens(self) -> list[str]:
+        return self.rows.input_token.tolist()
 
     def to_frame(self) -> pd.DataFrame:
-        """Long format: one row per (layer, position, rank)."""
-        rows = []
+        """Long format: one row per (layer, prompt, position, rank); target columns
+        ``p[<target>]`` and ``rank[<target>]`` when targets were given."""
+        records = []
         for li, layer in enumerate(self.layers):
-            for pos, input_token in enumerate(self.input_tokens):
+            for r, row in enumerate(self.rows.itertuples(index=False)):
+                extra = {}
+                for t, name in enumerate(self.targets):
+                    extra[f"p[{name}]"] = float(self.target_probs[li, r, t])
+                    extra[f"rank[{name}]"] = int(self.target_ranks[li, r, t])
                 for rank in range(self.top_ids.shape[-1]):
-                    rows.append({
-                        "layer": layer, "position": pos, "input_token": input_token, "rank": rank,
-                        "token": self.top_tokens[li][pos][rank], "token_id": int(self.top_ids[li, pos, rank]),
-                        "prob": float(self.top_probs[li, pos, rank]), "entropy": float(self.entropy[li, pos]),
-                        "kl_to_final": float(self.kl_to_final[li, pos]),
+                    records.append({
+                        "layer": layer, "prompt": row.prompt, "position": row.position, "input_token": row.input_token,
+                        "rank": rank, "token": self.top_tokens[li][r][rank], "token_id": int(self.top_ids[li, r, rank]),
+                        "prob": float(self.top_probs[li, r, rank]), "entropy": float(self.entropy[li, r]),
+                        "kl_to_final": float(self.kl_to_final[li, r]), **extra,
                     })
-        return pd.DataFrame(rows)
+        return pd.DataFrame(records)
 
-    def table(self) -> pd.DataFrame:
-        """Wide format: layers down, input positions across, the top-1 token in each cell."""
-        columns = [f"{pos}:{tok}" for pos, tok in enumerate(self.input_tokens)]
-        data = [[self.top_tokens[li][pos][0] for pos in range(len(self.input_tokens))] for li in range(len(self.layers))]
+    def table(self, prompt: int = 0) -> pd.DataFrame:
+        """Wide format for one prompt: layers down, positions across, the top-1 token in each cell."""
+        picked = [r for r, p in enumerate(self.rows.prompt) if p == prompt]
+        if not picked:
+            raise InterlayerError(f"prompt {prompt} is out of range; valid prompts are 0..{len(self.prompts) - 1}")
+        columns = [f"{self.rows.position[r]}:{self.rows.input_token[r]}" for r in picked]
+        data = [[self.top_tokens[li][r][0] for r in picked] for li in range(len(self.layers))]
         return pd.DataFrame(data, index=pd.Index(self.layers, name="layer"), columns=columns)
 
-    def plot(self) -> go.Figure:
-        """Layer x position heatmap coloured by top-1 probability, the top token in each cell."""
-        text = [[html.escape(self.top_tokens[li][pos][0]) for pos in range(len(self.input_tokens))]
-                for li in range(len(self.layers))]
-        hover = [[f"layer {layer}, pos {pos}<br>top: {html.escape(self.top_tokens[li][pos][0])!s}"
-                  f" ({float(self.top_probs[li, pos, 0]):.3f})<br>entropy {float(self.entropy[li, pos]):.2f}"
-                  f"<br>KL to final {float(self.kl_to_final[li, pos]):.2f}"
-                  for pos in range(len(self.input_tokens))] for li, layer in enumerate(self.layers)]
+    def plot(self, prompt: int = 0) -> go.Figure:
+        """The classic picture: layer x position heatmap coloured by top-1 probability,
+        the top token written in each cell."""
+        picked = [r for r, p in enumerate(self.rows.prompt) if p == prompt]
+        if not picked:
+            raise InterlayerError(f"prompt {prompt} is out of range; valid prompts are 0..{len(self.prompts) - 1}")
+        text = [[html.escape(self.top_tokens[li][r][0]) for r in picked] for li in range(len(self.layers))]
+        hover = [[f"layer {layer}, position {self.rows.position[r]}<br>top: {html.escape(self.top_tokens[li][r][0])}"
+                  f" ({float(self.top_probs[li, r, 0]):.3f})<br>entropy {float(self.entropy[li, r]):.2f}"
+                  f"<br>KL to final {float(self.kl_to_final[li, r]):.2f}" for r in picked]
+                 for li, layer in enumerate(self.layers)]
         fig = go.Figure(go.Heatmap(
-            z=self.top_probs[..., 0].numpy(), x=[f"{p}:{html.escape(t)}" for p, t in enumerate(self.input_tokens)],
+            z=self.top_probs[:, picked, 0].numpy(),
+            x=[f"{self.rows.position[r]}:{html.escape(self.rows.input_token[r])}" for r in picked],
             y=[str(layer) for layer in self.layers], text=text, texttemplate="%{text}", hovertext=hover,
             hoverinfo="text", colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "p(top-1)"},
         ))
-        fig.update_layout(title=f"Logit lens: {html.escape(self.model)}", xaxis_title="input position",
+        fig.update_layout(title=f"{self.lens.capitalize()} lens: {html.escape(self.model)}", xaxis_title="input position",
                           yaxis_title="layer (resid_post)")
         return fig
 
+    def plot_curves(self) -> go.Figure:
+        """Per-layer curves averaged over the decoded positions: entropy, KL to the
+        final layer, and each target's probability."""
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("entropy (nats)", "KL to final (nats)", "target probability"))
+        fig.add_trace(go.Scatter(x=self.layers, y=self.entropy.mean(1).tolist(), name="entropy"), 1, 1)
+        fig.add_trace(go.Scatter(x=self.layers, y=self.kl_to_final.mean(1).tolist(), name="KL"), 1, 2)
+        for t, name in enumerate(self.targets):
+            fig.add_trace(go.Scatter(x=self.layers, y=self.target_probs[:, :, t].mean(1).tolist(),
+                                     name=f"p({html.escape(name)})"), 1, 3)
+        fig.update_xaxes(title_text="layer")
+        fig.update_layout(title=f"{self.lens.capitalize()} lens by layer: {html.escape(self.model)}")
+        return fig
 
-def logit_lens(model: ModelAdapter, prompt: str, *, top_k: int = 1, memory_mb: float = DEFAULT_MEMORY_MB) -> LogitLensResult:
-    """Decode ``resid_post`` of every layer at every position of ``prompt``.
 
-    The last layer's row is the model's own prediction, and every row's
-    KL is measured against it.
+def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Sequence[str] = (),
+               positions: str = "all", top_k: int = 1, lens=None, memory_mb: float = DEFAULT_MEMORY_MB,
+               batch_size: int = 8) -> LogitLensResult:
+    """Decode ``resid_post`` of every layer for ``prompts``.
+
+    Args:
+        prompts: one prompt or several.
+        targets: strings whose first token's probability and rank to report at every
+            layer (e.g. ``[" Paris"]``).
+        positions: ``"all"`` (BOS included) or ``"last"``.
+        top_k: tokens kept per layer and position.
+        lens: ``None`` for the logit lens, or a :class:`~interlayer.lens.TunedLens`.
+
+    The last layer's row is the model's own prediction; every KL is measured against it.
     """
-    if not prompt:
-        raise ValueError("prompt is empty; give some text to decode")
-    batch = model.tokenize(prompt)
-    ids = batch["input_ids"]
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or any(not p for p in prompts):
+        raise InterlayerError("prompts must be non-empty strings")
+    if positions not in ("all", "last"):
+        raise InterlayerError(f"positions={positions!r}; valid choices: 'all', 'last'")
+    if model.tokenizer is None:
+        raise InterlayerError(f"{model.name} has no tokenizer; the logit lens needs text prompts")
+    encoded = [model.tokenizer(p).input_ids for p in prompts]
+    target_ids = []
+    for name in targets:
+        ids = model.tokenizer(name, add_special_tokens=False).input_ids
+        if not ids:
+            raise InterlayerError(f"target {name!r} has no tokens")
+        target_ids.append(int(ids[0]))
     sites = [f"resid_post.{layer}" for layer in range(model.n_layers)]
-    _, acts = model.run(ids, batch["attention_mask"], read=sites, logits=False)
-    hidden = torch.stack([acts[s][0] for s in sites])  # [layers, positions, d]
-    decoded = LayerDecoder(model, memory_mb=memory_mb).decode(hidden, top_k=top_k, entropy=True, reference=hidden[-1])
-    top_tokens = [[model.token_strings(decoded.topk_ids[li, pos].tolist()) for pos in range(ids.shape[1])]
-                  for li in range(model.n_layers)]
+    if positions == "all":
+        acts = collect(model, encoded, sites, select="positions", positions=[list(range(len(e))) for e in encoded],
+                       batch_size=batch_size, progress=False)
+    else:
+        acts = collect(model, encoded, sites, select="last", batch_size=batch_size, progress=False)
+    meta = acts.to_frame()
+    hidden = acts.stack(sites)  # [layers, rows, d]
+    layers = list(range(model.n_layers))
+    decoder = LayerDecoder(model, memory_mb=memory_mb, lens=lens)
+    decoded = decoder.decode(hidden, top_k=top_k, entropy=True, reference=hidden[-1],
+                             token_ids=target_ids or None, layers=layers if lens is not None else None)
+    token_position = meta.position if "position" in meta else pd.Series([len(e) - 1 for e in encoded])
+    rows = pd.DataFrame({
+        "prompt": meta.sequence.to_numpy(),
+        "position": token_position.to_numpy(),
+        "input_token": [model.token_strings([encoded[s][p]])[0] for s, p in zip(meta.sequence, token_position)],
+    })
+    top_tokens = [[model.token_strings(decoded.topk_ids[li, r].tolist()) for r in range(len(rows))] for li in layers]
     return LogitLensResult(
-        model=model.name, input_tokens=model.token_strings(ids[0].tolist()), layers=list(range(model.n_layers)),
-        top_ids=decoded.topk_ids, top_probs=decoded.topk_probs, top_tokens=top_tokens,
-        entropy=decoded.entropy, kl_to_final=decoded.kl_to_reference,
+        model=model.name, lens=getattr(lens, "name", "logit"), prompts=prompts, rows=rows, layers=layers,
+        top_ids=decoded.topk_ids, top_probs=decoded.topk_probs, top_tokens=top_tokens, entropy=decoded.entropy,
+        kl_to_final=decoded.kl_to_reference, targets=list(targets), target_ids=target_ids,
+        target_probs=decoded.token_logprobs.exp() if target_ids else None,
+        target_ranks=decoded.token_ranks if target_ids else None,
     )

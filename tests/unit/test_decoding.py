@@ -35,7 +35,8 @@ def test_decode_matches_direct_computation_in_any_chunking(states, memory_mb):
     model, hidden, _ = states
     ids = [3, 7, 7, 50]
     dec = LayerDecoder(model, memory_mb=memory_mb)
-    out = dec.decode(hidden, top_k=5, entropy=True, reference=hidden[-1], token_ids=ids, probs=True)
+    targets = torch.randint(0, model.vocab_size, (hidden.shape[1],))
+    out = dec.decode(hidden, top_k=5, entropy=True, reference=hidden[-1], token_ids=ids, probs=True, targets=targets)
     logp = _direct(model, hidden)
     p = logp.exp()
     ref = logp[-1]
@@ -45,6 +46,7 @@ def test_decode_matches_direct_computation_in_any_chunking(states, memory_mb):
     torch.testing.assert_close(out.entropy, -(p * logp).sum(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.kl_to_reference, (ref.exp() * (ref - logp)).sum(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.token_logprobs, logp[..., ids], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.target_logprobs, logp[:, torch.arange(len(targets)), targets], atol=1e-6, rtol=0)
     ranks = (logp.unsqueeze(-2) > logp[..., ids].unsqueeze(-1)).sum(-1)
     assert torch.equal(out.token_ranks, ranks)
     torch.testing.assert_close(out.set_logprob, torch.log(p[..., ids].sum(-1)), atol=1e-5, rtol=0)

@@ -1,0 +1,246 @@
+"""Training and evaluating a tuned lens on store activations (Belrose et al. 2023).
+
+Each translator is trained to make its layer's decoded distribution match the
+model's final one: loss_l = KL(p_final || q_l), averaged over tokens, summed over
+layers. Activations come from the store; the model is never called here.
+Training checkpoints every N steps and resumes exactly: the row order is a seeded
+function of the step, and the optimizer and schedule state are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from interlayer.adapter import ModelAdapter
+from interlayer.decoding import LayerDecoder
+from interlayer.errors import InterlayerError
+from interlayer.shards import write_json_atomic
+from interlayer.store import Activations
+
+from .config import TuneConfig
+from .lenses import TunedLens
+
+log = logging.getLogger(__name__)
+
+
+def stacked_resid(acts: Activations, n_layers: int) -> torch.Tensor:
+    """``[n_layers, rows, d]``: resid_post of every layer from collected activations."""
+    missing = [l for l in range(n_layers) if f"resid_post.{l}" not in acts.tensors]
+    if missing:
+        raise InterlayerError(f"the activations lack resid_post at layers {missing}; collect 'resid_post.*'")
+    return acts.stack([f"resid_post.{l}" for l in range(n_layers)])
+
+
+def next_token_targets(acts: Activations) -> tuple[torch.Tensor, torch.Tensor]:
+    """For token rows: the next token's id, and a mask of rows that have one in their sequence."""
+    meta = acts.meta
+    seq, pos, tok = meta["sequence"], meta["position"], meta["token_id"]
+    same = torch.zeros_like(seq, dtype=torch.bool)
+    same[:-1] = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
+    targets = torch.zeros_like(tok)
+    targets[:-1] = tok[1:]
+    return targets, same
+
+
+def _row_order(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Rows of one step: epoch-wise seeded permutations, a pure function of the step."""
+    per_epoch = max(1, n // batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[offset * batch_size : (offset + 1) * batch_size]
+
+
+def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[int] | None = None, steps: int = 300,
+                     batch_size: int = 32, lr: float = 1e-3, warmup: int = 20, seed: int = 0,
+                     checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50,
+                     progress: bool = True) -> TunedLens:
+    """Train a :class:`TunedLens` on ``hidden`` = ``[n_layers, rows, d]`` resid_post states.
+
+    Adam with linear warmup then linear decay to zero. With ``checkpoint_dir`` a
+    checkpoint is written every ``checkpoint_every`` steps and an existing one is
+    resumed, giving the same final weights as an uninterrupted run.
+    """
+    n_layers, n_rows, d = hidden.shape
+    if n_layers != model.n_layers or d != model.d_model:
+        raise InterlayerError(f"hidden must be [{model.n_layers}, rows, {model.d_model}], got {tuple(hidden.shape)}")
+    if n_rows < batch_size:
+        raise InterlayerError(f"{n_rows} training rows are fewer than one batch of {batch_size}")
+    if steps < 1:
+        raise InterlayerError(f"steps must be at least 1, got {steps}")
+    lens = TunedLens.for_model(model, layers)
+    optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
+
+    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    start = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / "state.json").is_file():
+        start = _load_checkpoint(ckpt, lens, optimizer, schedule, dict(steps=steps, batch_size=batch_size, lr=lr,
+                                                                          warmup=warmup, seed=seed, layers=lens.layers))
+    frozen = [p.requires_grad for p in model.model.parameters()]
+    for p in model.model.parameters():
+        p.requires_grad_(False)
+    final = hidden[-1]
+    losses: list[float] = []
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="tuned lens")
+    try:
+        with torch.enable_grad():
+            for step in bar:
+                rows = _row_order(n_rows, step, batch_size, seed)
+                with torch.no_grad():
+                    target = torch.log_softmax(model.unembed_resid(final[rows].to(model.device)).float(), -1)
+                    target_p = target.exp()
+                optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                for layer in lens.layers:  # one backward per layer keeps one [batch, vocab] graph alive
+                    h = hidden[layer, rows].to(model.device)
+                    logq = torch.log_softmax(model.unembed_resid(lens.transform(h, layer)).float(), -1)
+                    loss = (target_p * (target - logq)).sum(-1).mean()
+                    loss.backward()
+                    total += loss.detach().item()
+                optimizer.step()
+                schedule.step()
+                losses.append(total / len(lens.layers))
+                bar.set_postfix(kl=f"{losses[-1]:.3f}")
+                if ckpt is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                    _save_checkpoint(ckpt, lens, optimizer, schedule, step + 1,
+                                     dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
+                                          layers=lens.layers))
+    finally:
+        bar.close()
+        for p, flag in zip(model.model.parameters(), frozen):
+            p.requires_grad_(flag)
+    lens.training_log = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "seed": seed,
+                         "rows": n_rows, "mean_kl_last_10": sum(losses[-10:]) / max(1, len(losses[-10:]))}
+    return lens.eval()
+
+
+def _save_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, step: int, options: dict) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = optimizer.state_dict()
+    tensors = {f"lens.{k}": v.detach().cpu().contiguous() for k, v in lens.state_dict().items()}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            tensors[f"adam.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tmp = ckpt / "state.safetensors.part"
+    save_file(tensors, str(tmp))
+    tmp.replace(ckpt / "state.safetensors")
+    write_json_atomic(ckpt / "state.json", {"step": step, "options": options, "param_groups": state["param_groups"],
+                                            "schedule": schedule.state_dict()})
+
+
+def _load_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, options: dict) -> int:
+    import json
+
+    meta = json.loads((ckpt / "state.json").read_text())
+    if meta["options"] != json.loads(json.dumps(options)):
+        raise InterlayerError(f"checkpoint in {ckpt} was written with other options ({meta['options']}); "
+                              "use another --out directory or the same options")
+    tensors = load_file(str(ckpt / "state.safetensors"))
+    lens.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("lens.")})
+    state: dict = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
+    schedule.load_state_dict(meta["schedule"])
+    log.info("resuming tuned-lens training at step %d", meta["step"])
+    return int(meta["step"])
+
+
+# --------------------------------------------------------------- evaluation
+@dataclass
+class LensComparison:
+    """Per-layer KL to the final layer and next-token cross-entropy (nats), for the
+    logit lens and a tuned lens, on held-out tokens."""
+
+    model: str
+    layers: list[int]
+    kl_logit: list[float]
+    kl_tuned: list[float]
+    ce_logit: list[float]
+    ce_tuned: list[float]
+    n_tokens: int
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame({"layer": self.layers, "kl_logit": self.kl_logit, "kl_tuned": self.kl_tuned,
+                              "ce_logit": self.ce_logit, "ce_tuned": self.ce_tuned})
+        frame["kl_reduction"] = frame.kl_logit - frame.kl_tuned
+        frame["ce_reduction"] = frame.ce_logit - frame.ce_tuned
+        return frame
+
+    def plot(self) -> go.Figure:
+        fig = go.Figure()
+        for name, values, dash in (("KL logit lens", self.kl_logit, "dot"), ("KL tuned lens", self.kl_tuned, "solid"),
+                                   ("CE logit lens", self.ce_logit, "dot"), ("CE tuned lens", self.ce_tuned, "solid")):
+            fig.add_trace(go.Scatter(x=self.layers, y=values, name=name, line={"dash": dash}))
+        fig.update_layout(title=f"Tuned vs logit lens on held-out text ({self.n_tokens} tokens)",
+                          xaxis_title="layer", yaxis_title="nats")
+        return fig
+
+
+def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memory_mb: float = 256.0) -> LensComparison:
+    """Evaluate ``lens`` against the logit lens on held-out token activations
+    (resid_post of every layer): mean KL(final || layer) and mean next-token CE."""
+    hidden = stacked_resid(acts, model.n_layers)
+    targets, has_next = next_token_targets(acts)
+    layers = list(range(model.n_layers))
+    results = {}
+    for name, decoder in (("logit", LayerDecoder(model, memory_mb)), ("tuned", LayerDecoder(model, memory_mb, lens=lens))):
+        out = decoder.decode(hidden, reference=hidden[-1], targets=targets, layers=layers)
+        kl = out.kl_to_reference.mean(-1)
+        ce = -(out.target_logprobs[:, has_next]).mean(-1)
+        results[name] = (kl.tolist(), ce.tolist())
+    return LensComparison(model.name, layers, results["logit"][0], results["tuned"][0], results["logit"][1],
+                          results["tuned"][1], int(hidden.shape[1]))
+
+
+def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComparison]:
+    """Collect activations with the store, train a tuned lens, save it to ``cfg.out``
+    (if given) and compare it with the logit lens on the held-out tokens."""
+    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.store import collect
+
+    if cfg.tokens < cfg.batch_size:
+        raise InterlayerError(f"--tokens {cfg.tokens} is fewer than one batch of {cfg.batch_size}")
+    if cfg.eval_tokens < 1:
+        raise InterlayerError(f"--eval-tokens must be at least 1, got {cfg.eval_tokens}")
+    per_context = cfg.context_length - 1
+    n_train = math.ceil(cfg.tokens / per_context)
+    n_eval = math.ceil(cfg.eval_tokens / per_context)
+    data = cfg.data or str(SAMPLE_TEXT)
+    acts = collect(model, data, "resid_post.*", context_length=cfg.context_length, limit=n_train + n_eval,
+                   progress=not cfg.no_progress)
+    train = acts.rows(acts.meta["sequence"] < n_train)
+    held_out = acts.rows(acts.meta["sequence"] >= n_train)
+    if len(held_out) == 0:
+        raise InterlayerError(f"{data} has too little text for {cfg.tokens} training and {cfg.eval_tokens} held-out tokens")
+    hidden = stacked_resid(train, model.n_layers)[:, : cfg.tokens]
+    layers = None if cfg.layers == "all" else [int(x) for x in cfg.layers.split(",") if x.strip()]
+    out = Path(cfg.out) if cfg.out else None
+    lens = train_tuned_lens(model, hidden, layers=layers, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                            warmup=cfg.warmup, seed=cfg.seed, checkpoint_dir=out / "checkpoint" if out else None,
+                            checkpoint_every=cfg.checkpoint_every, progress=not cfg.no_progress)
+    comparison = compare_lenses(model, lens, held_out.rows(torch.arange(min(len(held_out), cfg.eval_tokens))))
+    lens.training_log["data"] = data
+    lens.training_log["held_out"] = comparison.to_frame().to_dict(orient="list")
+    if out is not None:
+        lens.save(out)
+        import shutil
+
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the run finished; its checkpoint is spent
+    return lens, comparison
