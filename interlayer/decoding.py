@@ -108,6 +108,7 @@ class LayerDecoder:
         probs: bool = False,
         layers: Sequence[int] | None = None,
         targets: torch.Tensor | None = None,
+        ranks: bool = False,
     ) -> DecodeResult:
         """Decode ``hidden`` of shape ``[*lead, n, d_model]`` in memory-bounded chunks.
 
@@ -127,6 +128,8 @@ class LayerDecoder:
                 reference is always decoded as the final layer, through no lens.
             targets: ``[n]`` one token id per position (shared across ``*lead``), whose
                 log-probability to return, e.g. the true next token for a cross-entropy.
+            ranks: also return the rank of each of ``token_ids`` (one vocabulary
+                comparison per id and row: ask for it with few ids).
         """
         if hidden.dim() < 2:
             raise ValueError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
@@ -160,7 +163,7 @@ class LayerDecoder:
                 raise ValueError(f"layers has {len(layers)} entries but hidden holds {g} slices of [n, d]")
         elif self.lens is not None:
             raise ValueError("decoding through a lens needs layers=: the layer of each [n, d] slice of hidden")
-        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab, targets)
+        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab, targets, ranks)
         step = self.rows_per_chunk(with_reference=reference is not None)
         # Loop positions outermost so a reference distribution is computed once per chunk.
         for start in range(0, n, step):
@@ -198,7 +201,7 @@ class _Outputs:
     """Preallocated outputs of one decode call, filled chunk by chunk."""
 
     def __init__(self, g: int, n: int, top_k: int, entropy: bool, kl: bool, ids: torch.Tensor | None, probs: bool,
-                 vocab: int, targets: torch.Tensor | None = None):
+                 vocab: int, targets: torch.Tensor | None = None, ranks: bool = False):
         self.top_k, self.ids, self.targets = top_k, ids, targets
         self.target_logprobs = torch.zeros(g, n) if targets is not None else None
         self.topk_ids = torch.zeros(g, n, top_k, dtype=torch.long) if top_k else None
@@ -206,7 +209,7 @@ class _Outputs:
         self.entropy = torch.zeros(g, n) if entropy else None
         self.kl = torch.zeros(g, n) if kl else None
         self.token_logprobs = torch.zeros(g, n, len(ids)) if ids is not None else None
-        self.token_ranks = torch.zeros(g, n, len(ids), dtype=torch.long) if ids is not None else None
+        self.token_ranks = torch.zeros(g, n, len(ids), dtype=torch.long) if ids is not None and ranks else None
         self.set_logprob = torch.zeros(g, n) if ids is not None else None
         self.probs = torch.zeros(g, n, vocab) if probs else None
 
@@ -224,7 +227,7 @@ class _Outputs:
         if self.ids is not None:
             picked = logp[:, self.ids]
             self.token_logprobs[index, start:stop] = picked.cpu()
-            for j in range(picked.shape[1]):  # one bool row per id, never [rows, ids, vocab]
+            for j in range(picked.shape[1] if self.token_ranks is not None else 0):  # never [rows, ids, vocab]
                 self.token_ranks[index, start:stop, j] = (logp > picked[:, j : j + 1]).sum(-1).cpu()
             self.set_logprob[index, start:stop] = torch.logsumexp(picked, dim=-1).cpu()
         if self.targets is not None:

@@ -11,11 +11,17 @@ Every method reads activations from :mod:`interlayer.store` and decodes through
 
 from .config import LatentConfig, SaturationConfig, TuneConfig
 from .lenses import LogitLens, TunedLens
+from .latent import LatentResult, latent_language
 from .logit_lens import LogitLensResult, logit_lens
+from .saturation import SaturationResult, saturation
 from .tuning import LensComparison, compare_lenses, train_tuned_lens, tune_lens
 
 __all__ = [
     "LatentConfig",
+    "LatentResult",
+    "SaturationResult",
+    "latent_language",
+    "saturation",
     "LensComparison",
     "LogitLens",
     "LogitLensResult",

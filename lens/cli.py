@@ -9,7 +9,7 @@ from interlayer.config import LogitLensConfig
 from interlayer.errors import InterlayerError
 from interlayer.loading import load_model
 
-from .config import TuneConfig
+from .config import LatentConfig, SaturationConfig, TuneConfig
 from .logit_lens import logit_lens
 from .tuning import tune_lens
 
@@ -47,4 +47,50 @@ def run_tune(cfg: TuneConfig) -> int:
     if len(worse):
         print(f"warning: the tuned lens does not beat the logit lens at layers {worse.layer.tolist()}")
     print(f"saved {cfg.out}")
+    return 0
+
+
+def _lens_for(model, path):
+    from .lenses import TunedLens
+
+    return TunedLens.load(path, model) if path else None
+
+
+@command("lens latent", LatentConfig)
+def run_latent(cfg: LatentConfig) -> int:
+    import json
+
+    from interlayer.shards import write_json_atomic
+
+    from .latent import check_task, latent_language
+
+    latents = [l.strip() for l in cfg.latent.split(",") if l.strip()]
+    check_task(cfg.task, cfg.src, cfg.tgt, latents)  # before loading the model
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    result = latent_language(model, src=cfg.src, tgt=cfg.tgt, task=cfg.task, latents=latents, shots=cfg.shots,
+                             seed=cfg.seed, limit=cfg.limit, lens=_lens_for(model, cfg.tuned_lens),
+                             batch_size=cfg.batch_size, progress=not cfg.no_progress)
+    print(f"{result.n_words} words used; {result.n_missing} skipped (not in the tokenizer), "
+          f"{result.n_overlap} dropped (token sets overlap)")
+    print(result.to_frame()[["layer", "p_target", *[f"p_latent_{l}" for l in latents], "p_source", "entropy"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if cfg.out:
+        write_json_atomic(Path(cfg.out), result.to_json())
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+@command("lens saturation", SaturationConfig)
+def run_saturation(cfg: SaturationConfig) -> int:
+    from interlayer.loading import SAMPLE_TEXT
+
+    from .saturation import saturation
+
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    result = saturation(model, cfg.data or str(SAMPLE_TEXT), tokens=cfg.tokens, context_length=cfg.context_length,
+                        lens=_lens_for(model, cfg.tuned_lens), progress=not cfg.no_progress)
+    frame = result.to_frame()
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if cfg.out:
+        write_table(frame, cfg.out)
     return 0

@@ -152,7 +152,8 @@ def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Se
     layers = list(range(model.n_layers))
     decoder = LayerDecoder(model, memory_mb=memory_mb, lens=lens)
     decoded = decoder.decode(hidden, top_k=top_k, entropy=True, reference=hidden[-1],
-                             token_ids=target_ids or None, layers=layers if lens is not None else None)
+                             token_ids=target_ids or None, ranks=bool(target_ids),
+                             layers=layers if lens is not None else None)
     token_position = meta.position if "position" in meta else pd.Series([len(e) - 1 for e in encoded])
     rows = pd.DataFrame({
         "prompt": meta.sequence.to_numpy(),

@@ -36,7 +36,8 @@ def test_decode_matches_direct_computation_in_any_chunking(states, memory_mb):
     ids = [3, 7, 7, 50]
     dec = LayerDecoder(model, memory_mb=memory_mb)
     targets = torch.randint(0, model.vocab_size, (hidden.shape[1],))
-    out = dec.decode(hidden, top_k=5, entropy=True, reference=hidden[-1], token_ids=ids, probs=True, targets=targets)
+    out = dec.decode(hidden, top_k=5, entropy=True, reference=hidden[-1], token_ids=ids, probs=True, targets=targets,
+                     ranks=True)
     logp = _direct(model, hidden)
     p = logp.exp()
     ref = logp[-1]
