@@ -16,47 +16,18 @@ Writes ``benchmarks/results/foundation.json``. Not a timed test.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 import interlayer
 from interlayer.decoding import LayerDecoder
 from interlayer.loading import EMBEDDED, ensure_converted
 
-
-class PeakRSS:
-    """Peak resident memory above the starting level while the block runs, MiB."""
-
-    def __enter__(self):
-        # Hand freed heap memory back to the OS first, so that the block's
-        # allocations show up in RSS instead of reusing earlier free pages.
-        if platform.system() == "Linux":
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.proc = psutil.Process()
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-        self.mb = (self.peak - self.base) / 2**20
+from common import Peak
 
 
 def naive_decode(model, hidden, k):
@@ -94,11 +65,11 @@ def main() -> None:
     # Touch the unembedding once: safetensors weights are memory-mapped, and their
     # first use would otherwise count as decoding memory.
     decoder.decode(hidden[:1, :1], top_k=1)
-    with PeakRSS() as chunked_mem:
+    with Peak(torch.device('cpu')) as chunked_mem:
         t0 = time.perf_counter()
         out = decoder.decode(hidden, top_k=5, entropy=True, reference=hidden[-1])
         chunked_s = time.perf_counter() - t0
-    with PeakRSS() as naive_mem:
+    with Peak(torch.device('cpu')) as naive_mem:
         t0 = time.perf_counter()
         naive_ids, naive_entropy = naive_decode(model, hidden, 5)
         naive_s = time.perf_counter() - t0

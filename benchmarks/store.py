@@ -21,65 +21,22 @@ Writes benchmarks/results/store.json (or --out). Not a timed test.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
 import statistics
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import psutil
 import torch
 
 import interlayer
-from interlayer.loading import converted_dir, ensure_converted
+from interlayer.loading import ensure_converted
 from interlayer.store import stream
 
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-class Peak:
-    """Peak memory above the start while the block runs (CUDA allocator, or process RSS)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return self
-        if platform.system() == "Linux":
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-            return
-        self.running = False
-        self.thread.join()
-        self.mb = (max(self.peak, self.proc.memory_info().rss) - self.base) / 2**20
+from common import Peak, device_name
 
 
 def load_copies(args, device, dtype):

@@ -18,7 +18,7 @@ from torch import nn
 
 from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_blocks, get_submodule
 from .errors import LayerIndexError, UnknownSiteError, choices
-from .sites import SITE_KINDS, Site, parse_site
+from .sites import LN_FINAL, SITE_KINDS, Site, parse_site
 
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 """A hook function: receives the site's activation ``[batch, seq, d_model]`` and
@@ -165,6 +165,9 @@ class ModelAdapter:
         that tensor replaces the activation and everything downstream sees it.
         """
         site = self.site(site)
+        if site.kind == LN_FINAL:
+            norm = get_submodule(self.model, self.spec.final_norm, unwrap=False)
+            return _Handle([norm.register_forward_hook(_output_hook(fn))])
         block = self.blocks[site.layer]
         if site.kind == "resid_pre":
             return _Handle([block.register_forward_pre_hook(_input_hook(fn), with_kwargs=True)])
@@ -282,7 +285,8 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def stop_after(self, layer: int | None) -> Iterator[None]:
-        """Within the block, forward passes end right after block ``layer``.
+        """Within the block, forward passes end right after block ``layer`` (after the
+        final norm for ``layer == n_layers``).
 
         The model call then raises an internal exception that :meth:`forward`
         catches; ``None`` leaves passes untouched.
@@ -290,12 +294,15 @@ class ModelAdapter:
         if layer is None:
             yield
             return
-        self.check_layer(layer)
 
         def stop(module: nn.Module, args: Any, output: Any) -> None:
             raise _StopForward
 
-        handle = self.blocks[layer].register_forward_hook(stop)
+        if layer == self.n_layers:  # after the final norm (ln_final), before the unembedding
+            handle = get_submodule(self.model, self.spec.final_norm, unwrap=False).register_forward_hook(stop)
+        else:
+            self.check_layer(layer)
+            handle = self.blocks[layer].register_forward_hook(stop)
         try:
             yield
         finally:

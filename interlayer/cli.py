@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _register_builtin_commands() -> None:
     from . import commands  # noqa: F401  (registers the core commands)
     from .lens import cli as lens_cli  # noqa: F401
+    from .probes import cli as probes_cli  # noqa: F401
 
 
 def emit_json(payload: Any) -> None:

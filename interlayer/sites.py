@@ -10,6 +10,11 @@ from .errors import LayerIndexError, UnknownSiteError, choices
 SITE_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
 """Site kinds in the order a block computes them."""
 
+LN_FINAL = "ln_final"
+"""The output of the final norm (TransformerLens ``ln_final.hook_normalized``): the last
+hidden state as Hugging Face's ``output_hidden_states`` reports it."""
+_LN_FINAL_ALIASES = ("ln_final", "ln_final.hook_normalized")
+
 _SHORT = re.compile(r"^(?P<kind>[a-z_]+)\.(?P<layer>-?\d+)$")
 _TRANSFORMER_LENS = re.compile(r"^blocks\.(?P<layer>-?\d+)\.hook_(?P<kind>[a-z_]+)$")
 
@@ -23,18 +28,20 @@ class Site:
 
     @property
     def name(self) -> str:
-        """Canonical short name, e.g. ``resid_post.6``."""
-        return f"{self.kind}.{self.layer}"
+        """Canonical short name, e.g. ``resid_post.6`` (or ``ln_final``)."""
+        return LN_FINAL if self.kind == LN_FINAL else f"{self.kind}.{self.layer}"
 
     @property
     def transformer_lens_name(self) -> str:
         """The TransformerLens name, e.g. ``blocks.6.hook_resid_post``."""
+        if self.kind == LN_FINAL:
+            return "ln_final.hook_normalized"
         return f"blocks.{self.layer}.hook_{self.kind}"
 
     @property
     def order(self) -> tuple[int, int]:
-        """Position in a forward pass: earlier sites sort first."""
-        return (self.layer, SITE_KINDS.index(self.kind))
+        """Position in a forward pass: earlier sites sort first (``ln_final`` last)."""
+        return (self.layer, 0 if self.kind == LN_FINAL else SITE_KINDS.index(self.kind))
 
     def __str__(self) -> str:
         return self.name
@@ -48,14 +55,18 @@ def parse_site(name: str | Site, n_layers: int) -> Site:
     """
     if isinstance(name, Site):
         kind, layer = name.kind, name.layer
+        if kind == LN_FINAL:
+            return Site(layer=n_layers, kind=LN_FINAL)
     else:
         text = str(name).strip()
+        if text in _LN_FINAL_ALIASES:
+            return Site(layer=n_layers, kind=LN_FINAL)
         match = _SHORT.match(text) or _TRANSFORMER_LENS.match(text)
         if match is None:
             raise UnknownSiteError(
                 f"unknown hook site {name!r}; expected '<kind>.<layer>' or "
                 f"'blocks.<layer>.hook_<kind>' with kind one of {choices(SITE_KINDS)} "
-                f"and layer in 0..{n_layers - 1}"
+                f"and layer in 0..{n_layers - 1}, or 'ln_final'"
             )
         kind, layer = match.group("kind"), int(match.group("layer"))
     if kind not in SITE_KINDS:

@@ -20,7 +20,7 @@ class TuneConfig(ModelOptions):
     layers: str = option("all", "comma-separated layers to train, or 'all' (every layer but the last)")
     steps: int = option(300, "optimizer steps")
     batch_size: int = option(32, "tokens per step")
-    lr: float = option(1e-3, "Adam learning rate (after linear warmup, decays linearly to 0)")
+    lr: float = option(3e-4, "Adam learning rate (after linear warmup, decays linearly to 0)")
     warmup: int = option(20, "warmup steps")
     context_length: int = option(128, "tokens per packed context, BOS included")
     seed: int = option(0, "seed of the row order")

@@ -60,7 +60,7 @@ def _row_order(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
 
 
 def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[int] | None = None, steps: int = 300,
-                     batch_size: int = 32, lr: float = 1e-3, warmup: int = 20, seed: int = 0,
+                     batch_size: int = 32, lr: float = 3e-4, warmup: int = 20, seed: int = 0,
                      checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50,
                      progress: bool = True) -> TunedLens:
     """Train a :class:`TunedLens` on ``hidden`` = ``[n_layers, rows, d]`` resid_post states.
@@ -193,15 +193,18 @@ class LensComparison:
         return fig
 
 
-def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memory_mb: float = 256.0) -> LensComparison:
+def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memory_mb: float = 256.0,
+                   layers: list[int] | None = None) -> LensComparison:
     """Evaluate ``lens`` against the logit lens on held-out token activations
-    (resid_post of every layer): mean KL(final || layer) and mean next-token CE."""
-    hidden = stacked_resid(acts, model.n_layers)
+    (resid_post of every layer): mean KL(final || layer) and mean next-token CE,
+    at every layer or at ``layers``."""
+    stacked = stacked_resid(acts, model.n_layers)
     targets, has_next = next_token_targets(acts)
-    layers = list(range(model.n_layers))
+    layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
+    hidden = stacked[layers]
     results = {}
     for name, decoder in (("logit", LayerDecoder(model, memory_mb)), ("tuned", LayerDecoder(model, memory_mb, lens=lens))):
-        out = decoder.decode(hidden, reference=hidden[-1], targets=targets, layers=layers)
+        out = decoder.decode(hidden, reference=stacked[-1], targets=targets, layers=layers)
         kl = out.kl_to_reference.mean(-1)
         ce = -(out.target_logprobs[:, has_next]).mean(-1)
         results[name] = (kl.tolist(), ce.tolist())

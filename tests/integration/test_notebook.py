@@ -19,3 +19,4 @@ def test_quickstart_notebook_runs(gemma):
     assert namespace["lens"].table().shape[0] == 18
     assert not (namespace["plain"] == namespace["steered"]).all()
     assert len(namespace["similarity"]) == 18 and len(namespace["tokens"]) > 10
+    assert namespace["latent"].n_words > 20

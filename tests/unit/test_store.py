@@ -219,3 +219,17 @@ def test_repeated_collects_do_not_leak():
     gc.collect()
     tensors_after = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
     assert tensors_after <= tensors_before
+
+
+def test_ln_final_site_equals_hf_last_hidden_state(tiny_hf):
+    model = interlayer.load_model(tiny_hf)
+    calls = []
+    head = model.unembed.register_forward_pre_hook(lambda *a: calls.append(1))
+    acts = collect(model, SEQUENCES, ["resid_pre.0", "ln_final.hook_normalized"], select="weighted_mean", progress=False)
+    head.remove()
+    assert calls == []  # stopped after the final norm: nothing unembedded
+    for i, seq in enumerate(SEQUENCES):
+        hs = tiny_hf(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states
+        w = torch.arange(1, len(seq) + 1, dtype=torch.float32)[:, None]
+        torch.testing.assert_close(acts["ln_final"][i], (hs[-1][0] * w).sum(0) / w.sum(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(acts["resid_pre.0"][i], (hs[0][0] * w).sum(0) / w.sum(), atol=1e-5, rtol=0)

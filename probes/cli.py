@@ -1,0 +1,28 @@
+"""``interlayer mexa`` (and later probes commands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interlayer.cli import command
+from interlayer.loading import load_model
+from interlayer.shards import write_json_atomic
+
+from .config import MexaConfig
+from .mexa import load_parallel, mexa
+
+
+@command("mexa", MexaConfig)
+def run_mexa(cfg: MexaConfig) -> int:
+    from .mexa import available_languages
+
+    langs = available_languages(cfg.data) if cfg.langs == "all" else [l.strip() for l in cfg.langs.split(",") if l.strip()]
+    load_parallel([cfg.pivot, *langs], cfg.n, cfg.data)  # bad data fails before the model loads
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    result = mexa(model, langs, n=cfg.n, pooling=cfg.pooling, data_dir=cfg.data, pivot=cfg.pivot,
+                  batch_size=cfg.batch_size, progress=not cfg.no_progress)
+    print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if cfg.out:
+        write_json_atomic(Path(cfg.out), result.to_json())
+        print(f"wrote {cfg.out}")
+    return 0

@@ -1,0 +1,195 @@
+"""MEXA (Kargaran et al. 2024, "MEXA: Multilingual Evaluation of English-Centric LLMs
+via Cross-Lingual Alignment"), with the semantics of its reference code (cisnlp/Mexa).
+
+For each of the L+1 hidden states (the embedding output, every block's output, the
+last one after the final norm, as Hugging Face's ``output_hidden_states`` reports
+them) each sentence gets one embedding: the position-weighted mean with
+``w_t = t`` over its tokens, BOS included, or its last token. For a language ``L`` and
+the pivot (English), ``S[i, j] = cos(pivot_i, L_j)``; sentence ``i`` is aligned when
+``S[i, i]`` is strictly greater than every other entry of its row and of its column
+(ties are misses). The score of a layer is hits / N.
+
+Embeddings come from the activation store, batched; padding does not change them.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from interlayer.adapter import ModelAdapter
+from interlayer.errors import InterlayerError, choices
+from interlayer.store import collect
+
+POOLINGS = {"weighted": "weighted_mean", "last": "last"}
+SUFFIXES = (".devtest", ".txt")
+
+
+def packaged_data_dir() -> Path:
+    """The shipped FLORES-200 devtest subset (first 100 lines, 34 languages; CC BY-SA 4.0)."""
+    return Path(str(resources.files("interlayer.probes").joinpath("data/flores200")))
+
+
+def available_languages(data_dir: str | Path | None = None) -> list[str]:
+    """Language codes with a ``<lang>.devtest`` or ``<lang>.txt`` file in ``data_dir``
+    (names starting with a capital, such as ``LICENSE.txt`` or ``SOURCE.txt``, are not languages)."""
+    directory = Path(data_dir) if data_dir is not None else packaged_data_dir()
+    if not directory.is_dir():
+        raise InterlayerError(f"parallel-data directory {str(directory)!r} does not exist")
+    return sorted({p.stem for p in directory.iterdir() if p.suffix in SUFFIXES and not p.stem[:1].isupper()})
+
+
+def load_parallel(langs: Sequence[str], n: int, data_dir: str | Path | None = None) -> dict[str, list[str]]:
+    """The first ``n`` lines of each language's file, checked to be parallel."""
+    if n < 2:
+        raise InterlayerError(f"MEXA needs at least 2 parallel sentences, got n={n}")
+    directory = Path(data_dir) if data_dir is not None else packaged_data_dir()
+    available = available_languages(directory)
+    missing = [lang for lang in langs if lang not in available]
+    if missing:
+        raise InterlayerError(f"no parallel file for {choices(missing)} in {directory}; available languages: "
+                              f"{choices(available)}")
+    lines: dict[str, list[str]] = {}
+    for lang in langs:
+        path = next(directory / f"{lang}{s}" for s in SUFFIXES if (directory / f"{lang}{s}").is_file())
+        lines[lang] = path.read_text(encoding="utf-8").splitlines()
+    lengths = {lang: len(v) for lang, v in lines.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{lang}: {count}" for lang, count in lengths.items())
+        raise InterlayerError(f"parallel files of different lengths in {directory} ({detail}); line i must be the "
+                              "same sentence in every file")
+    if min(lengths.values()) < n:
+        raise InterlayerError(f"the parallel files hold {min(lengths.values())} lines, fewer than n={n}")
+    for lang, values in lines.items():
+        empty = [i for i, v in enumerate(values[:n]) if not v.strip()]
+        if empty:
+            raise InterlayerError(f"{lang} has empty lines at {empty[:5]} among the first {n}")
+    return {lang: values[:n] for lang, values in lines.items()}
+
+
+def hidden_state_sites(model: ModelAdapter) -> list[str]:
+    """The L+1 sites matching Hugging Face's ``hidden_states``: the embedding output,
+    every block output but the last, then the last after the final norm."""
+    return ["resid_pre.0"] + [f"resid_post.{l}" for l in range(model.n_layers - 1)] + ["ln_final"]
+
+
+def sentence_embeddings(model: ModelAdapter, sentences: Sequence[str], pooling: str = "weighted",
+                        batch_size: int = 16, progress: bool = False, padding_side: str = "right") -> torch.Tensor:
+    """``[L+1, n, d]`` sentence embeddings of every hidden state, from the store
+    (padding on either side gives the same embeddings)."""
+    if pooling not in POOLINGS:
+        raise InterlayerError(f"unknown pooling {pooling!r}; valid choices: {choices(POOLINGS)}")
+    sites = hidden_state_sites(model)
+    acts = collect(model, list(sentences), sites, select=POOLINGS[pooling], batch_size=batch_size, progress=progress,
+                   padding_side=padding_side)
+    return acts.stack(sites).double()
+
+
+def cosine_matrix(pivot: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``S[i, j] = cos(pivot_i, other_j)`` in float64."""
+    a = pivot.double() / pivot.double().norm(dim=-1, keepdim=True)
+    b = other.double() / other.double().norm(dim=-1, keepdim=True)
+    return a @ b.T
+
+
+def mutual_nearest_hits(similarity: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: ``S[i, i]`` strictly greater than every other entry of row i and
+    of column i. Ties are misses."""
+    n = similarity.shape[0]
+    if similarity.shape != (n, n) or n < 2:
+        raise InterlayerError(f"similarity must be a square matrix of at least 2x2, got {tuple(similarity.shape)}")
+    diag = similarity.diagonal()
+    off = similarity.masked_fill(torch.eye(n, dtype=torch.bool, device=similarity.device), float("-inf"))
+    return (diag > off.max(dim=1).values) & (diag > off.max(dim=0).values)
+
+
+def alignment_scores(pivot: torch.Tensor, other: torch.Tensor) -> list[float]:
+    """Per-layer MEXA scores of ``[L+1, N, d]`` embeddings against the pivot's."""
+    return [float(mutual_nearest_hits(cosine_matrix(p, o)).double().mean()) for p, o in zip(pivot, other)]
+
+
+@dataclass
+class MexaResult:
+    """Per-language, per-layer alignment scores (hits / N)."""
+
+    model: str
+    pooling: str
+    n: int
+    pivot: str
+    layers: int
+    scores: dict[str, list[float]]
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return {lang: sum(v) / len(v) for lang, v in self.scores.items()}
+
+    @property
+    def max(self) -> dict[str, float]:
+        return {lang: max(v) for lang, v in self.scores.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        """The schema of ``interlayer mexa --out``."""
+        return {"model": self.model, "pooling": self.pooling, "n": self.n, "pivot": self.pivot, "layers": self.layers,
+                "scores": self.scores, "mean": self.mean, "max": self.max}
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: language, layer, score."""
+        return pd.DataFrame([{"language": lang, "layer": layer, "score": score}
+                             for lang, values in self.scores.items() for layer, score in enumerate(values)])
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and max over layers per language, best first."""
+        return pd.DataFrame({"language": list(self.scores), "mean": list(self.mean.values()),
+                             "max": list(self.max.values())}).sort_values("mean", ascending=False, ignore_index=True)
+
+    def plot(self) -> go.Figure:
+        """Languages x layers heatmap (hidden state 0 is the embedding output)."""
+        langs = list(self.summary().language)
+        fig = go.Figure(go.Heatmap(z=[self.scores[l] for l in langs], x=list(range(self.layers)),
+                                   y=[html.escape(l) for l in langs], zmin=0, zmax=1, colorscale="Viridis",
+                                   colorbar={"title": "MEXA"}))
+        fig.update_layout(title=html.escape(f"MEXA alignment with {self.pivot}: {self.model} ({self.pooling}, n={self.n})"),
+                          xaxis_title="hidden state (0 = embeddings)", yaxis_title="language",
+                          height=max(400, 18 * len(langs)))
+        return fig
+
+    def plot_summary(self) -> go.Figure:
+        """Bars of the mean and max over layers per language."""
+        frame = self.summary()
+        fig = go.Figure([go.Bar(x=[html.escape(l) for l in frame.language], y=frame["mean"], name="mean over layers"),
+                         go.Bar(x=[html.escape(l) for l in frame.language], y=frame["max"], name="max over layers")])
+        fig.update_layout(barmode="group", title=html.escape(f"MEXA summary: {self.model}"), yaxis={"range": [0, 1]})
+        return fig
+
+
+def mexa(model: ModelAdapter, langs: str | Sequence[str] = "all", *, n: int = 100, pooling: str = "weighted",
+         data_dir: str | Path | None = None, pivot: str = "eng_Latn", batch_size: int = 16,
+         progress: bool = True) -> MexaResult:
+    """MEXA scores of ``langs`` against ``pivot`` at every hidden state.
+
+    ``langs="all"`` takes every language in ``data_dir`` (default: the packaged
+    FLORES-200 subset) but the pivot.
+    """
+    if pooling not in POOLINGS:
+        raise InterlayerError(f"unknown pooling {pooling!r}; valid choices: {choices(POOLINGS)}")
+    if isinstance(langs, str):
+        langs = available_languages(data_dir) if langs == "all" else [l.strip() for l in langs.split(",") if l.strip()]
+    langs = [l for l in langs if l != pivot] or list(langs)
+    if not langs:
+        raise InterlayerError("no languages given")
+    data = load_parallel([pivot, *langs], n, data_dir)
+    from tqdm.auto import tqdm
+
+    pivot_emb = sentence_embeddings(model, data[pivot], pooling, batch_size)
+    scores = {}
+    for lang in tqdm(langs, desc="mexa", disable=not progress):
+        scores[lang] = alignment_scores(pivot_emb, sentence_embeddings(model, data[lang], pooling, batch_size))
+    return MexaResult(model.name, pooling, n, pivot, int(pivot_emb.shape[0]), scores)
