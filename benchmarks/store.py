@@ -129,11 +129,11 @@ def main() -> None:
 
         def run_nnsight():
             saved = []
-            with nn_model.trace(ids, attention_mask=mask):
+            with nn_model.trace(ids, attention_mask=mask) as tracer:
                 for l in layers:
                     saved.append(nn_model.model.layers[l].output.save())
                 if args.layer is not None:
-                    nn_model.model.layers[args.layer].output.stop()
+                    tracer.stop()  # nnsight's early exit after the last needed module
             return saved
 
         methods["nnsight"] = run_nnsight
