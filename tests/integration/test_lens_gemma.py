@@ -20,8 +20,10 @@ def test_prefix_sets_on_gemma(gemma):
     vocab = gemma.tokenizer.get_vocab()
     assert index.style == "sentencepiece"
     flower = index.ids("flower")
-    assert vocab["▁flower"] in flower and vocab["flower"] in flower and vocab["f"] in flower
-    assert vocab["fleur"] not in flower
+    assert vocab["▁flower"] in flower and vocab["f"] in flower and vocab["▁fl"] in flower
+    by_id = {i: t for t, i in vocab.items()}
+    assert all("flower".startswith(by_id[i].removeprefix("▁")) for i in flower)  # only prefixes, nothing else
+    assert vocab["▁flow"] in flower and vocab.get("▁flour", -1) not in flower
     assert vocab["花"] in index.ids("花")
 
 
@@ -40,7 +42,7 @@ def test_latent_probabilities_equal_direct_computation(gemma):
             else:  # the last layer: the model's own output distribution
                 logp = torch.log_softmax(out.logits[0, -1].float(), -1)
             for word, got in ((row.zh, result.p_target), (row.en, result.p_latent["en"]), (row.fr, result.p_source)):
-                want = float(logp[sorted(index.ids(word))].exp().sum())
+                want = float(logp.detach()[sorted(index.ids(word))].exp().sum())
                 assert got[i, layer] == pytest.approx(want, abs=1e-5, rel=1e-4)
 
 
@@ -54,8 +56,10 @@ def test_tuned_lens_at_init_equals_logit_lens_and_training_beats_it(gemma):
     b = LayerDecoder(gemma, lens=untrained).decode(hidden[[4, 12]], top_k=5, entropy=True, layers=[4, 12])
     assert torch.equal(a.topk_ids, b.topk_ids) and torch.equal(a.entropy, b.entropy)
 
-    lens = train_tuned_lens(gemma, stacked_resid(train, gemma.n_layers), layers=[4, 12], steps=40, batch_size=16,
-                            lr=2e-3, warmup=5, progress=False)
+    # The library's default learning rate; a higher one with small batches overshoots
+    # at late layers, where the logit lens is already close (see the README).
+    lens = train_tuned_lens(gemma, stacked_resid(train, gemma.n_layers), layers=[4, 12], steps=60, batch_size=32,
+                            warmup=5, progress=False)
     frame = compare_lenses(gemma, lens, held_out, layers=[4, 12]).to_frame()
     assert (frame.kl_tuned < frame.kl_logit).all(), frame
     assert (frame.ce_tuned < frame.ce_logit).all(), frame
