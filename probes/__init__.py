@@ -1,9 +1,12 @@
 """interlayer.probes: read what the layers encode.
 
 * MEXA cross-lingual alignment (Kargaran et al. 2024): :func:`mexa`.
+* Linear probes per layer with a shuffled-label control: :func:`probe_layers`.
 """
 
 from .config import MexaConfig
+from .linear import ProbeResult, probe_features, probe_layers
 from .mexa import MexaResult, alignment_scores, mexa, mutual_nearest_hits, sentence_embeddings
 
-__all__ = ["MexaConfig", "MexaResult", "alignment_scores", "mexa", "mutual_nearest_hits", "sentence_embeddings"]
+__all__ = ["MexaConfig", "MexaResult", "ProbeResult", "alignment_scores", "mexa", "mutual_nearest_hits",
+           "probe_features", "probe_layers", "sentence_embeddings"]
