@@ -8,7 +8,7 @@ from interlayer.cli import command
 from interlayer.loading import load_model
 from interlayer.shards import write_json_atomic
 
-from .config import MexaConfig
+from .config import ConsistencyConfig, MexaConfig
 from .mexa import load_parallel, mexa
 
 
@@ -24,5 +24,26 @@ def run_mexa(cfg: MexaConfig) -> int:
     print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if cfg.out:
         write_json_atomic(Path(cfg.out), result.to_json())
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+@command("consistency", ConsistencyConfig)
+def run_consistency(cfg: ConsistencyConfig) -> int:
+    from interlayer.lens import TunedLens
+
+    from .consistency import LABELS, internal_consistency, load_examples
+
+    examples = load_examples(cfg.dataset, cfg.n)  # bad input fails before the model loads
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    lens = TunedLens.load(cfg.tuned_lens, model) if cfg.tuned_lens else None
+    result = internal_consistency(model, examples, LABELS[cfg.dataset], paths=cfg.paths, dataset=cfg.dataset,
+                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=lens,
+                                  progress=not cfg.no_progress)
+    payload = result.to_json()
+    print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"AUROC of IC (correct vs incorrect paths): {payload['auroc']}; path accuracy {payload['path_accuracy']:.3f}")
+    if cfg.out:
+        write_json_atomic(Path(cfg.out), payload)
         print(f"wrote {cfg.out}")
     return 0

@@ -21,3 +21,18 @@ class MexaConfig(ModelOptions):
     out: str | None = option(None, "write the result JSON here")
     batch_size: int = option(16, "sentences per forward pass")
     no_progress: bool = option(False, "hide the progress bar")
+
+
+@dataclass
+class ConsistencyConfig(ModelOptions):
+    """Internal consistency of chain-of-thought answers across layers (Xie et al. 2024)."""
+
+    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id")
+    dataset: str = option("coinflip", "packaged dataset", choices=("coinflip", "prontoqa", "proofwriter", "boolq"))
+    paths: int = option(5, "sampled chain-of-thought paths per question (temperature 0.7, top-p 0.95)")
+    n: int = option(20, "questions (the first n of the dataset)")
+    out: str | None = option(None, "write the result JSON here")
+    max_new_tokens: int = option(96, "tokens per sampled path")
+    seed: int = option(0, "sampling seed")
+    tuned_lens: str | None = option(None, "decode the layers with this saved tuned lens")
+    no_progress: bool = option(False, "hide the progress bar")
