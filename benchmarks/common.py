@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import platform
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -51,3 +53,11 @@ class Peak:
         self.running = False
         self.thread.join()
         self.mb = (max(self.peak, self.proc.memory_info().rss) - self.base) / 2**20
+
+
+def write_result(path: str | Path, result: dict) -> None:
+    """Write a benchmark's result JSON (creating benchmarks/results/) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -16,7 +16,6 @@ Writes ``benchmarks/results/foundation.json``. Not a timed test.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import interlayer
 from interlayer.decoding import LayerDecoder
 from interlayer.loading import EMBEDDED, ensure_converted
 
-from common import Peak
+from common import Peak, write_result
 
 
 def naive_decode(model, hidden, k):
@@ -98,10 +97,7 @@ def main() -> None:
     print(f"{'decode all layers (s)':28s}{naive_s:12.3f}{chunked_s:12.3f}{naive_s / chunked_s:8.2f}x")
     print(f"{'decode peak extra RSS (MiB)':28s}{naive_mem.mb:12.1f}{chunked_mem.mb:12.1f}"
           f"{naive_mem.mb / max(chunked_mem.mb, 1e-9):8.1f}x")
-    out_path = Path(__file__).parent / "results" / "foundation.json"
-    out_path.parent.mkdir(exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    write_result(Path(__file__).parent / "results" / "foundation.json", result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Writes benchmarks/results/mexa.json. Not a timed test.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from interlayer.probes import mexa
 from interlayer.probes.mexa import load_parallel
 from interlayer.probes.reference import mexa_reference
 
-from common import device_name
+from common import device_name, write_result
 
 
 def main() -> None:
@@ -56,10 +55,7 @@ def main() -> None:
     }
     print(f"interlayer {fast_s:.1f}s, per-sentence reference {reference_s:.1f}s: {reference_s / fast_s:.1f}x; "
           f"scores identical: {same} (max diff {max_diff})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

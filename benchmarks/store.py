@@ -21,9 +21,7 @@ Writes benchmarks/results/store.json (or --out). Not a timed test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -36,12 +34,12 @@ import interlayer
 from interlayer.loading import ensure_converted
 from interlayer.store import stream
 
-from common import Peak, device_name
+from common import Peak, device_name, write_result
 
 
 def load_copies(args, device, dtype):
     """Independent copies of the same weights: one per method family."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if args.random_weights:
         from transformers import Gemma3TextConfig
@@ -211,10 +209,7 @@ def main() -> None:
     for name in methods:
         print(f"{name:18s}{tps[name]:12.1f}{statistics.median(times[name]):10.3f}{tps['store'] / tps[name]:9.2f}x")
     print(f"store peak extra memory {peak.mb:.1f} MiB (HF output_hidden_states: {hf_peak.mb:.1f} MiB); device {result['device']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import InfoConfig, LogitLensConfig, ModelsConfig
 from .errors import InterlayerError
 
 
@@ -108,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _register_builtin_commands() -> None:
-    from . import commands  # noqa: F401  (registers the core commands)
+    # Importing these modules registers their commands.
+    from . import commands  # noqa: F401
     from .lens import cli as lens_cli  # noqa: F401
     from .probes import cli as probes_cli  # noqa: F401
 

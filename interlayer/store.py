@@ -19,9 +19,8 @@ import itertools
 import logging
 import math
 import shutil
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from .errors import CacheCorruptError, InterlayerError, UnknownSiteError, choice
 from .inputs import Batch, Sequence_, Tokenized, batches_by_length, bos_id_of, data_fingerprint, make_batch, pad_id_of
 from .selection import POOLED, Selector, check_selection
 from .shards import DiskBudgetError, encode_shard, read_shard, write_atomic, write_json_atomic
-from .sites import SITE_KINDS, Site
+from .sites import Site
 
 log = logging.getLogger(__name__)
 

@@ -58,8 +58,6 @@ def _lens_for(model, path):
 
 @command("lens latent", LatentConfig)
 def run_latent(cfg: LatentConfig) -> int:
-    import json
-
     from interlayer.shards import write_json_atomic
 
     from .latent import check_task, latent_language

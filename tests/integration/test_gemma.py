@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import interlayer
 from interlayer.decoding import LayerDecoder
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,5 @@
 """Integration: lenses on the real Gemma 3 270M against direct computations."""
 
-from pathlib import Path
-
 import pytest
 import torch
 

@@ -10,7 +10,7 @@ from torch import nn
 import interlayer
 from interlayer.architectures import supported_model_types
 from interlayer.errors import LayerIndexError, UnknownSiteError, UnsupportedArchitectureError
-from tests.tiny_models import TINY_ARCHITECTURES, make_tiny
+from tests.tiny_models import make_tiny
 
 
 def test_every_required_family_is_registered():

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import interlayer
-from interlayer.errors import CacheCorruptError, InterlayerError, UnknownSiteError
+from interlayer.errors import InterlayerError, UnknownSiteError
 from interlayer.inputs import EmptyInputError
-from interlayer.shards import DiskBudgetError
-from interlayer.store import ActivationStore, cache, collect, expand_sites, stream
+from interlayer.store import collect, expand_sites, stream
 from tests.tiny_models import make_tiny, make_tokenizer
 
 SEQUENCES = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14, 15], [1, 16], [1, 17, 18, 19, 20, 21, 22, 23], [1, 24, 25, 26]]

@@ -11,7 +11,7 @@ import torch
 import interlayer
 from interlayer.errors import InterlayerError
 from interlayer.lens import latent_language, logit_lens, saturation
-from interlayer.lens.latent import LANGUAGE_NAMES, TASKS, build_prompt, check_task, load_cloze, load_words
+from interlayer.lens.latent import LANGUAGE_NAMES, build_prompt, check_task, load_cloze, load_words
 from interlayer.lens.prefixes import PrefixIndex, _byte_to_unicode
 from interlayer.lens.saturation import exit_layers
 from tests.tiny_models import make_tiny, make_tokenizer

@@ -1,8 +1,5 @@
 """Internal consistency: calibration by hand, the vote, and the protocol end to end."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 
