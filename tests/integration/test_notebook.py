@@ -20,3 +20,4 @@ def test_quickstart_notebook_runs(gemma):
     assert not (namespace["plain"] == namespace["steered"]).all()
     assert len(namespace["similarity"]) == 18 and len(namespace["tokens"]) > 10
     assert namespace["latent"].n_words > 20
+    assert set(namespace["alignment"].scores) == {"fra_Latn", "zho_Hans"}
