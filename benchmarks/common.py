@@ -61,3 +61,19 @@ def write_result(path: str | Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def stand_in_tokenizer(vocab_size: int, directory: str | Path):
+    """A word-level tokenizer with ``vocab_size`` entries, saved and reloaded from
+    ``directory`` (so libraries that reload tokenizers by path accept it). For runs with
+    random weights, which feed token ids and need no real tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"t{i}": i for i in range(4, vocab_size)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                  unk_token="<unk>")
+    tok.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)

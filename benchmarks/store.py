@@ -34,7 +34,7 @@ import interlayer
 from interlayer.loading import ensure_converted
 from interlayer.store import stream
 
-from common import Peak, device_name, write_result
+from common import Peak, device_name, stand_in_tokenizer, write_result
 
 
 def load_copies(args, device, dtype):
@@ -58,7 +58,9 @@ def load_copies(args, device, dtype):
             model.load_state_dict(state)
             return model.to(device).eval()
 
-        return fresh, None
+        import tempfile
+
+        return fresh, stand_in_tokenizer(config.vocab_size, tempfile.mkdtemp(prefix="interlayer-tok-"))
     entry = ensure_converted(args.model) if args.model in interlayer.EMBEDDED else Path(args.model)
     tok = AutoTokenizer.from_pretrained(entry)
 
@@ -138,8 +140,7 @@ def main() -> None:
     if "transformer_lens" not in skip:
         from transformer_lens.model_bridge import TransformerBridge
 
-        bridge = TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=fresh(), tokenizer=tok) if tok is not None \
-            else TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=fresh())
+        bridge = TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=fresh(), tokenizer=tok)
         names = [f"blocks.{l}.hook_resid_post" for l in layers]
         stop = max(layers) + 1
         try:
