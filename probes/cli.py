@@ -39,6 +39,7 @@ def run_consistency(cfg: ConsistencyConfig) -> int:
     lens = TunedLens.load(cfg.tuned_lens, model) if cfg.tuned_lens else None
     result = internal_consistency(model, examples, LABELS[cfg.dataset], paths=cfg.paths, dataset=cfg.dataset,
                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=lens,
+                                  journal=f"{cfg.out}.paths.jsonl" if cfg.out else None,
                                   progress=not cfg.no_progress)
     payload = result.to_json()
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))

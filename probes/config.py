@@ -31,7 +31,7 @@ class ConsistencyConfig(ModelOptions):
     dataset: str = option("coinflip", "packaged dataset", choices=("coinflip", "prontoqa", "proofwriter", "boolq"))
     paths: int = option(5, "sampled chain-of-thought paths per question (temperature 0.7, top-p 0.95)")
     n: int = option(20, "questions (the first n of the dataset)")
-    out: str | None = option(None, "write the result JSON here")
+    out: str | None = option(None, "write the result JSON here (sampled paths are journalled to OUT.paths.jsonl; a rerun resumes)")
     max_new_tokens: int = option(96, "tokens per sampled path")
     seed: int = option(0, "sampling seed")
     tuned_lens: str | None = option(None, "decode the layers with this saved tuned lens")

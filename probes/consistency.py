@@ -242,11 +242,44 @@ def _generate(model: ModelAdapter, prompt: str, paths: int, max_new_tokens: int,
     return decode(greedy[0]), [decode(s) for s in sampled]
 
 
+def _read_journal(journal: str | None, settings: dict[str, Any]) -> dict[str, list[str]]:
+    """Sampled paths already in the journal for these settings (other settings are ignored)."""
+    from pathlib import Path
+
+    if journal is None or not Path(journal).is_file():
+        return {}
+    done = {}
+    for line in Path(journal).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by an interruption
+            continue
+        if record.get("settings") == settings:
+            done[record["key"]] = record["paths"]
+    return done
+
+
+def _append_journal(journal: str | None, settings: dict[str, Any], key: str, paths: list[str]) -> None:
+    import os
+
+    if journal is None:
+        return
+    with open(journal, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"settings": settings, "key": key, "paths": paths}, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def internal_consistency(model: ModelAdapter, examples: Sequence[Example], labels: Sequence[str], *, paths: int = 5,
                          dataset: str = "custom", max_new_tokens: int = 96, temperature: float = 0.7,
                          top_p: float = 0.95, seed: int = 0, trigger: str = TRIGGER, lens: Any = None,
-                         progress: bool = True) -> ConsistencyResult:
-    """Run the whole protocol of the module docstring on ``examples``."""
+                         journal: str | None = None, progress: bool = True) -> ConsistencyResult:
+    """Run the whole protocol of the module docstring on ``examples``.
+
+    With ``journal`` (a ``.jsonl`` path), each question's sampled paths are appended
+    there as soon as they exist, and a rerun with the same settings reuses them, so an
+    interrupted run loses at most the question in progress.
+    """
     if paths < 1:
         raise InterlayerError(f"paths must be at least 1, got {paths}")
     if len(examples) < 2:
@@ -256,9 +289,17 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
     if unknown:
         raise InterlayerError(f"gold answers {sorted(unknown)} are not among the labels {list(labels)}")
     label_ids = label_token_ids(model, labels)
+    settings = {"model": model.name, "paths": paths, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                "top_p": top_p, "seed": seed}
+    done = _read_journal(journal, settings)
     texts, generated = [], []
     for i, example in enumerate(tqdm(examples, desc="sampling", disable=not progress)):
-        greedy, sampled = _generate(model, example.prompt, paths, max_new_tokens, temperature, top_p, seed + i)
+        key = f"{i}:{example.prompt}"
+        if key in done:
+            greedy, *sampled = done[key]
+        else:
+            greedy, sampled = _generate(model, example.prompt, paths, max_new_tokens, temperature, top_p, seed + i)
+            _append_journal(journal, settings, key, [greedy, *sampled])
         generated.append([greedy, *sampled])
         texts.extend(example.prompt + reasoning_up_to_answer(g, trigger) for g in [greedy, *sampled])
     probs = label_probabilities(model, texts, label_ids, lens=lens)  # [n*(1+paths), L+1, K]

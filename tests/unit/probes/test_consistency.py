@@ -1,5 +1,6 @@
 """Internal consistency: calibration by hand, the vote, and the protocol end to end."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,29 @@ def test_protocol_end_to_end_on_a_tiny_model(tmp_path):
     with pytest.raises(InterlayerError, match="share a first token"):
         internal_consistency(model, [Example("w5", "w10"), Example("w6", "w10 w11")], ["w10", "w10 w11"], paths=1,
                              progress=False)
+
+
+def test_interrupted_sampling_resumes_from_the_journal(tmp_path, monkeypatch):
+    import interlayer.probes.consistency as consistency
+
+    model = interlayer.load_model(make_tiny("llama"), tokenizer=make_tokenizer(tmp_path / "tok"))
+    examples = [Example(f"w{5 + i} w{6 + i} w7 A:", "w10" if i % 2 else "w11") for i in range(4)]
+    options = dict(paths=2, max_new_tokens=5, trigger="w12 w13", progress=False)
+    straight = internal_consistency(model, examples, ["w10", "w11"], **options)
+    journal = str(tmp_path / "paths.jsonl")
+    real, calls = consistency._generate, []
+
+    def crash_on_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(consistency, "_generate", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        internal_consistency(model, examples, ["w10", "w11"], journal=journal, **options)
+    calls.clear()
+    monkeypatch.setattr(consistency, "_generate", lambda *a: (calls.append(1), real(*a))[1])
+    resumed = internal_consistency(model, examples, ["w10", "w11"], journal=journal, **options)
+    assert len(calls) == 2  # only the two questions not journalled before the interruption
+    assert resumed.texts == straight.texts and np.array_equal(resumed.ic, straight.ic)
