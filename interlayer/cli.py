@@ -54,6 +54,8 @@ def _base_type(annotation: Any) -> type:
 def _add_options(parser: argparse.ArgumentParser, config: type) -> None:
     for field in dataclasses.fields(config):
         meta = field.metadata
+        if not meta.get("cli", True):
+            continue
         kind = _base_type(field.type)
         default = field.default
         help_text = meta.get("help", "")
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cmd: Command = args._command
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cmd.config)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cmd.config) if f.metadata.get("cli", True)}
     try:
         return int(cmd.run(cmd.config(**values)) or 0)
     except InterlayerError as err:
@@ -111,6 +113,7 @@ def _register_builtin_commands() -> None:
     from . import commands  # noqa: F401
     from .lens import cli as lens_cli  # noqa: F401
     from .probes import cli as probes_cli  # noqa: F401
+    from .saes import cli as saes_cli  # noqa: F401
 
 
 def emit_json(payload: Any) -> None:

@@ -14,9 +14,10 @@ from .loading import DEFAULT_MODEL
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
-           choices: tuple[str, ...] | None = None) -> Any:
-    """A config field. ``positional=True`` makes it a positional CLI argument."""
-    meta = {"help": help, "positional": positional, "choices": choices}
+           choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
+    """A config field. ``positional=True`` makes it a positional CLI argument;
+    ``cli=False`` keeps it out of the command line (Python API only)."""
+    meta = {"help": help, "positional": positional, "choices": choices, "cli": cli}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -229,6 +229,8 @@ class CollectOptions:
     """Show a progress bar."""
     limit: int | None = None
     """Use at most this many input sequences (or packed contexts)."""
+    skip: int = 0
+    """Packed contexts only: skip this many contexts without running the model (to resume)."""
 
 
 def _options(options: dict[str, Any]) -> CollectOptions:
@@ -251,10 +253,12 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
     tok = Tokenized(model, opts.max_length)
     if opts.limit is not None and opts.limit < 1:
         raise InterlayerError(f"limit must be at least 1, got {opts.limit}")
+    if opts.skip < 0:
+        raise InterlayerError(f"skip must be at least 0, got {opts.skip}")
     if opts.context_length is not None:
         contexts = tok.packed(inputs, opts.context_length, opts.text_field)
-        if opts.limit is not None:
-            contexts = itertools.islice(contexts, opts.limit)
+        if opts.skip or opts.limit is not None:
+            contexts = itertools.islice(contexts, opts.skip, None if opts.limit is None else opts.skip + opts.limit)
 
         def sequential() -> Iterator[list[Sequence_]]:
             chunk: list[Sequence_] = []
@@ -267,6 +271,8 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
                 yield chunk
 
         return sequential(), None
+    if opts.skip:
+        raise InterlayerError("skip needs packed contexts (context_length); for unpacked inputs pass the remaining inputs")
     sequences = tok.sequences(inputs, opts.text_field, opts.limit)
     return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
 
@@ -567,13 +573,14 @@ class ActivationStore:
 
     def batches(self, site: str | Sequence[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
                 epochs: int = 1, start: int = 0, drop_last: bool = False, dtype: torch.dtype = torch.float32,
-                device: str | torch.device | None = None) -> Iterator[torch.Tensor]:
+                device: str | torch.device | None = None, with_index: bool = False) -> Iterator[Any]:
         """Yield ``[batch_size, d]`` batches of one site (``[n_sites, batch_size, d]``
         for a list of sites, the same rows at each).
 
         With ``shuffle`` every epoch is a seeded permutation of all rows, so a batch
         mixes rows from across the shards; the same seed gives the same batches.
         ``start`` skips that many batches, to resume a training run exactly.
+        With ``with_index`` each item is ``(batch, row_index)``; see :meth:`shard_files`.
         """
         many = not isinstance(site, str)
         names = [self._check_site(s) for s in (site if many else [site])]
@@ -593,7 +600,13 @@ class ActivationStore:
                     continue
                 index = order[b * batch_size : (b + 1) * batch_size]
                 rows = [self._gather(name, index).to(device=device, dtype=dtype) for name in names]
-                yield torch.stack(rows) if many else rows[0]
+                batch = torch.stack(rows) if many else rows[0]
+                yield (batch, index) if with_index else batch
+
+    def shard_files(self, rows: torch.Tensor) -> list[str]:
+        """The shard files holding the given global row indices."""
+        shard_of = torch.searchsorted(self.offsets, rows.reshape(-1), right=True) - 1
+        return [self.manifest["shards"][int(i)]["file"] for i in shard_of.unique().tolist()]
 
     def _gather(self, site: str, index: torch.Tensor) -> torch.Tensor:
         shard_of = torch.searchsorted(self.offsets, index, right=True) - 1

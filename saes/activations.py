@@ -1,0 +1,204 @@
+"""The pluggable activation functions of :class:`interlayer.saes.SAE`.
+
+Each maps the encoder's pre-activations ``pre = (x - b_dec) W_enc + b_enc`` to the
+sparse code ``f``. Every architecture shares the encoder, the decoder
+``x_hat = f W_dec + b_dec`` and the trainer; only this step and its sparsity loss differ.
+
+* ``relu``: ``f = ReLU(pre)``, with an L1 penalty (the standard SAE).
+* ``topk``: the ``k`` largest of ``ReLU(pre)`` per token (Gao et al. 2024).
+* ``batchtopk``: the ``k * B`` largest over a batch of ``B`` tokens while training
+  (Bussmann et al. 2024); at inference a single threshold ``theta``, the running mean of
+  the smallest kept activation, so ``f = pre * (pre > theta)``.
+* ``jumprelu``: ``f = pre * H(pre - theta_i)`` with learned per-latent thresholds and an
+  L0 penalty trained through straight-through estimators with a rectangle kernel
+  (Rajamanoharan et al. 2024).
+* ``topafa``: per token, as many latents as bring ``||f||`` closest to ``||x - b_dec||``
+  (Lee et al. 2025; see :mod:`interlayer.saes.topafa`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import topafa
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
+"""The SAE architectures, by ``--arch`` name."""
+
+
+class Activation(nn.Module):
+    """Base class: ``forward(pre, context)`` returns the sparse code ``f``."""
+
+    name = "base"
+
+    def forward(self, pre: torch.Tensor, context: "EncodeContext") -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
+        """The architecture's own sparsity penalty (unweighted), or ``None``."""
+        return None
+
+
+class EncodeContext:
+    """What some activations need besides the pre-activations: the centred input's
+    norm (top-AFA's target) and the decoder row norms."""
+
+    def __init__(self, centred: torch.Tensor, decoder_norms: torch.Tensor) -> None:
+        self.centred = centred
+        self.decoder_norms = decoder_norms
+
+
+class ReLU(Activation):
+    name = "relu"
+
+    def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
+        return torch.relu(pre)
+
+    def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return f.abs().sum(-1).mean()  # decoder rows have unit norm, so this is sum_i f_i ||W_dec,i||
+
+
+class TopK(Activation):
+    name = "topk"
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = int(k)
+
+    def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
+        values, indices = torch.relu(pre).topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+class BatchTopK(Activation):
+    name = "batchtopk"
+
+    def __init__(self, k: int, threshold_momentum: float = 0.01) -> None:
+        super().__init__()
+        self.k = int(k)
+        self.threshold_momentum = threshold_momentum
+        self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated
+
+    def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
+        acts = torch.relu(pre)
+        if not self.training:
+            if float(self.threshold) < 0:
+                raise RuntimeError("this BatchTopK SAE has no inference threshold yet: train it first")
+            return acts * (acts > self.threshold)
+        flat = acts.flatten()
+        values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
+        f = torch.zeros_like(flat).scatter(-1, indices, values).view_as(pre)
+        with torch.no_grad():
+            positive = values[values > 0]
+            if positive.numel():
+                smallest = positive.min()
+                if float(self.threshold) < 0:
+                    self.threshold.copy_(smallest)
+                else:
+                    self.threshold.lerp_(smallest, self.threshold_momentum)
+        return f
+
+
+class _JumpReLUFunction(torch.autograd.Function):
+    """``pre * H(pre - theta)``; d/d theta through a rectangle kernel of width ``bandwidth``."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, log_threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        threshold = log_threshold.exp()
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
+        grad_pre = (pre > threshold).to(grad.dtype) * grad
+        # d/d theta of pre * H(pre - theta) ~ -(theta / bw) K((pre - theta) / bw); times d theta / d log theta = theta
+        grad_log = (-(threshold / bw) * in_window * grad).sum(tuple(range(grad.dim() - 1))) * threshold
+        return grad_pre, grad_log, None
+
+
+class _StepFunction(torch.autograd.Function):
+    """``H(pre - theta)``; d/d theta through the rectangle kernel, no gradient to ``pre``."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, log_threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        threshold = log_threshold.exp()
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
+        grad_log = (-(1.0 / bw) * in_window * grad).sum(tuple(range(grad.dim() - 1))) * threshold
+        return torch.zeros_like(pre), grad_log, None
+
+
+class JumpReLU(Activation):
+    name = "jumprelu"
+
+    def __init__(self, d_sae: int, initial_threshold: float = 0.001, bandwidth: float = 0.001) -> None:
+        super().__init__()
+        self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(initial_threshold)))
+        self.bandwidth = float(bandwidth)
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            threshold = self.threshold
+            return pre * (pre > threshold)
+        return _JumpReLUFunction.apply(pre, self.log_threshold, self.bandwidth)
+
+    def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return _StepFunction.apply(pre, self.log_threshold, self.bandwidth).sum(-1).mean()
+
+
+class TopAFA(Activation):
+    name = "topafa"
+
+    def __init__(self, fast: bool = True) -> None:
+        super().__init__()
+        self.fast = fast
+        self.candidates = 64  # adapts to the k the data need; affects speed only
+
+    def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
+        acts = torch.relu(pre)
+        lead = acts.shape[:-1]
+        flat = acts.reshape(-1, acts.shape[-1])
+        with torch.no_grad():
+            scores = (flat * context.decoder_norms).square()
+            target = context.centred.reshape(-1, context.centred.shape[-1]).norm(dim=-1)
+            if self.fast:
+                chosen = topafa.select(scores, target, self.candidates)
+                if chosen.k.numel():
+                    # next time start from the batch's largest k, rounded up to a power of two
+                    self.candidates = 1 << max(4, int(chosen.k.max()).bit_length())
+            else:
+                chosen = topafa.select_sorted(scores, target)
+        return (flat * chosen.keep).reshape(*lead, acts.shape[-1])
+
+
+def make_activation(arch: str, d_sae: int, k: int | None, **options: float) -> Activation:
+    """The activation module of architecture ``arch``."""
+    if arch == "relu":
+        return ReLU()
+    if arch == "topk":
+        return TopK(k)
+    if arch == "batchtopk":
+        return BatchTopK(k)
+    if arch == "jumprelu":
+        return JumpReLU(d_sae, options.get("jumprelu_init_threshold", 0.001), options.get("jumprelu_bandwidth", 0.001))
+    if arch == "topafa":
+        return TopAFA()
+    raise ValueError(arch)

@@ -1,0 +1,159 @@
+"""``interlayer sae train``, ``interlayer sae eval`` and ``interlayer sae convert``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from interlayer.cli import command
+from interlayer.errors import InterlayerError
+from interlayer.loading import SAMPLE_TEXT, load_model
+from interlayer.shards import write_json_atomic
+
+from .config import SAEEvalConfig, SAEExportConfig, SAETrainConfig
+from .evaluation import SAEEvaluation, evaluate_sae
+from .sae import SAE, SAEConfig
+from .training import CHECKPOINT, TrainOptions, train_sae
+
+log = logging.getLogger(__name__)
+
+REQUIRED_METRICS = ("nmse", "explained_variance", "l0", "dead_frac", "ce_loss_recovered", "eps_lbo_median",
+                    "tokens", "seconds")
+
+
+def write_figures(path: Path, figures: list[Any]) -> None:
+    """Several plotly figures in one self-contained HTML file (plotly.js embedded once)."""
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>interlayer SAE</title></head><body>" + \
+        "".join(parts) + "</body></html>"
+    from interlayer.shards import write_atomic
+
+    write_atomic(path, page.encode())
+
+
+def _check_file(path: str | None, flag: str) -> None:
+    if path is not None and not Path(path).exists():
+        raise InterlayerError(f"{flag} {path!r} does not exist")
+
+
+def train_options(cfg: SAETrainConfig) -> TrainOptions:
+    """The :class:`TrainOptions` part of a ``sae train`` config."""
+    return TrainOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainOptions)})
+
+
+def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
+    """``interlayer sae train`` as a function: trains, saves and evaluates; returns the metrics."""
+    from .sources import CachedSource, StreamedSource
+
+    if cfg.out is None:
+        raise InterlayerError("--out is required: the directory for sae.safetensors, cfg.json and metrics.json")
+    if (cfg.data is None) == (cfg.activations is None):
+        raise InterlayerError("give exactly one of --data (text streamed through the model) and --activations "
+                              "(a directory from `interlayer cache`)")
+    _check_file(cfg.data, "--data")
+    _check_file(cfg.activations, "--activations")
+    _check_file(cfg.eval_data, "--eval-data")
+    options = train_options(cfg)
+    options.progress = not cfg.no_progress
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    site = model.site(cfg.site).name
+    if cfg.activations is not None:
+        from interlayer.store import ActivationStore
+
+        source: Any = CachedSource(ActivationStore(cfg.activations, model=model), site, options.batch_size,
+                                   seed=options.seed, device=model.device)
+    else:
+        source = StreamedSource(model, cfg.data, site, options.batch_size, seed=options.seed,
+                                context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
+                                memory_mb=cfg.memory_mb, device=model.device)
+    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=cfg.latents or 16 * source.d_in, arch=cfg.arch, k=cfg.k,
+                        normalization=cfg.normalization, model=model.name, site=site)
+    out = Path(cfg.out)
+    result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=model.device)
+    result.sae.save(out)
+    result.to_frame().to_csv(out / "history.csv", index=False)
+    eval_data = cfg.eval_data or cfg.data or str(SAMPLE_TEXT)
+    evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
+                              context_length=cfg.context_length, label=f"{cfg.arch} {site}",
+                              progress=not cfg.no_progress)
+    metrics = _metrics(evaluation, tokens=result.tokens, seconds=result.seconds)
+    metrics["eval_data"] = str(eval_data)
+    metrics["eval_tokens"] = evaluation.metrics["tokens"]
+    write_json_atomic(out / "metrics.json", metrics)
+    write_figures(out / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
+                                         evaluation.firing_histogram()])
+    (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete and saved
+    return metrics
+
+
+def _metrics(evaluation: SAEEvaluation, **extra: Any) -> dict[str, Any]:
+    metrics = {**evaluation.metrics, **evaluation.spliced}
+    metrics["eval_tokens"] = metrics.pop("tokens")
+    metrics.update(extra)
+    return metrics
+
+
+@command("sae train", SAETrainConfig)
+def _train(cfg: SAETrainConfig) -> int:
+    metrics = run_train(cfg)
+    for key in REQUIRED_METRICS:
+        print(f"{key:>20}: {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{key:>20}: {metrics[key]}")
+    print(f"wrote {cfg.out}/sae.safetensors, cfg.json, metrics.json, history.csv, figures.html")
+    return 0
+
+
+def load_any(path: str | Path) -> SAE:
+    """An SAE saved by interlayer, or one in the SAELens on-disk format."""
+    from . import saelens
+
+    path = Path(path)
+    if saelens.is_saelens_dir(path) and not (path / "sae.safetensors").exists():
+        return saelens.from_saelens(path)
+    return SAE.load(path)
+
+
+def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
+    """``interlayer sae eval`` as a function; returns the metrics it writes."""
+    if cfg.sae is None or cfg.out is None:
+        raise InterlayerError("--sae and --out are required")
+    _check_file(cfg.data, "--data")
+    sae = load_any(cfg.sae)
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    data = cfg.data or str(SAMPLE_TEXT)
+    evaluation = evaluate_sae(sae, model, data, cfg.site, tokens=cfg.tokens, context_length=cfg.context_length,
+                              batch_size=cfg.batch_size, label=Path(cfg.sae).name, progress=not cfg.no_progress)
+    metrics = _metrics(evaluation, sae=str(cfg.sae), arch=sae.cfg.arch, site=cfg.site or sae.cfg.site, data=str(data),
+                       normalization=sae.cfg.normalization)
+    write_json_atomic(Path(cfg.out), metrics)
+    if cfg.figures:
+        write_figures(Path(cfg.figures), [evaluation.zf_plot(), evaluation.eps_histogram(), evaluation.firing_histogram()])
+    return metrics
+
+
+@command("sae eval", SAEEvalConfig)
+def _eval(cfg: SAEEvalConfig) -> int:
+    metrics = run_eval(cfg)
+    for key in ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "ce_loss_recovered", "kl_sae",
+                "eps_lbo_median"):
+        print(f"{key:>20}: {metrics[key]:.4g}")
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+@command("sae convert", SAEExportConfig)
+def _convert(cfg: SAEExportConfig) -> int:
+    from . import saelens
+
+    if cfg.sae is None or cfg.out is None:
+        raise InterlayerError("--sae and --out are required")
+    if cfg.to == "saelens":
+        saelens.to_saelens(SAE.load(cfg.sae), cfg.out)
+    else:
+        saelens.from_saelens(cfg.sae).save(cfg.out)
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+__all__ = ["run_train", "run_eval", "train_options", "load_any", "write_figures"]

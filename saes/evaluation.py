@@ -1,0 +1,285 @@
+"""Evaluating an SAE: reconstruction, sparsity, quasi-orthogonality, and what splicing
+its reconstruction into the model does to the next-token loss.
+
+Reconstruction (over tokens ``b``, in the activations' own space)::
+
+    nmse               = sum_b ||x_b - x_hat_b||^2 / sum_b ||x_b||^2
+    explained_variance = 1 - sum_b ||x_b - x_hat_b||^2 / sum_b ||x_b - mean(x)||^2
+    l0                 = mean_b #{i : f_bi > 0}
+
+``nmse_normalized`` is the same ratio in the SAE's normalised space (its training
+objective). A latent is dead if it never fires on the evaluation tokens and dense if
+it fires on more than 10% of them.
+
+ε_LBO (Lee et al. 2025), per token, with ``z`` the SAE's (normalised) input and
+``f~ = [f_i ||W_dec,i|| for each i ; ||b_dec||]``::
+
+    eps_lbo = | ||z||^2 - ||f~||^2 | / ((h - 1) ||f~||^2)
+
+Splicing: the site's activation at every non-BOS position is replaced by the SAE's
+reconstruction (or by zeros, the baseline), and the rest of the model runs on it::
+
+    ce_loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)
+    kl_sae            = mean over positions of KL(p_clean || p_sae)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from interlayer.adapter import ModelAdapter
+from interlayer.errors import InterlayerError
+from interlayer.inputs import Tokenized, bos_id_of, make_batch, pad_id_of
+
+from .sae import SAE
+
+DENSE_FREQUENCY = 0.1
+
+
+class _Accumulator:
+    """Running sums of the reconstruction metrics and the per-token diagnostics."""
+
+    def __init__(self, sae: SAE) -> None:
+        self.sae = sae
+        self.n = 0
+        self.err = 0.0
+        self.sq = 0.0
+        self.err_in = 0.0
+        self.sq_in = 0.0
+        self.sum_x: torch.Tensor | None = None
+        self.l0 = 0.0
+        self.fires = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.tokens: dict[str, list[np.ndarray]] = {"norm_z": [], "norm_f_tilde": [], "norm_f": [], "norm_x": [],
+                                                    "eps_lbo": [], "l0": []}
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        sae = self.sae
+        x = x.reshape(-1, x.shape[-1]).to(sae.device, sae.W_enc.dtype)
+        out = sae(x)
+        diff = (x - out.x_hat).double()
+        self.err += float(diff.square().sum())
+        self.sq += float(x.double().square().sum())
+        self.err_in += float((out.x_in - out.x_hat_in).double().square().sum())
+        self.sq_in += float(out.x_in.double().square().sum())
+        s = x.double().sum(0)
+        self.sum_x = s if self.sum_x is None else self.sum_x + s
+        active = out.f > 0
+        self.l0 += float(active.sum())
+        self.fires += active.sum(0).cpu()
+        self.n += x.shape[0]
+        dec_norms = sae.W_dec.norm(dim=-1)
+        f_scaled = (out.f * dec_norms).double()
+        bias = float(sae.b_dec.double().norm())
+        f_tilde_sq = f_scaled.square().sum(-1) + bias ** 2
+        z_sq = out.x_in.double().square().sum(-1)
+        eps = (z_sq - f_tilde_sq).abs() / ((sae.d_sae - 1) * f_tilde_sq.clamp_min(1e-30))
+        self.tokens["norm_z"].append(z_sq.sqrt().cpu().numpy())
+        self.tokens["norm_f_tilde"].append(f_tilde_sq.sqrt().cpu().numpy())
+        self.tokens["norm_f"].append(out.f.double().norm(dim=-1).cpu().numpy())
+        self.tokens["norm_x"].append(out.x_in.double().norm(dim=-1).cpu().numpy())
+        self.tokens["eps_lbo"].append(eps.cpu().numpy())
+        self.tokens["l0"].append(active.sum(-1).cpu().numpy())
+
+    def result(self) -> dict[str, Any]:
+        if self.n == 0:
+            raise InterlayerError("no activations to evaluate the SAE on")
+        mean = self.sum_x / self.n
+        total_var = self.sq - self.n * float(mean.square().sum())
+        freq = self.fires.double() / self.n
+        tokens = {k: np.concatenate(v) for k, v in self.tokens.items()}
+        ratio = tokens["norm_f"] / np.maximum(tokens["norm_x"], 1e-30)
+        return {
+            "nmse": self.err / self.sq,
+            "explained_variance": 1 - self.err / total_var,
+            "nmse_normalized": self.err_in / self.sq_in,
+            "l0": self.l0 / self.n,
+            "dead_frac": float((self.fires == 0).double().mean()),
+            "dense_frac": float((freq > DENSE_FREQUENCY).double().mean()),
+            "eps_lbo_median": float(np.median(tokens["eps_lbo"])),
+            "eps_lbo_mean": float(np.mean(tokens["eps_lbo"])),
+            "f_norm_ratio_median": float(np.median(ratio)),
+            "f_norm_ratio_mean": float(np.mean(ratio)),
+            "tokens": self.n,
+        }, tokens, freq.numpy()
+
+
+@dataclass
+class SAEEvaluation:
+    """Metrics of one SAE on some tokens, with the per-token and per-latent data behind them."""
+
+    metrics: dict[str, float]
+    per_token: pd.DataFrame
+    """``norm_z``, ``norm_f_tilde``, ``norm_f``, ``norm_x``, ``eps_lbo``, ``l0`` per token."""
+    firing_frequency: np.ndarray
+    """Per latent: the fraction of tokens it fires on."""
+    d_sae: int
+    label: str = ""
+    spliced: dict[str, float] = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The metrics as a one-row DataFrame."""
+        return pd.DataFrame([{**self.metrics, **self.spliced}], index=[self.label or "sae"])
+
+    def zf_plot(self, quantiles: tuple[float, ...] = (0.5, 0.9)) -> go.Figure:
+        """``||f~|| / ||z||`` per token against ``||z||``, with the quasi-orthogonality bands
+        ``1 / sqrt(1 ± eps (h - 1))`` at the given quantiles of ε_LBO."""
+        t = self.per_token
+        ratio = t.norm_f_tilde / t.norm_z.clip(lower=1e-30)
+        fig = go.Figure(go.Scattergl(x=t.norm_z, y=ratio, mode="markers", marker={"size": 3, "opacity": 0.4},
+                                     name="tokens"))
+        h = self.d_sae
+        for q in quantiles:
+            eps = float(np.quantile(t.eps_lbo, q))
+            for sign in (1, -1):
+                inner = 1 + sign * eps * (h - 1)
+                if inner > 0:
+                    fig.add_hline(y=1 / math.sqrt(inner), line_dash="dot",
+                                  annotation_text=f"ε={eps:.2e} (q{int(q * 100)}) {'+' if sign > 0 else '−'}")
+        fig.update_layout(title=html.escape(f"ZF plot {self.label}".strip()), xaxis_title="||z||",
+                          yaxis_title="||f~|| / ||z||")
+        return fig
+
+    def eps_histogram(self) -> go.Figure:
+        """The distribution of ε_LBO over tokens (log10)."""
+        values = np.log10(np.maximum(self.per_token.eps_lbo.to_numpy(), 1e-30))
+        fig = go.Figure(go.Histogram(x=values, nbinsx=60))
+        fig.update_layout(title=html.escape(f"ε_LBO {self.label}".strip()), xaxis_title="log10 ε_LBO", yaxis_title="tokens")
+        return fig
+
+    def firing_histogram(self) -> go.Figure:
+        """Per-latent firing frequency (log10; dead latents in a bin of their own at the left)."""
+        freq = self.firing_frequency
+        floor = math.log10(0.5 / max(1, int(self.metrics["tokens"])))
+        values = np.where(freq > 0, np.log10(np.maximum(freq, 1e-30)), floor)
+        fig = go.Figure(go.Histogram(x=values, nbinsx=60))
+        fig.update_layout(title=html.escape(f"Latent firing frequency {self.label}".strip()),
+                          xaxis_title=f"log10 firing frequency (dead at {floor:.1f})", yaxis_title="latents")
+        return fig
+
+    def plot(self) -> go.Figure:
+        return self.zf_plot()
+
+
+def evaluate_activations(sae: SAE, activations: Any, label: str = "", batch_size: int = 4096) -> SAEEvaluation:
+    """Reconstruction and sparsity metrics on activations: a ``[rows, d_in]`` tensor, an
+    iterable of such tensors (e.g. batches of a store), or an ActivationStore and site
+    as ``(store, site)``."""
+    acc = _Accumulator(sae)
+    was_training = sae.training
+    sae.eval()
+    try:
+        if isinstance(activations, torch.Tensor):
+            sae.check_input(activations)
+            for start in range(0, activations.shape[0], batch_size):
+                acc.add(activations[start:start + batch_size])
+        elif isinstance(activations, tuple):
+            store, site = activations
+            for batch in store.batches(site, batch_size, shuffle=False):
+                sae.check_input(batch)
+                acc.add(batch)
+        else:
+            for batch in activations:
+                sae.check_input(batch)
+                acc.add(batch)
+    finally:
+        sae.train(was_training)
+    metrics, tokens, freq = acc.result()
+    return SAEEvaluation(metrics, pd.DataFrame(tokens), freq, sae.d_sae, label)
+
+
+def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor,
+                      reference: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per position: next-token CE, KL(reference || this), and the log-probs."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    ce = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    kl = None
+    if reference is not None:
+        kl = (reference.exp() * (reference - logp)).sum(-1)
+    return ce[valid], (kl[valid] if kl is not None else None), logp
+
+
+def evaluate_sae(sae: SAE, model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
+                 context_length: int = 128, batch_size: int = 2, text_field: str = "text", label: str = "",
+                 progress: bool = True) -> SAEEvaluation:
+    """Evaluate ``sae`` at ``site`` (default: the site in its config) on ``tokens`` tokens of
+    ``data``, packed into contexts: reconstruction metrics on the site's activations
+    (read in the clean pass), and CE loss recovered and KL with the reconstruction
+    spliced in, against zero-ablation. See the module docstring for the formulas."""
+    site = site or sae.cfg.site
+    if site is None:
+        raise InterlayerError("the SAE's config names no site; pass site=, e.g. 'resid_post.6'")
+    site = model.site(site).name
+    if sae.d_in != model.d_model:
+        raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
+    sae = sae.to(model.device)
+    n_contexts = max(1, math.ceil(tokens / (context_length - 1)))
+    contexts = Tokenized(model).packed(data, context_length, text_field)
+    pad_id, bos_id = pad_id_of(model), bos_id_of(model)
+    acc = _Accumulator(sae)
+    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
+    positions = 0
+    was_training = sae.training
+    sae.eval()
+    group: list = []
+    bar = tqdm(total=n_contexts, unit="ctx", disable=not progress, desc="sae eval")
+
+    def flush(group: list) -> None:
+        nonlocal positions
+        batch = make_batch(group, pad_id, "right", bos_id)
+        spliced = (batch.attention_mask.bool() & ~batch.bos).to(model.device)
+        ids = batch.input_ids.to(model.device)
+        valid = (batch.attention_mask[:, 1:].bool()).to(model.device)
+
+        def replace_with(fn):
+            def edit(x: torch.Tensor) -> torch.Tensor:
+                out = x.clone()
+                out[spliced] = fn(x[spliced])
+                return out
+            return edit
+
+        logits, read = model.run(batch.input_ids, batch.attention_mask, read=[site], logits=True)
+        acc.add(read[site][spliced])
+        ce, _, ref = _next_token_stats(logits, ids, valid, None)
+        del logits
+        sums["ce_clean"] += float(ce.double().sum())
+        for name, fn in (("sae", lambda x: sae.reconstruct(x)), ("zero", torch.zeros_like)):
+            logits, _ = model.run(batch.input_ids, batch.attention_mask, edit={site: replace_with(fn)}, logits=True)
+            ce, kl, _ = _next_token_stats(logits, ids, valid, ref)
+            del logits
+            sums[f"ce_{name}"] += float(ce.double().sum())
+            sums[f"kl_{name}"] += float(kl.double().sum())
+        positions += int(valid.sum())
+        bar.update(len(group))
+
+    try:
+        with torch.no_grad():
+            for i, context in enumerate(contexts):
+                if i >= n_contexts:
+                    break
+                group.append(context)
+                if len(group) == batch_size:
+                    flush(group)
+                    group = []
+            if group:
+                flush(group)
+    finally:
+        bar.close()
+        sae.train(was_training)
+    if positions == 0:
+        raise InterlayerError(f"{data} produced no tokens to evaluate on")
+    metrics, per_token, freq = acc.result()
+    spliced = {k: v / positions for k, v in sums.items()}
+    gap = spliced["ce_zero"] - spliced["ce_clean"]
+    spliced["ce_loss_recovered"] = (spliced["ce_zero"] - spliced["ce_sae"]) / gap if gap != 0 else float("nan")
+    spliced["eval_positions"] = positions
+    return SAEEvaluation(metrics, pd.DataFrame(per_token), freq, sae.d_sae, label, spliced)

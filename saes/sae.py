@@ -1,0 +1,214 @@
+"""The sparse autoencoder: one module, with a pluggable activation.
+
+``pre = (x_n - b_dec) W_enc + b_enc``, ``f = act(pre)``, ``x_hat_n = f W_dec + b_dec``,
+where ``x_n`` is the normalised input (:mod:`interlayer.saes.normalization`).
+Tensor names and shapes follow SAELens: ``W_enc [d_in, d_sae]``,
+``W_dec [d_sae, d_in]``, ``b_enc [d_sae]``, ``b_dec [d_in]``. Decoder rows are kept
+at unit norm while training (:meth:`SAE.constrain_decoder`).
+
+Saved as ``sae.safetensors`` plus ``cfg.json`` (:meth:`SAE.save`, :meth:`SAE.load`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from interlayer.errors import InterlayerError, choices
+from interlayer.shards import write_atomic, write_json_atomic
+
+from .activations import ARCHITECTURES, EncodeContext, make_activation
+from .normalization import check_normalization, denormalize, normalize
+
+WEIGHTS = "sae.safetensors"
+CONFIG = "cfg.json"
+FORMAT = 1
+
+
+@dataclass
+class SAEConfig:
+    """The architecture of an SAE: everything needed to rebuild it before loading weights."""
+
+    d_in: int
+    """Width of the activations (the site's ``d_model``)."""
+    d_sae: int
+    """Number of latents ``h``."""
+    arch: str = "topk"
+    """relu, topk, batchtopk, jumprelu or topafa."""
+    k: int | None = None
+    """Latents per token for topk, and the mean per token for batchtopk."""
+    normalization: str = "standardize"
+    """Input normalisation: none, standardize or mean_norm."""
+    scale: float = 1.0
+    """The mean_norm scale ``c`` (inputs are multiplied by it)."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial JumpReLU threshold (in the normalised space)."""
+    jumprelu_bandwidth: float = 0.001
+    """Width of the JumpReLU straight-through rectangle kernel."""
+    model: str | None = None
+    """The model the SAE was trained on (informational)."""
+    site: str | None = None
+    """The hook site it reads, e.g. resid_post.6 (informational)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise InterlayerError(f"unknown SAE architecture {self.arch!r}; valid choices: {choices(ARCHITECTURES)}")
+        if self.d_in < 1 or self.d_sae < 1:
+            raise InterlayerError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+        if self.arch in ("topk", "batchtopk"):
+            if self.k is None:
+                raise InterlayerError(f"architecture {self.arch!r} needs k (latents per token), e.g. --k 32")
+            if not 1 <= self.k <= self.d_sae:
+                raise InterlayerError(f"k must be between 1 and d_sae={self.d_sae}, got {self.k}")
+        elif self.k is not None:
+            raise InterlayerError(f"architecture {self.arch!r} takes no k (got k={self.k}); only 'topk' and "
+                                  "'batchtopk' have a fixed k")
+        check_normalization(self.normalization)
+        if not self.scale > 0:
+            raise InterlayerError(f"scale must be positive, got {self.scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InterlayerError(f"unknown SAE config field(s) {choices(unknown)}; valid fields: {choices(sorted(names))}")
+        return cls(**data)
+
+
+class SAEOutput(NamedTuple):
+    """One forward pass of an :class:`SAE`."""
+
+    x_hat: torch.Tensor
+    """Reconstruction in the activations' own space."""
+    f: torch.Tensor
+    """``[..., d_sae]`` sparse code."""
+    pre: torch.Tensor
+    """``[..., d_sae]`` encoder pre-activations."""
+    x_in: torch.Tensor
+    """The normalised input the SAE saw."""
+    x_hat_in: torch.Tensor
+    """The reconstruction in the normalised space."""
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder with SAELens tensor names; see the module docstring."""
+
+    def __init__(self, cfg: SAEConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed)
+        # Kaiming-uniform encoder, decoder its transpose at unit row norm (as the top-AFA authors).
+        bound = (6.0 / cfg.d_sae) ** 0.5  # fan_in of a [d_in, d_sae] tensor in torch's convention is d_sae
+        w_enc = (torch.rand(cfg.d_in, cfg.d_sae, generator=gen) * 2 - 1) * bound
+        self.W_enc = nn.Parameter(w_enc)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(w_enc.t() / w_enc.t().norm(dim=-1, keepdim=True))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.activation = make_activation(cfg.arch, cfg.d_sae, cfg.k, jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+                                          jumprelu_bandwidth=cfg.jumprelu_bandwidth)
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    def __repr__(self) -> str:
+        k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
+        return f"SAE(arch={self.cfg.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}{k}, normalization={self.cfg.normalization!r})"
+
+    # ---------------------------------------------------------------- forward
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.d_in:
+            raise InterlayerError(f"the SAE reads activations of width d_in={self.d_in}, got width {x.shape[-1]} "
+                                  f"(shape {tuple(x.shape)}); is this the site it was trained on"
+                                  f"{' (' + self.cfg.site + ')' if self.cfg.site else ''}?")
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        """Encode and decode ``x`` (``[..., d_in]``, any dtype; computed in the SAE's dtype)."""
+        self.check_input(x)
+        x_in, stats = normalize(x.to(self.W_enc.dtype), self.cfg.normalization, self.cfg.scale)
+        centred = x_in - self.b_dec
+        pre = centred @ self.W_enc + self.b_enc
+        f = self.activation(pre, EncodeContext(centred, self.W_dec.norm(dim=-1)))
+        x_hat_in = f @ self.W_dec + self.b_dec
+        x_hat = denormalize(x_hat_in, self.cfg.normalization, self.cfg.scale, stats)
+        return SAEOutput(x_hat, f, pre, x_in, x_hat_in)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The sparse code ``f`` of ``x``."""
+        return self.forward(x).f
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_hat`` in the activations' space."""
+        return self.forward(x).x_hat.to(x.dtype)
+
+    # --------------------------------------------------------------- training
+    @torch.no_grad()
+    def constrain_decoder(self, grad_only: bool = False) -> None:
+        """Remove the component of ``W_dec``'s gradient parallel to each row (before the
+        step), or renormalise the rows to unit norm (after it)."""
+        rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+        if grad_only:
+            if self.W_dec.grad is not None:
+                self.W_dec.grad -= (self.W_dec.grad * rows).sum(-1, keepdim=True) * rows
+        else:
+            self.W_dec.copy_(rows)
+
+    # ---------------------------------------------------------------- storage
+    def save(self, out: str | Path) -> Path:
+        """Write ``sae.safetensors`` and ``cfg.json`` to ``out`` (atomically)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        write_atomic(out / WEIGHTS, save(tensors, metadata={"format": str(FORMAT)}))
+        write_json_atomic(out / CONFIG, {"format": FORMAT, **self.cfg.to_dict()})
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "SAE":
+        """Load an SAE saved by :meth:`save` (a directory with ``cfg.json`` and ``sae.safetensors``)."""
+        path = Path(path)
+        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+            from . import saelens
+
+            if saelens.is_saelens_dir(path):
+                raise InterlayerError(f"{path} holds an SAE in the SAELens format; load it with "
+                                      "interlayer.saes.from_saelens()")
+            raise InterlayerError(f"{path} is not a saved SAE: it needs {CONFIG} and {WEIGHTS}")
+        data = json.loads((path / CONFIG).read_text())
+        if data.pop("format", None) != FORMAT:
+            raise InterlayerError(f"{path / CONFIG} is not an interlayer SAE config of format {FORMAT}")
+        sae = cls(SAEConfig.from_dict(data))
+        tensors = load_file(str(path / WEIGHTS))
+        sae.load_tensors(tensors, str(path / WEIGHTS))
+        return sae.to(device) if device is not None else sae
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Load a state dict, naming ``source`` and the differences when it does not fit."""
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if expected != got:
+            missing = sorted(set(expected) - set(got))
+            extra = sorted(set(got) - set(expected))
+            shapes = [f"{k}: {got[k]} vs {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+            raise InterlayerError(f"{source} does not fit a {self!r}: missing {missing}, unexpected {extra}, "
+                                  f"shape mismatches {shapes}")
+        self.load_state_dict(tensors)

@@ -1,0 +1,153 @@
+"""Where an SAE's training activations come from: both read the activation store.
+
+* :class:`CachedSource`: shards written by :func:`interlayer.cache`, in seeded
+  shuffled batches that mix across shards.
+* :class:`StreamedSource`: activations computed on the fly by
+  :func:`interlayer.stream` from packed contexts of text, one bounded chunk at a time;
+  each chunk's rows are shuffled with a seed of (seed, epoch, chunk) and served in
+  whole batches (a chunk's last ``< batch_size`` rows are dropped).
+
+Each batch comes with the source's position after it (``state``), a small dict that
+the trainer checkpoints; ``batches(state)`` resumes exactly there. A streamed source
+skips the contexts of finished chunks without running the model and recomputes only
+the chunk it was in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from interlayer.adapter import ModelAdapter
+from interlayer.errors import InterlayerError
+from interlayer.store import ActivationStore, stream
+
+
+class SourceBatch(NamedTuple):
+    x: torch.Tensor
+    """``[batch_size, d_in]`` activations."""
+    state: dict[str, int]
+    """The source's position after this batch."""
+    origin: str
+    """Where the rows came from, for error messages (shard files or context range)."""
+
+
+class TensorSource:
+    """Training batches from activations already in memory (e.g. ``collect(...)[site]``):
+    seeded epoch-wise permutations, whole batches only."""
+
+    def __init__(self, rows: torch.Tensor, batch_size: int, seed: int = 0, site: str = "tensor",
+                 device: str | torch.device | None = None) -> None:
+        if rows.dim() != 2:
+            raise InterlayerError(f"rows must be [n, d_in], got shape {tuple(rows.shape)}")
+        if rows.shape[0] < batch_size:
+            raise InterlayerError(f"{rows.shape[0]} rows are fewer than one batch of {batch_size}")
+        self.rows = rows
+        self.batch_size = batch_size
+        self.seed = seed
+        self.site = site
+        self.device = device
+        self.d_in = int(rows.shape[1])
+
+    def identity(self) -> dict[str, Any]:
+        import hashlib
+
+        digest = hashlib.sha256(self.rows.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return {"kind": "tensor", "site": self.site, "rows_sha256": digest, "seed": self.seed, "batch_size": self.batch_size}
+
+    def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
+        done = (state or {}).get("batches", 0)
+        per_epoch = self.rows.shape[0] // self.batch_size
+        while True:
+            epoch, offset = divmod(done, per_epoch)
+            order = torch.randperm(self.rows.shape[0], generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            index = order[offset * self.batch_size:(offset + 1) * self.batch_size]
+            done += 1
+            yield SourceBatch(self.rows[index].to(self.device), {"batches": done},
+                              f"rows {int(index.min())}..{int(index.max())} of the tensor")
+
+
+class CachedSource:
+    """Training batches from a cached :class:`~interlayer.ActivationStore`."""
+
+    def __init__(self, store: ActivationStore | str | Path, site: str, batch_size: int, seed: int = 0,
+                 device: str | torch.device | None = None) -> None:
+        self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        self.site = self.store._check_site(site)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.d_in = int(self.store.manifest["d_model"])
+        if self.store.n_rows < batch_size:
+            raise InterlayerError(f"{self.store.path} holds {self.store.n_rows} rows, fewer than one batch of {batch_size}")
+
+    def identity(self) -> dict[str, Any]:
+        m = self.store.manifest
+        return {"kind": "cached", "site": self.site, "model": m["model"], "weights_sha256": m["weights_sha256"],
+                "rows": self.store.n_rows, "shards": [s["sha256"] for s in m["shards"]], "seed": self.seed,
+                "batch_size": self.batch_size}
+
+    def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
+        done = (state or {}).get("batches", 0)
+        for epochs_batch in self.store.batches(self.site, self.batch_size, seed=self.seed, epochs=1 << 20, start=done,
+                                               drop_last=True, device=self.device, with_index=True):
+            x, index = epochs_batch
+            done += 1
+            yield SourceBatch(x, {"batches": done}, f"shard(s) {', '.join(self.store.shard_files(index))} of {self.store.path}")
+
+
+class StreamedSource:
+    """Training batches computed on the fly from text by the activation store."""
+
+    def __init__(self, model: ModelAdapter, data: Any, site: str, batch_size: int, seed: int = 0,
+                 context_length: int = 128, forward_batch_size: int = 8, memory_mb: float = 256.0,
+                 text_field: str = "text", device: str | torch.device | None = None) -> None:
+        self.model = model
+        self.data = data
+        self.site = model.site(site).name
+        self.batch_size = batch_size
+        self.seed = seed
+        self.context_length = context_length
+        self.forward_batch_size = forward_batch_size
+        self.memory_mb = memory_mb
+        self.text_field = text_field
+        self.device = device
+        self.d_in = model.d_model
+
+    def identity(self) -> dict[str, Any]:
+        from interlayer.inputs import data_fingerprint
+
+        return {"kind": "streamed", "site": self.site, "model": self.model.name,
+                "weights_sha256": self.model.weights_sha256(), "data_sha256": data_fingerprint(self.data),
+                "seed": self.seed, "batch_size": self.batch_size, "context_length": self.context_length,
+                "forward_batch_size": self.forward_batch_size, "memory_mb": self.memory_mb}
+
+    def _chunks(self, skip: int) -> Iterator[tuple[torch.Tensor, int]]:
+        for acts in stream(self.model, self.data, self.site, select="tokens", context_length=self.context_length,
+                           batch_size=self.forward_batch_size, memory_mb=self.memory_mb, text_field=self.text_field,
+                           skip=skip, progress=False):
+            yield acts[self.site], int(acts.meta["sequence"].unique().numel())
+
+    def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
+        state = dict(state or {"epoch": 0, "chunk": 0, "contexts": 0, "in_chunk": 0})
+        while True:
+            from_start, produced = state["contexts"] == 0, False
+            for rows, n_contexts in self._chunks(state["contexts"]):
+                n_batches = rows.shape[0] // self.batch_size
+                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["chunk"])
+                order = torch.randperm(rows.shape[0], generator=gen)
+                first = state["contexts"]
+                for b in range(state["in_chunk"], n_batches):
+                    produced = True
+                    x = rows[order[b * self.batch_size:(b + 1) * self.batch_size]].to(self.device)
+                    after = dict(state, in_chunk=b + 1)
+                    if b + 1 == n_batches:
+                        after = dict(state, chunk=state["chunk"] + 1, contexts=first + n_contexts, in_chunk=0)
+                    yield SourceBatch(x, after, f"contexts {first}..{first + n_contexts - 1} of {self.data}")
+                state = dict(state, chunk=state["chunk"] + 1, contexts=first + n_contexts, in_chunk=0)
+            if from_start and not produced:
+                raise InterlayerError(f"{self.data} yields fewer tokens than one batch of {self.batch_size}")
+            state = {"epoch": state["epoch"] + 1, "chunk": 0, "contexts": 0, "in_chunk": 0}

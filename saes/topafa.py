@@ -1,0 +1,93 @@
+"""Top-AFA selection (Lee et al. 2025, "Evaluating and Designing Sparse Autoencoders
+by Approximating Quasi-Orthogonality").
+
+Per token, with target ``A = ||x - b_dec||`` and scores ``s_i = (a_i ||W_dec,i||)^2``:
+sort the scores in descending order, take cumulative sums ``C_j`` and keep the
+``k = argmin_{j >= 1} | sqrt(C_j) - A |`` largest (ties: the smallest ``j``).
+
+:func:`select_sorted` is that rule written plainly with a full sort (the reference).
+:func:`select` gives the same answer without sorting all ``h`` latents: because
+``sqrt(C_j)`` never decreases, the best ``j`` is at or just before the first ``j``
+where ``sqrt(C_j) >= A``. It takes the ``m`` largest scores with ``topk``; a row is
+settled when its ``m``-prefix already reaches ``A`` (or ``m = h``). The unsettled
+rows are retried with ``4m`` candidates, up to all ``h``: an exact fallback.
+
+The authors' code sets ``C_h = 1e8`` as a sentinel, which excludes ``k = h``; both
+functions here allow every ``k`` from 1 to ``h``. They differ only for a token that
+needs every latent.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Selection(NamedTuple):
+    """Which latents a token keeps."""
+
+    keep: torch.Tensor
+    """``[B, h]`` bool mask of the kept latents."""
+    k: torch.Tensor
+    """``[B]`` how many latents each token keeps (``keep.sum(-1)``)."""
+
+
+def _choose_k(sorted_scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``argmin_j |sqrt(C_j) - A| + 1`` over the given (descending) prefix (first minimum
+    wins), and ``sqrt(C_j)`` of the prefix's last ``j``."""
+    root = sorted_scores.cumsum(-1).sqrt()
+    return (root - target.unsqueeze(-1)).abs().argmin(-1) + 1, root[:, -1]
+
+
+def _keep_mask(indices: torch.Tensor, k: torch.Tensor, h: int) -> torch.Tensor:
+    rank = torch.arange(indices.shape[-1], device=indices.device)
+    chosen = rank.unsqueeze(0) < k.unsqueeze(-1)
+    return torch.zeros((indices.shape[0], h), dtype=torch.bool, device=indices.device).scatter_(-1, indices, chosen)
+
+
+def select_sorted(scores: torch.Tensor, target: torch.Tensor) -> Selection:
+    """The reference rule with a full (stable) sort of all ``h`` scores per token.
+
+    Args:
+        scores: ``[B, h]`` non-negative scores ``(a_i ||W_dec,i||)^2``.
+        target: ``[B]`` the norms ``A = ||x - b_dec||``.
+    """
+    values, indices = scores.sort(dim=-1, descending=True, stable=True)
+    k, _ = _choose_k(values, target)
+    return Selection(_keep_mask(indices, k, scores.shape[-1]), k)
+
+
+def select(scores: torch.Tensor, target: torch.Tensor, candidates: int = 64) -> Selection:
+    """The same selection as :func:`select_sorted`, from ``topk`` over a bounded candidate set.
+
+    ``candidates`` is the first candidate-set size; rows the set cannot settle are
+    retried with four times as many, up to ``h`` (the full sort). The result does not
+    depend on ``candidates``; only the speed does.
+    """
+    n, h = scores.shape
+    m = max(1, min(int(candidates), h))
+    k = torch.empty(n, dtype=torch.long, device=scores.device)
+    keep = torch.zeros((n, h), dtype=torch.bool, device=scores.device)
+    rows = None  # None: every row
+    while True:
+        part = scores if rows is None else scores[rows]
+        goal = target if rows is None else target[rows]
+        values, indices = part.topk(m, dim=-1, sorted=True)
+        chosen, reach = _choose_k(values, goal)
+        # sqrt(C_m) >= A: the crossing, and with it the best j, lies within the first m.
+        settled = torch.ones_like(reach, dtype=torch.bool) if m == h else reach >= goal
+        mask = _keep_mask(indices, chosen, h)
+        if rows is None:
+            if bool(settled.all()):
+                return Selection(mask, chosen)
+            k.copy_(chosen)
+            keep.copy_(mask)
+            rows = (~settled).nonzero(as_tuple=True)[0]
+        else:
+            k[rows] = chosen
+            keep[rows] = mask
+            rows = rows[~settled]
+            if rows.numel() == 0:
+                return Selection(keep, k)
+        m = min(h, m * 4)

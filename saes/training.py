@@ -1,0 +1,350 @@
+"""The SAE trainer: one loop for every architecture, reading the activation store.
+
+Loss, in the SAE's normalised space, for a batch of ``B`` tokens::
+
+    L = mean((x_hat - x)^2)                              reconstruction (mean over B and d_in)
+      + l1_coeff * mean_b sum_i f_bi                     relu (decoder rows have unit norm)
+      + l0_coeff * mean_b sum_i H(pre_bi - theta_i)      jumprelu (straight-through)
+      + afa_coeff * mean_b (||f_b|| - ||x_b||)^2         AFA loss (Lee et al. 2025)
+      + auxk_coeff * mean((e_hat - e)^2)                 AuxK on dead latents (Gao et al. 2024)
+
+where ``e = x - x_hat`` (detached) and ``e_hat`` decodes the ``aux_k`` largest
+pre-activations among the latents that have not fired for ``dead_after`` batches.
+Adam, linear warmup, constant, then linear decay to zero over the last
+``decay_fraction`` of the steps. Decoder rows stay at unit norm: the gradient's
+component along each row is removed before the step and rows are renormalised after.
+
+A checkpoint (one atomic safetensors file holding weights, Adam state, dead-latent
+counters, the source position and the run's identity) is written every
+``checkpoint_every`` steps; a run started again with the same options resumes from
+it and ends with exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+from tqdm.auto import tqdm
+
+from interlayer.config import option
+from interlayer.errors import InterlayerError
+from interlayer.shards import write_atomic
+
+from .sae import SAE, SAEConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+AUXK_ARCHS = ("topk", "batchtopk", "topafa")
+
+
+class NonFiniteError(InterlayerError):
+    """NaN or inf in the training activations or the loss; training stopped."""
+
+
+class CheckpointMismatchError(InterlayerError):
+    """A checkpoint written by a run with another architecture, config or data."""
+
+
+@dataclass
+class TrainOptions:
+    """How to train an SAE (shared by :func:`train_sae` and ``interlayer sae train``)."""
+
+    tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / batch_size) steps")
+    batch_size: int = option(4096, "tokens per optimizer step")
+    lr: float = option(3e-4, "Adam learning rate after warmup")
+    warmup_steps: int = option(50, "linear learning-rate warmup steps")
+    decay_fraction: float = option(0.2, "final fraction of the steps over which the learning rate decays linearly to 0")
+    beta1: float = option(0.9, "Adam beta1")
+    beta2: float = option(0.99, "Adam beta2")
+    l1_coeff: float = option(1e-3, "L1 coefficient (relu)")
+    l0_coeff: float = option(1e-3, "L0 coefficient (jumprelu)")
+    afa_coeff: float | None = option(None, "AFA loss coefficient (default: 1/32 for topafa, 0 for the others)")
+    auxk_coeff: float = option(1 / 32, "AuxK loss coefficient (topk, batchtopk, topafa)")
+    aux_k: int = option(512, "dead latents the AuxK loss may use per token")
+    dead_after: int = option(5, "a latent that has not fired for this many batches is dead")
+    b_dec_init: str = option("mean", "initial b_dec: the (normalised) mean of the first batches, or zeros",
+                             choices=("mean", "zeros"))
+    init_batches: int = option(4, "batches used to estimate the mean-norm scale and the initial b_dec")
+    seed: int = option(0, "seed of the weights and of the row order")
+    checkpoint_every: int = option(200, "write a resumable checkpoint every N steps (0: never)")
+    log_every: int = option(20, "record a row of the training history every N steps")
+    progress: bool = option(True, "show a progress bar with tokens/s, NMSE, L0 and dead %", cli=False)
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "batch_size", "aux_k", "dead_after", "init_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise InterlayerError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise InterlayerError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.b_dec_init not in ("mean", "zeros"):
+            raise InterlayerError(f"unknown b_dec_init {self.b_dec_init!r}; valid choices: 'mean', 'zeros'")
+        if self.lr <= 0:
+            raise InterlayerError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.tokens / self.batch_size)
+
+    def afa(self, arch: str) -> float:
+        return (1 / 32 if arch == "topafa" else 0.0) if self.afa_coeff is None else self.afa_coeff
+
+    def identity(self) -> dict[str, Any]:
+        """The options a resumed run must share (not progress or logging)."""
+        skip = {"progress", "log_every", "checkpoint_every"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay_fraction: float) -> float:
+    """Warmup (linear from 1/warmup), constant, then linear decay to zero."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    decay_start = steps - int(round(decay_fraction * steps))
+    if step >= decay_start and steps > decay_start:
+        return max(0.0, (steps - step) / (steps - decay_start))
+    return 1.0
+
+
+@dataclass
+class TrainResult:
+    """A trained SAE and its training history (one row every ``log_every`` steps)."""
+
+    sae: SAE
+    history: list[dict[str, float]]
+    steps: int
+    tokens: int
+    seconds: float
+    resumed_from: int
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
+
+    def plot(self) -> go.Figure:
+        frame = self.to_frame()
+        fig = go.Figure()
+        for col in ("nmse", "l0", "dead_frac", "loss"):
+            if col in frame:
+                fig.add_trace(go.Scatter(x=frame.tokens, y=frame[col], name=col, visible=True if col == "nmse" else "legendonly"))
+        fig.update_layout(title=f"SAE training ({self.sae.cfg.arch}, h={self.sae.d_sae})", xaxis_title="tokens")
+        return fig
+
+
+def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every loss term and the batch statistics, as the trainer computes them."""
+    out = sae(x)
+    mse = (out.x_hat_in - out.x_in).square().mean()
+    loss = mse
+    terms = {"mse": mse}
+    arch = sae.cfg.arch
+    sparsity = sae.activation.sparsity_loss(out.pre, out.f)
+    if sparsity is not None:
+        coeff = options.l1_coeff if arch == "relu" else options.l0_coeff
+        terms["sparsity"] = sparsity
+        loss = loss + coeff * sparsity
+    afa_coeff = options.afa(arch)
+    if afa_coeff:
+        terms["afa"] = (out.f.norm(dim=-1) - out.x_in.norm(dim=-1)).square().mean()
+        loss = loss + afa_coeff * terms["afa"]
+    if arch in AUXK_ARCHS and options.auxk_coeff and bool(dead.any()):
+        residual = (out.x_in - out.x_hat_in).detach()
+        dead_pre = torch.relu(out.pre[:, dead])
+        values, indices = dead_pre.topk(min(options.aux_k, dead_pre.shape[-1]), dim=-1, sorted=False)
+        aux_hat = torch.zeros_like(dead_pre).scatter(-1, indices, values) @ sae.W_dec[dead]
+        terms["auxk"] = (aux_hat - residual).square().mean()
+        loss = loss + options.auxk_coeff * terms["auxk"]
+    terms["loss"] = loss
+    with torch.no_grad():
+        err = (out.x_hat_in - out.x_in).square().sum()
+        terms["nmse"] = err / out.x_in.square().sum().clamp_min(1e-12)
+        terms["l0"] = (out.f > 0).sum(-1).float().mean()
+        terms["fired"] = (out.f > 0).any(0)
+    return terms
+
+
+def _initialise(sae: SAE, sample: torch.Tensor, options: TrainOptions) -> None:
+    from .normalization import normalize
+
+    if options.b_dec_init == "mean":
+        with torch.no_grad():
+            x_in, _ = normalize(sample.to(sae.W_enc.dtype), sae.cfg.normalization, sae.cfg.scale)
+            sae.b_dec.copy_(x_in.mean(0))
+
+
+def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, *,
+              checkpoint_dir: str | Path | None = None, device: str | torch.device | None = None,
+              on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Train an SAE of architecture ``cfg`` on batches from ``source``
+    (:class:`~interlayer.saes.sources.CachedSource` or :class:`~interlayer.saes.sources.StreamedSource`).
+
+    With ``mean_norm`` normalisation, ``cfg.scale`` is estimated from the first
+    ``init_batches`` batches. With ``checkpoint_dir``, checkpoints are written there
+    and an existing one is resumed (refused, with the differences named, when it was
+    written for another architecture, config, data or options). A final checkpoint
+    is written at the last step, so a finished run called again returns at once. Non-finite
+    activations or losses stop training with :class:`NonFiniteError`, naming the step
+    and where the rows came from; the last checkpoint is left as it was.
+    ``on_step(step)`` is called after every step (tests use it to interrupt a run).
+    """
+    options = options or TrainOptions()
+    if source.d_in != cfg.d_in:
+        raise InterlayerError(f"the SAE has d_in={cfg.d_in} but the source's site {source.site} has width {source.d_in}")
+    if source.batch_size != options.batch_size:
+        raise InterlayerError(f"the source serves batches of {source.batch_size}, the options ask for {options.batch_size}")
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    identity = {"sae": {**cfg.to_dict(), "scale": None}, "options": options.identity(), "source": source.identity()}
+    identity = json.loads(json.dumps(identity))
+    steps = options.steps
+
+    if ckpt is not None and ckpt.is_file():
+        sae, optimizer, state = _load_checkpoint(ckpt, identity, options, device)
+    else:
+        batches = source.batches()
+        sample = torch.cat([next(batches).x for _ in range(options.init_batches)])
+        if not torch.isfinite(sample).all():
+            raise NonFiniteError("the first batches of the source hold NaN or inf; cannot initialise the SAE")
+        if cfg.normalization == "mean_norm":
+            from .normalization import mean_norm_scale
+
+            cfg = dataclasses.replace(cfg, scale=mean_norm_scale(sample))
+        sae = SAE(cfg, seed=options.seed).to(device)
+        _initialise(sae, sample.to(sae.device), options)
+        optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
+        state = {"step": 0, "source": None, "history": [], "seconds": 0.0,
+                 "dead": torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device)}
+    sae.train()
+    start = state["step"]
+    dead_count: torch.Tensor = state["dead"]
+    history: list[dict[str, float]] = state["history"]
+    source_state = state["source"]
+    bar = tqdm(total=steps, initial=start, unit="step", disable=not options.progress, desc=f"sae {cfg.arch}")
+    began = time.perf_counter()
+    earlier = float(state.get("seconds", 0.0))
+    window = [began, start]
+    step = start
+    try:
+        if step >= steps:
+            return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier, start)
+        for batch in source.batches(source_state):
+            x = batch.x.to(sae.device)
+            if not torch.isfinite(x).all():
+                raise NonFiniteError(f"NaN or inf in the activations at step {step} (rows from {batch.origin}); "
+                                     f"training stopped. {_kept(ckpt)}")
+            dead = dead_count >= options.dead_after
+            terms = batch_losses(sae, x, options, dead)
+            if not torch.isfinite(terms["loss"]):
+                raise NonFiniteError(f"the loss became {float(terms['loss'])} at step {step} (rows from {batch.origin}); "
+                                     f"training stopped, the step was not applied. {_kept(ckpt)}")
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            sae.constrain_decoder(grad_only=True)
+            for group in optimizer.param_groups:
+                group["lr"] = options.lr * lr_factor(step, steps, options.warmup_steps, options.decay_fraction)
+            optimizer.step()
+            sae.constrain_decoder()
+            with torch.no_grad():
+                dead_count = torch.where(terms["fired"], torch.zeros_like(dead_count), dead_count + 1)
+            step += 1
+            source_state = batch.state
+            bar.update(1)
+            if step % options.log_every == 0 or step == steps:
+                now = time.perf_counter()
+                row = {"step": step, "tokens": step * options.batch_size,
+                       "tokens_per_s": (step - window[1]) * options.batch_size / max(now - window[0], 1e-9),
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "dead_frac": float((dead_count >= options.dead_after).float().mean())}
+                row.update({k: float(v.detach()) for k, v in terms.items() if k != "fired"})
+                history.append(row)
+                window = [now, step]
+                bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}",
+                                dead=f"{100 * row['dead_frac']:.1f}%")
+            if ckpt is not None and (step == steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
+                _save_checkpoint(ckpt, sae, optimizer, {"step": step, "source": source_state, "history": history,
+                                                        "dead": dead_count,
+                                                        "seconds": earlier + time.perf_counter() - began}, identity)
+            if on_step is not None:
+                on_step(step)
+            if step >= steps:
+                break
+    finally:
+        bar.close()
+    return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier + time.perf_counter() - began,
+                       start)
+
+
+def _kept(ckpt: Path | None) -> str:
+    if ckpt is None:
+        return "No checkpoint directory was given."
+    if ckpt.is_file():
+        with safe_open(str(ckpt), "pt") as handle:
+            step = json.loads(handle.metadata()["state"])["step"]
+        return f"The last good checkpoint, {ckpt} (step {step}), is kept."
+    return "No checkpoint had been written yet."
+
+
+def _save_checkpoint(ckpt: Path, sae: SAE, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                     identity: dict[str, Any]) -> None:
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    for index, slots in opt_state["state"].items():
+        for name, value in slots.items():
+            tensors[f"adam.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["trainer.dead"] = state["dead"].cpu()
+    meta = {"step": state["step"], "source": state["source"], "history": state["history"], "identity": identity,
+            "seconds": state["seconds"],
+            "sae_cfg": sae.cfg.to_dict(), "param_groups": opt_state["param_groups"]}
+    write_atomic(ckpt, save(tensors, metadata={"state": json.dumps(meta)}))
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now)):
+            out += _differences(saved.get(key), now.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
+
+
+def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions,
+                     device: str | torch.device | None) -> tuple[SAE, torch.optim.Optimizer, dict[str, Any]]:
+    try:
+        with safe_open(str(ckpt), "pt") as handle:
+            meta = json.loads(handle.metadata()["state"])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointMismatchError(f"{ckpt} is not a readable SAE checkpoint ({err}); delete it or use another --out") from err
+    diffs = _differences(meta.get("identity", {}), identity)
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{ckpt} was written by a different run and cannot be resumed: {'; '.join(diffs[:6])}"
+            f"{' ...' if len(diffs) > 6 else ''}. Use another --out directory, or the same options.")
+    sae = SAE(SAEConfig.from_dict(meta["sae_cfg"]), seed=options.seed)
+    sae.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, str(ckpt))
+    sae.to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    log.info("resuming SAE training from %s at step %d", ckpt, meta["step"])
+    return sae, optimizer, {"step": meta["step"], "source": meta["source"], "history": meta["history"],
+                            "seconds": meta.get("seconds", 0.0),
+                            "dead": tensors["trainer.dead"].to(sae.device)}
+
+
+__all__ = ["TrainOptions", "TrainResult", "train_sae", "batch_losses", "lr_factor", "NonFiniteError",
+           "CheckpointMismatchError"]
