@@ -57,6 +57,8 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     _check_file(cfg.eval_data, "--eval-data")
     options = train_options(cfg)
     options.progress = not cfg.no_progress
+    # a bad architecture, k or normalisation fails before the model loads
+    SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     site = model.site(cfg.site).name
     if cfg.activations is not None:
