@@ -164,6 +164,14 @@ class JumpReLU(Activation):
         return _StepFunction.apply(pre, self.log_threshold, self.bandwidth).sum(-1).mean()
 
 
+def candidates_for(k: torch.Tensor) -> int:
+    """A first candidate-set size for top-AFA selection given the k of a previous batch:
+    the 90th percentile rounded up to a power of two, so most tokens settle in the first
+    ``topk`` and the rest in a second one on their rows only."""
+    q = float(torch.quantile(k.float(), 0.9)) if k.numel() > 1 else float(k.max())
+    return 1 << max(4, int(q).bit_length())
+
+
 class TopAFA(Activation):
     name = "topafa"
 
@@ -182,8 +190,7 @@ class TopAFA(Activation):
             if self.fast:
                 chosen = topafa.select(scores, target, self.candidates)
                 if chosen.k.numel():
-                    # next time start from the batch's largest k, rounded up to a power of two
-                    self.candidates = 1 << max(4, int(chosen.k.max()).bit_length())
+                    self.candidates = candidates_for(chosen.k)
             else:
                 chosen = topafa.select_sorted(scores, target)
         return (flat * chosen.keep).reshape(*lead, acts.shape[-1])
