@@ -52,6 +52,8 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     if (cfg.data is None) == (cfg.activations is None):
         raise InterlayerError("give exactly one of --data (text streamed through the model) and --activations "
                               "(a directory from `interlayer cache`)")
+    if (Path(cfg.out) / "metrics.json").exists() and not (Path(cfg.out) / CHECKPOINT).exists():
+        raise InterlayerError(f"{cfg.out} already holds a finished SAE (metrics.json); use another --out or remove it")
     _check_file(cfg.data, "--data")
     _check_file(cfg.activations, "--activations")
     _check_file(cfg.eval_data, "--eval-data")
@@ -80,7 +82,8 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
                               context_length=cfg.context_length, label=f"{cfg.arch} {site}",
                               progress=not cfg.no_progress)
-    metrics = _metrics(evaluation, tokens=result.tokens, seconds=result.seconds)
+    metrics = _metrics(evaluation, tokens=result.tokens, seconds=result.seconds,
+                       dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
     metrics["eval_data"] = str(eval_data)
     metrics["eval_tokens"] = evaluation.metrics["tokens"]
     write_json_atomic(out / "metrics.json", metrics)

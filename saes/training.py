@@ -81,6 +81,8 @@ class TrainOptions:
     seed: int = option(0, "seed of the weights and of the row order")
     checkpoint_every: int = option(200, "write a resumable checkpoint every N steps (0: never)")
     log_every: int = option(20, "record a row of the training history every N steps")
+    dead_window_tokens: int = option(1_000_000, "report the latents that never fired in the last this many training "
+                                                "tokens (at most the whole run)")
     progress: bool = option(True, "show a progress bar with tokens/s, NMSE, L0 and dead %", cli=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +129,9 @@ class TrainResult:
     tokens: int
     seconds: float
     resumed_from: int
+    dead_frac_window: float = float("nan")
+    """Fraction of latents that did not fire at all in the last ``window_tokens`` of training."""
+    window_tokens: int = 0
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)
@@ -222,10 +227,13 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
         _initialise(sae, sample.to(sae.device), options)
         optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
         state = {"step": 0, "source": None, "history": [], "seconds": 0.0,
-                 "dead": torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device)}
+                 "dead": torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device),
+                 "window": torch.zeros(cfg.d_sae, dtype=torch.bool, device=sae.device)}
     sae.train()
     start = state["step"]
     dead_count: torch.Tensor = state["dead"]
+    fired_in_window: torch.Tensor = state["window"]
+    window_steps = min(steps, math.ceil(options.dead_window_tokens / options.batch_size))
     history: list[dict[str, float]] = state["history"]
     source_state = state["source"]
     bar = tqdm(total=steps, initial=start, unit="step", disable=not options.progress, desc=f"sae {cfg.arch}")
@@ -235,7 +243,8 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
     step = start
     try:
         if step >= steps:
-            return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier, start)
+            return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier, start,
+                               float((~fired_in_window).float().mean()), window_steps * options.batch_size)
         for batch in source.batches(source_state):
             x = batch.x.to(sae.device)
             if not torch.isfinite(x).all():
@@ -255,6 +264,8 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
             sae.constrain_decoder()
             with torch.no_grad():
                 dead_count = torch.where(terms["fired"], torch.zeros_like(dead_count), dead_count + 1)
+                if step >= steps - window_steps:
+                    fired_in_window |= terms["fired"]
             step += 1
             source_state = batch.state
             bar.update(1)
@@ -271,7 +282,7 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
                                 dead=f"{100 * row['dead_frac']:.1f}%")
             if ckpt is not None and (step == steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
                 _save_checkpoint(ckpt, sae, optimizer, {"step": step, "source": source_state, "history": history,
-                                                        "dead": dead_count,
+                                                        "dead": dead_count, "window": fired_in_window,
                                                         "seconds": earlier + time.perf_counter() - began}, identity)
             if on_step is not None:
                 on_step(step)
@@ -280,7 +291,7 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
     finally:
         bar.close()
     return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier + time.perf_counter() - began,
-                       start)
+                       start, float((~fired_in_window).float().mean()), window_steps * options.batch_size)
 
 
 def _kept(ckpt: Path | None) -> str:
@@ -302,6 +313,7 @@ def _save_checkpoint(ckpt: Path, sae: SAE, optimizer: torch.optim.Optimizer, sta
         for name, value in slots.items():
             tensors[f"adam.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["trainer.dead"] = state["dead"].cpu()
+    tensors["trainer.window"] = state["window"].cpu()
     meta = {"step": state["step"], "source": state["source"], "history": state["history"], "identity": identity,
             "seconds": state["seconds"],
             "sae_cfg": sae.cfg.to_dict(), "param_groups": opt_state["param_groups"]}
@@ -343,7 +355,8 @@ def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions
     log.info("resuming SAE training from %s at step %d", ckpt, meta["step"])
     return sae, optimizer, {"step": meta["step"], "source": meta["source"], "history": meta["history"],
                             "seconds": meta.get("seconds", 0.0),
-                            "dead": tensors["trainer.dead"].to(sae.device)}
+                            "dead": tensors["trainer.dead"].to(sae.device),
+                            "window": tensors["trainer.window"].to(sae.device)}
 
 
 __all__ = ["TrainOptions", "TrainResult", "train_sae", "batch_losses", "lr_factor", "NonFiniteError",

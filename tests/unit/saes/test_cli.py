@@ -43,6 +43,8 @@ def test_train_streamed_then_eval_then_convert(capsys, tmp_path, checkpoint):
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["normalization"] == "standardize" and cfg["arch"] == "topk" and cfg["site"] == "resid_post.1"
     assert "ZF plot" in (out / "figures.html").read_text()
+    code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", text, "--out", out, "--no-progress")
+    assert code == 2 and "already holds a finished SAE" in err  # a finished run is never overwritten
 
     code, stdout, err = _run(capsys, "sae", "eval", "--sae", out, "--model", ckpt, "--data", text, "--out",
                              tmp_path / "m.json", "--tokens", 60, "--context-length", 16, "--no-progress")
@@ -79,7 +81,7 @@ def test_train_from_cached_activations(capsys, tmp_path, checkpoint):
     other = tmp_path / "other"
     make_tiny("llama", seed=1).save_pretrained(other)
     make_tokenizer(other)
-    code, _, err = _run(capsys, *args[:3], other, *args[4:])
+    code, _, err = _run(capsys, *args[:3], other, *args[4:17], tmp_path / "s_other", *args[18:])
     assert code == 2 and "was written for model" in err
 
 

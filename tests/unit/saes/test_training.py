@@ -43,6 +43,7 @@ def test_every_architecture_learns(arch, k):
     frame = result.to_frame()
     assert {"tokens_per_s", "nmse", "l0", "dead_frac", "loss", "lr"} <= set(frame.columns)
     assert frame.step.tolist() == list(range(5, 61, 5))
+    assert 0 <= result.dead_frac_window < 1 and result.window_tokens == 60 * 128
 
 
 def test_learning_rate_schedule():
@@ -81,6 +82,7 @@ def test_tensor_source_resumes_exactly(tmp_path, arch, k):
     resumed = _interrupted_then_resumed(lambda: TensorSource(x, 128), cfg, options, tmp_path, stop_at=17)
     assert resumed.resumed_from == 14
     _assert_same_weights(full.sae, resumed.sae)
+    assert resumed.dead_frac_window == full.dead_frac_window
     assert resumed.sae.cfg.scale == full.sae.cfg.scale != 1.0
 
 
