@@ -102,44 +102,31 @@ class BatchTopK(Activation):
         return f
 
 
-class _JumpReLUFunction(torch.autograd.Function):
-    """``pre * H(pre - theta)``; d/d theta through a rectangle kernel of width ``bandwidth``."""
+class _ThresholdFunction(torch.autograd.Function):
+    """``pre * H(pre - theta)`` (``step=False``) or ``H(pre - theta)`` (``step=True``), with
+    ``theta = exp(log_threshold)``. The gradient to ``log_threshold`` goes through a
+    rectangle kernel ``K`` of width ``bandwidth`` (Rajamanoharan et al. 2024):
+    d/d theta of ``pre * H(pre - theta)`` is ``-(theta / bw) K``, of ``H(pre - theta)`` it is
+    ``-(1 / bw) K``; times ``d theta / d log theta = theta``. ``pre`` gets ``H(pre - theta)``
+    (jump) or nothing (step)."""
 
     @staticmethod
-    def forward(ctx, pre: torch.Tensor, log_threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    def forward(ctx, pre: torch.Tensor, log_threshold: torch.Tensor, bandwidth: float, step: bool) -> torch.Tensor:
         threshold = log_threshold.exp()
         ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
+        ctx.bandwidth, ctx.step = bandwidth, step
+        gate = pre > threshold
+        return gate.to(pre.dtype) if step else pre * gate
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
-        grad_pre = (pre > threshold).to(grad.dtype) * grad
-        # d/d theta of pre * H(pre - theta) ~ -(theta / bw) K((pre - theta) / bw); times d theta / d log theta = theta
-        grad_log = (-(threshold / bw) * in_window * grad).sum(tuple(range(grad.dim() - 1))) * threshold
-        return grad_pre, grad_log, None
-
-
-class _StepFunction(torch.autograd.Function):
-    """``H(pre - theta)``; d/d theta through the rectangle kernel, no gradient to ``pre``."""
-
-    @staticmethod
-    def forward(ctx, pre: torch.Tensor, log_threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        threshold = log_threshold.exp()
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        pre, threshold = ctx.saved_tensors
-        bw = ctx.bandwidth
-        in_window = ((pre - threshold).abs() < bw / 2).to(grad.dtype)
-        grad_log = (-(1.0 / bw) * in_window * grad).sum(tuple(range(grad.dim() - 1))) * threshold
-        return torch.zeros_like(pre), grad_log, None
+        slope = (1.0 / bw) if ctx.step else (threshold / bw)
+        grad_log = (-slope * in_window * grad).sum(tuple(range(grad.dim() - 1))) * threshold
+        grad_pre = torch.zeros_like(pre) if ctx.step else (pre > threshold).to(grad.dtype) * grad
+        return grad_pre, grad_log, None, None
 
 
 class JumpReLU(Activation):
@@ -158,10 +145,10 @@ class JumpReLU(Activation):
         if not torch.is_grad_enabled():
             threshold = self.threshold
             return pre * (pre > threshold)
-        return _JumpReLUFunction.apply(pre, self.log_threshold, self.bandwidth)
+        return _ThresholdFunction.apply(pre, self.log_threshold, self.bandwidth, False)
 
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return _StepFunction.apply(pre, self.log_threshold, self.bandwidth).sum(-1).mean()
+        return _ThresholdFunction.apply(pre, self.log_threshold, self.bandwidth, True).sum(-1).mean()
 
 
 def candidates_for(k: torch.Tensor) -> int:
