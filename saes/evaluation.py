@@ -16,6 +16,10 @@ it fires on more than 10% of them.
 
     eps_lbo = | ||z||^2 - ||f~||^2 | / ((h - 1) ||f~||^2)
 
+``f_norm_ratio_*`` is ``||f|| / ||x||`` per token in the SAE's space (top-AFA's AFA loss
+pulls it towards 1), ``f_norm_ratio_centred_*`` is ``||f|| / ||x - b_dec||`` (top-AFA's
+selection target).
+
 Splicing: the site's activation at every non-BOS position is replaced by the SAE's
 reconstruction (or by zeros, the baseline), and the rest of the model runs on it::
 
@@ -59,7 +63,7 @@ class _Accumulator:
         self.l0 = 0.0
         self.fires = torch.zeros(sae.d_sae, dtype=torch.long)
         self.tokens: dict[str, list[np.ndarray]] = {"norm_z": [], "norm_f_tilde": [], "norm_f": [], "norm_x": [],
-                                                    "eps_lbo": [], "l0": []}
+                                                    "norm_x_centred": [], "eps_lbo": [], "l0": []}
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
@@ -87,6 +91,7 @@ class _Accumulator:
         self.tokens["norm_f_tilde"].append(f_tilde_sq.sqrt().cpu().numpy())
         self.tokens["norm_f"].append(out.f.double().norm(dim=-1).cpu().numpy())
         self.tokens["norm_x"].append(out.x_in.double().norm(dim=-1).cpu().numpy())
+        self.tokens["norm_x_centred"].append((out.x_in - sae.b_dec).double().norm(dim=-1).cpu().numpy())
         self.tokens["eps_lbo"].append(eps.cpu().numpy())
         self.tokens["l0"].append(active.sum(-1).cpu().numpy())
 
@@ -98,6 +103,7 @@ class _Accumulator:
         freq = self.fires.double() / self.n
         tokens = {k: np.concatenate(v) for k, v in self.tokens.items()}
         ratio = tokens["norm_f"] / np.maximum(tokens["norm_x"], 1e-30)
+        ratio_centred = tokens["norm_f"] / np.maximum(tokens["norm_x_centred"], 1e-30)
         return {
             "nmse": self.err / self.sq,
             "explained_variance": 1 - self.err / total_var,
@@ -109,6 +115,7 @@ class _Accumulator:
             "eps_lbo_mean": float(np.mean(tokens["eps_lbo"])),
             "f_norm_ratio_median": float(np.median(ratio)),
             "f_norm_ratio_mean": float(np.mean(ratio)),
+            "f_norm_ratio_centred_median": float(np.median(ratio_centred)),
             "tokens": self.n,
         }, tokens, freq.numpy()
 
