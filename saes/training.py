@@ -75,8 +75,8 @@ class TrainOptions:
     auxk_coeff: float = option(1 / 32, "AuxK loss coefficient (topk, batchtopk, topafa)")
     aux_k: int = option(512, "dead latents the AuxK loss may use per token")
     dead_after: int = option(5, "a latent that has not fired for this many batches is dead")
-    b_dec_init: str = option("mean", "initial b_dec: the (normalised) mean of the first batches, or zeros",
-                             choices=("mean", "zeros"))
+    b_dec_init: str = option("zeros", "initial b_dec: zeros (as the top-AFA authors and SAELens), or the "
+                                      "(normalised) mean of the first batches", choices=("zeros", "mean"))
     init_batches: int = option(4, "batches used to estimate the mean-norm scale and the initial b_dec")
     seed: int = option(0, "seed of the weights and of the row order")
     checkpoint_every: int = option(200, "write a resumable checkpoint every N steps (0: never)")
