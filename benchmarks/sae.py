@@ -67,6 +67,7 @@ def main() -> None:
                         "pre-activations (any architecture's weights give a realistic k distribution)")
     parser.add_argument("--activations", default=None, help="cached activations at that SAE's site")
     parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--selection-only", action="store_true", help="skip the training-step comparison")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -122,6 +123,16 @@ def main() -> None:
     selection = {k: statistics.median(v) * 1e3 for k, v in rounds.items()}
     selection_speedup = selection["sort"] / selection["fast"]
     selection_speedup_enc = selection["sort+enc"] / selection["fast+enc"]
+
+    if args.selection_only:
+        result = {"device": device_name(device), "batch": batch, "d_in": args.d_in, "d_sae": h,
+                  "selection_source": source, "topafa_k": k_stats, "selection_ms": selection,
+                  "selection_speedup_vs_sort": selection_speedup,
+                  "selection_with_encoder_speedup_vs_sort": selection_speedup_enc, "rounds": args.rounds,
+                  "torch": torch.__version__}
+        print(json.dumps(result, indent=2))
+        write_result(args.out, result)
+        return
 
     # ---- training steps: ours TopK, ours top-AFA, SAELens TopK
     x = x_sel if args.sae else torch.randn(batch, args.d_in, device=device)

@@ -85,6 +85,8 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     metrics = _metrics(evaluation, tokens=result.tokens, seconds=result.seconds,
                        dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
     metrics["eval_data"] = str(eval_data)
+    metrics["train_options"] = options.identity()
+    metrics["train_source"] = str(cfg.activations or cfg.data)
     metrics["eval_tokens"] = evaluation.metrics["tokens"]
     write_json_atomic(out / "metrics.json", metrics)
     write_figures(out / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
