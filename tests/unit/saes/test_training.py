@@ -166,3 +166,16 @@ def test_checkpoint_of_another_architecture_or_config_is_refused(tmp_path):
 def test_d_in_mismatch_between_sae_and_source_is_refused():
     with pytest.raises(interlayer.InterlayerError, match="d_in=32 but the source's site tensor has width 16"):
         train_sae(TensorSource(synthetic(), 128), SAEConfig(d_in=32, d_sae=64, arch="topk", k=4), opts())
+
+
+def test_b_dec_starts_at_the_mean_or_at_zero():
+    assert TrainOptions().b_dec_start("topafa") == "zeros" and TrainOptions().b_dec_start("topk") == "mean"
+    assert TrainOptions(b_dec_init="zeros").b_dec_start("topk") == "zeros"
+    x = synthetic()
+    cfg = SAEConfig(d_in=16, d_sae=64, arch="topk", k=4, normalization="none")
+    options = opts(tokens=128, lr=1e-12, warmup_steps=0, init_batches=2)  # one step that barely moves b_dec
+    first_rows = torch.cat([b.x for b, _ in zip(TensorSource(x, 128).batches(), range(2))])
+    sae = train_sae(TensorSource(x, 128), cfg, options).sae
+    torch.testing.assert_close(sae.b_dec.detach(), first_rows.mean(0), atol=1e-6, rtol=0)
+    sae = train_sae(TensorSource(x, 128), cfg, opts(tokens=128, lr=1e-12, warmup_steps=0, b_dec_init="zeros")).sae
+    assert sae.b_dec.abs().max() < 1e-6
