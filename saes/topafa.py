@@ -10,7 +10,8 @@ sort the scores in descending order, take cumulative sums ``C_j`` and keep the
 ``sqrt(C_j)`` never decreases, the best ``j`` is at or just before the first ``j``
 where ``sqrt(C_j) >= A``. It takes the ``m`` largest scores with ``topk``; a row is
 settled when its ``m``-prefix already reaches ``A`` (or ``m = h``). The unsettled
-rows are retried with ``4m`` candidates, up to all ``h``: an exact fallback.
+rows are retried with ``4m`` candidates; once ``m`` would reach ``h / 4`` the remaining
+rows are fully sorted instead (``topk`` of that many is no faster): an exact fallback.
 
 The authors' code sets ``C_h = 1e8`` as a sentinel, which excludes ``k = h``; both
 functions here allow every ``k`` from 1 to ``h``. They differ only for a token that
@@ -73,7 +74,11 @@ def select(scores: torch.Tensor, target: torch.Tensor, candidates: int = 64) -> 
     while True:
         part = scores if rows is None else scores[rows]
         goal = target if rows is None else target[rows]
-        values, indices = part.topk(m, dim=-1, sorted=True)
+        if 4 * m >= h:  # topk over a quarter or more of the latents is no faster than a sort
+            m = h
+            values, indices = part.sort(dim=-1, descending=True, stable=True)
+        else:
+            values, indices = part.topk(m, dim=-1, sorted=True)
         chosen, reach = _choose_k(values, goal)
         # sqrt(C_m) >= A: the crossing, and with it the best j, lies within the first m.
         settled = torch.ones_like(reach, dtype=torch.bool) if m == h else reach >= goal
