@@ -18,6 +18,7 @@ sparse code ``f``. Every architecture shares the encoder, the decoder
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -29,13 +30,14 @@ ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 """The SAE architectures, by ``--arch`` name."""
 
 
-class Activation(nn.Module):
+class Activation(nn.Module, abc.ABC):
     """Base class: ``forward(pre, context)`` returns the sparse code ``f``."""
 
     name = "base"
 
-    def forward(self, pre: torch.Tensor, context: "EncodeContext") -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, pre: torch.Tensor, context: "EncodeContext") -> torch.Tensor:
+        """The sparse code of the pre-activations ``pre``."""
 
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         """The architecture's own sparsity penalty (unweighted), or ``None``."""

@@ -232,3 +232,13 @@ def test_ln_final_site_equals_hf_last_hidden_state(tiny_hf):
         w = torch.arange(1, len(seq) + 1, dtype=torch.float32)[:, None]
         torch.testing.assert_close(acts["ln_final"][i], (hs[-1][0] * w).sum(0) / w.sum(), atol=1e-5, rtol=0)
         torch.testing.assert_close(acts["resid_pre.0"][i], (hs[0][0] * w).sum(0) / w.sum(), atol=1e-5, rtol=0)
+
+
+def test_skip_drops_leading_packed_contexts_without_running_them(tiny_text_model):
+    texts = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13", "w14 w15 w16"]
+    full = collect(tiny_text_model, texts, ["resid_post.0"], context_length=5, progress=False)
+    skipped = collect(tiny_text_model, texts, ["resid_post.0"], context_length=5, skip=1, progress=False)
+    keep = full.meta["sequence"] >= 1
+    assert torch.equal(skipped["resid_post.0"], full["resid_post.0"][keep])
+    with pytest.raises(InterlayerError, match="skip needs packed contexts"):
+        collect(tiny_text_model, texts, ["resid_post.0"], skip=1, progress=False)
