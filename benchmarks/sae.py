@@ -77,7 +77,7 @@ def main() -> None:
 
     # ---- selection: fast vs full sort, with and without the encoder matmul
     if args.sae:
-        from interlayer.store import ActivationStore
+        from interlayer.activation_cache import ActivationStore
 
         sel_sae = SAE.load(args.sae, device=device).eval()
         store = ActivationStore(args.activations)

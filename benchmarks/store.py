@@ -32,7 +32,7 @@ import torch
 
 import interlayer
 from interlayer.loading import ensure_converted
-from interlayer.store import stream
+from interlayer.activations import stream
 
 from common import Peak, device_name, stand_in_tokenizer, write_result
 

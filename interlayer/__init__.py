@@ -9,9 +9,12 @@ Quick start::
     decoded = interlayer.LayerDecoder(model).decode(acts["resid_post.9"], top_k=5)
 """
 
+from .activation_cache import ActivationStore, CacheOptions, cache
+from .activations import Activations, CollectOptions, collect, stream
 from .adapter import ModelAdapter
 from .architectures import ARCHITECTURES, ArchSpec, supported_model_types
-from .decoding import DecodeResult, LayerDecoder
+from .capture import Edit
+from .decoding import DecodeResult, LayerDecoder, Lens, LogitLens
 from .errors import (
     CacheCorruptError,
     InterlayerError,
@@ -22,14 +25,17 @@ from .errors import (
 )
 from .loading import DEFAULT_MODEL, EMBEDDED, load_model
 from .sites import SITE_KINDS, Site
-from .store import ActivationStore, Activations, CollectOptions, cache, collect, stream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStore",
     "Activations",
+    "CacheOptions",
     "CollectOptions",
+    "Edit",
+    "Lens",
+    "LogitLens",
     "cache",
     "collect",
     "stream",

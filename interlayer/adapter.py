@@ -18,7 +18,7 @@ from torch import nn
 
 from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_blocks, get_submodule
 from .errors import LayerIndexError, UnknownSiteError, choices
-from .sites import LN_FINAL, SITE_KINDS, Site, parse_site
+from .sites import LN_FINAL, SITE_KINDS, Site, parse_site, wildcard_kind
 
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 """A hook function: receives the site's activation ``[batch, seq, d_model]`` and
@@ -103,6 +103,36 @@ class ModelAdapter:
     def model_type(self) -> str:
         return str(self.model.config.model_type)
 
+    @property
+    def bos_token_id(self) -> int | None:
+        """The BOS id: the tokenizer's, else the model config's (``None`` if neither has one)."""
+        for candidate in (getattr(self.tokenizer, "bos_token_id", None), getattr(self.model.config, "bos_token_id", None)):
+            if candidate is not None:
+                return int(candidate)
+        return None
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The tokenizer's EOS id (``None`` without a tokenizer or an EOS token)."""
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return None if eos is None else int(eos)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding is filled with: the tokenizer's pad, else its EOS, else the
+        config's pad, else 0. Padding never reaches a result (it is masked), so any id does."""
+        tok = self.tokenizer
+        for candidate in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None),
+                          getattr(self.model.config, "pad_token_id", None)):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the model takes (its config's ``max_position_embeddings``, else 2048)."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
+
     def __repr__(self) -> str:
         return (
             f"ModelAdapter({self.name!r}, {type(self.model).__name__}, n_layers={self.n_layers}, "
@@ -149,6 +179,30 @@ class ModelAdapter:
                 f"resid_pre), so it has no resid_mid; valid kinds here: {choices(self.site_kinds())}"
             )
         return site
+
+    def expand_sites(self, sites: str | Site | Sequence[str | Site]) -> list[Site]:
+        """Parse site names, expanding wildcards (``resid_post.*``, ``blocks.*.hook_mlp_out``),
+        dropping duplicates, in forward order. Unknown names list the valid ones."""
+        if isinstance(sites, (str, Site)):
+            sites = [sites]
+        out: dict[str, Site] = {}
+        for name in sites:
+            if isinstance(name, Site):
+                site = self.site(name)
+                out[site.name] = site
+                continue
+            kind = wildcard_kind(name)
+            if kind is not None:
+                if kind not in self.site_kinds():
+                    raise UnknownSiteError(f"unknown site kind {kind!r} in {name!r}; valid kinds: {choices(self.site_kinds())}")
+                for layer in range(self.n_layers):
+                    out[f"{kind}.{layer}"] = Site(layer, kind)
+            else:
+                site = self.site(name.strip())
+                out[site.name] = site
+        if not out:
+            raise UnknownSiteError(f"no sites given; valid sites look like {choices(self.sites()[:5])}, ... or 'resid_post.*'")
+        return sorted(out.values(), key=lambda s: s.order)
 
     def check_layer(self, layer: int) -> int:
         """Validate a layer index; raises :class:`LayerIndexError` naming the range."""
@@ -316,7 +370,12 @@ class ModelAdapter:
         equals the model's logits. Use :class:`interlayer.decoding.LayerDecoder`
         for memory-bounded decoding of many states.
         """
-        logits = self.unembed(self.final_norm(resid.to(self.dtype)))
+        return self.head(self.final_norm(resid.to(self.dtype)))
+
+    def head(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits from final-norm outputs (``ln_final``): the unembedding, then the
+        final-logit soft-cap ``c · tanh(z / c)`` where the family has one."""
+        logits = self.unembed(normed.to(self.dtype))
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
@@ -329,16 +388,17 @@ class ModelAdapter:
         batch = [texts] if isinstance(texts, str) else list(texts)
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}; valid choices: 'left', 'right'")
-        tok = self.tokenizer
-        old_side = tok.padding_side
-        tok.padding_side = padding_side
-        try:
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-            enc = tok(batch, return_tensors="pt", padding=True)
-        finally:
-            tok.padding_side = old_side
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        # Padded here rather than by the tokenizer, so the user's tokenizer is never
+        # changed (it may have no pad token, and its padding side is its own).
+        encoded = [list(ids) for ids in self.tokenizer(batch).input_ids]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            span = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         """Readable strings for token ids (decoded one at a time)."""

@@ -1,12 +1,10 @@
-"""The core CLI commands: ``models`` and ``info``."""
+"""The core CLI commands: ``models``, ``info`` and ``cache``."""
 
 from __future__ import annotations
 
-from .cli import command, emit_json
+from .command_registry import command, emit_json
 from .config import CacheConfig, InfoConfig, ModelsConfig
-from .errors import InterlayerError
 from .info import ModelInfo, list_models
-from .loading import load_model
 
 
 @command("models", ModelsConfig)
@@ -21,8 +19,7 @@ def run_models(cfg: ModelsConfig) -> int:
 
 @command("info", InfoConfig)
 def run_info(cfg: InfoConfig) -> int:
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    info = ModelInfo.of(model)
+    info = ModelInfo.of(cfg.load())
     if cfg.json:
         emit_json(info.to_dict())
     else:
@@ -32,15 +29,16 @@ def run_info(cfg: InfoConfig) -> int:
 
 @command("cache", CacheConfig)
 def run_cache(cfg: CacheConfig) -> int:
-    from .store import cache
+    from .activation_cache import cache
+    from .files import check_writable
+    from .inputs import check_data_file
+    from .sites import check_site_syntax
 
-    for name in ("data", "out"):
-        if not getattr(cfg, name):
-            raise InterlayerError(f"--{name} is required")
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    store = cache(model, cfg.data, [s for s in cfg.sites.split(",") if s], cfg.out, cfg.tokens,
-                  context_length=cfg.context_length, batch_size=cfg.batch_size, dtype=cfg.storage_dtype,
-                  memory_mb=cfg.memory_mb, disk_budget_mb=cfg.disk_budget_mb, text_field=cfg.text_field,
-                  progress=not cfg.no_progress)
+    # Everything that can be checked without the model is checked before it loads.
+    sites = check_site_syntax(cfg.sites)
+    check_data_file(cfg.data, text_field=cfg.text_field)
+    check_writable(cfg.out, directory=True)
+    options = cfg.cache_options()
+    store = cache(cfg.load(), cfg.data, sites, cfg.out, options=options)
     print(store)
     return 0

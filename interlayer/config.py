@@ -1,35 +1,47 @@
 """Command configs: one dataclass per command, shared by the CLI and the Python API.
 
-Each field is declared with :func:`option`, whose ``help`` text is both the field's
-documentation and its ``--help`` line, so an option exists in one place only.
+Each field is declared with :func:`~interlayer.options.option`, whose ``help`` text is
+both the field's documentation and its ``--help`` line, and whose bounds are checked
+when the config is made, so an option exists in one place only. Commands that load a
+model share :class:`ModelOptions` and its :meth:`~ModelOptions.load`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
+from .activation_cache import CacheOptions
+from .dtypes import DTYPE_CHOICES
 from .loading import DEFAULT_MODEL
+from .options import check_options, check_required, option
 
+if TYPE_CHECKING:
+    from .adapter import ModelAdapter
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
-           choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
-    """A config field. ``positional=True`` makes it a positional CLI argument;
-    ``cli=False`` keeps it out of the command line (Python API only)."""
-    meta = {"help": help, "positional": positional, "choices": choices, "cli": cli}
-    if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+__all__ = ["CacheConfig", "InfoConfig", "LogitLensConfig", "ModelOptions", "ModelsConfig", "check_required", "option"]
 
 
 @dataclass
 class ModelOptions:
     """Options every command that loads a model shares."""
 
+    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id")
     device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
-    dtype: str | None = option(None, "weights dtype", choices=("float32", "bfloat16", "float16"))
+    dtype: str | None = option(None, "weights dtype", choices=DTYPE_CHOICES)
     trust_remote_code: bool = option(False, "let transformers run code shipped with a checkpoint")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        parent = getattr(super(), "__post_init__", None)  # a config that also extends other options
+        if parent is not None:
+            parent()
+
+    def load(self) -> "ModelAdapter":
+        """Load the model these options name (see :func:`interlayer.load_model`)."""
+        from .loading import load_model
+
+        return load_model(self.model, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
 
 @dataclass
@@ -52,25 +64,30 @@ class LogitLensConfig(ModelOptions):
     """Logit lens: the top tokens of every layer at every position of one prompt."""
 
     prompt: str = option("The Eiffel Tower is in the city of", "the prompt to decode")
-    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id")
-    top_k: int = option(1, "tokens shown per cell")
-    memory_mb: float = option(256.0, "bound on decoding working memory, MiB")
-    out: str | None = option(None, "also write the table as CSV (.csv) or JSON (.json) here")
+    top_k: int = option(1, "tokens shown per cell", min=1)
+    memory_mb: float = option(256.0, "bound on decoding working memory, MiB", above=0)
+    out: str | None = option(None, "also write the table as CSV (.csv) or JSON (.json) here", suffixes=(".csv", ".json"))
+    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
 class CacheConfig(ModelOptions):
     """Cache activations to disk as checksummed shards (resumable)."""
 
-    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id")
-    data: str = option(None, "a .txt (one document per line), .jsonl or .parquet file")
+    data: str = option(None, "a .txt (one document per line), .jsonl or .parquet file", required=True)
     sites: str = option("resid_post.*", "comma-separated sites, e.g. resid_post.6,mlp_out.6 or resid_post.*")
-    tokens: int = option(100_000, "how many tokens to cache (BOS excluded)")
-    out: str = option(None, "output directory (an unfinished run there is resumed)")
-    context_length: int = option(128, "tokens per packed context, BOS included")
-    batch_size: int = option(8, "contexts per forward pass")
-    storage_dtype: str = option("float32", "dtype of the stored activations", choices=("float32", "bfloat16", "float16"))
-    memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard")
-    disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB")
+    tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
+    out: str = option(None, "output directory (an unfinished run there is resumed)", required=True)
+    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
+    batch_size: int = option(8, "contexts per forward pass", min=1)
+    storage_dtype: str = option("float32", "dtype of the stored activations", choices=DTYPE_CHOICES)
+    memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
+    disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")
     no_progress: bool = option(False, "hide the progress bar")
+
+    def cache_options(self) -> CacheOptions:
+        """The :class:`~interlayer.activation_cache.CacheOptions` these flags set."""
+        shared = {f.name for f in fields(CacheOptions)} & {f.name for f in fields(self)}
+        values = {name: getattr(self, name) for name in shared if name != "dtype"}
+        return CacheOptions(**values, dtype=self.storage_dtype, progress=not self.no_progress)

@@ -10,14 +10,15 @@ vocabulary the naive way needs about 1 MiB per (layer, position) pair.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from tqdm.auto import tqdm
 
 from .adapter import ModelAdapter
+from .errors import InterlayerError
 
 DEFAULT_MEMORY_MB = 256.0
 """Default bound on the working memory of one decoding chunk."""
@@ -57,21 +58,55 @@ class DecodeResult:
     """How many chunks the work was split into."""
 
 
+@runtime_checkable
+class Lens(Protocol):
+    """What every lens is: a per-layer transform of hidden states applied before the
+    model's own head (tuned-lens's ``Lens``; Belrose et al. 2023).
+
+    ``transform(hidden, layer)`` maps ``[..., d_model]`` states of decoder layer
+    ``layer`` (``resid_post.layer``; ``None`` when the caller did not say) to states the
+    final norm and unembedding decode. ``name`` labels results ("logit", "tuned").
+    Anything with these two members is a lens, and every method that decodes takes one.
+    """
+
+    name: str
+
+    def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor: ...
+
+
+class LogitLens:
+    """The identity transform (nostalgebraist 2020): each layer decoded by the model's
+    head as is. The default lens everywhere."""
+
+    name = "logit"
+
+    def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor:
+        return hidden
+
+    def __repr__(self) -> str:
+        return "LogitLens()"
+
+
+LOGIT_LENS = LogitLens()
+
+
 class LayerDecoder:
-    """Decode hidden states through a model's own final norm and unembedding.
+    """Decode hidden states through a lens and the model's own final norm and unembedding.
 
     Args:
         model: the adapter whose head decodes.
         memory_mb: bound on the working memory of one chunk, in MiB. Rows per chunk
             are chosen so vocabulary-sized buffers stay within it.
-        lens: an optional per-layer transform applied before the head, e.g. a
-            :class:`interlayer.lens.TunedLens` (Belrose et al. 2023). ``None`` is the
-            logit lens. With a lens, :meth:`decode` needs ``layers=``.
+        lens: a :class:`Lens`, applied per layer before the head; the
+            :class:`LogitLens` by default, or e.g. a :class:`interlayer.lens.TunedLens`.
     """
 
-    def __init__(self, model: ModelAdapter, memory_mb: float = DEFAULT_MEMORY_MB, lens: Any = None) -> None:
+    def __init__(self, model: ModelAdapter, memory_mb: float = DEFAULT_MEMORY_MB, lens: Lens = LOGIT_LENS) -> None:
         if not memory_mb > 0:
-            raise ValueError(f"memory_mb must be positive, got {memory_mb!r}")
+            raise InterlayerError(f"memory_mb must be positive, got {memory_mb!r}")
+        if not isinstance(lens, Lens):
+            raise InterlayerError(f"lens must have a name and a transform(hidden, layer) method (a Lens), "
+                                  f"got {type(lens).__name__}")
         self.model = model
         self.memory_mb = float(memory_mb)
         self.lens = lens
@@ -82,20 +117,17 @@ class LayerDecoder:
         per_row = self.model.vocab_size * 4 * copies
         return max(1, int(self.memory_mb * 2**20 // per_row))
 
-    def logits(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, layer: int | None = None, *, grad: bool = False) -> torch.Tensor:
         """float32 logits of ``hidden`` ``[..., d_model]`` from ``layer``, unchunked:
-        the lens transform for that layer (if any), then the model's own head."""
-        with torch.no_grad():
-            hidden = hidden.to(self.model.device)
-            if self.lens is not None:
-                if layer is None:
-                    raise ValueError("decoding through a lens needs the layer of each hidden state (layers=...)")
-                hidden = self.lens.transform(hidden, layer)
+        the lens transform for that layer, then the model's own head. With ``grad``
+        the graph is kept (to train a lens through the frozen head)."""
+        with torch.set_grad_enabled(grad):
+            hidden = self.lens.transform(hidden.to(self.model.device), layer)
             return self.model.unembed_resid(hidden).float()
 
-    def log_probs(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """float32 log-probabilities of ``hidden`` from ``layer``, unchunked."""
-        return torch.log_softmax(self.logits(hidden, layer), dim=-1)
+    def log_probs(self, hidden: torch.Tensor, layer: int | None = None, *, grad: bool = False) -> torch.Tensor:
+        """float32 log-probabilities of ``hidden`` from ``layer``, unchunked (see :meth:`logits`)."""
+        return torch.log_softmax(self.logits(hidden, layer, grad=grad), dim=-1)
 
     def decode(
         self,
@@ -109,6 +141,7 @@ class LayerDecoder:
         layers: Sequence[int] | None = None,
         targets: torch.Tensor | None = None,
         ranks: bool = False,
+        progress: bool = False,
     ) -> DecodeResult:
         """Decode ``hidden`` of shape ``[*lead, n, d_model]`` in memory-bounded chunks.
 
@@ -124,62 +157,71 @@ class LayerDecoder:
             probs: also return the full distributions (this is ``[*lead, n, vocab]``
                 on the CPU; ask only for what fits).
             layers: the layer of each ``[n, d]`` slice of ``hidden`` (its leading
-                dimensions flattened), needed when decoding through a lens. The
-                reference is always decoded as the final layer, through no lens.
+                dimensions flattened), passed to the lens; a lens that depends on the
+                layer (a tuned lens) needs it. The reference is always decoded as the
+                final layer, through no lens.
             targets: ``[n]`` one token id per position (shared across ``*lead``), whose
                 log-probability to return, e.g. the true next token for a cross-entropy.
             ranks: also return the rank of each of ``token_ids`` (one vocabulary
                 comparison per id and row: ask for it with few ids).
+            progress: show a progress bar over the chunks.
         """
-        if hidden.dim() < 2:
-            raise ValueError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
-        if hidden.shape[-1] != self.model.d_model:
-            raise ValueError(f"hidden has width {hidden.shape[-1]}, but {self.model.name} has d_model={self.model.d_model}")
-        vocab = self.model.vocab_size
-        if top_k < 0 or top_k > vocab:
-            raise ValueError(f"top_k={top_k} is out of range; valid values are 0..{vocab}")
-        *lead, n, _ = hidden.shape
-        flat = hidden.reshape(-1, n, hidden.shape[-1])
+        flat, lead, n = self._check_hidden(hidden, top_k)
+        ids = self._check_ids(token_ids, "token ids")
+        targets = self._check_ids(targets, "targets", n)
         if reference is not None and tuple(reference.shape) != (n, hidden.shape[-1]):
-            raise ValueError(f"reference must have shape {(n, hidden.shape[-1])}, got {tuple(reference.shape)}")
-        ids = None
-        if token_ids is not None:
-            ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-                raise ValueError(f"token ids must lie in 0..{vocab - 1}, got min {int(ids.min())}, max {int(ids.max())}")
-            ids = ids.to(self.model.device)
-
-        if targets is not None:
-            targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-            if targets.numel() != n:
-                raise ValueError(f"targets must hold one id per position ({n}), got {targets.numel()}")
-            if n and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-                raise ValueError(f"targets must lie in 0..{vocab - 1}")
-            targets = targets.to(self.model.device)
+            raise InterlayerError(f"reference must have shape {(n, hidden.shape[-1])}, got {tuple(reference.shape)}")
         g = flat.shape[0]
+        layer_of: list[int | None] = [None] * g
         if layers is not None:
-            layers = [self.model.check_layer(int(layer)) for layer in layers]
-            if len(layers) != g:
-                raise ValueError(f"layers has {len(layers)} entries but hidden holds {g} slices of [n, d]")
-        elif self.lens is not None:
-            raise ValueError("decoding through a lens needs layers=: the layer of each [n, d] slice of hidden")
-        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, vocab, targets, ranks)
+            layer_of = [self.model.check_layer(int(layer)) for layer in layers]
+            if len(layer_of) != g:
+                raise InterlayerError(f"layers has {len(layer_of)} entries but hidden holds {g} slices of [n, d]")
+        out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, self.model.vocab_size, targets, ranks)
         step = self.rows_per_chunk(with_reference=reference is not None)
-        # Loop positions outermost so a reference distribution is computed once per chunk.
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            ref = None
-            if reference is not None:
-                with torch.no_grad():
-                    ref = _Reference(torch.log_softmax(self.model.unembed_resid(reference[start:stop].to(self.model.device)).float(), -1))
-            for index in range(g):
-                logp = self.log_probs(flat[index, start:stop], None if layers is None else layers[index])
-                out.fill(index, start, stop, logp, ref)
-                del logp
-            del ref
+        starts = range(0, n, step)
+        bar = tqdm(total=len(starts) * g, unit="chunk", desc="decode", disable=not progress)
+        try:
+            # Positions outermost, so a reference distribution is computed once per chunk.
+            for start in starts:
+                stop = min(n, start + step)
+                ref = None if reference is None else _Reference(self._reference_log_probs(reference[start:stop]))
+                for index in range(g):
+                    out.fill(index, start, stop, self.log_probs(flat[index, start:stop], layer_of[index]), ref)
+                    bar.update(1)
+                del ref
+        finally:
+            bar.close()
         result = out.result(lead, n)
-        result.n_chunks = math.ceil(n / step) * g
+        result.n_chunks = len(starts) * g
         return result
+
+    def _reference_log_probs(self, reference: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(self.model.unembed_resid(reference.to(self.model.device)).float(), -1)
+
+    def _check_hidden(self, hidden: torch.Tensor, top_k: int) -> tuple[torch.Tensor, list[int], int]:
+        if hidden.dim() < 2:
+            raise InterlayerError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
+        if hidden.shape[-1] != self.model.d_model:
+            raise InterlayerError(f"hidden has width {hidden.shape[-1]}, but {self.model.name} has "
+                                  f"d_model={self.model.d_model}")
+        vocab = self.model.vocab_size
+        if not 0 <= top_k <= vocab:
+            raise InterlayerError(f"top_k={top_k} is out of range; valid values are 0..{vocab}")
+        *lead, n, _ = hidden.shape
+        return hidden.reshape(-1, n, hidden.shape[-1]), lead, n
+
+    def _check_ids(self, ids: Any, what: str, count: int | None = None) -> torch.Tensor | None:
+        if ids is None:
+            return None
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if count is not None and ids.numel() != count:
+            raise InterlayerError(f"{what} must hold one id per position ({count}), got {ids.numel()}")
+        vocab = self.model.vocab_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise InterlayerError(f"{what} must lie in 0..{vocab - 1}, got min {int(ids.min())}, max {int(ids.max())}")
+        return ids.to(self.model.device)
 
 
 class _Reference:

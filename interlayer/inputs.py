@@ -78,30 +78,45 @@ def data_fingerprint(data: Any) -> str:
 
 
 def iter_documents(data: Any, text_field: str = "text") -> Iterator[str | list[int]]:
-    """Yield documents (strings or token-id lists) from any accepted input form."""
+    """Yield documents (strings or token-id lists) from any accepted input form.
+
+    Malformed inputs (a file that is not UTF-8 text, a JSONL line that is not JSON, a
+    text field that is not a string, token ids that are not integers) raise an
+    :class:`~interlayer.errors.InterlayerError` naming the input and where it broke.
+    """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
         if not path.is_file():
-            raise InterlayerError(f"input file {str(data)!r} does not exist; give a path to a "
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise InterlayerError(f"input file {str(data)!r} {what}; give a path to a "
                                   f"{', '.join(FILE_SUFFIXES)} file, a list of strings, or token ids")
         yield from _iter_file(path, text_field)
         return
     if isinstance(data, torch.Tensor):
         if data.dim() != 2:
             raise InterlayerError(f"a token tensor must be [n_sequences, seq_len], got shape {tuple(data.shape)}")
+        if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
+            raise InterlayerError(f"a token tensor must hold integer ids, got dtype {data.dtype}; "
+                                  "pass input_ids as torch.long")
         for row in data.tolist():
             yield row
         return
     if hasattr(data, "column_names") and hasattr(data, "__getitem__"):  # datasets.Dataset
         if text_field not in data.column_names:
             raise InterlayerError(f"dataset has no column {text_field!r}; columns: {choices(data.column_names)}")
-        for row in data:
-            yield row[text_field]
+        for number, row in enumerate(data):
+            yield _text(row[text_field], f"row {number} of the dataset's column {text_field!r}")
         return
     if isinstance(data, Iterable):
-        for item in data:
-            if isinstance(item, str) or (isinstance(item, Sequence) and all(isinstance(t, int) for t in item)):
-                yield item if isinstance(item, str) else list(item)
+        for number, item in enumerate(data):
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+                yield list(item)
+            elif isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
+                bad = next(t for t in item if not (isinstance(t, int) and not isinstance(t, bool)))
+                raise InterlayerError(f"input {number} holds {bad!r} of type {type(bad).__name__}; "
+                                      "token ids must be Python ints")
             else:
                 raise InterlayerError(f"inputs must be strings or lists of token ids, got an item of type {type(item).__name__}")
         return
@@ -109,32 +124,58 @@ def iter_documents(data: Any, text_field: str = "text") -> Iterator[str | list[i
                           f"a {', '.join(FILE_SUFFIXES)} file or a datasets.Dataset")
 
 
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InterlayerError(f"{where} is {type(value).__name__} {str(value)[:40]!r}, not text")
+    return value
+
+
 def _iter_file(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        yield from _read_file(path, text_field)
+    except UnicodeDecodeError as err:
+        raise InterlayerError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded); "
+                              f"give a {', '.join(FILE_SUFFIXES)} file of UTF-8 text") from err
+
+
+def _read_file(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises its own error types for a file that is not parquet
+            raise InterlayerError(f"{path} is not a readable parquet file: {str(err).splitlines()[0]}") from err
         if text_field not in table.column_names:
             raise InterlayerError(f"{path} has no column {text_field!r}; columns: {choices(table.column_names)}")
-        yield from (t for t in table.column(text_field).to_pylist() if t)
+        for number, value in enumerate(table.column(text_field).to_pylist()):
+            if value:
+                yield _text(value, f"{path} row {number} column {text_field!r}")
         return
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
-                item = json.loads(line)
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InterlayerError(f"{path}:{number} is not valid JSON ({err.msg} at column {err.colno}); "
+                                          f"each line must be a JSON string or an object with a {text_field!r} field") from err
                 if isinstance(item, str):
                     yield item
                 elif isinstance(item, dict) and text_field in item:
-                    yield item[text_field]
+                    yield _text(item[text_field], f"{path}:{number} field {text_field!r}")
                 else:
                     raise InterlayerError(f"{path}:{number} has no field {text_field!r}")
         return
     # .txt, .devtest and anything else: one document per non-empty line.
     with open(path, encoding="utf-8") as handle:
         for line in handle:
+            if "\0" in line:
+                raise InterlayerError(f"{path} holds NUL bytes: it looks like a binary file, not text; "
+                                      f"give a {', '.join(FILE_SUFFIXES)} file of UTF-8 text")
             line = line.rstrip("\r\n")
             if line.strip():
                 yield line
@@ -146,9 +187,11 @@ class Tokenized:
     def __init__(self, model: ModelAdapter, max_length: int | None = None) -> None:
         self.model = model
         self.tokenizer = model.tokenizer
-        limit = getattr(model.model.config, "max_position_embeddings", None) or 2048
-        self.max_length = int(max_length or limit)
-        self.bos_id = bos_id_of(model)
+        if max_length is not None and max_length < 1:
+            raise InterlayerError(f"max_length must be at least 1, got {max_length}")
+        self.max_length = int(max_length or model.max_positions)
+        self.bos_id = model.bos_token_id
+        self.vocab_size = model.vocab_size
         self.truncated = 0
 
     def encode(self, document: str | list[int], special: bool = True) -> list[int]:
@@ -156,7 +199,11 @@ class Tokenized:
             if self.tokenizer is None:
                 raise InterlayerError(f"{self.model.name} has no tokenizer; pass token ids instead of text")
             return list(self.tokenizer(document, add_special_tokens=special).input_ids)
-        return list(document)
+        ids = list(document)
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InterlayerError(f"token id {bad[0]} is out of range; {self.model.name} has ids 0..{self.vocab_size - 1}")
+        return ids
 
     def sequences(self, data: Any, text_field: str = "text", limit: int | None = None) -> list[Sequence_]:
         """Each document as its own sequence (BOS added where the tokenizer adds one),
@@ -185,7 +232,7 @@ class Tokenized:
             raise InterlayerError(f"context_length must be at least 2, got {context_length}")
         if context_length > self.max_length:
             raise InterlayerError(f"context_length {context_length} exceeds the model's {self.max_length} positions")
-        eos = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer is not None else None
+        eos = self.model.eos_token_id
         head = [self.bos_id] if self.bos_id is not None else []
         body = context_length - len(head)
         ids: list[int] = []
@@ -241,18 +288,19 @@ def batches_by_length(sequences: list[Sequence_], batch_size: int) -> list[list[
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-def bos_id_of(model: ModelAdapter) -> int | None:
-    """The BOS id: the tokenizer's, else the model config's."""
-    for candidate in (getattr(model.tokenizer, "bos_token_id", None), getattr(model.model.config, "bos_token_id", None)):
-        if candidate is not None:
-            return int(candidate)
-    return None
-
-
-def pad_id_of(model: ModelAdapter) -> int:
-    tok = model.tokenizer
-    for candidate in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None),
-                      getattr(model.model.config, "pad_token_id", None)):
-        if candidate is not None:
-            return int(candidate)
-    return 0
+def check_data_file(path: str | os.PathLike, flag: str = "--data", text_field: str = "text") -> Path:
+    """Check a data file before any model loads: it exists, is a file, and its first
+    documents read as the format its extension says (UTF-8 text, JSON lines, parquet)."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise InterlayerError(f"{flag} {str(path)!r} does not exist; give a {', '.join(FILE_SUFFIXES)} file")
+    if not file.is_file():
+        raise InterlayerError(f"{flag} {str(path)!r} is not a file; give a {', '.join(FILE_SUFFIXES)} file")
+    documents = _iter_file(file, text_field)
+    try:
+        for _ in range(64):  # reading a few documents catches binary files and malformed lines early
+            if next(documents, None) is None:
+                break
+    finally:
+        documents.close()
+    return file

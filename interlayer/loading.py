@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .adapter import ModelAdapter
-from .cache import build_entry, cache_root, verify_entry
+from .conversion_cache import build_entry, cache_root, verify_entry
+from .dtypes import parse_dtype
 from .errors import CacheCorruptError, UnknownModelError, UnsupportedArchitectureError, choices
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,7 @@ def _pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; valid choices: {choices(names)}")
-    return names[dtype]
+    return parse_dtype(dtype, "weights dtype")
 
 
 @contextlib.contextmanager

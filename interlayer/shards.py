@@ -1,28 +1,27 @@
 """Shard files: safetensors written atomically with a sha256, read back memory-mapped.
 
 A shard holds one ``[rows, d]`` tensor per site plus ``meta.*`` int64 columns. It is
-written to a temporary file, fsynced and renamed, so a shard either exists whole
-or not at all. Reading maps the file and views each tensor in place (bf16 included),
+written atomically (:func:`interlayer.files.write_atomic`), so a shard either exists
+whole or not at all. Reading maps the file and views each tensor in place (bf16 included),
 so opening a store costs no copies.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save
 
-from .errors import CacheCorruptError, InterlayerError
+from .errors import CacheCorruptError
+from .files import WriteError, sha256_file
 
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64}
 
 
-class DiskBudgetError(InterlayerError):
+class DiskBudgetError(WriteError):
     """Writing the next shard would exceed the disk budget or the free space."""
 
 
@@ -31,37 +30,13 @@ def encode_shard(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | No
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
 
 
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically; returns its sha256. On any failure
-    (a full disk included) no partial file is left behind."""
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DiskBudgetError(f"could not write {path} ({len(data) / 2**20:.1f} MiB): {err}") from err
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-
-
 def read_shard(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Memory-map a shard; with ``expected_sha256``, verify it first and raise
     :class:`CacheCorruptError` naming the file when it does not match."""
     if not path.is_file():
         raise CacheCorruptError(f"shard {path} is missing")
     if expected_sha256 is not None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(8 * 2**20):
-                digest.update(chunk)
-        if digest.hexdigest() != expected_sha256:
+        if sha256_file(path) != expected_sha256:
             raise CacheCorruptError(f"shard {path} is corrupt: its sha256 does not match the manifest")
     with open(path, "rb") as handle:
         n = int.from_bytes(handle.read(8), "little")

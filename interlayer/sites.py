@@ -74,3 +74,34 @@ def parse_site(name: str | Site, n_layers: int) -> Site:
     if not 0 <= layer < n_layers:
         raise LayerIndexError(f"layer {layer} in site {name!r} is out of range; valid layers are 0..{n_layers - 1}")
     return Site(layer=layer, kind=kind)
+
+
+def wildcard_kind(name: str) -> str | None:
+    """The site kind of a wildcard (``resid_post.*`` or ``blocks.*.hook_resid_post``), else ``None``."""
+    text = name.strip()
+    if text.endswith(".*"):
+        return text[:-2]
+    if text.startswith("blocks.*.hook_"):
+        return text[len("blocks.*.hook_"):]
+    return None
+
+
+def check_site_syntax(names: str | list[str]) -> list[str]:
+    """Check site names without a model (before one is loaded): each must be a wildcard
+    or parse with a known kind. Layer ranges are checked once the model is known."""
+    items = [s.strip() for s in (names.split(",") if isinstance(names, str) else names) if s.strip()]
+    if not items:
+        raise UnknownSiteError("no sites given; e.g. 'resid_post.6', 'blocks.6.hook_mlp_out' or 'resid_post.*'")
+    for name in items:
+        kind = wildcard_kind(name)
+        if kind is None:
+            if name in _LN_FINAL_ALIASES:
+                continue
+            match = _SHORT.match(name) or _TRANSFORMER_LENS.match(name)
+            if match is None:
+                parse_site(name, 1 << 30)  # raises, naming the expected forms
+            kind = match.group("kind")
+        if kind not in SITE_KINDS:
+            raise UnknownSiteError(f"unknown site kind {kind!r} in {name!r}; valid kinds: {choices(SITE_KINDS)}")
+    return items
+

@@ -5,7 +5,7 @@
 * latent-language analysis (Wendler et al. 2024; Zhong et al. 2024);
 * layer saturation and early exit.
 
-Every method reads activations from :mod:`interlayer.store` and decodes through
+Every method reads activations from the activation store (:mod:`interlayer.activations`) and decodes through
 :class:`interlayer.decoding.LayerDecoder`.
 """
 

@@ -4,31 +4,52 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interlayer.cli import command
+import pandas as pd
+
+from interlayer.command_registry import command
 from interlayer.config import LogitLensConfig
+from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError
-from interlayer.loading import load_model
+from interlayer.files import check_writable, write_atomic, write_json_atomic
+from interlayer.inputs import check_data_file
 
 from .config import LatentConfig, SaturationConfig, TuneConfig
-from .logit_lens import logit_lens
-from .tuning import tune_lens
+
+TABLE_SUFFIXES = (".csv", ".json")
 
 
-def write_table(frame, out: str) -> None:
-    """Write a DataFrame as .csv or .json, by the extension of ``out``."""
+def write_table(frame: pd.DataFrame, out: str) -> None:
+    """Write a DataFrame as .csv or .json (by the extension of ``out``), atomically."""
     path = Path(out)
     if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
+        write_atomic(path, frame.to_csv(index=False).encode())
     elif path.suffix == ".json":
-        frame.to_json(path, orient="records", indent=2)
+        write_atomic(path, frame.to_json(orient="records", indent=2).encode())
     else:
         raise InterlayerError(f"--out {out!r}: unknown extension; valid choices: '.csv', '.json'")
 
 
+def _lens_for(model, path: str | None) -> Lens:
+    from .lenses import TunedLens
+
+    return TunedLens.load(path, model) if path else LOGIT_LENS
+
+
+def _check_lens_dir(path: str | None) -> None:
+    if path is not None and not (Path(path) / "lens.safetensors").is_file():
+        raise InterlayerError(f"--tuned-lens {path!r} is not a saved tuned lens (needs config.json and lens.safetensors)")
+
+
 @command("lens logit", LogitLensConfig)
 def run_logit_lens(cfg: LogitLensConfig) -> int:
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    result = logit_lens(model, cfg.prompt, top_k=cfg.top_k, memory_mb=cfg.memory_mb)
+    from .logit_lens import logit_lens
+
+    if cfg.out:
+        check_writable(cfg.out, suffixes=TABLE_SUFFIXES)
+    if not cfg.prompt:
+        raise InterlayerError("--prompt must not be empty")
+    model = cfg.load()
+    result = logit_lens(model, cfg.prompt, top_k=cfg.top_k, memory_mb=cfg.memory_mb, progress=not cfg.no_progress)
     print(result.table().to_string())
     if cfg.out:
         write_table(result.to_frame(), cfg.out)
@@ -37,10 +58,12 @@ def run_logit_lens(cfg: LogitLensConfig) -> int:
 
 @command("lens tune", TuneConfig)
 def run_tune(cfg: TuneConfig) -> int:
-    if not cfg.out:
-        raise InterlayerError("--out is required: the directory the tuned lens is saved to")
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    lens, comparison = tune_lens(model, cfg)
+    from .tuning import tune_lens
+
+    check_writable(cfg.out, directory=True)
+    if cfg.data is not None:
+        check_data_file(cfg.data)
+    lens, comparison = tune_lens(cfg.load(), cfg)
     frame = comparison.to_frame()
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     worse = frame[(frame.layer.isin(lens.layers)) & (frame.kl_tuned >= frame.kl_logit)]
@@ -50,21 +73,16 @@ def run_tune(cfg: TuneConfig) -> int:
     return 0
 
 
-def _lens_for(model, path):
-    from .lenses import TunedLens
-
-    return TunedLens.load(path, model) if path else None
-
-
 @command("lens latent", LatentConfig)
 def run_latent(cfg: LatentConfig) -> int:
-    from interlayer.shards import write_json_atomic
-
     from .latent import check_task, latent_language
 
     latents = [l.strip() for l in cfg.latent.split(",") if l.strip()]
     check_task(cfg.task, cfg.src, cfg.tgt, latents)  # before loading the model
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    _check_lens_dir(cfg.tuned_lens)
+    if cfg.out:
+        check_writable(cfg.out, suffixes=(".json",))
+    model = cfg.load()
     result = latent_language(model, src=cfg.src, tgt=cfg.tgt, task=cfg.task, latents=latents, shots=cfg.shots,
                              seed=cfg.seed, limit=cfg.limit, lens=_lens_for(model, cfg.tuned_lens),
                              batch_size=cfg.batch_size, progress=not cfg.no_progress)
@@ -84,7 +102,12 @@ def run_saturation(cfg: SaturationConfig) -> int:
 
     from .saturation import saturation
 
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.data is not None:
+        check_data_file(cfg.data)
+    _check_lens_dir(cfg.tuned_lens)
+    if cfg.out:
+        check_writable(cfg.out, suffixes=TABLE_SUFFIXES)
+    model = cfg.load()
     result = saturation(model, cfg.data or str(SAMPLE_TEXT), tokens=cfg.tokens, context_length=cfg.context_length,
                         lens=_lens_for(model, cfg.tuned_lens), progress=not cfg.no_progress)
     frame = result.to_frame()

@@ -36,10 +36,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from interlayer.activations import collect
 from interlayer.adapter import ModelAdapter
-from interlayer.decoding import LayerDecoder
+from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
-from interlayer.store import collect
 
 from .prefixes import PrefixIndex
 
@@ -187,37 +187,15 @@ def build_prompt(task: str, src: str, tgt: str, word: pd.Series, demos: list[pd.
     return "\n".join(lines + [f"{a}: {_quote(word[src])} - {b}: \""])
 
 
-def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", task: str = "translation",
-                    latents: list[str] | None = None, shots: int = 4, seed: int = 0, limit: int | None = None,
-                    lens: Any = None, batch_size: int = 8, words: pd.DataFrame | None = None,
-                    progress: bool = True) -> LatentResult:
-    """Run the latent-language analysis; see the module docstring.
+def select_words(table: pd.DataFrame, index: PrefixIndex, src: str, tgt: str,
+                 latents: list[str]) -> tuple[list[pd.Series], list[dict[str, set[int]]], int, int, list[str]]:
+    """The words whose prefix sets can be told apart: ``(rows, id_sets, n_missing, n_overlap, skipped)``.
 
-    Args:
-        src, tgt: language codes (see :data:`LANGUAGE_NAMES`).
-        task: ``translation``, ``repetition`` or ``cloze``.
-        latents: latent languages to track (default ``["en"]``).
-        shots: demonstrations per prompt, drawn (seeded) from the other usable words.
-        lens: ``None`` for the logit lens, or a :class:`~interlayer.lens.TunedLens`.
-        words: a custom word table (columns are language codes), instead of the packaged list.
-    """
-    latents = list(latents or ["en"])
-    src, tgt = check_task(task, src, tgt, latents)
-    if model.tokenizer is None:
-        raise InterlayerError(f"{model.name} has no tokenizer; the latent-language analysis needs one")
-    table = (words if words is not None else load_words()).copy()
-    cloze = None
-    if task == "cloze":
-        cloze = load_cloze()
-        sentences = {item["en_word"]: item["sentences"][tgt] for item in cloze["items"] if tgt in item["sentences"]}
-        table = table[table["en"].isin(sentences)].copy()
-        table["sentence"] = table["en"].map(sentences)
-    if limit is not None:
-        table = table.head(limit)
-    index = PrefixIndex(model.tokenizer)
-    keep, id_sets = [], []
+    A word is skipped when any compared language has no token prefixes, and dropped
+    when the target's prefix set overlaps a latent's or the source's, or the English
+    word is contained in the target word."""
+    keep, id_sets, skipped = [], [], []
     n_missing = n_overlap = 0
-    skipped = []
     for _, row in table.iterrows():
         sets = {"target": index.ids(row[tgt]), "source": index.ids(row[src])}
         sets.update({f"latent:{lang}": index.ids(row[lang]) for lang in latents})
@@ -234,6 +212,46 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
             continue
         keep.append(row)
         id_sets.append(sets)
+    return keep, id_sets, n_missing, n_overlap, skipped
+
+
+def _word_table(task: str, tgt: str, words: pd.DataFrame | None, limit: int | None) -> tuple[pd.DataFrame, Any]:
+    table = (words if words is not None else load_words()).copy()
+    cloze = None
+    if task == "cloze":
+        cloze = load_cloze()
+        sentences = {item["en_word"]: item["sentences"][tgt] for item in cloze["items"] if tgt in item["sentences"]}
+        table = table[table["en"].isin(sentences)].copy()
+        table["sentence"] = table["en"].map(sentences)
+    if limit is not None:
+        table = table.head(limit)
+    return table, cloze
+
+
+def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", task: str = "translation",
+                    latents: list[str] | None = None, shots: int = 4, seed: int = 0, limit: int | None = None,
+                    lens: Lens = LOGIT_LENS, batch_size: int = 8, words: pd.DataFrame | None = None,
+                    progress: bool = True) -> LatentResult:
+    """Run the latent-language analysis; see the module docstring.
+
+    Args:
+        src, tgt: language codes (see :data:`LANGUAGE_NAMES`).
+        task: ``translation``, ``repetition`` or ``cloze``.
+        latents: latent languages to track (default ``["en"]``).
+        shots: demonstrations per prompt, drawn (seeded) from the other usable words.
+        lens: the logit lens (default) or any :class:`~interlayer.decoding.Lens`, e.g. a tuned lens.
+        words: a custom word table (columns are language codes), instead of the packaged list.
+    """
+    latents = list(latents or ["en"])
+    src, tgt = check_task(task, src, tgt, latents)
+    if shots < 0:
+        raise InterlayerError(f"shots must be at least 0, got {shots}")
+    if limit is not None and limit < 1:
+        raise InterlayerError(f"limit must be at least 1, got {limit}")
+    if model.tokenizer is None:
+        raise InterlayerError(f"{model.name} has no tokenizer; the latent-language analysis needs one")
+    table, cloze = _word_table(task, tgt, words, limit)
+    keep, id_sets, n_missing, n_overlap, skipped = select_words(table, PrefixIndex(model.tokenizer), src, tgt, latents)
     if len(keep) < shots + 1:
         raise InterlayerError(f"only {len(keep)} usable words for {task} {src}->{tgt} "
                               f"({n_missing} without tokens, {n_overlap} overlapping); need at least {shots + 1}")
@@ -245,12 +263,10 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
 
     sites = [f"resid_post.{layer}" for layer in range(model.n_layers)]
     acts = collect(model, prompts, sites, select="last", batch_size=batch_size, progress=progress)
-    hidden = acts.stack(sites)  # [layers, words, d]
     union = sorted(set().union(*(s for sets in id_sets for s in sets.values())))
     column = {token: c for c, token in enumerate(union)}
     layers = list(range(model.n_layers))
-    decoded = LayerDecoder(model, lens=lens).decode(hidden, entropy=True, token_ids=union,
-                                                    layers=layers if lens is not None else None)
+    decoded = LayerDecoder(model, lens=lens).decode(acts.stack(sites), entropy=True, token_ids=union, layers=layers)
     logp = decoded.token_logprobs  # [layers, words, union]
 
     def mass(key: str) -> np.ndarray:
@@ -263,7 +279,7 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
     used = pd.DataFrame(keep)[sorted({"en", src, tgt, *latents})].reset_index(drop=True)
     used["prompt"] = prompts
     return LatentResult(
-        model=model.name, lens=getattr(lens, "name", "logit"), task=task, src=src, tgt=tgt, layers=layers, words=used,
+        model=model.name, lens=lens.name, task=task, src=src, tgt=tgt, layers=layers, words=used,
         p_target=mass("target"), p_latent={lang: mass(f"latent:{lang}") for lang in latents},
         p_source=mass("source"), entropy=decoded.entropy.T.numpy(), n_missing=n_missing, n_overlap=n_overlap,
         skipped=skipped,

@@ -1,10 +1,12 @@
 """Lenses: per-layer transforms applied before the model's own head.
 
-``LogitLens`` is the identity (nostalgebraist 2020). ``TunedLens`` (Belrose et al.
+Both follow the :class:`interlayer.decoding.Lens` contract, ``transform(hidden, layer)``.
+``LogitLens`` is the identity (nostalgebraist 2020; it lives in the core, as the default of
+every decoder). ``TunedLens`` (Belrose et al.
 2023, "Eliciting Latent Predictions from Transformers with the Tuned Lens") adds one
 affine translator per layer, ``h -> h + A_l h + b_l``, initialised to the identity
 (``A_l = 0, b_l = 0``), so an untrained tuned lens decodes exactly as the logit
-lens. Both plug into :class:`interlayer.decoding.LayerDecoder` as ``lens=``.
+lens. Either plugs into :class:`interlayer.decoding.LayerDecoder` and every method as ``lens=``.
 """
 
 from __future__ import annotations
@@ -14,20 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from interlayer.adapter import ModelAdapter
+from interlayer.decoding import LogitLens
 from interlayer.errors import InterlayerError
+from interlayer.files import write_atomic, write_json_atomic
 
-
-class LogitLens:
-    """The identity transform: decode each layer with the model's head as is."""
-
-    name = "logit"
-
-    def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        return hidden
+__all__ = ["LogitLens", "TunedLens"]
 
 
 class TunedLens(nn.Module):
@@ -58,7 +55,9 @@ class TunedLens(nn.Module):
         lens = cls(model.d_model, model.n_layers, layers, model.name, model.weights_sha256())
         return lens.to(model.device)
 
-    def transform(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor:
+        if layer is None:
+            raise InterlayerError("a tuned lens needs the layer of each hidden state: pass layers= to the decoder")
         translator = self.translators[str(layer)] if str(layer) in self.translators else None
         if translator is None:
             return hidden
@@ -68,13 +67,10 @@ class TunedLens(nn.Module):
     # ------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> Path:
         """Write ``lens.safetensors`` and ``config.json`` (atomically) to ``directory``."""
-        from interlayer.shards import write_json_atomic
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "lens.safetensors.part"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        tmp.replace(directory / "lens.safetensors")
+        write_atomic(directory / "lens.safetensors",
+                     save({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}))
         write_json_atomic(directory / "config.json", {
             "kind": "tuned_lens", "d_model": self.d_model, "n_layers": self.n_layers, "layers": self.layers,
             "model": self.model_name, "weights_sha256": self.weights_sha256, "training": self.training_log,

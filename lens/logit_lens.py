@@ -14,9 +14,9 @@ import torch
 from plotly.subplots import make_subplots
 
 from interlayer.adapter import ModelAdapter
-from interlayer.decoding import DEFAULT_MEMORY_MB, LayerDecoder
+from interlayer.activations import collect
+from interlayer.decoding import DEFAULT_MEMORY_MB, LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
-from interlayer.store import collect
 
 
 @dataclass
@@ -113,8 +113,8 @@ class LogitLensResult:
 
 
 def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Sequence[str] = (),
-               positions: str = "all", top_k: int = 1, lens=None, memory_mb: float = DEFAULT_MEMORY_MB,
-               batch_size: int = 8) -> LogitLensResult:
+               positions: str = "all", top_k: int = 1, lens: Lens = LOGIT_LENS, memory_mb: float = DEFAULT_MEMORY_MB,
+               batch_size: int = 8, progress: bool = False) -> LogitLensResult:
     """Decode ``resid_post`` of every layer for ``prompts``.
 
     Args:
@@ -123,13 +123,17 @@ def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Se
             layer (e.g. ``[" Paris"]``).
         positions: ``"all"`` (BOS included) or ``"last"``.
         top_k: tokens kept per layer and position.
-        lens: ``None`` for the logit lens, or a :class:`~interlayer.lens.TunedLens`.
+        lens: the :class:`~interlayer.decoding.LogitLens` (default) or any lens, e.g. a
+            :class:`~interlayer.lens.TunedLens`.
+        progress: show progress bars over the forward passes and the decoding.
 
     The last layer's row is the model's own prediction; every KL is measured against it.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or any(not p for p in prompts):
         raise InterlayerError("prompts must be non-empty strings")
+    if not 1 <= top_k <= model.vocab_size:
+        raise InterlayerError(f"top_k={top_k} is out of range; valid values are 1..{model.vocab_size}")
     if positions not in ("all", "last"):
         raise InterlayerError(f"positions={positions!r}; valid choices: 'all', 'last'")
     if model.tokenizer is None:
@@ -144,16 +148,15 @@ def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Se
     sites = [f"resid_post.{layer}" for layer in range(model.n_layers)]
     if positions == "all":
         acts = collect(model, encoded, sites, select="positions", positions=[list(range(len(e))) for e in encoded],
-                       batch_size=batch_size, progress=False)
+                       batch_size=batch_size, progress=progress)
     else:
-        acts = collect(model, encoded, sites, select="last", batch_size=batch_size, progress=False)
+        acts = collect(model, encoded, sites, select="last", batch_size=batch_size, progress=progress)
     meta = acts.to_frame()
     hidden = acts.stack(sites)  # [layers, rows, d]
     layers = list(range(model.n_layers))
     decoder = LayerDecoder(model, memory_mb=memory_mb, lens=lens)
     decoded = decoder.decode(hidden, top_k=top_k, entropy=True, reference=hidden[-1],
-                             token_ids=target_ids or None, ranks=bool(target_ids),
-                             layers=layers if lens is not None else None)
+                             token_ids=target_ids or None, ranks=bool(target_ids), layers=layers, progress=progress)
     token_position = meta.position if "position" in meta else pd.Series([len(e) - 1 for e in encoded])
     rows = pd.DataFrame({
         "prompt": meta.sequence.to_numpy(),
@@ -162,7 +165,7 @@ def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Se
     })
     top_tokens = [[model.token_strings(decoded.topk_ids[li, r].tolist()) for r in range(len(rows))] for li in layers]
     return LogitLensResult(
-        model=model.name, lens=getattr(lens, "name", "logit"), prompts=prompts, rows=rows, layers=layers,
+        model=model.name, lens=lens.name, prompts=prompts, rows=rows, layers=layers,
         top_ids=decoded.topk_ids, top_probs=decoded.topk_probs, top_tokens=top_tokens, entropy=decoded.entropy,
         kl_to_final=decoded.kl_to_reference, targets=list(targets), target_ids=target_ids,
         target_probs=decoded.token_logprobs.exp() if target_ids else None,

@@ -19,11 +19,11 @@ import torch
 from plotly.subplots import make_subplots
 
 from interlayer.adapter import ModelAdapter
-from interlayer.decoding import LayerDecoder
+from interlayer.activations import collect
+from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
-from interlayer.store import collect
 
-from .tuning import next_token_targets, stacked_resid
+from .tuning import stacked_resid
 
 
 @dataclass
@@ -81,7 +81,7 @@ def exit_layers(top1: torch.Tensor) -> torch.Tensor:
     return top1.shape[0] - run
 
 
-def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_length: int = 128, lens: Any = None,
+def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_length: int = 128, lens: Lens = LOGIT_LENS,
                batch_size: int = 8, progress: bool = True) -> SaturationResult:
     """Measure saturation on ``tokens`` tokens of ``data`` (any store input)."""
     if tokens < 1:
@@ -91,9 +91,9 @@ def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_le
                    batch_size=batch_size, progress=progress)
     acts = acts.rows(torch.arange(min(tokens, len(acts))))
     hidden = stacked_resid(acts, model.n_layers)
-    targets, has_next = next_token_targets(acts)
+    targets, has_next = acts.next_tokens()
     layers = list(range(model.n_layers))
-    decoded = LayerDecoder(model, lens=lens).decode(hidden, top_k=1, layers=layers if lens is not None else None)
+    decoded = LayerDecoder(model, lens=lens).decode(hidden, top_k=1, layers=layers, progress=progress)
     top1 = decoded.topk_ids[..., 0]
-    return SaturationResult(model.name, getattr(lens, "name", "logit"), layers, top1,
+    return SaturationResult(model.name, lens.name, layers, top1,
                             torch.where(has_next, targets, torch.full_like(targets, -1)), exit_layers(top1))

@@ -17,14 +17,16 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
+from interlayer.activations import Activations
 from interlayer.adapter import ModelAdapter
+from interlayer.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
-from interlayer.shards import write_json_atomic
-from interlayer.store import Activations
+from interlayer.files import write_atomic, write_json_atomic
+from interlayer.seeding import epoch_permutation
 
 from .config import TuneConfig
 from .lenses import TunedLens
@@ -40,23 +42,11 @@ def stacked_resid(acts: Activations, n_layers: int) -> torch.Tensor:
     return acts.stack([f"resid_post.{l}" for l in range(n_layers)])
 
 
-def next_token_targets(acts: Activations) -> tuple[torch.Tensor, torch.Tensor]:
-    """For token rows: the next token's id, and a mask of rows that have one in their sequence."""
-    meta = acts.meta
-    seq, pos, tok = meta["sequence"], meta["position"], meta["token_id"]
-    same = torch.zeros_like(seq, dtype=torch.bool)
-    same[:-1] = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
-    targets = torch.zeros_like(tok)
-    targets[:-1] = tok[1:]
-    return targets, same
-
-
 def _row_order(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
     """Rows of one step: epoch-wise seeded permutations, a pure function of the step."""
     per_epoch = max(1, n // batch_size)
     epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[offset * batch_size : (offset + 1) * batch_size]
+    return epoch_permutation(n, seed, epoch)[offset * batch_size : (offset + 1) * batch_size]
 
 
 def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[int] | None = None, steps: int = 300,
@@ -94,20 +84,19 @@ def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[
     for p in model.model.parameters():
         p.requires_grad_(False)
     final = hidden[-1]
+    reference, translated = LayerDecoder(model), LayerDecoder(model, lens=lens)
     losses: list[float] = []
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="tuned lens")
     try:
         with torch.enable_grad():
             for step in bar:
                 rows = _row_order(n_rows, step, batch_size, seed)
-                with torch.no_grad():
-                    target = torch.log_softmax(model.unembed_resid(final[rows].to(model.device)).float(), -1)
-                    target_p = target.exp()
+                target = reference.log_probs(final[rows], model.n_layers - 1)
+                target_p = target.exp()
                 optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for layer in lens.layers:  # one backward per layer keeps one [batch, vocab] graph alive
-                    h = hidden[layer, rows].to(model.device)
-                    logq = torch.log_softmax(model.unembed_resid(lens.transform(h, layer)).float(), -1)
+                    logq = translated.log_probs(hidden[layer, rows], layer, grad=True)
                     loss = (target_p * (target - logq)).sum(-1).mean()
                     loss.backward()
                     total += loss.detach().item()
@@ -130,15 +119,10 @@ def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[
 
 def _save_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, step: int, options: dict) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = optimizer.state_dict()
+    adam, param_groups = optimizer_tensors(optimizer)
     tensors = {f"lens.{k}": v.detach().cpu().contiguous() for k, v in lens.state_dict().items()}
-    for index, slots in state["state"].items():
-        for name, value in slots.items():
-            tensors[f"adam.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tmp = ckpt / "state.safetensors.part"
-    save_file(tensors, str(tmp))
-    tmp.replace(ckpt / "state.safetensors")
-    write_json_atomic(ckpt / "state.json", {"step": step, "options": options, "param_groups": state["param_groups"],
+    write_atomic(ckpt / "state.safetensors", save({**tensors, **adam}))
+    write_json_atomic(ckpt / "state.json", {"step": step, "options": options, "param_groups": param_groups,
                                             "schedule": schedule.state_dict()})
 
 
@@ -151,12 +135,7 @@ def _load_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, options: 
                               "use another --out directory or the same options")
     tensors = load_file(str(ckpt / "state.safetensors"))
     lens.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("lens.")})
-    state: dict = {"state": {}, "param_groups": meta["param_groups"]}
-    for key, value in tensors.items():
-        if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
-            state["state"].setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict(state)
+    load_optimizer(optimizer, tensors, meta["param_groups"])
     schedule.load_state_dict(meta["schedule"])
     log.info("resuming tuned-lens training at step %d", meta["step"])
     return int(meta["step"])
@@ -199,7 +178,7 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
     (resid_post of every layer): mean KL(final || layer) and mean next-token CE,
     at every layer or at ``layers``."""
     stacked = stacked_resid(acts, model.n_layers)
-    targets, has_next = next_token_targets(acts)
+    targets, has_next = acts.next_tokens()
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     hidden = stacked[layers]
     results = {}
@@ -215,8 +194,8 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
 def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComparison]:
     """Collect activations with the store, train a tuned lens, save it to ``cfg.out``
     (if given) and compare it with the logit lens on the held-out tokens."""
+    from interlayer.activations import collect
     from interlayer.loading import SAMPLE_TEXT
-    from interlayer.store import collect
 
     if cfg.tokens < cfg.batch_size:
         raise InterlayerError(f"--tokens {cfg.tokens} is fewer than one batch of {cfg.batch_size}")
@@ -243,7 +222,13 @@ def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComp
     lens.training_log["held_out"] = comparison.to_frame().to_dict(orient="list")
     if out is not None:
         lens.save(out)
-        import shutil
-
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the run finished; its checkpoint is spent
+        _remove_checkpoint(out / "checkpoint")  # the run finished; its checkpoint is spent
     return lens, comparison
+
+
+def _remove_checkpoint(ckpt: Path) -> None:
+    """Delete the checkpoint files this trainer wrote (and their directory if that leaves it empty)."""
+    for name in ("state.safetensors", "state.json"):
+        (ckpt / name).unlink(missing_ok=True)
+    if ckpt.is_dir() and not any(ckpt.iterdir()):
+        ckpt.rmdir()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interlayer.cli import command
-from interlayer.loading import load_model
-from interlayer.shards import write_json_atomic
+from interlayer.command_registry import command
+from interlayer.files import check_writable, write_json_atomic
 
 from .config import ConsistencyConfig, MexaConfig
 from .mexa import load_parallel, mexa
@@ -18,7 +17,9 @@ def run_mexa(cfg: MexaConfig) -> int:
 
     langs = available_languages(cfg.data) if cfg.langs == "all" else [l.strip() for l in cfg.langs.split(",") if l.strip()]
     load_parallel([cfg.pivot, *langs], cfg.n, cfg.data)  # bad data fails before the model loads
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.out:
+        check_writable(cfg.out, suffixes=(".json",))
+    model = cfg.load()
     result = mexa(model, langs, n=cfg.n, pooling=cfg.pooling, data_dir=cfg.data, pivot=cfg.pivot,
                   batch_size=cfg.batch_size, progress=not cfg.no_progress)
     print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -30,13 +31,16 @@ def run_mexa(cfg: MexaConfig) -> int:
 
 @command("consistency", ConsistencyConfig)
 def run_consistency(cfg: ConsistencyConfig) -> int:
+    from interlayer.decoding import LOGIT_LENS
     from interlayer.lens import TunedLens
 
     from .consistency import LABELS, internal_consistency, load_examples
 
     examples = load_examples(cfg.dataset, cfg.n)  # bad input fails before the model loads
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    lens = TunedLens.load(cfg.tuned_lens, model) if cfg.tuned_lens else None
+    if cfg.out:
+        check_writable(cfg.out, suffixes=(".json",))
+    model = cfg.load()
+    lens = TunedLens.load(cfg.tuned_lens, model) if cfg.tuned_lens else LOGIT_LENS
     result = internal_consistency(model, examples, LABELS[cfg.dataset], paths=cfg.paths, dataset=cfg.dataset,
                                   max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=lens,
                                   journal=f"{cfg.out}.paths.jsonl" if cfg.out else None,

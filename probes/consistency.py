@@ -34,10 +34,10 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
+from interlayer.activations import collect
 from interlayer.adapter import ModelAdapter
-from interlayer.decoding import LayerDecoder
+from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
-from interlayer.store import collect
 
 DATASETS: tuple[str, ...] = ("coinflip", "prontoqa", "proofwriter", "boolq")
 LABELS: dict[str, tuple[str, ...]] = {"coinflip": ("yes", "no"), "boolq": ("yes", "no"),
@@ -87,6 +87,8 @@ def load_examples(dataset: str, n: int | None = None) -> list[Example]:
     """The first ``n`` questions of a packaged dataset, as few-shot CoT prompts."""
     if dataset not in DATASETS:
         raise InterlayerError(f"unknown dataset {dataset!r}; valid datasets: {choices(DATASETS)}")
+    if n is not None and (not isinstance(n, int) or n < 2):
+        raise InterlayerError(f"n must be an integer of at least 2 (questions), got {n!r}")
     rows = _read_jsonl(dataset)[:n]
     out = []
     for row in rows:
@@ -209,22 +211,18 @@ def label_token_ids(model: ModelAdapter, labels: Sequence[str]) -> list[int]:
     return ids
 
 
-def label_probabilities(model: ModelAdapter, texts: Sequence[str], label_ids: Sequence[int], *, lens: Any = None,
-                        batch_size: int = 8) -> torch.Tensor:
+def label_probabilities(model: ModelAdapter, texts: Sequence[str], label_ids: Sequence[int], *,
+                        lens: Lens = LOGIT_LENS, batch_size: int = 8) -> torch.Tensor:
     """``[n, L+1, K]``: at each text's last position, every hidden state decoded and
-    renormalised over the label tokens."""
+    renormalised over the label tokens. The embedding output (``resid_pre.0``) has no
+    lens layer and decodes through the logit lens; the layers decode through ``lens``."""
     sites = ["resid_pre.0"] + [f"resid_post.{l}" for l in range(model.n_layers)]
     acts = collect(model, list(texts), sites, select="last", batch_size=batch_size, progress=False)
     hidden = acts.stack(sites)
-    # The embedding output decodes through the logit lens; a tuned lens covers the layers.
-    layers = [0] + list(range(model.n_layers)) if lens is not None else None
-    if lens is not None:
-        logit = LayerDecoder(model).decode(hidden[:1], token_ids=label_ids).token_logprobs
-        rest = LayerDecoder(model, lens=lens).decode(hidden[1:], token_ids=label_ids, layers=layers[1:]).token_logprobs
-        logp = torch.cat([logit, rest])
-    else:
-        logp = LayerDecoder(model).decode(hidden, token_ids=label_ids).token_logprobs
-    return torch.softmax(logp, dim=-1).permute(1, 0, 2)  # [n, L+1, K]
+    embedding = LayerDecoder(model).decode(hidden[:1], token_ids=label_ids).token_logprobs
+    layers = LayerDecoder(model, lens=lens).decode(hidden[1:], token_ids=label_ids,
+                                                   layers=list(range(model.n_layers))).token_logprobs
+    return torch.softmax(torch.cat([embedding, layers]), dim=-1).permute(1, 0, 2)  # [n, L+1, K]
 
 
 def _generate(model: ModelAdapter, prompt: str, paths: int, max_new_tokens: int, temperature: float, top_p: float,
@@ -272,7 +270,7 @@ def _append_journal(journal: str | None, settings: dict[str, Any], key: str, pat
 
 def internal_consistency(model: ModelAdapter, examples: Sequence[Example], labels: Sequence[str], *, paths: int = 5,
                          dataset: str = "custom", max_new_tokens: int = 96, temperature: float = 0.7,
-                         top_p: float = 0.95, seed: int = 0, trigger: str = TRIGGER, lens: Any = None,
+                         top_p: float = 0.95, seed: int = 0, trigger: str = TRIGGER, lens: Lens = LOGIT_LENS,
                          journal: str | None = None, progress: bool = True) -> ConsistencyResult:
     """Run the whole protocol of the module docstring on ``examples``.
 

@@ -22,7 +22,7 @@ import torch
 
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
-from interlayer.store import collect
+from interlayer.activations import collect
 
 
 @dataclass

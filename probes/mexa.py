@@ -27,7 +27,7 @@ import torch
 
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError, choices
-from interlayer.store import collect
+from interlayer.activations import collect
 
 POOLINGS = {"weighted": "weighted_mean", "last": "last"}
 SUFFIXES = (".devtest", ".txt")
@@ -60,7 +60,11 @@ def load_parallel(langs: Sequence[str], n: int, data_dir: str | Path | None = No
     lines: dict[str, list[str]] = {}
     for lang in langs:
         path = next(directory / f"{lang}{s}" for s in SUFFIXES if (directory / f"{lang}{s}").is_file())
-        lines[lang] = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines[lang] = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise InterlayerError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                                  f"{err.start}); parallel files must be UTF-8, one sentence per line") from err
     lengths = {lang: len(v) for lang, v in lines.items()}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{lang}: {count}" for lang, count in lengths.items())

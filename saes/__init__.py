@@ -4,13 +4,13 @@ top-AFA (Lee et al. 2025) as one :class:`SAE` with a pluggable activation, one t
 (:func:`to_saelens`, :func:`from_saelens`)."""
 
 from . import topafa
-from .activations import ARCHITECTURES
+from .activations import SAE_ARCHITECTURES
 from .evaluation import SAEEvaluation, evaluate_activations, evaluate_sae
 from .sae import SAE, SAEConfig, SAEOutput
 from .saelens import from_saelens, to_saelens
 from .sources import CachedSource, StreamedSource, TensorSource
 from .training import CheckpointMismatchError, NonFiniteError, TrainOptions, TrainResult, train_sae
 
-__all__ = ["ARCHITECTURES", "SAE", "SAEConfig", "SAEOutput", "SAEEvaluation", "evaluate_activations", "evaluate_sae",
+__all__ = ["SAE_ARCHITECTURES", "SAE", "SAEConfig", "SAEOutput", "SAEEvaluation", "evaluate_activations", "evaluate_sae",
            "from_saelens", "to_saelens", "CachedSource", "StreamedSource", "TensorSource", "CheckpointMismatchError",
            "NonFiniteError", "TrainOptions", "TrainResult", "train_sae", "topafa"]

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import topafa
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
+SAE_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 """The SAE architectures, by ``--arch`` name."""
 
 

@@ -7,10 +7,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from interlayer.cli import command
+from interlayer.command_registry import command
+from interlayer.config import check_required
 from interlayer.errors import InterlayerError
-from interlayer.loading import SAMPLE_TEXT, load_model
-from interlayer.shards import write_json_atomic
+from interlayer.files import check_writable, write_atomic, write_json_atomic
+from interlayer.inputs import check_data_file
+from interlayer.loading import SAMPLE_TEXT
+from interlayer.sites import check_site_syntax
 
 from .config import SAEEvalConfig, SAEExportConfig, SAETrainConfig
 from .evaluation import SAEEvaluation, evaluate_sae
@@ -28,14 +31,15 @@ def write_figures(path: Path, figures: list[Any]) -> None:
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>interlayer SAE</title></head><body>" + \
         "".join(parts) + "</body></html>"
-    from interlayer.shards import write_atomic
-
     write_atomic(path, page.encode())
 
 
-def _check_file(path: str | None, flag: str) -> None:
-    if path is not None and not Path(path).exists():
-        raise InterlayerError(f"{flag} {path!r} does not exist")
+def _check_sae_dir(path: str) -> None:
+    from .formats import is_interlayer_dir, is_saelens_dir
+
+    if not (is_interlayer_dir(path) or is_saelens_dir(path)):
+        raise InterlayerError(f"--sae {path!r} is not a saved SAE: it needs cfg.json and sae.safetensors "
+                              "(interlayer) or sae_weights.safetensors (SAELens)")
 
 
 def train_options(cfg: SAETrainConfig) -> TrainOptions:
@@ -47,24 +51,28 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     """``interlayer sae train`` as a function: trains, saves and evaluates; returns the metrics."""
     from .sources import CachedSource, StreamedSource
 
-    if cfg.out is None:
-        raise InterlayerError("--out is required: the directory for sae.safetensors, cfg.json and metrics.json")
+    check_required(cfg)
     if (cfg.data is None) == (cfg.activations is None):
         raise InterlayerError("give exactly one of --data (text streamed through the model) and --activations "
                               "(a directory from `interlayer cache`)")
+    check_writable(cfg.out, directory=True)
     if (Path(cfg.out) / "metrics.json").exists() and not (Path(cfg.out) / CHECKPOINT).exists():
         raise InterlayerError(f"{cfg.out} already holds a finished SAE (metrics.json); use another --out or remove it")
-    _check_file(cfg.data, "--data")
-    _check_file(cfg.activations, "--activations")
-    _check_file(cfg.eval_data, "--eval-data")
+    for flag, path in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
+        if path is not None:
+            check_data_file(path, flag)
+    if cfg.activations is not None and not (Path(cfg.activations) / "manifest.json").is_file():
+        raise InterlayerError(f"--activations {cfg.activations!r} is not an activation cache (no manifest.json); "
+                              "write one with `interlayer cache`")
+    check_site_syntax([cfg.site])
     options = train_options(cfg)
     options.progress = not cfg.no_progress
     # a bad architecture, k or normalisation fails before the model loads
     SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization)
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    model = cfg.load()
     site = model.site(cfg.site).name
     if cfg.activations is not None:
-        from interlayer.store import ActivationStore
+        from interlayer.activation_cache import ActivationStore
 
         source: Any = CachedSource(ActivationStore(cfg.activations, model=model), site, options.batch_size,
                                    seed=options.seed, device=model.device)
@@ -72,7 +80,7 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
         source = StreamedSource(model, cfg.data, site, options.batch_size, seed=options.seed,
                                 context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
                                 memory_mb=cfg.memory_mb, device=model.device)
-    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=cfg.latents or 16 * source.d_in, arch=cfg.arch, k=cfg.k,
+    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=16 * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch, k=cfg.k,
                         normalization=cfg.normalization, model=model.name, site=site)
     out = Path(cfg.out)
     result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=model.device)
@@ -114,20 +122,26 @@ def _train(cfg: SAETrainConfig) -> int:
 def load_any(path: str | Path) -> SAE:
     """An SAE saved by interlayer, or one in the SAELens on-disk format."""
     from . import saelens
+    from .formats import is_interlayer_dir, is_saelens_dir
 
-    path = Path(path)
-    if saelens.is_saelens_dir(path) and not (path / "sae.safetensors").exists():
+    if is_saelens_dir(path) and not is_interlayer_dir(path):
         return saelens.from_saelens(path)
     return SAE.load(path)
 
 
 def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
     """``interlayer sae eval`` as a function; returns the metrics it writes."""
-    if cfg.sae is None or cfg.out is None:
-        raise InterlayerError("--sae and --out are required")
-    _check_file(cfg.data, "--data")
+    check_required(cfg)
+    _check_sae_dir(cfg.sae)
+    if cfg.data is not None:
+        check_data_file(cfg.data)
+    check_writable(cfg.out, suffixes=(".json",))
+    if cfg.figures:
+        check_writable(cfg.figures, flag="--figures", suffixes=(".html",))
     sae = load_any(cfg.sae)
-    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.site is not None:
+        check_site_syntax([cfg.site])
+    model = cfg.load()
     data = cfg.data or str(SAMPLE_TEXT)
     evaluation = evaluate_sae(sae, model, data, cfg.site, tokens=cfg.tokens, context_length=cfg.context_length,
                               batch_size=cfg.batch_size, label=Path(cfg.sae).name, progress=not cfg.no_progress)
@@ -153,8 +167,8 @@ def _eval(cfg: SAEEvalConfig) -> int:
 def _convert(cfg: SAEExportConfig) -> int:
     from . import saelens
 
-    if cfg.sae is None or cfg.out is None:
-        raise InterlayerError("--sae and --out are required")
+    _check_sae_dir(cfg.sae)
+    check_writable(cfg.out, directory=True)
     if cfg.to == "saelens":
         saelens.to_saelens(SAE.load(cfg.sae), cfg.out)
     else:

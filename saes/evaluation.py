@@ -25,6 +25,10 @@ reconstruction (or by zeros, the baseline), and the rest of the model runs on it
 
     ce_loss_recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)
     kl_sae            = mean over positions of KL(p_clean || p_sae)
+
+The positions are the spliced ones that have a next token in their context (every
+non-BOS token but each context's last); the BOS position, which no splice changes,
+is not counted.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+from interlayer.activations import LOGITS, Activations, Edit, stream
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
-from interlayer.inputs import Tokenized, bos_id_of, make_batch, pad_id_of
 
 from .sae import SAE
 
@@ -204,81 +208,64 @@ def evaluate_activations(sae: SAE, activations: Any, label: str = "", batch_size
     return SAEEvaluation(metrics, pd.DataFrame(tokens), freq, sae.d_sae, label)
 
 
-def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor,
-                      reference: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Per position: next-token CE, KL(reference || this), and the log-probs."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    ce = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    kl = None
-    if reference is not None:
-        kl = (reference.exp() * (reference - logp)).sum(-1)
-    return ce[valid], (kl[valid] if kl is not None else None), logp
+def _spliced_stats(clean: Activations, spliced: Activations, reference: torch.Tensor,
+                   targets: torch.Tensor, has_next: torch.Tensor) -> tuple[float, float]:
+    """Summed next-token CE and KL(clean || spliced) over the rows that have a next token."""
+    if not torch.equal(clean.meta["sequence"], spliced.meta["sequence"]) or \
+            not torch.equal(clean.meta["position"], spliced.meta["position"]):
+        raise InterlayerError("the clean and spliced passes produced different rows; this is a bug in interlayer")
+    logp = torch.log_softmax(spliced[LOGITS][has_next], -1)
+    ce = -logp.gather(-1, targets[has_next, None])[:, 0]
+    kl = (reference.exp() * (reference - logp)).sum(-1)
+    return float(ce.double().sum()), float(kl.double().sum())
 
 
 def evaluate_sae(sae: SAE, model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
                  context_length: int = 128, batch_size: int = 2, text_field: str = "text", label: str = "",
-                 progress: bool = True) -> SAEEvaluation:
+                 memory_mb: float = 256.0, progress: bool = True) -> SAEEvaluation:
     """Evaluate ``sae`` at ``site`` (default: the site in its config) on ``tokens`` tokens of
     ``data``, packed into contexts: reconstruction metrics on the site's activations
     (read in the clean pass), and CE loss recovered and KL with the reconstruction
-    spliced in, against zero-ablation. See the module docstring for the formulas."""
+    spliced in, against zero-ablation. See the module docstring for the formulas.
+
+    All three passes (clean, SAE, zero) go through the activation store
+    (:func:`interlayer.stream` with ``edits=``), chunk by chunk, so at most one chunk
+    of logits per pass is alive at once."""
     site = site or sae.cfg.site
     if site is None:
         raise InterlayerError("the SAE's config names no site; pass site=, e.g. 'resid_post.6'")
     site = model.site(site).name
     if sae.d_in != model.d_model:
         raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
+    if tokens < 1:
+        raise InterlayerError(f"tokens must be at least 1, got {tokens}")
     sae = sae.to(model.device)
     n_contexts = max(1, math.ceil(tokens / (context_length - 1)))
-    contexts = Tokenized(model).packed(data, context_length, text_field)
-    pad_id, bos_id = pad_id_of(model), bos_id_of(model)
+    common = dict(select="tokens", context_length=context_length, batch_size=batch_size, limit=n_contexts,
+                  text_field=text_field, memory_mb=memory_mb, logits=True, progress=False)
+    # Each pass reads the site too, so all three are chunked alike (equal bytes per row).
+    passes = [stream(model, data, site, **common),
+              stream(model, data, site, edits={site: Edit(sae.reconstruct, rows="tokens")}, **common),
+              stream(model, data, site, edits={site: Edit(torch.zeros_like, rows="tokens")}, **common)]
     acc = _Accumulator(sae)
     sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
     positions = 0
     was_training = sae.training
     sae.eval()
-    group: list = []
     bar = tqdm(total=n_contexts, unit="ctx", disable=not progress, desc="sae eval")
-
-    def flush(group: list) -> None:
-        nonlocal positions
-        batch = make_batch(group, pad_id, "right", bos_id)
-        spliced = (batch.attention_mask.bool() & ~batch.bos).to(model.device)
-        ids = batch.input_ids.to(model.device)
-        valid = (batch.attention_mask[:, 1:].bool()).to(model.device)
-
-        def replace_with(fn):
-            def edit(x: torch.Tensor) -> torch.Tensor:
-                out = x.clone()
-                out[spliced] = fn(x[spliced])
-                return out
-            return edit
-
-        logits, read = model.run(batch.input_ids, batch.attention_mask, read=[site], logits=True)
-        acc.add(read[site][spliced])
-        ce, _, ref = _next_token_stats(logits, ids, valid, None)
-        del logits
-        sums["ce_clean"] += float(ce.double().sum())
-        for name, fn in (("sae", lambda x: sae.reconstruct(x)), ("zero", torch.zeros_like)):
-            logits, _ = model.run(batch.input_ids, batch.attention_mask, edit={site: replace_with(fn)}, logits=True)
-            ce, kl, _ = _next_token_stats(logits, ids, valid, ref)
-            del logits
-            sums[f"ce_{name}"] += float(ce.double().sum())
-            sums[f"kl_{name}"] += float(kl.double().sum())
-        positions += int(valid.sum())
-        bar.update(len(group))
-
     try:
         with torch.no_grad():
-            for i, context in enumerate(contexts):
-                if i >= n_contexts:
-                    break
-                group.append(context)
-                if len(group) == batch_size:
-                    flush(group)
-                    group = []
-            if group:
-                flush(group)
+            for clean, with_sae, with_zero in zip(*passes):
+                acc.add(clean[site])
+                targets, has_next = clean.next_tokens()
+                reference = torch.log_softmax(clean[LOGITS][has_next], -1)
+                sums["ce_clean"] += float(-reference.gather(-1, targets[has_next, None])[:, 0].double().sum())
+                for name, spliced in (("sae", with_sae), ("zero", with_zero)):
+                    ce, kl = _spliced_stats(clean, spliced, reference, targets, has_next)
+                    sums[f"ce_{name}"] += ce
+                    sums[f"kl_{name}"] += kl
+                positions += int(has_next.sum())
+                bar.update(clean.n_sequences)
     finally:
         bar.close()
         sae.train(was_training)

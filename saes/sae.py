@@ -22,13 +22,12 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.shards import write_atomic, write_json_atomic
+from interlayer.files import write_atomic, write_json_atomic
 
-from .activations import ARCHITECTURES, EncodeContext, make_activation
+from .activations import SAE_ARCHITECTURES, EncodeContext, make_activation
+from .formats import CONFIG, WEIGHTS, is_interlayer_dir, is_saelens_dir
 from .normalization import check_normalization, denormalize, normalize
 
-WEIGHTS = "sae.safetensors"
-CONFIG = "cfg.json"
 FORMAT = 1
 
 
@@ -58,8 +57,8 @@ class SAEConfig:
     """The hook site it reads, e.g. resid_post.6 (informational)."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise InterlayerError(f"unknown SAE architecture {self.arch!r}; valid choices: {choices(ARCHITECTURES)}")
+        if self.arch not in SAE_ARCHITECTURES:
+            raise InterlayerError(f"unknown SAE architecture {self.arch!r}; valid choices: {choices(SAE_ARCHITECTURES)}")
         if self.d_in < 1 or self.d_sae < 1:
             raise InterlayerError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.arch in ("topk", "batchtopk"):
@@ -186,10 +185,8 @@ class SAE(nn.Module):
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> "SAE":
         """Load an SAE saved by :meth:`save` (a directory with ``cfg.json`` and ``sae.safetensors``)."""
         path = Path(path)
-        if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-            from . import saelens
-
-            if saelens.is_saelens_dir(path):
+        if not is_interlayer_dir(path):
+            if is_saelens_dir(path):
                 raise InterlayerError(f"{path} holds an SAE in the SAELens format; load it with "
                                       "interlayer.saes.from_saelens()")
             raise InterlayerError(f"{path} is not a saved SAE: it needs {CONFIG} and {WEIGHTS}")

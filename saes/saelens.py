@@ -31,20 +31,14 @@ import torch
 from safetensors.torch import load_file, save
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.shards import write_atomic, write_json_atomic
+from interlayer.files import write_atomic, write_json_atomic
 
+from .formats import SAELENS_CONFIG, SAELENS_WEIGHTS, is_saelens_dir
 from .sae import SAE, SAEConfig
 
-SAELENS_CONFIG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
 EXPORTABLE = ("relu", "topk", "batchtopk", "jumprelu")
 _IMPORTABLE = ("standard", "topk", "jumprelu", "batchtopk")
 _NORMALIZATION_IN = {"none": "none", "layer_norm": "standardize", "expected_average_only_in": "none"}
-
-
-def is_saelens_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / SAELENS_CONFIG).is_file() and (path / SAELENS_WEIGHTS).is_file()
 
 
 def _hook_name(site: str | None) -> str | None:

@@ -15,15 +15,18 @@ the chunk it was in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from interlayer.activation_cache import ActivationStore
+from interlayer.activations import stream
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
-from interlayer.store import ActivationStore, stream
+from interlayer.files import sha256_bytes
+from interlayer.seeding import epoch_permutation
 
 
 class SourceBatch(NamedTuple):
@@ -31,8 +34,9 @@ class SourceBatch(NamedTuple):
     """``[batch_size, d_in]`` activations."""
     state: dict[str, int]
     """The source's position after this batch."""
-    origin: str
-    """Where the rows came from, for error messages (shard files or context range)."""
+    where: Callable[[int], str]
+    """Where row ``i`` of the batch came from, for error messages (a shard file and row,
+    a tensor row, or a context and position)."""
 
 
 class TensorSource:
@@ -53,9 +57,7 @@ class TensorSource:
         self.d_in = int(rows.shape[1])
 
     def identity(self) -> dict[str, Any]:
-        import hashlib
-
-        digest = hashlib.sha256(self.rows.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+        digest = sha256_bytes(self.rows.detach().float().cpu().contiguous().numpy().tobytes())
         return {"kind": "tensor", "site": self.site, "rows_sha256": digest, "seed": self.seed, "batch_size": self.batch_size}
 
     def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
@@ -63,11 +65,11 @@ class TensorSource:
         per_epoch = self.rows.shape[0] // self.batch_size
         while True:
             epoch, offset = divmod(done, per_epoch)
-            order = torch.randperm(self.rows.shape[0], generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+            order = epoch_permutation(self.rows.shape[0], self.seed, epoch)
             index = order[offset * self.batch_size:(offset + 1) * self.batch_size]
             done += 1
             yield SourceBatch(self.rows[index].to(self.device), {"batches": done},
-                              f"rows {int(index.min())}..{int(index.max())} of the tensor")
+                              lambda i, index=index: f"row {int(index[i])} of the tensor")
 
 
 class CachedSource:
@@ -76,7 +78,7 @@ class CachedSource:
     def __init__(self, store: ActivationStore | str | Path, site: str, batch_size: int, seed: int = 0,
                  device: str | torch.device | None = None) -> None:
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
-        self.site = self.store._check_site(site)
+        self.site = self.store.check_site(site)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -96,7 +98,11 @@ class CachedSource:
                                                drop_last=True, device=self.device, with_index=True):
             x, index = epochs_batch
             done += 1
-            yield SourceBatch(x, {"batches": done}, f"shard(s) {', '.join(self.store.shard_files(index))} of {self.store.path}")
+            yield SourceBatch(x, {"batches": done}, lambda i, index=index: self._where(int(index[i])))
+
+    def _where(self, row: int) -> str:
+        file, local = self.store.locate(row)
+        return f"row {local} of shard {file} in {self.store.path}"
 
 
 class StreamedSource:
@@ -125,29 +131,33 @@ class StreamedSource:
                 "seed": self.seed, "batch_size": self.batch_size, "context_length": self.context_length,
                 "forward_batch_size": self.forward_batch_size, "memory_mb": self.memory_mb}
 
-    def _chunks(self, skip: int) -> Iterator[tuple[torch.Tensor, int]]:
+    def _chunks(self, skip: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], int]]:
         for acts in stream(self.model, self.data, self.site, select="tokens", context_length=self.context_length,
                            batch_size=self.forward_batch_size, memory_mb=self.memory_mb, text_field=self.text_field,
                            skip=skip, progress=False):
-            yield acts[self.site], int(acts.meta["sequence"].unique().numel())
+            yield acts[self.site], acts.meta, acts.n_sequences
 
     def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
         state = dict(state or {"epoch": 0, "chunk": 0, "contexts": 0, "in_chunk": 0})
         while True:
             from_start, produced = state["contexts"] == 0, False
-            for rows, n_contexts in self._chunks(state["contexts"]):
+            for rows, meta, n_contexts in self._chunks(state["contexts"]):
                 n_batches = rows.shape[0] // self.batch_size
-                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + state["epoch"]) * 1_000_003 + state["chunk"])
-                order = torch.randperm(rows.shape[0], generator=gen)
+                order = epoch_permutation(rows.shape[0], self.seed, state["epoch"], state["chunk"])
                 first = state["contexts"]
                 for b in range(state["in_chunk"], n_batches):
                     produced = True
-                    x = rows[order[b * self.batch_size:(b + 1) * self.batch_size]].to(self.device)
+                    index = order[b * self.batch_size:(b + 1) * self.batch_size]
                     after = dict(state, in_chunk=b + 1)
                     if b + 1 == n_batches:
                         after = dict(state, chunk=state["chunk"] + 1, contexts=first + n_contexts, in_chunk=0)
-                    yield SourceBatch(x, after, f"contexts {first}..{first + n_contexts - 1} of {self.data}")
+                    yield SourceBatch(rows[index].to(self.device), after,
+                                      lambda i, index=index, meta=meta: self._where(meta, int(index[i])))
                 state = dict(state, chunk=state["chunk"] + 1, contexts=first + n_contexts, in_chunk=0)
             if from_start and not produced:
                 raise InterlayerError(f"{self.data} yields fewer tokens than one batch of {self.batch_size}")
             state = {"epoch": state["epoch"] + 1, "chunk": 0, "contexts": 0, "in_chunk": 0}
+
+    def _where(self, meta: dict[str, torch.Tensor], row: int) -> str:
+        return (f"context {int(meta['sequence'][row])}, position {int(meta['position'][row])} "
+                f"(document {int(meta['document'][row])}) of {self.data}")

@@ -38,9 +38,10 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from interlayer.config import option
+from interlayer.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.errors import InterlayerError
-from interlayer.shards import write_atomic
+from interlayer.files import write_atomic
+from interlayer.options import check_options, option
 
 from .sae import SAE, SAEConfig
 
@@ -62,40 +63,37 @@ class CheckpointMismatchError(InterlayerError):
 class TrainOptions:
     """How to train an SAE (shared by :func:`train_sae` and ``interlayer sae train``)."""
 
-    tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / batch_size) steps")
-    batch_size: int = option(4096, "tokens per optimizer step")
-    lr: float = option(3e-4, "Adam learning rate after warmup")
-    warmup_steps: int = option(50, "linear learning-rate warmup steps")
-    decay_fraction: float = option(0.2, "final fraction of the steps over which the learning rate decays linearly to 0")
+    tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / batch_size) steps", min=1)
+    batch_size: int = option(4096, "tokens per optimizer step", min=1)
+    lr: float = option(3e-4, "Adam learning rate after warmup", above=0)
+    warmup_steps: int = option(50, "linear learning-rate warmup steps", min=0)
+    decay_fraction: float = option(0.2, "final fraction of the steps over which the learning rate decays linearly to 0", min=0)
     beta1: float = option(0.9, "Adam beta1")
     beta2: float = option(0.99, "Adam beta2")
-    l1_coeff: float = option(1e-3, "L1 coefficient (relu)")
-    l0_coeff: float = option(1e-3, "L0 coefficient (jumprelu)")
-    afa_coeff: float | None = option(None, "AFA loss coefficient (default: 1/32 for topafa, 0 for the others)")
-    auxk_coeff: float = option(1 / 32, "AuxK loss coefficient (topk, batchtopk, topafa)")
-    aux_k: int = option(512, "dead latents the AuxK loss may use per token")
-    dead_after: int = option(5, "a latent that has not fired for this many batches is dead")
+    l1_coeff: float = option(1e-3, "L1 coefficient (relu)", min=0)
+    l0_coeff: float = option(1e-3, "L0 coefficient (jumprelu)", min=0)
+    afa_coeff: float | None = option(None, "AFA loss coefficient (default: 1/32 for topafa, 0 for the others)", min=0)
+    auxk_coeff: float = option(1 / 32, "AuxK loss coefficient (topk, batchtopk, topafa)", min=0)
+    aux_k: int = option(512, "dead latents the AuxK loss may use per token", min=1)
+    dead_after: int = option(5, "a latent that has not fired for this many batches is dead", min=1)
     b_dec_init: str | None = option(None, "initial b_dec: 'mean' of the first batches (normalised) or 'zeros' "
                                           "(default: zeros for topafa, as its authors; mean for the others)",
                                     choices=("mean", "zeros"))
-    init_batches: int = option(4, "batches used to estimate the mean-norm scale and the initial b_dec")
+    init_batches: int = option(4, "batches used to estimate the mean-norm scale and the initial b_dec", min=1)
     seed: int = option(0, "seed of the weights and of the row order")
-    checkpoint_every: int = option(200, "write a resumable checkpoint every N steps (0: never)")
-    log_every: int = option(20, "record a row of the training history every N steps")
+    checkpoint_every: int = option(200, "write a resumable checkpoint every N steps (0: never)", min=0)
+    log_every: int = option(20, "record a row of the training history every N steps", min=1)
     dead_window_tokens: int = option(1_000_000, "report the latents that never fired in the last this many training "
-                                                "tokens (at most the whole run)")
+                                                "tokens (at most the whole run)", min=1)
     progress: bool = option(True, "show a progress bar with tokens/s, NMSE, L0 and dead %", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_size", "aux_k", "dead_after", "init_batches", "log_every"):
-            if getattr(self, name) < 1:
-                raise InterlayerError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_options(self)  # bounds and choices of every field, those of subclasses included
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
         if not 0 <= self.decay_fraction <= 1:
             raise InterlayerError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
-        if self.b_dec_init not in (None, "mean", "zeros"):
-            raise InterlayerError(f"unknown b_dec_init {self.b_dec_init!r}; valid choices: 'mean', 'zeros'")
-        if self.lr <= 0:
-            raise InterlayerError(f"lr must be positive, got {self.lr}")
 
     @property
     def steps(self) -> int:
@@ -206,7 +204,8 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
     written for another architecture, config, data or options). A final checkpoint
     is written at the last step, so a finished run called again returns at once. Non-finite
     activations or losses stop training with :class:`NonFiniteError`, naming the step
-    and where the rows came from; the last checkpoint is left as it was.
+    and the shard and row (or context and position) that hold the bad value; the last
+    checkpoint is left as it was.
     ``on_step(step)`` is called after every step (tests use it to interrupt a run).
     """
     options = options or TrainOptions()
@@ -218,87 +217,105 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
     identity = {"sae": {**cfg.to_dict(), "scale": None}, "options": options.identity(), "source": source.identity()}
     identity = json.loads(json.dumps(identity))
     steps = options.steps
-
     if ckpt is not None and ckpt.is_file():
         sae, optimizer, state = _load_checkpoint(ckpt, identity, options, device)
     else:
-        batches = source.batches()
-        sample = torch.cat([next(batches).x for _ in range(options.init_batches)])
-        if not torch.isfinite(sample).all():
-            raise NonFiniteError("the first batches of the source hold NaN or inf; cannot initialise the SAE")
-        if cfg.normalization == "mean_norm":
-            from .normalization import mean_norm_scale
-
-            cfg = dataclasses.replace(cfg, scale=mean_norm_scale(sample))
-        sae = SAE(cfg, seed=options.seed).to(device)
-        _initialise(sae, sample.to(sae.device), options)
-        optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
-        state = {"step": 0, "source": None, "history": [], "seconds": 0.0,
-                 "dead": torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device),
-                 "window": torch.zeros(cfg.d_sae, dtype=torch.bool, device=sae.device)}
+        sae, optimizer, state = _fresh_start(source, cfg, options, device)
     sae.train()
-    start = state["step"]
-    dead_count: torch.Tensor = state["dead"]
-    fired_in_window: torch.Tensor = state["window"]
+    start = step = state["step"]
     window_steps = min(steps, math.ceil(options.dead_window_tokens / options.batch_size))
-    history: list[dict[str, float]] = state["history"]
-    source_state = state["source"]
-    bar = tqdm(total=steps, initial=start, unit="step", disable=not options.progress, desc=f"sae {cfg.arch}")
+    bar = tqdm(total=steps, initial=start, unit="step", disable=not options.progress, desc=f"sae {sae.cfg.arch}")
     began = time.perf_counter()
     earlier = float(state.get("seconds", 0.0))
     window = [began, start]
-    step = start
     try:
-        if step >= steps:
-            return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier, start,
-                               float((~fired_in_window).float().mean()), window_steps * options.batch_size)
-        for batch in source.batches(source_state):
+        for batch in source.batches(state["source"]) if step < steps else ():
             x = batch.x.to(sae.device)
-            if not torch.isfinite(x).all():
-                raise NonFiniteError(f"NaN or inf in the activations at step {step} (rows from {batch.origin}); "
-                                     f"training stopped. {_kept(ckpt)}")
-            dead = dead_count >= options.dead_after
-            terms = batch_losses(sae, x, options, dead)
+            _check_finite(x, batch, step, ckpt)
+            terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after)
             if not torch.isfinite(terms["loss"]):
-                raise NonFiniteError(f"the loss became {float(terms['loss'])} at step {step} (rows from {batch.origin}); "
-                                     f"training stopped, the step was not applied. {_kept(ckpt)}")
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            sae.constrain_decoder(grad_only=True)
-            for group in optimizer.param_groups:
-                group["lr"] = options.lr * lr_factor(step, steps, options.warmup_steps, options.decay_fraction)
-            optimizer.step()
-            sae.constrain_decoder()
+                raise NonFiniteError(f"the loss became {float(terms['loss'])} at step {step} (first row from "
+                                     f"{batch.where(0)}); training stopped, the step was not applied. {_kept(ckpt)}")
+            _optimizer_step(sae, optimizer, terms["loss"], options.lr * lr_factor(step, steps, options.warmup_steps,
+                                                                                  options.decay_fraction))
             with torch.no_grad():
-                dead_count = torch.where(terms["fired"], torch.zeros_like(dead_count), dead_count + 1)
+                state["dead"] = torch.where(terms["fired"], torch.zeros_like(state["dead"]), state["dead"] + 1)
                 if step >= steps - window_steps:
-                    fired_in_window |= terms["fired"]
+                    state["window"] |= terms["fired"]
             step += 1
-            source_state = batch.state
+            state["step"], state["source"] = step, batch.state
             bar.update(1)
             if step % options.log_every == 0 or step == steps:
-                now = time.perf_counter()
-                row = {"step": step, "tokens": step * options.batch_size,
-                       "tokens_per_s": (step - window[1]) * options.batch_size / max(now - window[0], 1e-9),
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "dead_frac": float((dead_count >= options.dead_after).float().mean())}
-                row.update({k: float(v.detach()) for k, v in terms.items() if k != "fired"})
-                history.append(row)
-                window = [now, step]
+                row = _history_row(step, window, options, optimizer, state["dead"], terms)
+                state["history"].append(row)
                 bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}",
                                 dead=f"{100 * row['dead_frac']:.1f}%")
             if ckpt is not None and (step == steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
-                _save_checkpoint(ckpt, sae, optimizer, {"step": step, "source": source_state, "history": history,
-                                                        "dead": dead_count, "window": fired_in_window,
-                                                        "seconds": earlier + time.perf_counter() - began}, identity)
+                state["seconds"] = earlier + time.perf_counter() - began
+                _save_checkpoint(ckpt, sae, optimizer, state, identity)
             if on_step is not None:
                 on_step(step)
             if step >= steps:
                 break
     finally:
         bar.close()
-    return TrainResult(sae.eval(), history, steps, steps * options.batch_size, earlier + time.perf_counter() - began,
-                       start, float((~fired_in_window).float().mean()), window_steps * options.batch_size)
+    seconds = earlier + (time.perf_counter() - began if start < steps else 0.0)
+    return TrainResult(sae.eval(), state["history"], steps, steps * options.batch_size, seconds, start,
+                       float((~state["window"]).float().mean()), window_steps * options.batch_size)
+
+
+def _fresh_start(source: Any, cfg: SAEConfig, options: TrainOptions,
+                 device: str | torch.device | None) -> tuple[SAE, torch.optim.Optimizer, dict[str, Any]]:
+    """A new SAE initialised from the source's first batches, its optimizer and an empty state."""
+    batches = source.batches()
+    sample = torch.cat([next(batches).x for _ in range(options.init_batches)])
+    if not torch.isfinite(sample).all():
+        raise NonFiniteError("the first batches of the source hold NaN or inf; cannot initialise the SAE")
+    if cfg.normalization == "mean_norm":
+        from .normalization import mean_norm_scale
+
+        cfg = dataclasses.replace(cfg, scale=mean_norm_scale(sample))
+    sae = SAE(cfg, seed=options.seed).to(device)
+    _initialise(sae, sample.to(sae.device), options)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
+    state = {"step": 0, "source": None, "history": [], "seconds": 0.0,
+             "dead": torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device),
+             "window": torch.zeros(cfg.d_sae, dtype=torch.bool, device=sae.device)}
+    return sae, optimizer, state
+
+
+def _check_finite(x: torch.Tensor, batch: Any, step: int, ckpt: Path | None) -> None:
+    finite = torch.isfinite(x).all(dim=-1)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero(as_tuple=True)[0].tolist()
+    more = f" and {len(bad) - 1} more row(s) of the batch" if len(bad) > 1 else ""
+    raise NonFiniteError(f"NaN or inf in the activations at step {step}: {batch.where(bad[0])}{more}; "
+                         f"training stopped. {_kept(ckpt)}")
+
+
+def _optimizer_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One Adam step with the decoder rows kept at unit norm (gradient projected, rows renormalised)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.constrain_decoder(grad_only=True)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    sae.constrain_decoder()
+
+
+def _history_row(step: int, window: list[float], options: TrainOptions, optimizer: torch.optim.Optimizer,
+                 dead_count: torch.Tensor, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One row of the training history; ``window`` (time, step of the last row) is moved on."""
+    now = time.perf_counter()
+    row = {"step": step, "tokens": step * options.batch_size,
+           "tokens_per_s": (step - window[1]) * options.batch_size / max(now - window[0], 1e-9),
+           "lr": optimizer.param_groups[0]["lr"],
+           "dead_frac": float((dead_count >= options.dead_after).float().mean())}
+    row.update({k: float(v.detach()) for k, v in terms.items() if k != "fired"})
+    window[:] = [now, step]
+    return row
 
 
 def _kept(ckpt: Path | None) -> str:
@@ -315,15 +332,13 @@ def _save_checkpoint(ckpt: Path, sae: SAE, optimizer: torch.optim.Optimizer, sta
                      identity: dict[str, Any]) -> None:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    for index, slots in opt_state["state"].items():
-        for name, value in slots.items():
-            tensors[f"adam.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    adam, param_groups = optimizer_tensors(optimizer)
+    tensors.update(adam)
     tensors["trainer.dead"] = state["dead"].cpu()
     tensors["trainer.window"] = state["window"].cpu()
     meta = {"step": state["step"], "source": state["source"], "history": state["history"], "identity": identity,
             "seconds": state["seconds"],
-            "sae_cfg": sae.cfg.to_dict(), "param_groups": opt_state["param_groups"]}
+            "sae_cfg": sae.cfg.to_dict(), "param_groups": param_groups}
     write_atomic(ckpt, save(tensors, metadata={"state": json.dumps(meta)}))
 
 
@@ -353,12 +368,7 @@ def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions
     sae.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, str(ckpt))
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": meta["param_groups"]}
-    for key, value in tensors.items():
-        if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
-            opt_state["state"].setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict(opt_state)
+    load_optimizer(optimizer, tensors, meta["param_groups"])
     log.info("resuming SAE training from %s at step %d", ckpt, meta["step"])
     return sae, optimizer, {"step": meta["step"], "source": meta["source"], "history": meta["history"],
                             "seconds": meta.get("seconds", 0.0),

@@ -8,7 +8,7 @@ from interlayer.lens import TunedLens, compare_lenses, latent_language, train_tu
 from interlayer.lens.prefixes import PrefixIndex
 from interlayer.lens.tuning import stacked_resid
 from interlayer.loading import SAMPLE_TEXT
-from interlayer.store import collect
+from interlayer import collect
 
 pytestmark = pytest.mark.integration
 

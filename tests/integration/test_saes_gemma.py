@@ -9,7 +9,7 @@ from interlayer import cli
 from interlayer.loading import SAMPLE_TEXT
 from interlayer.saes import SAE, SAEConfig, topafa
 from interlayer.saes.evaluation import evaluate_sae
-from interlayer.store import collect
+from interlayer import collect
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interlayer.store import ActivationStore, cache, collect
+from interlayer import ActivationStore, cache, collect
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,9 @@ import torch
 
 import interlayer
 from interlayer.errors import CacheCorruptError, InterlayerError, UnknownSiteError
+from interlayer.files import WriteError
 from interlayer.shards import DiskBudgetError
-from interlayer.store import ActivationStore, cache, collect
+from interlayer import ActivationStore, cache, collect
 from tests.tiny_models import make_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ def test_killed_process_resumes_to_identical_shards(model, tmp_path):
     (tmp_path / "docs.json").write_text(json.dumps(DOCS * 4))
     script = f"""
 import json, time, interlayer
-from interlayer.store import cache
+from interlayer import cache
 model = interlayer.load_model({str(ckpt)!r})
 docs = json.load(open({str(tmp_path / 'docs.json')!r}))
 slow = lambda index: time.sleep(0.3)
@@ -141,7 +142,7 @@ def test_disk_budget_stops_cleanly_and_resumes(model, tmp_path):
 
 
 def test_failed_write_leaves_no_partial_shard(model, tmp_path, monkeypatch):
-    import interlayer.shards as shards
+    import interlayer.files as shards
 
     real_fsync = os.fsync
 
@@ -149,7 +150,7 @@ def test_failed_write_leaves_no_partial_shard(model, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shards.os, "fsync", full_disk)
-    with pytest.raises(DiskBudgetError, match="No space left"):
+    with pytest.raises(WriteError, match="No space left"):
         cache(model, DOCS, SITES, tmp_path / "c", tokens=300, **OPTS)
     monkeypatch.setattr(shards.os, "fsync", real_fsync)
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith("shard_")]
@@ -211,4 +212,4 @@ def test_cache_cli(tmp_path, capsys):
     assert store.n_rows == 200 and store.sites == ["attn_out.0", "resid_post.1"]
     assert store.load("resid_post.1").dtype == torch.bfloat16
     assert cli.main(["cache", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "x")]) == 2
-    assert "--data is required" in capsys.readouterr().err
+    assert "required: --data" in capsys.readouterr().err

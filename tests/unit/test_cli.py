@@ -24,7 +24,7 @@ def _help(capsys, *argv):
 
 
 def test_every_command_has_help_listing_every_option(capsys):
-    cli._register_builtin_commands()
+    cli.discover()
     assert {"models", "info", "lens logit"} <= set(cli.COMMANDS)
     assert "models" in _help(capsys)
     for name, cmd in cli.COMMANDS.items():

@@ -9,7 +9,7 @@ import torch
 
 import interlayer
 from interlayer import loading
-from interlayer.cache import build_entry, verify_entry
+from interlayer.conversion_cache import build_entry, verify_entry
 from interlayer.errors import CacheCorruptError, UnknownModelError, UnsupportedArchitectureError
 from tests.tiny_models import make_tiny, make_tokenizer
 

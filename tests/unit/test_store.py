@@ -10,7 +10,7 @@ import torch
 import interlayer
 from interlayer.errors import InterlayerError, UnknownSiteError
 from interlayer.inputs import EmptyInputError
-from interlayer.store import collect, expand_sites, stream
+from interlayer import collect, stream
 from tests.tiny_models import make_tiny, make_tokenizer
 
 SEQUENCES = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14, 15], [1, 16], [1, 17, 18, 19, 20, 21, 22, 23], [1, 24, 25, 26]]
@@ -106,9 +106,9 @@ def test_pass_stops_after_the_deepest_site_and_unembeds_nothing():
 
 def test_wildcards_and_aliases():
     model = interlayer.load_model(make_tiny("llama"))
-    names = [s.name for s in expand_sites(model, ["resid_post.*", "blocks.1.hook_mlp_out", "resid_post.0"])]
+    names = [s.name for s in model.expand_sites(["resid_post.*", "blocks.1.hook_mlp_out", "resid_post.0"])]
     assert names == ["resid_post.0", "mlp_out.1", "resid_post.1", "resid_post.2"]
-    assert len(expand_sites(model, "blocks.*.hook_attn_out")) == 3
+    assert len(model.expand_sites("blocks.*.hook_attn_out")) == 3
 
 
 def test_bad_input_errors(tmp_path):

@@ -10,7 +10,7 @@ from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.lens import TunedLens, compare_lenses, train_tuned_lens
 from interlayer.lens import tuning
-from interlayer.store import collect
+from interlayer import collect
 from tests.tiny_models import make_tiny, make_tokenizer
 
 

@@ -59,8 +59,9 @@ def test_d_in_mismatch_is_a_clear_error():
 
 
 def _ce(logits, ids):
-    logp = torch.log_softmax(logits[:, :-1].double(), -1)
-    return -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1), logp
+    """Next-token CE and log-probs at the spliced positions: every non-BOS position with a next token."""
+    logp = torch.log_softmax(logits[:, 1:-1].double(), -1)
+    return -logp.gather(-1, ids[:, 2:].unsqueeze(-1)).squeeze(-1), logp
 
 
 def test_spliced_ce_and_kl_equal_a_direct_hooked_computation(tmp_path):
@@ -94,7 +95,7 @@ def test_spliced_ce_and_kl_equal_a_direct_hooked_computation(tmp_path):
     ce_zero, logp_zero = run(torch.zeros_like)
     kl_sae = (ref.exp() * (ref - logp_sae)).sum(-1)
     s = ev.spliced
-    assert s["eval_positions"] == ids[:, 1:].numel()
+    assert s["eval_positions"] == ids[:, 2:].numel()
     assert s["ce_clean"] == pytest.approx(float(ce_clean.mean()), rel=1e-5)
     assert s["ce_sae"] == pytest.approx(float(ce_sae.mean()), rel=1e-5)
     assert s["ce_zero"] == pytest.approx(float(ce_zero.mean()), rel=1e-5)

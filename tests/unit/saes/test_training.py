@@ -8,7 +8,7 @@ from interlayer.saes import SAE, SAEConfig
 from interlayer.saes.sources import CachedSource, StreamedSource, TensorSource
 from interlayer.saes.training import (CHECKPOINT, CheckpointMismatchError, NonFiniteError, TrainOptions,
                                       lr_factor, train_sae)
-from interlayer.store import cache
+from interlayer import cache
 from tests.tiny_models import make_tiny, make_tokenizer
 
 DOCS = [[4 + (7 * j + i) % 60 for i in range(5 + j % 9)] for j in range(300)]
@@ -133,20 +133,22 @@ def test_nan_activations_stop_training_naming_step_and_shard(tmp_path):
     assert torch.isnan(rows).any()
     cfg = SAEConfig(d_in=32, d_sae=64, arch="topk", k=4)
     options = opts(tokens=32 * 200, batch_size=32, checkpoint_every=3, init_batches=1)
-    with pytest.raises(NonFiniteError, match=r"NaN or inf in the activations at step (\d+) \(rows from shard\(s\) "
-                                             r".*shard_000\d\d\.safetensors.*last good checkpoint") as info:
+    with pytest.raises(NonFiniteError, match=r"NaN or inf in the activations at step (\d+): row \d+ of shard "
+                                             r"shard_000\d\d\.safetensors in .*last good checkpoint") as info:
         train_sae(CachedSource(store, "resid_post.0", 32, seed=3), cfg, options, checkpoint_dir=tmp_path / "run")
-    step = int(info.value.args[0].split("at step ")[1].split()[0])
+    step = int(info.value.args[0].split("at step ")[1].split(":")[0])
     from safetensors import safe_open
     import json
 
     with safe_open(str(tmp_path / "run" / CHECKPOINT), "pt") as handle:
         saved = json.loads(handle.metadata()["state"])["step"]
     assert saved == step - step % 3 and saved > 0
-    # the named shard does hold the NaN rows
-    shard_names = info.value.args[0].split("shard(s) ")[1].split(" of ")[0].split(", ")
-    assert any(torch.isnan(store.shard(store.manifest["shards"].index(
-        next(s for s in store.manifest["shards"] if s["file"] == name)))["resid_post.0"]).any() for name in shard_names)
+    # the named row of the named shard holds the bad value
+    message = info.value.args[0]
+    row = int(message.split(": row ")[1].split()[0])
+    name = message.split(" of shard ")[1].split()[0]
+    index = [s["file"] for s in store.manifest["shards"]].index(name)
+    assert torch.isnan(store.shard(index)["resid_post.0"][row]).any()
 
 
 def test_checkpoint_of_another_architecture_or_config_is_refused(tmp_path):

@@ -1,4 +1,6 @@
-"""Atomic, checksummed directories in interlayer's cache.
+"""The model-conversion cache: atomic, checksummed directories under ``$INTERLAYER_CACHE``
+(where embedded GGUF models are converted once into safetensors checkpoints).
+Not to be confused with the activation cache (:mod:`interlayer.activation_cache`).
 
 A cached entry is a directory holding a ``manifest.json`` that records a sha256 for
 every other file. Entries are built in a temporary sibling directory and renamed
@@ -8,7 +10,6 @@ files do not match their checksums is reported as corrupt and never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,23 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CacheCorruptError
+from .files import sha256_file
 
 MANIFEST = "manifest.json"
-_CHUNK = 8 * 2**20
 
 
 def cache_root() -> Path:
     """``$INTERLAYER_CACHE``, or ``~/.cache/interlayer``."""
     return Path(os.environ.get("INTERLAYER_CACHE") or Path.home() / ".cache" / "interlayer").expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(entry: Path) -> dict[str, Any]:

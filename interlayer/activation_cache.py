@@ -1,0 +1,365 @@
+"""The activation store on disk: :func:`cache` writes activations as checksummed shards
+with a manifest, resumably; :class:`ActivationStore` reads them back memory-mapped and
+serves seeded, shuffled training batches that mix across shards.
+
+Shards are the chunks of :func:`interlayer.activations.stream` (whole batches, at most
+``memory_mb`` each), so their boundaries depend only on the options, and a resumed run
+continues the same stream with ``skip=``.
+
+Ownership: a cache directory is the toolkit's once ``manifest.json`` is in it. The
+manifest is written before the first shard; while it lists no shard, a run with other
+options may replace it (a failed first run never blocks the corrected one). Only files
+named like shards (``shard_00000.safetensors`` and their ``.part``) and not listed in the
+manifest are ever deleted; a non-empty directory without a manifest is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .activations import Activations, stream
+from .adapter import ModelAdapter
+from .capture import row_bytes
+from .options import check_options, option
+from .dtypes import DTYPE_CHOICES, dtype_name, parse_dtype
+from .errors import CacheCorruptError, InterlayerError, UnknownSiteError, choices
+from .files import WriteError, check_writable, write_atomic, write_json_atomic
+from .inputs import data_fingerprint
+from .seeding import epoch_permutation
+from .shards import DiskBudgetError, encode_shard, read_shard
+from .sites import Site, parse_site
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STORE_FORMAT = 1
+_SHARD_FILE = re.compile(r"^shard_\d{5}\.safetensors(\.part)?$")
+_IDENTITY_FIELDS = ("sites", "select", "dtype", "context_length", "batch_size", "shard_rows", "tokens_target",
+                    "data_sha256", "text_field", "d_model")
+
+
+@dataclass
+class CacheOptions:
+    """Options of :func:`cache` (the ``interlayer cache`` command adds the model, data, sites and output)."""
+
+    tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
+    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
+    batch_size: int = option(8, "contexts per forward pass", min=1)
+    dtype: str = option("float32", "dtype of the stored activations", choices=DTYPE_CHOICES)
+    memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
+    disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
+    text_field: str = option("text", "JSON field or parquet column holding the text")
+    progress: bool = option(True, "show a progress bar", cli=False)
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        parse_dtype(self.dtype, "storage dtype")
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any]) -> "CacheOptions":
+        names = {f.name for f in fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise InterlayerError(f"unknown option(s) {choices(sorted(unknown))}; valid options: {choices(sorted(names))}")
+        return cls(**options)
+
+    def shard_rows(self, model: ModelAdapter, n_sites: int) -> int:
+        """Rows per shard: the whole batches that fit in ``memory_mb``, at most what ``tokens`` needs."""
+        batch_rows = self.batch_size * (self.context_length - 1)
+        one_row = row_bytes(model, n_sites, parse_dtype(self.dtype), False)
+        batches_per_shard = int(self.memory_mb * 2**20 // (one_row * batch_rows))
+        if batches_per_shard < 1:
+            raise InterlayerError(f"memory_mb={self.memory_mb} cannot hold one batch of {batch_rows} tokens at "
+                                  f"{n_sites} site(s) ({one_row * batch_rows / 2**20:.1f} MiB); raise memory_mb "
+                                  "or lower batch_size or context_length")
+        return min(batches_per_shard * batch_rows, math.ceil(self.tokens / batch_rows) * batch_rows)
+
+
+def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out: str | Path, tokens: int | None = None,
+          *, options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
+          **kwargs: Any) -> "ActivationStore":
+    """Write the activations of ``tokens`` tokens at ``sites`` to shards in ``out``.
+
+    Documents are packed into contexts of ``context_length`` tokens (BOS, then text);
+    every token but the BOS is kept. Options come as :class:`CacheOptions` or as
+    its fields by keyword (``dtype="bfloat16"``, ``memory_mb=...``). The manifest is
+    rewritten atomically after every shard: a run that is interrupted resumes from
+    its last whole shard when called again with the same options, and ends with
+    exactly the shards an uninterrupted run writes.
+
+    A manifest written for other weights or other options is refused (unless it lists
+    no shard yet); a shard whose checksum fails is named in the error; a non-empty
+    directory that is not an activation cache is refused.
+    """
+    if options is None:
+        options = CacheOptions.from_kwargs({**kwargs, **({"tokens": tokens} if tokens is not None else {})})
+    elif kwargs or tokens is not None:
+        raise InterlayerError("give the cache options either as options=CacheOptions(...) or as keywords, not both")
+    out = check_writable(out, flag="out", directory=True)
+    site_list = model.expand_sites(sites)
+    shard_rows = options.shard_rows(model, len(site_list))
+    identity = {
+        "model": model.name, "weights_sha256": model.weights_sha256(), "sites": [s.name for s in site_list],
+        "select": "tokens", "dtype": dtype_name(parse_dtype(options.dtype)), "context_length": options.context_length,
+        "batch_size": options.batch_size, "shard_rows": shard_rows, "tokens_target": int(options.tokens),
+        "data_sha256": data_fingerprint(data),
+        "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "text_field": options.text_field,
+        "d_model": model.d_model,
+    }
+    manifest = _open_manifest(out, identity)
+    if not manifest.get("complete"):
+        _write_shards(model, data, site_list, out, manifest, options, on_shard)
+    return ActivationStore(out)
+
+
+def _write_shards(model: ModelAdapter, data: Any, sites: list[Site], out: Path, manifest: dict[str, Any],
+                  options: CacheOptions, on_shard: Callable[[int], None] | None) -> None:
+    done_rows = sum(s["rows"] for s in manifest["shards"])
+    done_contexts = sum(s["contexts"] for s in manifest["shards"])
+    needed = math.ceil(options.tokens / (options.context_length - 1))  # contexts an uninterrupted run takes
+    bar = tqdm(total=options.tokens, initial=done_rows, unit="tok", unit_scale=True, disable=not options.progress,
+               desc="cache")
+    try:
+        if done_rows < options.tokens and needed > done_contexts:
+            chunks = stream(model, data, sites, select="tokens", context_length=options.context_length,
+                            batch_size=options.batch_size, dtype=options.dtype, memory_mb=options.memory_mb,
+                            text_field=options.text_field, skip=done_contexts, limit=needed - done_contexts,
+                            progress=False)
+            for acts in chunks:
+                rows = _write_shard(out, manifest, acts, options.tokens - done_rows, options.disk_budget_mb)
+                done_rows += rows
+                bar.update(rows)
+                if on_shard is not None:
+                    on_shard(len(manifest["shards"]) - 1)
+                if done_rows >= options.tokens:
+                    break
+    finally:
+        bar.close()
+    if done_rows == 0:
+        raise InterlayerError("the data produced no tokens to cache")
+    if done_rows < options.tokens:
+        log.warning("the data ran out after %d of %d tokens", done_rows, options.tokens)
+    manifest["complete"] = True
+    manifest["n_rows"] = done_rows
+    write_json_atomic(out / MANIFEST, manifest)
+
+
+def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to continue: a new one, or a resumable one whose shards verify."""
+    path = out / MANIFEST
+    fresh = {"format": STORE_FORMAT, **identity, "shards": [], "n_rows": 0, "complete": False}
+    if not path.exists():
+        if out.exists():
+            foreign = sorted(p.name for p in out.iterdir())
+            if foreign:
+                raise InterlayerError(
+                    f"{out} is not empty and holds no activation cache ({len(foreign)} entries, e.g. "
+                    f"{choices(foreign[:3])}); give a new or empty directory")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, fresh)
+        return fresh
+    manifest = _read_manifest(out)
+    if not manifest["shards"] and not manifest.get("complete"):
+        if any(manifest.get(k) != identity[k] for k in ("weights_sha256", *_IDENTITY_FIELDS)):
+            log.info("replacing %s: it lists no shard yet", path)
+        _remove_stale_shards(out, set())
+        write_json_atomic(path, fresh)
+        return fresh
+    if manifest.get("weights_sha256") != identity["weights_sha256"]:
+        raise InterlayerError(
+            f"{path} was written for model {manifest.get('model')!r} (weights sha256 "
+            f"{str(manifest.get('weights_sha256'))[:12]}...), not {identity['model']!r} "
+            f"({identity['weights_sha256'][:12]}...); use another --out directory")
+    differing = [k for k in _IDENTITY_FIELDS if manifest.get(k) != identity[k]]
+    if differing:
+        detail = "; ".join(f"{k}: {manifest.get(k)!r} there, {identity[k]!r} now" for k in differing)
+        raise InterlayerError(f"{path} was written with other options ({detail}); use another --out directory")
+    _remove_stale_shards(out, {s["file"] for s in manifest["shards"]})
+    for shard in manifest["shards"]:
+        read_shard(out / shard["file"], shard["sha256"])
+    if manifest["shards"] and not manifest.get("complete"):
+        log.info("resuming %s after %d shard(s)", out, len(manifest["shards"]))
+    return manifest
+
+
+def _remove_stale_shards(out: Path, listed: set[str]) -> None:
+    """Delete shard files this store wrote after its last manifest update (and ``.part``
+    files); nothing that is not named like a shard is touched."""
+    for stale in out.iterdir():
+        if _SHARD_FILE.match(stale.name) and stale.name not in listed and stale.is_file():
+            stale.unlink()
+
+
+def _write_shard(out: Path, manifest: dict[str, Any], acts: Activations, room: int,
+                 disk_budget_mb: float | None) -> int:
+    keep = min(len(acts), room)
+    tensors = {k: v[:keep] for k, v in acts.tensors.items()}
+    meta = {f"meta.{k}": v[:keep] for k, v in acts.meta.items()}
+    index = len(manifest["shards"])
+    payload = encode_shard({**tensors, **meta}, {"shard": str(index)})
+    used = sum(s["bytes"] for s in manifest["shards"])
+    if disk_budget_mb is not None and used + len(payload) > disk_budget_mb * 2**20:
+        raise DiskBudgetError(
+            f"disk budget of {disk_budget_mb} MiB exhausted: {used / 2**20:.1f} MiB written in "
+            f"{index} shard(s), the next needs {len(payload) / 2**20:.1f} MiB; {out} keeps the whole shards, "
+            "and a run with a larger budget resumes from them")
+    free = shutil.disk_usage(out).free
+    if len(payload) + 2**20 > free:
+        raise DiskBudgetError(f"not enough free disk for shard {index} of {out}: it needs "
+                              f"{len(payload) / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free")
+    name = f"shard_{index:05d}.safetensors"
+    try:
+        sha = write_atomic(out / name, payload)
+    except WriteError as err:
+        raise DiskBudgetError(f"{err}; {out} keeps the whole shards written before, and the same command resumes") from err
+    manifest["shards"].append({"file": name, "rows": keep, "contexts": acts.n_sequences, "sha256": sha,
+                               "bytes": len(payload)})
+    manifest["n_rows"] = sum(s["rows"] for s in manifest["shards"])
+    write_json_atomic(out / MANIFEST, manifest)
+    return keep
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise CacheCorruptError(f"{out / MANIFEST} is missing or unreadable: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CacheCorruptError(f"{out / MANIFEST} has format {got!r}, expected {STORE_FORMAT}")
+    return manifest
+
+
+# ------------------------------------------------------------------- store
+class ActivationStore:
+    """Activations cached on disk by :func:`cache`, memory-mapped.
+
+    Each shard's sha256 is verified the first time this object opens it; a
+    mismatch raises :class:`~interlayer.errors.CacheCorruptError` naming the shard.
+    """
+
+    def __init__(self, path: str | Path, model: ModelAdapter | None = None) -> None:
+        self.path = Path(path)
+        if not (self.path / MANIFEST).is_file():
+            raise InterlayerError(f"{self.path} is not an activation cache (no {MANIFEST}); write one with "
+                                  "`interlayer cache` or interlayer.cache()")
+        self.manifest = _read_manifest(self.path)
+        if not self.manifest.get("complete"):
+            raise InterlayerError(f"{self.path} is an unfinished cache ({len(self.manifest['shards'])} shard(s)); "
+                                  "run the same cache command again to resume it")
+        if model is not None and model.weights_sha256() != self.manifest["weights_sha256"]:
+            raise InterlayerError(f"{self.path} was written for model {self.manifest['model']!r}, not {model.name!r}")
+        self._shards: dict[int, dict[str, torch.Tensor]] = {}
+        rows = [s["rows"] for s in self.manifest["shards"]]
+        self.offsets = torch.tensor([0] + rows).cumsum(0)
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.manifest["sites"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def __repr__(self) -> str:
+        return (f"ActivationStore({str(self.path)!r}, model={self.manifest['model']!r}, sites={self.sites}, "
+                f"rows={self.n_rows}, shards={self.n_shards}, dtype={self.manifest['dtype']})")
+
+    def shard(self, index: int) -> dict[str, torch.Tensor]:
+        """Shard ``index`` as memory-mapped tensors (site names and ``meta.*``)."""
+        if not 0 <= index < self.n_shards:
+            raise InterlayerError(f"shard {index} is out of range; valid shards are 0..{self.n_shards - 1}")
+        if index not in self._shards:
+            info = self.manifest["shards"][index]
+            self._shards[index] = read_shard(self.path / info["file"], info["sha256"])
+        return self._shards[index]
+
+    def check_site(self, site: str) -> str:
+        """The stored name of ``site`` (short or TransformerLens form); an unknown one lists the cached sites."""
+        if site in self.sites or site.startswith("meta."):
+            return site
+        try:
+            name = parse_site(site, 1 << 30).name
+        except InterlayerError:
+            name = site
+        if name not in self.sites:
+            raise UnknownSiteError(f"site {site!r} is not in {self.path}; cached sites: {choices(self.sites)}")
+        return name
+
+    def load(self, site: str) -> torch.Tensor:
+        """All rows of one site (or ``meta.*`` column) as one tensor in memory."""
+        site = self.check_site(site)
+        return torch.cat([self.shard(i)[site] for i in range(self.n_shards)])
+
+    def to_frame(self) -> pd.DataFrame:
+        """Row metadata (sequence, position, token_id, document) as a DataFrame."""
+        keys = [k for k in self.shard(0) if k.startswith("meta.")]
+        return pd.DataFrame({k.removeprefix("meta."): self.load(k).numpy() for k in keys})
+
+    def batches(self, site: str | Sequence[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                epochs: int = 1, start: int = 0, drop_last: bool = False, dtype: torch.dtype = torch.float32,
+                device: str | torch.device | None = None, with_index: bool = False) -> Iterator[Any]:
+        """Yield ``[batch_size, d]`` batches of one site (``[n_sites, batch_size, d]``
+        for a list of sites, the same rows at each).
+
+        With ``shuffle`` every epoch is a seeded permutation of all rows
+        (:func:`interlayer.seeding.epoch_permutation`), so a batch mixes rows from
+        across the shards; the same seed gives the same batches. ``start`` skips that
+        many batches, to resume a training run exactly. With ``with_index`` each item
+        is ``(batch, row_index)``; see :meth:`shard_files`.
+        """
+        many = not isinstance(site, str)
+        names = [self.check_site(s) for s in (site if many else [site])]
+        if batch_size < 1:
+            raise InterlayerError(f"batch_size must be at least 1, got {batch_size}")
+        n = self.n_rows
+        per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+        number = 0
+        for epoch in range(epochs):
+            order = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
+            for b in range(per_epoch):
+                number += 1
+                if number <= start:
+                    continue
+                index = order[b * batch_size : (b + 1) * batch_size]
+                rows = [self._gather(name, index).to(device=device, dtype=dtype) for name in names]
+                batch = torch.stack(rows) if many else rows[0]
+                yield (batch, index) if with_index else batch
+
+    def shard_files(self, rows: torch.Tensor) -> list[str]:
+        """The shard files holding the given global row indices."""
+        shard_of = torch.searchsorted(self.offsets, rows.reshape(-1), right=True) - 1
+        return [self.manifest["shards"][int(i)]["file"] for i in shard_of.unique().tolist()]
+
+    def locate(self, row: int) -> tuple[str, int]:
+        """``(shard file, row within it)`` of a global row index."""
+        shard = int(torch.searchsorted(self.offsets, torch.tensor([row]), right=True)[0]) - 1
+        return self.manifest["shards"][shard]["file"], int(row - self.offsets[shard])
+
+    def _gather(self, site: str, index: torch.Tensor) -> torch.Tensor:
+        shard_of = torch.searchsorted(self.offsets, index, right=True) - 1
+        out = torch.empty((index.numel(), self.manifest["d_model"]), dtype=parse_dtype(self.manifest["dtype"]))
+        for shard in shard_of.unique().tolist():
+            where = (shard_of == shard).nonzero(as_tuple=True)[0]
+            local = index[where] - self.offsets[shard]
+            out[where] = self.shard(shard)[site][local]
+        return out

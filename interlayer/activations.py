@@ -1,0 +1,272 @@
+"""The activation store in memory: the one source of activations for every interlayer module.
+
+* :func:`collect` runs inputs through the model once and returns :class:`Activations`
+  for any number of hook sites, selected on the fly (see :mod:`interlayer.selection`),
+  and optionally the logits of the selected rows.
+* :func:`stream` yields the same in bounded chunks, for long runs.
+* ``edits={site: fn}`` runs the same passes with interventions (steering, SAE
+  splicing, ablations): every method reads clean and edited activations and logits
+  through this one path.
+
+One forward pass serves every site; it stops after the deepest requested read and
+unembeds nothing unless ``logits=True``. Rows are written straight into buffers
+preallocated on the model's device within ``memory_mb``. The on-disk cache is
+:mod:`interlayer.activation_cache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .adapter import ModelAdapter
+from .capture import LOGITS, Capture, Edit, check_edits, row_bytes
+from .dtypes import dtype_name, parse_dtype
+from .errors import InterlayerError, UnknownSiteError, choices
+from .inputs import Sequence_, Tokenized, batches_by_length, make_batch
+from .selection import POOLED, Selector, check_selection
+from .sites import Site, parse_site
+
+__all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "stream"]
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class Activations:
+    """Activations of several sites for the same rows, with the rows' metadata.
+
+    ``acts["resid_post.6"]`` (or ``acts["blocks.6.hook_resid_post"]``) is a
+    ``[rows, d_model]`` tensor; ``acts["logits"]`` the ``[rows, vocab]`` logits when
+    they were asked for. ``meta`` holds one entry per row: ``sequence`` (which
+    input), and for token selections ``position`` (within the sequence, BOS = 0),
+    ``token_id`` and ``document``.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, torch.Tensor]
+    select: str
+    model: str
+    n_layers: int
+    n_sequences: int = 0
+    """How many input sequences (or packed contexts) these rows came from."""
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        if site in self.tensors:
+            return self.tensors[site]
+        if site != LOGITS:
+            try:
+                name = parse_site(site, self.n_layers).name
+            except InterlayerError:
+                name = None
+            if name in self.tensors:
+                return self.tensors[name]
+        raise UnknownSiteError(f"site {site!r} was not collected; collected: {choices(self.tensors)}")
+
+    def __contains__(self, site: str) -> bool:
+        try:
+            self[site]
+            return True
+        except InterlayerError:
+            return False
+
+    def __len__(self) -> int:
+        return int(next(iter(self.meta.values())).shape[0])
+
+    @property
+    def sites(self) -> list[str]:
+        return [s for s in self.tensors if s != LOGITS]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The row metadata as a DataFrame, one row per activation row."""
+        return pd.DataFrame({k: v.numpy() for k, v in self.meta.items()})
+
+    def rows(self, keep: torch.Tensor) -> "Activations":
+        """The subset of rows where ``keep`` (a bool mask or an index tensor) selects."""
+        return Activations({k: v[keep] for k, v in self.tensors.items()}, {k: v[keep] for k, v in self.meta.items()},
+                           self.select, self.model, self.n_layers, self.n_sequences)
+
+    def stack(self, sites: Sequence[str] | None = None) -> torch.Tensor:
+        """``[len(sites), rows, d]``: several sites stacked, e.g. every layer's resid_post."""
+        return torch.stack([self[s] for s in (sites or self.sites)])
+
+    def next_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For token rows: the id of each row's next token, and a mask of the rows that
+        have one (the next row is the next position of the same sequence)."""
+        if "position" not in self.meta:
+            raise InterlayerError(f"next tokens need token rows, not select={self.select!r}")
+        seq, pos, tok = self.meta["sequence"], self.meta["position"], self.meta["token_id"]
+        has_next = torch.zeros_like(seq, dtype=torch.bool)
+        has_next[:-1] = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
+        targets = torch.zeros_like(tok)
+        targets[:-1] = tok[1:]
+        return targets, has_next
+
+
+# ----------------------------------------------------------------- options
+@dataclass
+class CollectOptions:
+    """Options of :func:`collect` and :func:`stream`."""
+
+    select: str = "tokens"
+    """Which rows to keep: tokens, last, positions, mean or weighted_mean."""
+    positions: Sequence[Sequence[int]] | None = None
+    """For select='positions': the positions to keep in each input sequence."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    context_length: int | None = None
+    """Pack documents into contexts of this many tokens (BOS first); None keeps each input as one sequence."""
+    padding_side: str = "right"
+    """Pad on the 'left' or the 'right'; results are the same either way."""
+    dtype: str = "float32"
+    """Storage dtype: float32, bfloat16 or float16."""
+    memory_mb: float = 256.0
+    """Budget for the preallocated device buffers, MiB."""
+    max_length: int | None = None
+    """Truncate longer sequences (default: the model's context), with a warning."""
+    text_field: str = "text"
+    """Column or JSON field holding the text."""
+    logits: bool = False
+    """Also keep the final logits of the selected rows (not for pooled selections)."""
+    edits: Mapping[str, Any] | None = None
+    """Writes during the passes: ``{site: fn}`` (``fn([batch, seq, d]) -> replacement``) or
+    ``{site: Edit(fn, rows="tokens")}``; reads at or after an edited site see its effect."""
+    progress: bool = True
+    """Show a progress bar."""
+    limit: int | None = None
+    """Use at most this many input sequences (or packed contexts)."""
+    skip: int = 0
+    """Packed contexts only: skip this many contexts without running the model (to resume)."""
+
+    def __post_init__(self) -> None:
+        check_selection(self.select)
+        parse_dtype(self.dtype, "storage dtype")
+        if self.logits and self.select in POOLED:
+            raise InterlayerError(f"logits=True needs a token selection, not {self.select!r}")
+        if not self.memory_mb > 0:
+            raise InterlayerError(f"memory_mb must be positive, got {self.memory_mb}")
+        for name, low in (("batch_size", 1), ("limit", 1), ("skip", 0), ("max_length", 1), ("context_length", 2)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise InterlayerError(f"{name} must be an integer of at least {low}, got {value!r}")
+        if self.padding_side not in ("left", "right"):
+            raise InterlayerError(f"padding_side={self.padding_side!r}; valid choices: 'left', 'right'")
+        if self.skip and self.context_length is None:
+            raise InterlayerError("skip needs packed contexts (context_length); for unpacked inputs pass the remaining inputs")
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any]) -> "CollectOptions":
+        """Options from keyword arguments; an unknown keyword names the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise InterlayerError(f"unknown option(s) {choices(sorted(unknown))}; valid options: {choices(sorted(names))}")
+        return cls(**options)
+
+
+
+# ----------------------------------------------------------------- passes
+def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[Sequence_]], int | None]:
+    """Batches of sequences, and the number of sequences when known up front (an
+    upper bound for packed contexts with a ``limit``)."""
+    tok = Tokenized(model, opts.max_length)
+    if opts.context_length is not None:
+        contexts = tok.packed(inputs, opts.context_length, opts.text_field)
+        if opts.skip or opts.limit is not None:
+            contexts = itertools.islice(contexts, opts.skip, None if opts.limit is None else opts.skip + opts.limit)
+
+        def sequential() -> Iterator[list[Sequence_]]:
+            chunk: list[Sequence_] = []
+            for context in contexts:
+                chunk.append(context)
+                if len(chunk) == opts.batch_size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+        return sequential(), opts.limit
+    sequences = tok.sequences(inputs, opts.text_field, opts.limit)
+    return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
+
+
+def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], **options: Any) -> Iterator[Activations]:
+    """Yield :class:`Activations` chunk by chunk, each at most ``memory_mb`` of rows
+    (and at least one batch). Chunks hold whole batches, so their boundaries depend
+    only on the inputs and options.
+
+    Rows come in batch order (sequences sorted by length); ``meta['sequence']``
+    says which input each row belongs to. Takes the options of :class:`CollectOptions`;
+    ``sites`` may be empty when ``logits=True``.
+    """
+    opts = CollectOptions.from_kwargs(options)
+    site_list = model.expand_sites(sites) if (sites or not opts.logits) else []
+    edits = check_edits(model, opts.edits)
+    dtype = parse_dtype(opts.dtype, "storage dtype")
+    batches, n_sequences = _plan(model, inputs, opts)
+    capacity = max(1, int(opts.memory_mb * 2**20 // row_bytes(model, len(site_list), dtype, opts.logits)))
+    capture = None
+    bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
+    try:
+        for group in batches:
+            batch = make_batch(group, model.pad_token_id, opts.padding_side, model.bos_token_id)
+            selector = Selector(opts.select, batch, model.device, opts.positions)
+            if capture is None:
+                # Never allocate more than the whole job needs.
+                rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
+                capture = Capture(model, site_list, dtype, max(selector.n_rows, min(capacity, rows_hint)), opts.logits,
+                                  edits)
+            if capture.fill + selector.n_rows > capture.capacity and capture.fill:
+                yield _chunk(capture, model, opts.select)
+            capture.run(batch, selector)
+            bar.update(len(group))
+        if capture is not None and capture.fill:
+            yield _chunk(capture, model, opts.select)
+    finally:
+        bar.close()
+
+
+def _chunk(capture: Capture, model: ModelAdapter, select: str) -> Activations:
+    tensors, meta, sequences = capture.take()
+    return Activations(tensors, meta, select, model.name, model.n_layers, sequences)
+
+
+def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], **options: Any) -> Activations:
+    """Collect activations at ``sites`` for ``inputs`` in one forward pass per batch.
+
+    Args:
+        model: a :class:`~interlayer.adapter.ModelAdapter` (see :func:`interlayer.load_model`).
+        inputs: strings, token ids, a ``.txt``/``.jsonl``/``.parquet`` path or a ``datasets.Dataset``.
+        sites: site names such as ``"resid_post.6"``, TransformerLens names, or
+            wildcards such as ``"resid_post.*"``.
+        **options: see :class:`CollectOptions` (``select``, ``batch_size``, ``dtype``,
+            ``logits``, ``edits``, ...).
+
+    Returns rows in input order: by sequence, then position.
+    """
+    chunks = list(stream(model, inputs, sites, **options))
+    if not chunks:
+        raise InterlayerError("the inputs produced no rows to collect")
+    tensors = {k: torch.cat([c.tensors[k] for c in chunks]) for k in chunks[0].tensors}
+    meta = {k: torch.cat([c.meta[k] for c in chunks]) for k in chunks[0].meta}
+    if "position" in meta:
+        order = torch.argsort(meta["sequence"] * (int(meta["position"].max()) + 1) + meta["position"], stable=True)
+    else:
+        order = torch.argsort(meta["sequence"], stable=True)
+    if not torch.equal(order, torch.arange(order.numel())):
+        tensors = {k: v[order] for k, v in tensors.items()}
+        meta = {k: v[order] for k, v in meta.items()}
+    return Activations(tensors, meta, chunks[0].select, model.name, model.n_layers,
+                       sum(c.n_sequences for c in chunks))
+
+
+def storage_dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a storage dtype (``"bf16"`` -> ``"bfloat16"``)."""
+    return dtype_name(parse_dtype(dtype, "storage dtype"))

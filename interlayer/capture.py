@@ -1,0 +1,151 @@
+"""Capture: one forward pass per batch, writes (interventions) applied at their sites,
+the selected rows of every read site (and their logits) copied into preallocated
+device buffers as they are produced.
+
+This is the only code that runs the model for the activation store; every method,
+with or without interventions, reads through it (:mod:`interlayer.activations`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .adapter import ModelAdapter, SiteFn
+from .errors import InterlayerError, choices
+from .inputs import Batch
+from .selection import Selector
+from .sites import Site
+
+LOGITS = "logits"
+EDIT_ROWS: tuple[str, ...] = ("all", "tokens")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A write at a hook site during a store pass.
+
+    ``rows="all"``: ``fn`` receives the site's ``[batch, seq, d_model]`` activation
+    (padding included) and returns its replacement, as an adapter hook does.
+    ``rows="tokens"``: ``fn`` receives only the real, non-BOS token rows ``[n, d_model]``
+    (the rows ``select="tokens"`` keeps) and returns ``[n, d_model]``; BOS and padding
+    are left as they are. A plain function passed as an edit means ``rows="all"``.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    rows: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.rows not in EDIT_ROWS:
+            raise InterlayerError(f"unknown edit rows {self.rows!r}; valid choices: {choices(EDIT_ROWS)}")
+
+
+def as_edit(value: Edit | SiteFn) -> Edit:
+    if isinstance(value, Edit):
+        return value
+    if not callable(value):
+        raise InterlayerError(f"an edit must be a function or an interlayer Edit, got {type(value).__name__}")
+    return Edit(value)
+
+
+def row_bytes(model: ModelAdapter, n_sites: int, dtype: torch.dtype, logits: bool) -> int:
+    """Device bytes one captured row costs (activations, logits, metadata)."""
+    return n_sites * model.d_model * dtype.itemsize + (model.vocab_size * 4 if logits else 0) + 32
+
+
+class Capture:
+    """Hooks writing each site's selected rows into preallocated device buffers."""
+
+    def __init__(self, model: ModelAdapter, sites: list[Site], dtype: torch.dtype, capacity: int, logits: bool,
+                 edits: Mapping[str, Edit] | None = None) -> None:
+        self.model = model
+        self.sites = sites
+        self.dtype = dtype
+        self.capacity = capacity
+        self.logits = logits
+        self.edits = dict(edits or {})
+        device = model.device
+        self.buffers = {s.name: torch.empty((capacity, model.d_model), dtype=dtype, device=device) for s in sites}
+        if logits:
+            self.buffers[LOGITS] = torch.empty((capacity, model.vocab_size), dtype=torch.float32, device=device)
+        self.meta: list[dict[str, torch.Tensor]] = []
+        self.fill = 0
+        self.sequences = 0
+        # The pass ends after the deepest read; logits are read at the final norm's output.
+        layers = [s.layer for s in sites] + ([model.n_layers] if logits else [])
+        if not layers:
+            raise InterlayerError("nothing to capture: give at least one site, or logits=True")
+        self.stop_layer = max(layers)
+
+    def run(self, batch: Batch, selector: Selector) -> int:
+        """Run one batch, appending its selected rows; returns how many."""
+        n = selector.n_rows
+        if self.fill + n > self.capacity:
+            raise InterlayerError(f"one batch selects {n} rows but the buffer holds {self.capacity}; "
+                                  "raise memory_mb or lower batch_size")
+        start, stop = self.fill, self.fill + n
+        hooks: dict[str, list[SiteFn]] = {}
+        token_rows = None
+        for name, edit in self.edits.items():
+            if edit.rows == "tokens" and token_rows is None:
+                token_rows = (batch.attention_mask.bool() & ~batch.bos).to(self.model.device)
+            hooks.setdefault(name, []).append(_apply_edit(edit, token_rows))
+
+        def writer(name: str) -> SiteFn:
+            def fn(x: torch.Tensor) -> None:
+                self.buffers[name][start:stop] = selector(x).to(self.dtype)
+
+            return fn
+
+        for site in self.sites:  # after the edits: a read at an edited site sees the edit
+            hooks.setdefault(site.name, []).append(writer(site.name))
+        if self.logits:
+            def unembed(normed: torch.Tensor) -> None:
+                self.buffers[LOGITS][start:stop] = self.model.head(selector(normed)).float()
+
+            hooks.setdefault("ln_final", []).append(unembed)
+        self.model.forward(batch.input_ids, batch.attention_mask, hooks=hooks, stop_after_layer=self.stop_layer)
+        self.meta.append(selector.meta)
+        self.fill = stop
+        self.sequences += int(batch.input_ids.shape[0])
+        return n
+
+    def take(self, rows: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+        """Copy out the filled rows (optionally only the first ``rows``) and the number
+        of sequences they came from, and reset."""
+        rows = self.fill if rows is None else min(rows, self.fill)
+        tensors = {k: v[:rows].to("cpu", copy=True) for k, v in self.buffers.items()}
+        meta = {k: torch.cat([m[k] for m in self.meta])[:rows] for k in self.meta[0]} if self.meta else {}
+        sequences = self.sequences
+        self.meta, self.fill, self.sequences = [], 0, 0
+        return tensors, meta, sequences
+
+
+def _apply_edit(edit: Edit, token_rows: torch.Tensor | None) -> SiteFn:
+    if edit.rows == "all":
+        return edit.fn
+
+    def on_tokens(x: torch.Tensor) -> torch.Tensor:
+        new = edit.fn(x[token_rows])
+        if not isinstance(new, torch.Tensor) or new.shape != (int(token_rows.sum()), x.shape[-1]):
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise InterlayerError(f"an edit with rows='tokens' must return [{int(token_rows.sum())}, {x.shape[-1]}], got {got}")
+        out = x.clone()
+        out[token_rows] = new.to(x.dtype)
+        return out
+
+    return on_tokens
+
+
+def check_edits(model: ModelAdapter, edits: Mapping[str, Any] | None) -> dict[str, Edit]:
+    """Validate edit sites (no wildcards) and values; keyed by canonical site name."""
+    out: dict[str, Edit] = {}
+    for name, value in (edits or {}).items():
+        site = model.site(name)
+        if site.name in out:
+            raise InterlayerError(f"two edits name the same site {site.name!r}; combine them into one function")
+        out[site.name] = as_edit(value)
+    return out
