@@ -33,7 +33,7 @@ from .activations import Activations, stream
 from .adapter import ModelAdapter
 from .capture import row_bytes
 from .options import check_options, option
-from .dtypes import DTYPE_CHOICES, dtype_name, parse_dtype
+from .dtypes import dtype_name, parse_dtype
 from .errors import CacheCorruptError, InterlayerError, UnknownSiteError, choices
 from .files import WriteError, check_writable, write_atomic, write_json_atomic
 from .inputs import data_fingerprint
@@ -57,7 +57,7 @@ class CacheOptions:
     tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
     context_length: int = option(128, "tokens per packed context, BOS included", min=2)
     batch_size: int = option(8, "contexts per forward pass", min=1)
-    dtype: str = option("float32", "dtype of the stored activations", choices=DTYPE_CHOICES)
+    dtype: str = option("float32", "dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
     disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ def check_writable(path: str | os.PathLike, *, flag: str = "--out", suffixes: tu
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise WriteError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise WriteError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable")
+    try:  # a real probe: permission bits say little to root, and nothing of read-only mounts
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise WriteError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable ({err.strerror or err})") from None
     return path

@@ -257,17 +257,60 @@ def load_model(
                 f"{text!r} is a directory but not a Hugging Face checkpoint (no config.json); "
                 f"embedded aliases: {choices(EMBEDDED)}"
             )
-        return _from_pretrained(str(path), text, device_, dtype_, trust_remote_code, local_only=True)
+        try:
+            return _from_pretrained(str(path), text, device_, dtype_, trust_remote_code, local_only=True)
+        except (OSError, ValueError) as err:
+            if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
+                raise
+            raise UnknownModelError(f"{text!r} is not a loadable Hugging Face checkpoint "
+                                    f"({type(err).__name__}: {_first_line(err)})") from err
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_hub_id:
         raise UnknownModelError(f"unknown model {text!r}: not an embedded alias, a checkpoint directory or a hub id "
                                 f"('org/name'); embedded aliases: {choices(EMBEDDED)}")
+    return _from_hub(text, device_, dtype_, trust_remote_code)
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now (``HF_HUB_OFFLINE`` is set, or its
+    host does not answer within ``timeout`` seconds), or ``None`` when it can."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE")
+    offline = flag.strip().upper() in ("1", "ON", "YES", "TRUE") if flag is not None else constants.HF_HUB_OFFLINE
+    if offline:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme != "http" else 80)
     try:
-        return _from_pretrained(text, text, device_, dtype_, trust_remote_code, local_only=False)
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host}:{port} does not answer ({err.strerror or type(err).__name__})"
+    return None
+
+
+def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> ModelAdapter:
+    """A hub model: from the local Hugging Face cache when the hub cannot be reached
+    (failing at once, in one line, instead of retrying), else fetched."""
+    reason = hub_unreachable()
+    try:
+        return _from_pretrained(hub_id, hub_id, device, dtype, trust_remote_code, local_only=reason is not None)
     except (OSError, ValueError) as err:
         if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
             raise
+        if reason is not None:
+            raise UnknownModelError(
+                f"{hub_id!r} is not in the local Hugging Face cache and the hub cannot be reached ({reason}); "
+                f"embedded aliases that need no network: {choices(EMBEDDED)}") from None
         raise UnknownModelError(
-            f"could not load {text!r} from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            f"embedded aliases that need no network: {choices(EMBEDDED)}"
-        ) from err
+            f"could not load {hub_id!r} from the Hugging Face hub ({type(err).__name__}: {_first_line(err)}); "
+            f"embedded aliases that need no network: {choices(EMBEDDED)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -9,6 +9,7 @@ from interlayer.probes.consistency import LABELS, label_probabilities, label_tok
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_consistency_on_coinflip(gemma):
     examples = load_examples("coinflip", 3)
     result = internal_consistency(gemma, examples, LABELS["coinflip"], paths=2, max_new_tokens=40, progress=False)

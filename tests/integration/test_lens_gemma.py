@@ -44,6 +44,7 @@ def test_latent_probabilities_equal_direct_computation(gemma):
                 assert got[i, layer] == pytest.approx(want, abs=1e-5, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_tuned_lens_at_init_equals_logit_lens_and_training_beats_it(gemma):
     acts = collect(gemma, str(SAMPLE_TEXT), "resid_post.*", context_length=64, limit=40, progress=False)
     train = acts.rows(acts.meta["sequence"] < 32)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +19,7 @@ def test_quickstart_notebook_runs(gemma):
         exec(compile("".join(cell["source"]), f"{NOTEBOOK.name}", "exec"), namespace)
     assert namespace["lens"].table().shape[0] == 18
     assert not (namespace["plain"] == namespace["steered"]).all()
+    assert not torch.equal(namespace["clean"]["logits"], namespace["steered_acts"]["logits"])
     assert len(namespace["similarity"]) == 18 and len(namespace["tokens"]) > 10
     assert namespace["latent"].n_words > 20
     assert set(namespace["alignment"].scores) == {"fra_Latn", "zho_Hans"}

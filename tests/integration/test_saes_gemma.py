@@ -55,8 +55,9 @@ def test_spliced_ce_on_gemma_equals_a_direct_hooked_computation(gemma):
             logits = gemma.model(ids).logits
         if handle:
             handle.remove()
-        logp = torch.log_softmax(logits[:, :-1].double(), -1)
-        return float(-logp.gather(-1, ids[:, 1:].unsqueeze(-1)).mean())
+        # every spliced (non-BOS) position that has a next token
+        logp = torch.log_softmax(logits[:, 1:-1].double(), -1)
+        return float(-logp.gather(-1, ids[:, 2:].unsqueeze(-1)).mean())
 
     clean, spliced, zero = ce(None), ce(lambda h: sae(h).x_hat), ce(torch.zeros_like)
     assert ev.spliced["ce_clean"] == pytest.approx(clean, rel=1e-4)
@@ -65,12 +66,13 @@ def test_spliced_ce_on_gemma_equals_a_direct_hooked_computation(gemma):
     assert zero > clean  # zero-ablating a middle residual stream hurts
 
 
+@pytest.mark.slow
 def test_sae_train_cli_streams_gemma_and_writes_the_outputs(tmp_path, capsys, gemma):
     out = tmp_path / "sae"
     code = cli.main(["sae", "train", "--model", "gemma-3-270m", "--site", "resid_post.6", "--arch", "topafa",
                      "--latents", "1280", "--tokens", "4096", "--batch-size", "256", "--data", str(SAMPLE_TEXT),
                      "--out", str(out), "--eval-tokens", "256", "--checkpoint-every", "8", "--no-progress",
-                     "--device", "cpu"])
+                     "--device", "cpu", "--memory-mb", "8"])  # streamed in small chunks: no more text than needed
     captured = capsys.readouterr()
     assert code == 0, captured.err
     metrics = json.loads((out / "metrics.json").read_text())

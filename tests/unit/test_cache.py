@@ -72,6 +72,7 @@ def test_interrupted_run_resumes_to_identical_shards(model, tmp_path):
     assert resumed.n_rows == full.n_rows
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_identical_shards(model, tmp_path):
     ckpt = tmp_path / "ckpt"
     model.model.save_pretrained(ckpt)

@@ -105,3 +105,46 @@ def test_never_decodes_more_rows_at_once_than_the_bound(monkeypatch):
     limit = dec.rows_per_chunk(with_reference=True)
     assert 1 < limit < 50 and max(seen) <= limit
     assert sum(seen) == 150  # every row once (reference rows are decoded once per chunk, beside these)
+
+
+def test_the_lens_contract():
+    """Any object with a name and transform(hidden, layer) is a lens; the logit lens is the default."""
+    from interlayer import LayerDecoder, Lens, LogitLens
+    from interlayer.lens import TunedLens
+
+    model = interlayer.load_model(make_tiny("llama"))
+    hidden = torch.randn(3, 5, model.d_model)
+    plain = LayerDecoder(model)
+    assert isinstance(plain.lens, LogitLens) and isinstance(plain.lens, Lens)
+
+    class Scaled:
+        name = "scaled"
+
+        def transform(self, h, layer):
+            return h * (layer + 1)
+
+    scaled = LayerDecoder(model, lens=Scaled()).decode(hidden, top_k=3, layers=[0, 1, 2])
+    direct = torch.stack([torch.log_softmax(model.unembed_resid(hidden[l] * (l + 1)).float(), -1) for l in range(3)])
+    assert torch.equal(scaled.topk_ids, direct.topk(3, dim=-1).indices)
+    with pytest.raises(interlayer.InterlayerError, match="a Lens"):
+        LayerDecoder(model, lens=object())
+    tuned = TunedLens.for_model(model)
+    with pytest.raises(interlayer.InterlayerError, match="needs the layer of each hidden state"):
+        LayerDecoder(model, lens=tuned).decode(hidden, top_k=1)
+    # an untrained tuned lens decodes exactly as the logit lens
+    same = LayerDecoder(model, lens=tuned).decode(hidden[:2], top_k=2, layers=[0, 1])
+    assert torch.equal(same.topk_ids, plain.decode(hidden[:2], top_k=2).topk_ids)
+
+
+def test_the_gradient_path_trains_through_the_frozen_head():
+    from interlayer import LayerDecoder
+    from interlayer.lens import TunedLens
+
+    model = interlayer.load_model(make_tiny("llama"))
+    lens = TunedLens.for_model(model)
+    decoder = LayerDecoder(model, lens=lens)
+    hidden = torch.randn(4, model.d_model)
+    assert decoder.log_probs(hidden, 0).grad_fn is None
+    loss = decoder.log_probs(hidden, 0, grad=True)[:, 5].sum()
+    loss.backward()
+    assert lens.translators["0"].weight.grad is not None and lens.translators["0"].weight.grad.abs().sum() > 0

@@ -1,0 +1,8 @@
+"""``python -m interlayer ...``: the same as the ``interlayer`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

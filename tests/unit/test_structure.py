@@ -1,0 +1,93 @@
+"""The architecture, checked from the imports alone: no import circles between files
+(lazy imports inside functions included), the core imports no method package (the
+command dispatcher aside), and no function grows past 80 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {"interlayer": "interlayer", "interlayer.lens": "lens", "interlayer.saes": "saes",
+            "interlayer.probes": "probes", "interlayer.steering": "steering"}
+METHODS = ("interlayer.lens", "interlayer.saes", "interlayer.probes", "interlayer.steering")
+DISPATCHER = "interlayer.cli"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package, folder in PACKAGES.items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every interlayer module ``name`` imports, at the top or inside functions."""
+    package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for target in targets:
+            while target and target not in modules:
+                target = target.rsplit(".", 1)[0] if "." in target else ""
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def test_no_import_circles_between_files():
+    graph = _graph()
+    # Importing a package's submodule runs the package's __init__ first; those edges are
+    # not written in the files, so only the written ones are followed.
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if nxt in PACKAGES and node.startswith(nxt + "."):
+                continue  # a module importing its own package's __init__ names is no circle of files
+            if state.get(nxt) == 1:
+                cycles.append(trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])
+    assert not cycles, cycles
+
+
+def test_the_core_imports_no_method_package():
+    graph = _graph()
+    offenders = {name: sorted(t for t in targets if t.startswith(METHODS))
+                 for name, targets in graph.items()
+                 if name.startswith("interlayer") and not name.startswith(METHODS) and name != DISPATCHER}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_no_function_longer_than_80_lines():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    long.append(f"{name}.{node.name}: {length} lines")
+    assert not long, long
