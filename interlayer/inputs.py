@@ -22,6 +22,7 @@ import torch
 
 from .adapter import ModelAdapter
 from .errors import InterlayerError, choices
+from .files import sha256_file
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet", ".devtest")
 
@@ -61,12 +62,10 @@ class Batch:
 
 def data_fingerprint(data: Any) -> str:
     """A sha256 that changes when the inputs change (file bytes, or the values given)."""
-    digest = hashlib.sha256()
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
-        with open(data, "rb") as handle:
-            while chunk := handle.read(8 * 2**20):
-                digest.update(chunk)
-    elif isinstance(data, torch.Tensor):
+        return sha256_file(data)
+    digest = hashlib.sha256()
+    if isinstance(data, torch.Tensor):
         digest.update(data.cpu().numpy().tobytes())
     elif hasattr(data, "_fingerprint"):
         digest.update(str(data._fingerprint).encode())

@@ -200,6 +200,10 @@ def test_store_inputs_are_checked(tmp_path):
         interlayer.collect(model, [[1, 5.0, 6]], "resid_post.0")
     with pytest.raises(InterlayerError, match="batch_size must be an integer of at least 1"):
         interlayer.collect(model, ["w5"], "resid_post.0", batch_size=0)
+    from interlayer.probes.consistency import load_examples
+
+    with pytest.raises(InterlayerError, match="n must be an integer of at least 2"):
+        load_examples("coinflip", -1)  # was: the first 99 questions
 
 
 # ------------------------------------------------------------- 8: the hub
