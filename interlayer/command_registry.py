@@ -20,7 +20,7 @@ from typing import Any
 from .errors import InterlayerError
 from .options import check_value, field_type, flag_name
 
-__all__ = ["COMMANDS", "Command", "build_parser", "command", "emit_json"]
+__all__ = ["COMMANDS", "Command", "build_parser", "command", "emit_json", "write_json_output"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,14 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
 def emit_json(payload: Any) -> None:
     """Print a JSON document to standard output."""
     print(json.dumps(payload, indent=2))
+
+
+def write_json_output(out: str | None, payload: Any) -> None:
+    """A command's ``--out FILE.json``: written atomically, then named on standard output."""
+    if out:
+        from pathlib import Path
+
+        from .files import write_json_atomic
+
+        write_json_atomic(Path(out), payload)
+        print(f"wrote {out}")

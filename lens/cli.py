@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from interlayer.command_registry import command
+from interlayer.command_registry import command, write_json_output
 from interlayer.config import LogitLensConfig
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable, write_atomic, write_json_atomic
+from interlayer.files import check_writable, write_atomic
 from interlayer.inputs import check_data_file
 
 from .config import LatentConfig, SaturationConfig, TuneConfig
@@ -90,9 +90,7 @@ def run_latent(cfg: LatentConfig) -> int:
           f"{result.n_overlap} dropped (token sets overlap)")
     print(result.to_frame()[["layer", "p_target", *[f"p_latent_{l}" for l in latents], "p_source", "entropy"]]
           .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if cfg.out:
-        write_json_atomic(Path(cfg.out), result.to_json())
-        print(f"wrote {cfg.out}")
+    write_json_output(cfg.out, result.to_json())
     return 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from interlayer.command_registry import command
-from interlayer.files import check_writable, write_json_atomic
+from interlayer.command_registry import command, write_json_output
+from interlayer.files import check_writable
 
 from .config import ConsistencyConfig, MexaConfig
 from .mexa import load_parallel, mexa
@@ -23,9 +21,7 @@ def run_mexa(cfg: MexaConfig) -> int:
     result = mexa(model, langs, n=cfg.n, pooling=cfg.pooling, data_dir=cfg.data, pivot=cfg.pivot,
                   batch_size=cfg.batch_size, progress=not cfg.no_progress)
     print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if cfg.out:
-        write_json_atomic(Path(cfg.out), result.to_json())
-        print(f"wrote {cfg.out}")
+    write_json_output(cfg.out, result.to_json())
     return 0
 
 
@@ -48,7 +44,5 @@ def run_consistency(cfg: ConsistencyConfig) -> int:
     payload = result.to_json()
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"AUROC of IC (correct vs incorrect paths): {payload['auroc']}; path accuracy {payload['path_accuracy']:.3f}")
-    if cfg.out:
-        write_json_atomic(Path(cfg.out), payload)
-        print(f"wrote {cfg.out}")
+    write_json_output(cfg.out, payload)
     return 0
