@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "interlayer.lens.cli",
     "interlayer.probes.cli",
     "interlayer.saes.cli",
+    "interlayer.steering.cli",
 )
 """The modules whose import registers the built-in commands."""
 

@@ -21,7 +21,9 @@ def test_wheel_installs_and_imports_every_subpackage(tmp_path):
     for data in ("interlayer/data/sample_text.txt", "interlayer/data/SAMPLE_TEXT_SOURCE.txt",
                  "interlayer/lens/data/words.json", "interlayer/lens/data/cloze.json",
                  "interlayer/probes/data/flores200/fra_Latn.devtest", "interlayer/probes/data/flores200/LICENSE-CC-BY-SA.txt",
-                 "interlayer/probes/data/reasoning/coinflip.jsonl", "interlayer/probes/data/reasoning/SOURCE.txt"):
+                 "interlayer/probes/data/reasoning/coinflip.jsonl", "interlayer/probes/data/reasoning/SOURCE.txt",
+                 "interlayer/steering/data/caa-refusal.test.json", "interlayer/steering/data/persona-openness.jsonl",
+                 "interlayer/steering/data/power_seeking.jsonl", "interlayer/steering/data/SOURCE.txt"):
         assert data in names, data
     for sub in SUBPACKAGES:
         assert f"interlayer/{sub}/__init__.py" in names
@@ -31,6 +33,7 @@ def test_wheel_installs_and_imports_every_subpackage(tmp_path):
                    check=True, capture_output=True)
     code = ("import interlayer, interlayer.lens, interlayer.saes, interlayer.probes, interlayer.steering, sys;"
             "from interlayer.probes.consistency import load_examples; assert len(load_examples('coinflip', 3)) == 3;"
+            "from interlayer.steering import load_pairs; assert len(load_pairs('caa:refusal', 'test')) == 50;"
             "print(interlayer.__file__); print(interlayer.lens.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
                          check=True, capture_output=True, text=True).stdout.splitlines()

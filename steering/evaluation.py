@@ -1,0 +1,225 @@
+"""Does a steering vector move behaviour, and what does it cost? All passes go through
+the activation store with the steering as edits (``collect(..., edits=...)``), one forward
+per batch of prompts per cell.
+
+* **Behaviour**: each A/B (or Yes/No) item is scored where its two answers first differ:
+  the prompt is the question followed by the answers' shared start, and
+  ``P(matching) = softmax(z_matching, z_not)[0]`` over the two answer tokens at the last
+  position. The shift is ``mean_i P_steered(matching) - mean_i P_unsteered(matching)``.
+* **Random baseline**: at every cell, a random direction (seeded per layer) of the same
+  norm as the vector's, with the same coefficient.
+* **Capability cost** (within-run Δ, the seed paper's protocol): perplexity of held-out
+  text, ``exp(mean next-token CE)``, steered minus unsteered, in the same run.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
+
+from interlayer.activations import collect, stream
+from interlayer.adapter import ModelAdapter
+from interlayer.errors import InterlayerError
+from interlayer.seeding import epoch_seed
+
+from .datasets import ContrastPair, load_pairs
+from .inject import steer
+from .vectors import SteeringVector, _joined
+
+
+@dataclass
+class AnswerPrompts:
+    """The scored prompts of a set of contrast pairs."""
+
+    prompts: list[list[int]]
+    """Token ids: the question and the answers' shared start (e.g. ``" ("``)."""
+    matching: list[int]
+    """The first token where the matching answer differs."""
+    not_matching: list[int]
+
+
+def answer_prompts(model: ModelAdapter, pairs: Sequence[ContrastPair]) -> AnswerPrompts:
+    """Where each pair's two answers part: the shared prefix of question + answer, and the
+    first token of each answer after it."""
+    if model.tokenizer is None:
+        raise InterlayerError(f"{model.name} has no tokenizer; steering data is text")
+    prompts, matching, other = [], [], []
+    for number, pair in enumerate(pairs):
+        a = list(model.tokenizer(pair.question + _joined(pair.matching)).input_ids)
+        b = list(model.tokenizer(pair.question + _joined(pair.not_matching)).input_ids)
+        shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        if shared >= min(len(a), len(b)) or shared == 0:
+            raise InterlayerError(f"pair {number}: one answer is a prefix of the other ({pair.matching!r}, "
+                                  f"{pair.not_matching!r}); they cannot be told apart by one token")
+        prompts.append(a[:shared])
+        matching.append(a[shared])
+        other.append(b[shared])
+    return AnswerPrompts(prompts, matching, other)
+
+
+def p_matching(model: ModelAdapter, prompts: AnswerPrompts, edits: dict[str, Any] | None = None,
+               batch_size: int = 8) -> np.ndarray:
+    """``[n]`` P(matching) over the two answer tokens, with optional store edits."""
+    acts = collect(model, prompts.prompts, [], select="last", logits=True, edits=edits, batch_size=batch_size,
+                   progress=False)
+    logits = acts["logits"]
+    rows = torch.arange(len(prompts.prompts))
+    pair = torch.stack([logits[rows, prompts.matching], logits[rows, prompts.not_matching]], -1).double()
+    return torch.softmax(pair, -1)[:, 0].numpy()
+
+
+def perplexity(model: ModelAdapter, text: Any, edits: dict[str, Any] | None = None, *, tokens: int = 512,
+               context_length: int = 128, batch_size: int = 4) -> float:
+    """``exp`` of the mean next-token cross-entropy over ``tokens`` tokens of ``text``
+    (packed contexts), streamed chunk by chunk, with optional store edits."""
+    context_length = min(context_length, model.max_positions)
+    limit = max(1, math.ceil(tokens / (context_length - 1)))
+    total, count = 0.0, 0
+    for acts in stream(model, text, [], logits=True, context_length=context_length, limit=limit, batch_size=batch_size,
+                       edits=edits, progress=False):
+        targets, has_next = acts.next_tokens()
+        logp = torch.log_softmax(acts["logits"][has_next].double(), -1)
+        total += float(-logp.gather(-1, targets[has_next, None]).sum())
+        count += int(has_next.sum())
+    if count == 0:
+        raise InterlayerError("the perplexity text produced no tokens")
+    return math.exp(total / count)
+
+
+def random_like(vector: SteeringVector, layer: int, seed: int = 0) -> SteeringVector:
+    """A random direction with the norm of ``vector``'s at ``layer`` (seeded by ``seed`` and the layer)."""
+    g = torch.Generator().manual_seed(epoch_seed(seed, layer))
+    r = torch.randn(vector.d_model, generator=g)
+    r = r / r.norm() * vector[layer].norm()
+    return SteeringVector({layer: r}, site=vector.site, method="random", model=vector.model, dataset="random")
+
+
+@dataclass
+class SweepResult:
+    """Behaviour shift, the random baseline and Δ perplexity over layers × coefficients."""
+
+    model: str
+    dataset: str
+    layers: list[int]
+    coefs: list[float]
+    base: float
+    """Mean P(matching) without steering."""
+    shift: np.ndarray
+    """``[layers, coefs]`` mean P(matching) steered minus unsteered."""
+    random_shift: np.ndarray
+    delta_perplexity: np.ndarray
+    base_perplexity: float
+    n: int
+    max_perplexity_ratio: float = 1.5
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The cell with the largest shift whose perplexity stays within ``max_perplexity_ratio``
+        of the unsteered one (the largest shift overall if none does)."""
+        ok = (self.base_perplexity + self.delta_perplexity) <= self.max_perplexity_ratio * self.base_perplexity
+        score = np.where(ok, self.shift, -np.inf) if ok.any() else self.shift
+        i, j = np.unravel_index(int(np.argmax(score)), score.shape)
+        return {"layer": self.layers[i], "coef": self.coefs[j], "shift": float(self.shift[i, j]),
+                "random_shift": float(self.random_shift[i, j]), "delta_perplexity": float(self.delta_perplexity[i, j]),
+                "within_perplexity_bound": bool(ok[i, j])}
+
+    def to_json(self) -> dict[str, Any]:
+        """The schema of ``interlayer steer sweep --out``: rows are layers, columns coefficients."""
+        best = self.best
+        return {"model": self.model, "dataset": self.dataset, "layers": self.layers, "coefs": self.coefs,
+                "base": self.base, "shift": self.shift.tolist(), "random_shift": self.random_shift.tolist(),
+                "delta_perplexity": self.delta_perplexity.tolist(), "best": {"layer": best["layer"], "coef": best["coef"]},
+                "base_perplexity": self.base_perplexity, "n": self.n, "best_cell": best,
+                "max_perplexity_ratio": self.max_perplexity_ratio}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, coef)."""
+        rows = [{"layer": l, "coef": c, "shift": float(self.shift[i, j]), "random_shift": float(self.random_shift[i, j]),
+                 "delta_perplexity": float(self.delta_perplexity[i, j])}
+                for i, l in enumerate(self.layers) for j, c in enumerate(self.coefs)]
+        return pd.DataFrame(rows)
+
+    def plot(self) -> go.Figure:
+        """Heatmaps of the shift, the random shift and Δ perplexity; the best cell is marked."""
+        titles = ("shift in P(matching)", "random direction, same norm", "Δ perplexity")
+        fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)
+        x = [f"{c:g}" for c in self.coefs]
+        y = [str(l) for l in self.layers]
+        limit = float(max(np.abs(self.shift).max(), np.abs(self.random_shift).max(), 1e-6))
+        for col, (z, scale) in enumerate(((self.shift, "RdBu"), (self.random_shift, "RdBu"),
+                                          (self.delta_perplexity, "Reds")), 1):
+            kwargs = {"zmin": -limit, "zmax": limit} if col < 3 else {}
+            fig.add_trace(go.Heatmap(z=z, x=x, y=y, colorscale=scale, showscale=col != 2, texttemplate="%{z:.3f}",
+                                     colorbar={"x": 0.62 if col == 1 else 1.0, "len": 0.8}, **kwargs), 1, col)
+        best = self.best
+        fig.add_trace(go.Scatter(x=[f"{best['coef']:g}"], y=[str(best["layer"])], mode="markers", showlegend=False,
+                                 marker={"symbol": "star", "size": 14, "color": "black"}, name="best"), 1, 1)
+        fig.update_xaxes(title_text="coefficient")
+        fig.update_yaxes(title_text="layer", col=1)
+        fig.update_layout(title=html.escape(f"Steering sweep: {self.dataset} on {self.model} (n={self.n}, "
+                                            f"base P(matching) {self.base:.3f})"))
+        return fig
+
+
+def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layers: Sequence[int],
+          coefs: Sequence[float], *, n: int | None = 50, split: str = "test", seed: int = 0, perplexity_text: Any = None,
+          perplexity_tokens: int = 512, batch_size: int = 8, max_perplexity_ratio: float = 1.5,
+          progress: bool = True) -> SweepResult:
+    """Sweep ``layers`` × ``coefs``: behaviour shift, random-direction shift and Δ perplexity
+    per cell, each one batched store pass (see the module docstring)."""
+    from interlayer.loading import SAMPLE_TEXT
+
+    vector.check_model(model)
+    if not layers or not coefs:
+        raise InterlayerError("a sweep needs at least one layer and one coefficient")
+    for layer in layers:
+        vector[layer]
+    pairs = load_pairs(dataset, split, n) if isinstance(dataset, str) else list(dataset)[:n]
+    prompts = answer_prompts(model, pairs)
+    text = perplexity_text if perplexity_text is not None else str(SAMPLE_TEXT)
+    base_p = p_matching(model, prompts, batch_size=batch_size)
+    base_ppl = perplexity(model, text, tokens=perplexity_tokens)
+    shape = (len(layers), len(coefs))
+    shift, random_shift, delta_ppl = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    bar = tqdm(total=shape[0] * shape[1], desc="steering sweep", unit="cell", disable=not progress)
+    try:
+        for i, layer in enumerate(layers):
+            rand = random_like(vector, layer, seed)
+            for j, coef in enumerate(coefs):
+                edits = steer(model, vector, coef, layers=[layer]).edits()
+                shift[i, j] = float(np.mean(p_matching(model, prompts, edits, batch_size) - base_p))
+                random_shift[i, j] = float(np.mean(p_matching(model, prompts, steer(model, rand, coef).edits(),
+                                                              batch_size) - base_p))
+                delta_ppl[i, j] = perplexity(model, text, edits, tokens=perplexity_tokens) - base_ppl
+                bar.update(1)
+    finally:
+        bar.close()
+    name = dataset if isinstance(dataset, str) else "custom"
+    return SweepResult(model.name, name, list(layers), [float(c) for c in coefs], float(base_p.mean()), shift,
+                       random_shift, delta_ppl, base_ppl, len(pairs), max_perplexity_ratio)
+
+
+def generate(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of ``prompt`` (attach a :func:`steer` handle to steer it)."""
+    if model.tokenizer is None:
+        raise InterlayerError(f"{model.name} has no tokenizer")
+    batch = model.tokenize(prompt)
+    ids = batch["input_ids"].to(model.device)
+    with torch.no_grad():
+        out = model.model.generate(input_ids=ids, attention_mask=batch["attention_mask"].to(model.device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.pad_token_id)
+    return model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+__all__ = ["AnswerPrompts", "SweepResult", "answer_prompts", "generate", "p_matching", "perplexity", "random_like",
+           "sweep"]
