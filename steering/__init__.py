@@ -10,12 +10,13 @@
 * :class:`SteeringVector` saves as safetensors and as llama.cpp control-vector GGUF.
 """
 
+from .capability import Calibration, calibrate, capability_cost, choice_accuracy, fluency, stability
 from .datasets import ContrastPair, dataset_names, load_pairs
 from .evaluation import SweepResult, answer_prompts, p_matching, perplexity, sweep
 from .gguf_io import from_gguf, to_gguf
 from .inject import Injection, Steering, steer
 from .vectors import SteeringVector, purify, train_vectors
 
-__all__ = ["ContrastPair", "Injection", "Steering", "SteeringVector", "SweepResult", "answer_prompts", "dataset_names",
+__all__ = ["Calibration", "ContrastPair", "calibrate", "capability_cost", "choice_accuracy", "fluency", "stability", "Injection", "Steering", "SteeringVector", "SweepResult", "answer_prompts", "dataset_names",
            "from_gguf", "load_pairs", "p_matching", "perplexity", "purify", "steer", "sweep", "to_gguf",
            "train_vectors"]

@@ -63,7 +63,8 @@ def run_train(cfg: SteerTrainConfig) -> int:
     check_writable(cfg.out, suffixes=(".safetensors",))
     model = cfg.load()
     vector = train_vectors(model, cfg.dataset, layers, method=cfg.method, site=cfg.site, read=cfg.read,
-                           normalize=not cfg.raw, n=cfg.n, batch_size=cfg.batch_size, progress=not cfg.no_progress)
+                           normalize=not cfg.raw, n=cfg.n, chat=cfg.chat, batch_size=cfg.batch_size,
+                           progress=not cfg.no_progress)
     vector.extra["model_type"] = model.model_type
     vector.save(cfg.out)
     print(vector.norms().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -112,10 +113,11 @@ def run_sweep(cfg: SteerSweepConfig) -> int:
         vector = load_vector(cfg.vector, model)
     else:
         vector = train_vectors(model, cfg.dataset, "all" if layers in (None, "all") else layers, n=cfg.train_n,
-                               progress=not cfg.no_progress)
+                               normalize=False, chat=cfg.chat, progress=not cfg.no_progress)
     chosen = vector.layers if layers in (None, "all") else layers
     result = sweep(model, vector, cfg.dataset, chosen, coefs, n=cfg.n, seed=cfg.seed,
-                   perplexity_tokens=cfg.perplexity_tokens, batch_size=cfg.batch_size, progress=not cfg.no_progress)
+                   perplexity_tokens=cfg.perplexity_tokens, batch_size=cfg.batch_size, chat=cfg.chat,
+                   progress=not cfg.no_progress)
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     best = result.best
     print(f"base P(matching) {result.base:.3f}; best cell: layer {best['layer']}, coef {best['coef']:g} "

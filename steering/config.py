@@ -23,6 +23,7 @@ class SteerTrainConfig(ModelOptions):
     read: str = option("last", "where each text is read: last token, the answer's letter token, or mean over the answer",
                        choices=READS)
     raw: bool = option(False, "keep each direction's own length instead of normalising it to 1")
+    chat: bool = option(False, "ask each question through the model's chat template (instruct models)")
     n: int | None = option(None, "use the first n pairs (default: all)", min=2)
     batch_size: int = option(8, "texts per forward pass", min=1)
     out: str = option(None, "the vector file (.safetensors)", required=True, suffixes=(".safetensors",))
@@ -48,12 +49,14 @@ class SteerSweepConfig(ModelOptions):
     """Sweep layers x coefficients: behaviour shift, a random direction of the same norm, and Δ perplexity."""
 
     dataset: str = option("persona:agreeableness", "the evaluation pairs: its test split (CAA's own; otherwise every third item, never trained on)")
-    vector: str | None = option(None, "a saved vector (default: train a mean_diff vector on the dataset first)")
+    vector: str | None = option(None, "a saved vector (default: train a raw mean_diff vector on the dataset's generate "
+                                      "split first, so coefficients are multiples of the mean difference, as CAA)")
     layers: str = option("all", "comma-separated layers, or 'all' (of the vector)")
-    coefs: str = option("-8,-4,0,4,8", "comma-separated coefficients (write --coefs=-8,8 when the first is negative)")
+    coefs: str = option("-4,-2,2,4", "comma-separated coefficients (write --coefs=-4,4 when the first is negative)")
     n: int = option(50, "evaluation pairs", min=1)
     train_n: int = option(200, "pairs the vector is trained on when --vector is not given", min=2)
     seed: int = option(0, "seed of the random directions")
+    chat: bool = option(False, "ask each question through the model's chat template (instruct models)")
     perplexity_tokens: int = option(512, "tokens of held-out text (the packaged sample) for the perplexity cost", min=16)
     batch_size: int = option(8, "prompts per forward pass", min=1)
     out: str = option(None, "write the sweep JSON here", required=True, suffixes=(".json",))

@@ -34,7 +34,7 @@ from interlayer.seeding import epoch_seed
 
 from .datasets import ContrastPair, load_pairs
 from .inject import steer
-from .vectors import SteeringVector, _joined
+from .vectors import SteeringVector, _joined, encode, prompt_text
 
 
 @dataclass
@@ -48,15 +48,14 @@ class AnswerPrompts:
     not_matching: list[int]
 
 
-def answer_prompts(model: ModelAdapter, pairs: Sequence[ContrastPair]) -> AnswerPrompts:
+def answer_prompts(model: ModelAdapter, pairs: Sequence[ContrastPair], chat: bool = False) -> AnswerPrompts:
     """Where each pair's two answers part: the shared prefix of question + answer, and the
-    first token of each answer after it."""
-    if model.tokenizer is None:
-        raise InterlayerError(f"{model.name} has no tokenizer; steering data is text")
+    first token of each answer after it (``chat``: the question in the chat template)."""
     prompts, matching, other = [], [], []
     for number, pair in enumerate(pairs):
-        a = list(model.tokenizer(pair.question + _joined(pair.matching)).input_ids)
-        b = list(model.tokenizer(pair.question + _joined(pair.not_matching)).input_ids)
+        prompt = prompt_text(model, pair.question, chat)
+        a = encode(model, prompt + _joined(pair.matching, chat), chat)
+        b = encode(model, prompt + _joined(pair.not_matching, chat), chat)
         shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         if shared >= min(len(a), len(b)) or shared == 0:
             raise InterlayerError(f"pair {number}: one answer is a prefix of the other ({pair.matching!r}, "
@@ -88,8 +87,10 @@ def perplexity(model: ModelAdapter, text: Any, edits: dict[str, Any] | None = No
     for acts in stream(model, text, [], logits=True, context_length=context_length, limit=limit, batch_size=batch_size,
                        edits=edits, progress=False):
         targets, has_next = acts.next_tokens()
-        logp = torch.log_softmax(acts["logits"][has_next].double(), -1)
-        total += float(-logp.gather(-1, targets[has_next, None]).sum())
+        logits = acts["logits"][has_next]
+        # CE = logsumexp(z) - z[target]: one pass over the vocabulary, no log-softmax tensor
+        ce = torch.logsumexp(logits, -1) - logits.gather(-1, targets[has_next, None])[:, 0]
+        total += float(ce.double().sum())
         count += int(has_next.sum())
     if count == 0:
         raise InterlayerError("the perplexity text produced no tokens")
@@ -174,7 +175,7 @@ class SweepResult:
 def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layers: Sequence[int],
           coefs: Sequence[float], *, n: int | None = 50, split: str = "test", seed: int = 0, perplexity_text: Any = None,
           perplexity_tokens: int = 512, batch_size: int = 8, max_perplexity_ratio: float = 1.5,
-          progress: bool = True) -> SweepResult:
+          chat: bool = False, progress: bool = True) -> SweepResult:
     """Sweep ``layers`` × ``coefs``: behaviour shift, random-direction shift and Δ perplexity
     per cell, each one batched store pass (see the module docstring)."""
     from interlayer.loading import SAMPLE_TEXT
@@ -185,7 +186,7 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
     for layer in layers:
         vector[layer]
     pairs = load_pairs(dataset, split, n) if isinstance(dataset, str) else list(dataset)[:n]
-    prompts = answer_prompts(model, pairs)
+    prompts = answer_prompts(model, pairs, chat)
     text = perplexity_text if perplexity_text is not None else str(SAMPLE_TEXT)
     base_p = p_matching(model, prompts, batch_size=batch_size)
     base_ppl = perplexity(model, text, tokens=perplexity_tokens)

@@ -137,23 +137,43 @@ class SteeringVector:
 
 
 # ---------------------------------------------------------------- reading
-def pair_texts(model: ModelAdapter, pairs: Sequence[ContrastPair]) -> tuple[list[list[int]], list[list[int]], list[int]]:
-    """Token ids of question + matching and question + non-matching answer, and where each
-    answer starts (the length of the tokenised question)."""
+def prompt_text(model: ModelAdapter, question: str, chat: bool = False) -> str:
+    """The text a question is asked as: the question itself, or with ``chat`` the model's
+    chat template around it as a user turn, ending where the assistant's answer begins."""
     if model.tokenizer is None:
         raise InterlayerError(f"{model.name} has no tokenizer; steering data is text")
-    tok = model.tokenizer
+    if not chat:
+        return question
+    if not getattr(model.tokenizer, "chat_template", None):
+        raise InterlayerError(f"{model.name}'s tokenizer has no chat template; use the plain format (chat=False)")
+    return model.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                               add_generation_prompt=True)
+
+
+def encode(model: ModelAdapter, text: str, chat: bool = False) -> list[int]:
+    """Token ids of a prompt text (special tokens added unless the chat template wrote them)."""
+    return list(model.tokenizer(text, add_special_tokens=not chat).input_ids)
+
+
+def pair_texts(model: ModelAdapter, pairs: Sequence[ContrastPair],
+               chat: bool = False) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """Token ids of question + matching and question + non-matching answer, and where each
+    answer starts (the length of the tokenised question)."""
     pos, neg, starts = [], [], []
     for pair in pairs:
-        question = list(tok(pair.question).input_ids)
-        pos.append(list(tok(pair.question + _joined(pair.matching)).input_ids))
-        neg.append(list(tok(pair.question + _joined(pair.not_matching)).input_ids))
+        prompt = prompt_text(model, pair.question, chat)
+        question = encode(model, prompt, chat)
+        pos.append(encode(model, prompt + _joined(pair.matching, chat), chat))
+        neg.append(encode(model, prompt + _joined(pair.not_matching, chat), chat))
         starts.append(min(len(question), len(pos[-1]) - 1, len(neg[-1]) - 1))
     return pos, neg, starts
 
 
-def _joined(answer: str) -> str:
-    """An answer as it follows its question: after a space unless it brings its own."""
+def _joined(answer: str, chat: bool = False) -> str:
+    """An answer as it follows its question: after a space unless it brings its own (in a
+    chat template the answer opens the assistant's turn, with no space)."""
+    if chat:
+        return answer.strip()
     return answer if answer[:1].isspace() else " " + answer
 
 
@@ -218,10 +238,12 @@ def direction(pos: torch.Tensor, neg: torch.Tensor, method: str, normalize: bool
 
 def train_vectors(model: ModelAdapter, dataset: str | Sequence[ContrastPair], layers: Sequence[int] | str = "all", *,
                   method: str = "mean_diff", site: str = "resid_post", read: str = "last", normalize: bool = True,
-                  n: int | None = None, batch_size: int = 8, progress: bool = True) -> SteeringVector:
+                  n: int | None = None, chat: bool = False, batch_size: int = 8,
+                  progress: bool = True) -> SteeringVector:
     """Steering vectors at ``layers`` of ``site`` from a dataset name (see
     :mod:`interlayer.steering.datasets`) or a list of :class:`ContrastPair`; one store pass
-    reads every layer. See the module docstring for the methods."""
+    reads every layer. See the module docstring for the methods. With ``chat`` each
+    question is asked through the model's chat template (instruct models)."""
     if method not in METHODS:
         raise InterlayerError(f"unknown method {method!r}; valid methods: {choices(METHODS)}")
     if read not in READS:
@@ -236,14 +258,15 @@ def train_vectors(model: ModelAdapter, dataset: str | Sequence[ContrastPair], la
     if len(pairs) < 2:
         raise InterlayerError(f"need at least 2 contrast pairs, got {len(pairs)}")
     check_balance(pairs)
-    pos_ids, neg_ids, starts = pair_texts(model, pairs)
+    pos_ids, neg_ids, starts = pair_texts(model, pairs, chat)
     sites = [f"{site}.{l}" for l in layer_list]
     acts = read_activations(model, pos_ids + neg_ids, starts + starts, sites, read, batch_size, progress)
     n_pairs = len(pairs)
     directions = {layer: direction(acts[i, :n_pairs], acts[i, n_pairs:], method, normalize)
                   for i, layer in enumerate(layer_list)}
     return SteeringVector(directions, site=site, method=method, read=read, normalized=normalize, model=model.name,
-                          weights_sha256=model.weights_sha256(), dataset=name, n_pairs=n_pairs)
+                          weights_sha256=model.weights_sha256(), dataset=name, n_pairs=n_pairs,
+                          extra={"chat": chat})
 
 
 # ---------------------------------------------------------------- purify

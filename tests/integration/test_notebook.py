@@ -23,3 +23,16 @@ def test_quickstart_notebook_runs(gemma):
     assert len(namespace["similarity"]) == 18 and len(namespace["tokens"]) > 10
     assert namespace["latent"].n_words > 20
     assert set(namespace["alignment"].scores) == {"fra_Latn", "zho_Hans"}
+
+
+@pytest.mark.slow
+def test_steering_notebook_runs(gemma):
+    path = NOTEBOOK.parent / "steering.ipynb"
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for cell in cells:
+        exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
+    assert namespace["vector"].layers == [4, 8, 12]
+    assert namespace["result"].shift.shape == (3, 3) and namespace["result"].best["layer"] in (4, 8, 12)
+    assert abs(float(namespace["pure"][8] @ namespace["other"][8])) < 1e-3 * float(namespace["other"][8].norm())
+    assert namespace["back"].layers == [4, 8, 12]

@@ -1,0 +1,205 @@
+"""What steering costs, measured within one run (the seed paper's protocol: every metric
+steered and unsteered, same data, same decoding, reported as a difference), and the
+paper's strength calibration.
+
+* **Multiple choice**: SWAG continuations (packaged subset): each ending scored by its
+  mean token log-probability after the start phrase; accuracy = argmax is the gold one.
+* **Fluency** of steered generations: greedy continuations of neutral prompts, steered,
+  scored by their perplexity under the *unsteered* model; ``fluency = min(1, ppl_plain /
+  ppl_steered)`` with the unsteered model's own continuations as ``ppl_plain`` (1 = as
+  fluent as unsteered). This is this project's reading of the paper's fluency score.
+* **Stability** (Handa et al. 2025): each Δ normalised by its benchmark's range;
+  consistency = 1 / (1 + Var(Δ)), disruption = 1 / (1 + mean |Δ|), stability = their product.
+* **Calibration**: the paper searches the strength maximising trait shift subject to
+  fluency >= 0.9; :func:`calibrate` does it on a grid, then once more between the best
+  grid point's neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interlayer.activations import collect
+from interlayer.adapter import ModelAdapter
+from interlayer.errors import InterlayerError
+
+from .datasets import ContrastPair, load_pairs
+from .evaluation import answer_prompts, generate, p_matching
+from .inject import steer
+from .vectors import SteeringVector
+
+NEUTRAL_PROMPTS = ("The weather today is", "My favourite book is about", "In the morning I usually",
+                   "The city is known for", "Here is a short story:", "The most important thing about cooking is")
+
+
+def load_swag(n: int | None = 100) -> list[dict[str, Any]]:
+    """The packaged SWAG subset: ``{"startphrase", "choices", "answer"}`` items."""
+    text = resources.files("interlayer.steering").joinpath("data/swag.jsonl").read_text(encoding="utf-8")
+    items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return items[:n]
+
+
+def choice_accuracy(model: ModelAdapter, items: Sequence[dict[str, Any]], edits: dict[str, Any] | None = None,
+                    batch_size: int = 8) -> float:
+    """Multiple-choice accuracy: each ending's mean log-probability after its start phrase,
+    one store pass over every (start, ending) text."""
+    tok = model.tokenizer
+    texts, positions, targets, owner = [], [], [], []
+    for q, item in enumerate(items):
+        start = list(tok(item["startphrase"]).input_ids)
+        for choice in item["choices"]:
+            ids = list(tok(item["startphrase"] + " " + choice).input_ids)
+            k = min(len(start), len(ids) - 1)
+            texts.append(ids)
+            positions.append(list(range(k - 1, len(ids) - 1)))  # each predicts the next ending token
+            targets.append(ids[k:])
+            owner.append(q)
+    acts = collect(model, texts, [], select="positions", positions=positions, logits=True, edits=edits,
+                   batch_size=batch_size, progress=False)
+    logp = torch.log_softmax(acts["logits"].double(), -1)
+    flat = torch.tensor([t for row in targets for t in row])
+    picked = logp.gather(-1, flat[:, None])[:, 0]
+    seq = acts.meta["sequence"]
+    scores = torch.zeros(len(texts), dtype=torch.float64).index_add_(0, seq, picked)
+    scores /= torch.bincount(seq, minlength=len(texts)).clamp_min(1)
+    correct, start = 0, 0
+    for q, item in enumerate(items):
+        n = len(item["choices"])
+        correct += int(int(scores[start:start + n].argmax()) == int(item["answer"]))
+        start += n
+    return correct / len(items)
+
+
+def text_perplexity(model: ModelAdapter, texts: Sequence[str], prompts: Sequence[str]) -> float:
+    """Perplexity of the continuations ``texts`` after ``prompts`` under the model as it
+    is now (attach no steering to score with the unsteered model)."""
+    tok = model.tokenizer
+    ids, positions, targets = [], [], []
+    for prompt, text in zip(prompts, texts):
+        start = list(tok(prompt).input_ids)
+        full = list(tok(prompt + text).input_ids)
+        if len(full) <= len(start):
+            continue
+        ids.append(full)
+        positions.append(list(range(len(start) - 1, len(full) - 1)))
+        targets.extend(full[len(start):])
+    if not ids:
+        raise InterlayerError("the generations are empty; nothing to score")
+    acts = collect(model, ids, [], select="positions", positions=positions, logits=True, progress=False)
+    logp = torch.log_softmax(acts["logits"].double(), -1)
+    ce = -logp.gather(-1, torch.tensor(targets)[:, None])[:, 0]
+    return math.exp(float(ce.mean()))
+
+
+def plain_fluency_baseline(model: ModelAdapter, prompts: Sequence[str] = NEUTRAL_PROMPTS,
+                           max_new_tokens: int = 24) -> float:
+    """Perplexity of the unsteered model's own greedy continuations: fluency's reference."""
+    return text_perplexity(model, [generate(model, p, max_new_tokens) for p in prompts], prompts)
+
+
+def fluency(model: ModelAdapter, vector: SteeringVector, coef: float, layers: Sequence[int] | None = None, *,
+            prompts: Sequence[str] = NEUTRAL_PROMPTS, max_new_tokens: int = 24,
+            baseline: float | None = None) -> dict[str, float]:
+    """Fluency of steered greedy generations (module docstring): the perplexities of the
+    plain and steered continuations under the unsteered model, and their ratio, capped at 1.
+    ``baseline``: the plain perplexity when already known (:func:`plain_fluency_baseline`)."""
+    ppl_plain = baseline if baseline is not None else plain_fluency_baseline(model, prompts, max_new_tokens)
+    with steer(model, vector, coef, layers=layers):
+        steered = [generate(model, p, max_new_tokens) for p in prompts]
+    ppl_steered = text_perplexity(model, steered, prompts)
+    return {"ppl_plain": ppl_plain, "ppl_steered": ppl_steered, "fluency": min(1.0, ppl_plain / ppl_steered)}
+
+
+def capability_cost(model: ModelAdapter, vector: SteeringVector, coef: float, layers: Sequence[int] | None = None, *,
+                    text: Any = None, perplexity_tokens: int = 512, swag: int = 100) -> dict[str, float]:
+    """Within-run capability deltas of one steering setting: perplexity of held-out text,
+    SWAG accuracy and fluency, steered minus unsteered, and the stability score over the
+    two benchmark deltas (perplexity normalised by the unsteered perplexity, accuracy by 1)."""
+    from interlayer.loading import SAMPLE_TEXT
+
+    from .evaluation import perplexity
+
+    text = text if text is not None else str(SAMPLE_TEXT)
+    edits = steer(model, vector, coef, layers=layers).edits()
+    items = load_swag(swag)
+    ppl0, ppl1 = perplexity(model, text, tokens=perplexity_tokens), perplexity(model, text, edits, tokens=perplexity_tokens)
+    acc0, acc1 = choice_accuracy(model, items), choice_accuracy(model, items, edits)
+    flu = fluency(model, vector, coef, layers)
+    out = {"perplexity": ppl0, "delta_perplexity": ppl1 - ppl0, "accuracy": acc0, "delta_accuracy": acc1 - acc0,
+           "fluency": flu["fluency"], "swag_items": len(items)}
+    out.update(stability([out["delta_perplexity"], out["delta_accuracy"]], [ppl0, 1.0]))
+    return out
+
+
+def stability(deltas: Sequence[float], ranges: Sequence[float]) -> dict[str, float]:
+    """Consistency, disruption and stability of capability deltas (module docstring)."""
+    if len(deltas) != len(ranges) or not deltas:
+        raise InterlayerError("give one range per delta, and at least one delta")
+    normed = np.array([d / r for d, r in zip(deltas, ranges)], dtype=float)
+    consistency = 1.0 / (1.0 + float(normed.var()))
+    disruption = 1.0 / (1.0 + float(np.abs(normed).mean()))
+    return {"consistency": consistency, "disruption": disruption, "stability": consistency * disruption}
+
+
+@dataclass
+class Calibration:
+    """The strengths tried, their shift and fluency, and the one chosen."""
+
+    layer: int
+    strengths: list[float]
+    shift: list[float]
+    fluency: list[float]
+    bound: float
+    chosen: float
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"strength": self.strengths, "shift": self.shift, "fluency": self.fluency})
+
+
+def calibrate(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layer: int, *,
+              strengths: Sequence[float] = (-8, -4, -2, -1, 1, 2, 4, 8), bound: float = 0.9, n: int | None = 50,
+              chat: bool = False, batch_size: int = 8) -> Calibration:
+    """The strength with the largest shift in P(matching) whose fluency stays at or above
+    ``bound`` (Handa et al. 2025 search [-300, 300] on Gemma-2-2B with fluency >= 0.9). A grid
+    first, then the midpoints next to the best admissible grid point."""
+    vector[layer]
+    pairs = load_pairs(dataset, "test", n) if isinstance(dataset, str) else list(dataset)[:n]
+    prompts = answer_prompts(model, pairs, chat)
+    base = p_matching(model, prompts, batch_size=batch_size)
+    reference = plain_fluency_baseline(model)
+    tried: dict[float, tuple[float, float]] = {}
+
+    def measure(strength: float) -> tuple[float, float]:
+        if strength not in tried:
+            edits = steer(model, vector, strength, layers=[layer]).edits()
+            shift = float(np.mean(p_matching(model, prompts, edits, batch_size) - base))
+            tried[strength] = (shift, fluency(model, vector, strength, [layer], baseline=reference)["fluency"])
+        return tried[strength]
+
+    grid = sorted(float(s) for s in strengths)
+    for s in grid:
+        measure(s)
+
+    def best_admissible() -> float | None:
+        ok = [s for s, (_, f) in tried.items() if f >= bound]
+        return max(ok, key=lambda s: tried[s][0]) if ok else None
+
+    best = best_admissible()
+    if best is not None:
+        i = grid.index(best) if best in grid else None
+        for j in ((i - 1, i + 1) if i is not None else ()):
+            if 0 <= j < len(grid):
+                measure((best + grid[j]) / 2)
+        best = best_admissible()
+    chosen = best if best is not None else 0.0
+    order = sorted(tried)
+    return Calibration(layer, order, [tried[s][0] for s in order], [tried[s][1] for s in order], bound, chosen)
