@@ -33,21 +33,26 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--train-n", type=int, default=200)
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--coefs", default=None, help="override the coefficients, e.g. -32,-16,16,32")
+    parser.add_argument("--layers", default=None, help="override the layers, e.g. 7,10")
+    parser.add_argument("--tag", default="", help="suffix of the result files (e.g. _wide)")
     args = parser.parse_args()
     out_dir = Path(__file__).parent / "results"
+    coefs = [float(c) for c in args.coefs.split(",")] if args.coefs else COEFS
     for name in args.models.split(","):
         model = interlayer.load_model(name, device="cpu")
+        layers = [int(l) for l in args.layers.split(",")] if args.layers else LAYERS[name]
         for dataset in args.datasets.split(","):
             began = time.perf_counter()
-            vector = train_vectors(model, dataset, LAYERS[name], normalize=False, n=args.train_n, chat=CHAT[name],
+            vector = train_vectors(model, dataset, layers, normalize=False, n=args.train_n, chat=CHAT[name],
                                    progress=False)
-            result = sweep(model, vector, dataset, LAYERS[name], COEFS, n=args.n, chat=CHAT[name], progress=True)
+            result = sweep(model, vector, dataset, layers, coefs, n=args.n, chat=CHAT[name], progress=True)
             payload = result.to_json()
             payload.update({"device": device_name(model.device), "chat_template": CHAT[name], "vector": "mean_diff, raw",
                             "train_pairs": vector.n_pairs, "vector_norms": {str(l): float(vector[l].norm())
                                                                             for l in vector.layers},
                             "seconds": round(time.perf_counter() - began, 1)})
-            path = out_dir / f"steering_{name}_{dataset.replace(':', '_')}.json"
+            path = out_dir / f"steering_{name}_{dataset.replace(':', '_')}{args.tag}.json"
             write_result(path, payload)
             print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(json.dumps(payload["best_cell"]), f"base {result.base:.3f}", f"{payload['seconds']} s")
