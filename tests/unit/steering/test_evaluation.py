@@ -27,18 +27,25 @@ def model(tmp_path):
     return interlayer.load_model(make_tiny("llama"), tokenizer=make_tokenizer(tmp_path / "tok"))
 
 
+def _adding_hook(hf, layer, add):
+    """A plain forward hook adding ``add`` to block ``layer``'s output (None: no hook)."""
+    if add is None:
+        return None
+
+    def hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        return (h + add, *output[1:]) if isinstance(output, tuple) else h + add
+
+    return hf.model.layers[layer].register_forward_hook(hook)
+
+
 def _p_matching_direct(model, pair, hook_layer=None, add=None):
     """One prompt at a time, a plain forward hook on the block: the reference."""
     hf, tok = model.model, model.tokenizer
     a = tok(pair.question + " " + pair.matching).input_ids
     b = tok(pair.question + " " + pair.not_matching).input_ids
     k = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-    handle = None
-    if add is not None:
-        def hook(module, args, output):
-            h = output[0] if isinstance(output, tuple) else output
-            return (h + add, *output[1:]) if isinstance(output, tuple) else h + add
-        handle = hf.model.layers[hook_layer].register_forward_hook(hook)
+    handle = _adding_hook(hf, hook_layer, add)
     with torch.no_grad():
         logits = hf(torch.tensor([a[:k]])).logits[0, -1].double()
     if handle:
@@ -49,12 +56,7 @@ def _p_matching_direct(model, pair, hook_layer=None, add=None):
 def _ppl_direct(model, layer=None, add=None, tokens=200, context=32):
     contexts = [c.ids for c in interlayer.inputs.Tokenized(model).packed(TEXT, context)][: math.ceil(tokens / (context - 1))]
     hf = model.model
-    handle = None
-    if add is not None:
-        def hook(module, args, output):
-            h = output[0] if isinstance(output, tuple) else output
-            return (h + add, *output[1:]) if isinstance(output, tuple) else h + add
-        handle = hf.model.layers[layer].register_forward_hook(hook)
+    handle = _adding_hook(hf, layer, add)
     total, count = 0.0, 0
     with torch.no_grad():
         for ids in contexts:
