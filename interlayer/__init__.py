@@ -10,7 +10,7 @@ Quick start::
 """
 
 from .activation_cache import ActivationStore, CacheOptions, cache
-from .activations import Activations, CollectOptions, collect, stream
+from .activations import Activations, CollectOptions, collect, collect_variants, stream, stream_variants
 from .adapter import ModelAdapter
 from .architectures import ARCHITECTURES, ArchSpec, supported_model_types
 from .capture import Edit
@@ -38,7 +38,9 @@ __all__ = [
     "LogitLens",
     "cache",
     "collect",
+    "collect_variants",
     "stream",
+    "stream_variants",
     "ARCHITECTURES",
     "ArchSpec",
     "CacheCorruptError",

@@ -35,7 +35,7 @@ from .inputs import Sequence_, Tokenized, batches_by_length, make_batch
 from .selection import POOLED, Selector, check_selection
 from .sites import Site, parse_site
 
-__all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "stream"]
+__all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
 
 
 # ------------------------------------------------------------------ results
@@ -207,35 +207,97 @@ def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], 
     ``sites`` may be empty when ``logits=True``.
     """
     opts = CollectOptions.from_kwargs(options)
+    for chunks in _passes(model, inputs, sites, opts, [opts.edits]):
+        yield chunks[0]
+
+
+def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+                    variants: Sequence[Mapping[str, Any] | None], **options: Any) -> Iterator[list[Activations]]:
+    """:func:`stream` under several interventions at once: ``variants`` is a list of
+    ``edits`` mappings (``{}`` or ``None``: no edit), and each chunk is a list with one
+    :class:`Activations` per variant, row for row the same inputs.
+
+    Each batch's clean prefix is computed once: a variant resumes right before its first
+    edited (or read) block from the clean pass's output there, so a sweep of
+    interventions at layer ``l`` costs the blocks after ``l`` only. Results equal
+    separate :func:`stream` calls with each variant's ``edits`` (to float rounding).
+    """
+    opts = CollectOptions.from_kwargs(options)
+    if opts.edits:
+        raise InterlayerError("give the edits of each variant in variants=[...], not edits=")
+    if not variants:
+        raise InterlayerError("variants is empty: give at least one edits mapping ({} for the clean pass)")
+    yield from _passes(model, inputs, sites, opts, list(variants))
+
+
+def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], opts: CollectOptions,
+            variants: list[Mapping[str, Any] | None]) -> Iterator[list[Activations]]:
     site_list = model.expand_sites(sites) if (sites or not opts.logits) else []
-    edits = check_edits(model, opts.edits)
+    edits = [check_edits(model, v) for v in variants]
     dtype = parse_dtype(opts.dtype, "storage dtype")
     batches, n_sequences = _plan(model, inputs, opts)
-    capacity = max(1, int(opts.memory_mb * 2**20 // row_bytes(model, len(site_list), dtype, opts.logits)))
-    capture = None
+    per_row = row_bytes(model, len(site_list), dtype, opts.logits) * len(variants)
+    capacity = max(1, int(opts.memory_mb * 2**20 // per_row))
+    captures: list[Capture] = []
     bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
     try:
         for group in batches:
             batch = make_batch(group, model.pad_token_id, opts.padding_side, model.bos_token_id)
             selector = Selector(opts.select, batch, model.device, opts.positions)
-            if capture is None:
+            if not captures:
                 # Never allocate more than the whole job needs.
                 rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
-                capture = Capture(model, site_list, dtype, max(selector.n_rows, min(capacity, rows_hint)), opts.logits,
-                                  edits)
-            if capture.fill + selector.n_rows > capture.capacity and capture.fill:
-                yield _chunk(capture, model, opts.select)
-            capture.run(batch, selector)
+                size = max(selector.n_rows, min(capacity, rows_hint))
+                captures = [Capture(model, site_list, dtype, size, opts.logits, e) for e in edits]
+            if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
+                yield [_chunk(c, model, opts.select) for c in captures]
+            _run_shared(model, captures, batch, selector)
             bar.update(len(group))
-        if capture is not None and capture.fill:
-            yield _chunk(capture, model, opts.select)
+        if captures and captures[0].fill:
+            yield [_chunk(c, model, opts.select) for c in captures]
     finally:
         bar.close()
+
+
+def _run_shared(model: ModelAdapter, captures: list[Capture], batch: Any, selector: Selector) -> None:
+    """Run one batch through every capture; with several, the edited ones resume from
+    the clean prefix (recorded by the first unedited capture, or by a prefix-only pass)."""
+    if len(captures) == 1:
+        captures[0].run(batch, selector)
+        return
+    clean = next((c for c in captures if not c.edits), None)
+    resumers = [c for c in captures if c is not clean and c.resume_layer is not None]
+    needed = sorted({c.resume_layer for c in resumers})
+    if clean is not None:
+        recorded = clean.run(batch, selector, record=needed)
+    elif needed:
+        with model.record_outputs(needed) as recorded:
+            model.forward(batch.input_ids, batch.attention_mask, stop_after_layer=needed[-1])
+    for capture in captures:
+        if capture is clean:
+            continue
+        layer = capture.resume_layer
+        capture.run(batch, selector, resume=None if layer is None else (layer, recorded[layer]))
 
 
 def _chunk(capture: Capture, model: ModelAdapter, select: str) -> Activations:
     tensors, meta, sequences = capture.take()
     return Activations(tensors, meta, select, model.name, model.n_layers, sequences)
+
+
+def _concat(chunks: list[Activations], model: ModelAdapter) -> Activations:
+    """Chunks joined into one :class:`Activations`, rows in input order."""
+    tensors = {k: torch.cat([c.tensors[k] for c in chunks]) for k in chunks[0].tensors}
+    meta = {k: torch.cat([c.meta[k] for c in chunks]) for k in chunks[0].meta}
+    if "position" in meta:
+        order = torch.argsort(meta["sequence"] * (int(meta["position"].max()) + 1) + meta["position"], stable=True)
+    else:
+        order = torch.argsort(meta["sequence"], stable=True)
+    if not torch.equal(order, torch.arange(order.numel())):
+        tensors = {k: v[order] for k, v in tensors.items()}
+        meta = {k: v[order] for k, v in meta.items()}
+    return Activations(tensors, meta, chunks[0].select, model.name, model.n_layers,
+                       sum(c.n_sequences for c in chunks))
 
 
 def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], **options: Any) -> Activations:
@@ -254,17 +316,20 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
     chunks = list(stream(model, inputs, sites, **options))
     if not chunks:
         raise InterlayerError("the inputs produced no rows to collect")
-    tensors = {k: torch.cat([c.tensors[k] for c in chunks]) for k in chunks[0].tensors}
-    meta = {k: torch.cat([c.meta[k] for c in chunks]) for k in chunks[0].meta}
-    if "position" in meta:
-        order = torch.argsort(meta["sequence"] * (int(meta["position"].max()) + 1) + meta["position"], stable=True)
-    else:
-        order = torch.argsort(meta["sequence"], stable=True)
-    if not torch.equal(order, torch.arange(order.numel())):
-        tensors = {k: v[order] for k, v in tensors.items()}
-        meta = {k: v[order] for k, v in meta.items()}
-    return Activations(tensors, meta, chunks[0].select, model.name, model.n_layers,
-                       sum(c.n_sequences for c in chunks))
+    return _concat(chunks, model)
+
+
+def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+                     variants: Sequence[Mapping[str, Any] | None], **options: Any) -> list[Activations]:
+    """:func:`collect` under several interventions, sharing each batch's clean prefix
+    (see :func:`stream_variants`): one :class:`Activations` per variant, in order."""
+    per_variant: list[list[Activations]] = [[] for _ in variants]
+    for chunks in stream_variants(model, inputs, sites, variants, **options):
+        for store, chunk in zip(per_variant, chunks):
+            store.append(chunk)
+    if not per_variant[0]:
+        raise InterlayerError("the inputs produced no rows to collect")
+    return [_concat(chunks, model) for chunks in per_variant]
 
 
 def storage_dtype_name(dtype: str | torch.dtype) -> str:

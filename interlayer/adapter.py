@@ -322,10 +322,15 @@ class ModelAdapter:
         *,
         hooks: Mapping[str, SiteFn | Sequence[SiteFn]] | None = None,
         stop_after_layer: int | None = None,
+        resume: tuple[int, Any] | None = None,
     ) -> torch.Tensor | None:
         """The forward pass every interlayer module uses: no autograd, no KV cache,
         hook functions attached for its duration, logits returned unless it stops
         after ``stop_after_layer`` (then ``None``; nothing is unembedded).
+
+        ``resume=(layer, output)`` skips blocks ``0..layer``: block ``layer`` passes on
+        ``output``, which it returned on an earlier pass over the same inputs (see
+        :meth:`record_outputs` and :meth:`resume_after`).
 
         With padding, position ids are counted over real tokens only
         (``cumsum(mask) - 1``), so left padding gives every architecture, absolute
@@ -337,7 +342,7 @@ class ModelAdapter:
             attention_mask = attention_mask.to(self.device)
             kwargs["attention_mask"] = attention_mask
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad(), self.hooks(hooks or {}), self.stop_after(stop_after_layer):
+        with torch.no_grad(), self.hooks(hooks or {}), self.stop_after(stop_after_layer), self.resume_after(resume):
             try:
                 return self.model(**kwargs).logits
             except _StopForward:
@@ -367,6 +372,67 @@ class ModelAdapter:
             yield
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def record_outputs(self, layers: Iterable[int]) -> Iterator[dict[int, Any]]:
+        """Within the block, keep what each block in ``layers`` returned on the latest
+        forward pass, as the block returned it (before any output hook edits it): the
+        ``output`` that :meth:`resume_after` replays."""
+        outputs: dict[int, Any] = {}
+        handles = []
+
+        def keeper(layer: int) -> Callable[..., None]:
+            def keep(module: nn.Module, args: Any, output: Any) -> None:
+                outputs[layer] = output
+
+            return keep
+
+        try:
+            for layer in sorted(set(layers)):
+                self.check_layer(layer)
+                handles.append(self.blocks[layer].register_forward_hook(keeper(layer), prepend=True))
+            yield outputs
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextlib.contextmanager
+    def resume_after(self, resume: tuple[int, Any] | None) -> Iterator[None]:
+        """Within the block, forward passes skip blocks ``0..layer`` of ``resume = (layer, output)``:
+        block ``layer`` returns ``output`` (a copy), what it returned on an earlier pass over
+        the same inputs (:meth:`record_outputs`), and the pass goes on from block ``layer + 1``.
+
+        Many interventions on one batch so share its clean prefix: the hooks at block
+        ``layer``'s output (``resid_post.{layer}``) and after it run as in a full pass. Reads
+        and writes at earlier sites must not be attached: their blocks do not run.
+        ``None`` leaves passes untouched.
+        """
+        if resume is None:
+            yield
+            return
+        layer, output = resume
+        self.check_layer(layer)
+        first = _first(output)
+
+        def passed_on(*args: Any, **kwargs: Any) -> Any:  # skipped blocks: the next one ignores it
+            return output
+
+        def replay(*args: Any, **kwargs: Any) -> Any:
+            return _replace_first(output, first.clone())  # hooks may edit in place; the record stays clean
+
+        blocks = list(self.blocks[: layer + 1])
+        saved = [block.__dict__.get("forward") for block in blocks]
+        try:
+            for block in blocks[:-1]:
+                block.forward = passed_on
+            blocks[-1].forward = replay
+            yield
+        finally:
+            for block, old in zip(blocks, saved):
+                if old is None:
+                    block.__dict__.pop("forward", None)
+                else:
+                    block.forward = old
 
     # ------------------------------------------------------------- unembedding
     def unembed_resid(self, resid: torch.Tensor) -> torch.Tensor:

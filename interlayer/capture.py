@@ -8,7 +8,7 @@ with or without interventions, reads through it (:mod:`interlayer.activations`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +80,21 @@ class Capture:
             raise InterlayerError("nothing to capture: give at least one site, or logits=True")
         self.stop_layer = max(layers)
 
-    def run(self, batch: Batch, selector: Selector) -> int:
-        """Run one batch, appending its selected rows; returns how many."""
+    @property
+    def resume_layer(self) -> int | None:
+        """The deepest block this capture's pass can skip by replaying a clean pass over
+        the same batch (see :meth:`ModelAdapter.resume_after`): the block before its first
+        read or edit, or that read's or edit's own block for ``resid_post``; ``None`` if
+        it must run from the start."""
+        first = min([_start(s) for s in self.sites] + [_start(self.model.site(n)) for n in self.edits]
+                    + [self.model.n_layers])
+        return first - 1 if first >= 1 else None
+
+    def run(self, batch: Batch, selector: Selector, *, record: Sequence[int] = (),
+            resume: tuple[int, Any] | None = None) -> dict[int, Any]:
+        """Run one batch, appending its selected rows. ``record``: blocks whose outputs to
+        keep and return (for other passes to resume from); ``resume``: skip blocks up to
+        one recorded earlier on the same batch (see :attr:`resume_layer`)."""
         n = selector.n_rows
         if self.fill + n > self.capacity:
             raise InterlayerError(f"one batch selects {n} rows but the buffer holds {self.capacity}; "
@@ -107,11 +120,13 @@ class Capture:
                 self.buffers[LOGITS][start:stop] = self.model.head(selector(normed)).float()
 
             hooks.setdefault("ln_final", []).append(unembed)
-        self.model.forward(batch.input_ids, batch.attention_mask, hooks=hooks, stop_after_layer=self.stop_layer)
+        with self.model.record_outputs(record) as recorded:
+            self.model.forward(batch.input_ids, batch.attention_mask, hooks=hooks,
+                               stop_after_layer=max([self.stop_layer, *record]), resume=resume)
         self.meta.append(selector.meta)
         self.fill = stop
         self.sequences += int(batch.input_ids.shape[0])
-        return n
+        return recorded
 
     def take(self, rows: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
         """Copy out the filled rows (optionally only the first ``rows``) and the number
@@ -122,6 +137,11 @@ class Capture:
         sequences = self.sequences
         self.meta, self.fill, self.sequences = [], 0, 0
         return tensors, meta, sequences
+
+
+def _start(site: Site) -> int:
+    """The first block a read or write at ``site`` needs to run (``n_layers`` for ln_final)."""
+    return site.layer + 1 if site.kind == "resid_post" else site.layer
 
 
 def _apply_edit(edit: Edit, token_rows: torch.Tensor | None) -> SiteFn:

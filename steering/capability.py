@@ -33,7 +33,7 @@ from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 
 from .datasets import ContrastPair, load_pairs
-from .evaluation import answer_prompts, generate, p_matching
+from .evaluation import answer_prompts, generate, p_matching, p_matching_variants
 from .inject import steer
 from .vectors import SteeringVector
 
@@ -126,12 +126,12 @@ def capability_cost(model: ModelAdapter, vector: SteeringVector, coef: float, la
     two benchmark deltas (perplexity normalised by the unsteered perplexity, accuracy by 1)."""
     from interlayer.loading import SAMPLE_TEXT
 
-    from .evaluation import perplexity
+    from .evaluation import perplexities
 
     text = text if text is not None else str(SAMPLE_TEXT)
     edits = steer(model, vector, coef, layers=layers).edits()
     items = load_swag(swag)
-    ppl0, ppl1 = perplexity(model, text, tokens=perplexity_tokens), perplexity(model, text, edits, tokens=perplexity_tokens)
+    ppl0, ppl1 = perplexities(model, text, [{}, edits], tokens=perplexity_tokens)
     acc0, acc1 = choice_accuracy(model, items), choice_accuracy(model, items, edits)
     flu = fluency(model, vector, coef, layers)
     out = {"perplexity": ppl0, "delta_perplexity": ppl1 - ppl0, "accuracy": acc0, "delta_accuracy": acc1 - acc0,
@@ -174,20 +174,23 @@ def calibrate(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequen
     vector[layer]
     pairs = load_pairs(dataset, "test", n) if isinstance(dataset, str) else list(dataset)[:n]
     prompts = answer_prompts(model, pairs, chat)
-    base = p_matching(model, prompts, batch_size=batch_size)
     reference = plain_fluency_baseline(model)
     tried: dict[float, tuple[float, float]] = {}
+    grid = sorted(float(s) for s in strengths)
+    # the grid's shifts in one store pass (clean prefix shared); fluency needs generation
+    edits = [steer(model, vector, s, layers=[layer]).edits() for s in grid]
+    base, *steered = p_matching_variants(model, prompts, [{}, *edits], batch_size)
 
-    def measure(strength: float) -> tuple[float, float]:
+    def measure(strength: float, probs: np.ndarray | None = None) -> tuple[float, float]:
         if strength not in tried:
-            edits = steer(model, vector, strength, layers=[layer]).edits()
-            shift = float(np.mean(p_matching(model, prompts, edits, batch_size) - base))
+            if probs is None:
+                probs = p_matching(model, prompts, steer(model, vector, strength, layers=[layer]).edits(), batch_size)
+            shift = float(np.mean(probs - base))
             tried[strength] = (shift, fluency(model, vector, strength, [layer], baseline=reference)["fluency"])
         return tried[strength]
 
-    grid = sorted(float(s) for s in strengths)
-    for s in grid:
-        measure(s)
+    for s, probs in zip(grid, steered):
+        measure(s, probs)
 
     def best_admissible() -> float | None:
         ok = [s for s, (_, f) in tried.items() if f >= bound]

@@ -1,6 +1,7 @@
 """Does a steering vector move behaviour, and what does it cost? All passes go through
-the activation store with the steering as edits (``collect(..., edits=...)``), one forward
-per batch of prompts per cell.
+the activation store with the steering as edits: one batched pass per batch of prompts
+per cell, and for many cells :func:`interlayer.stream_variants`, which runs each batch's
+clean prefix once and each cell only from its layer on.
 
 * **Behaviour**: each A/B (or Yes/No) item is scored where its two answers first differ:
   the prompt is the question followed by the answers' shared start, and
@@ -25,12 +26,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
 
-from interlayer.activations import collect, stream
+from interlayer.activations import stream_variants
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 from interlayer.seeding import epoch_seed
+from interlayer.sites import LN_FINAL
 
 from .datasets import ContrastPair, load_pairs
 from .inject import steer
@@ -69,32 +70,60 @@ def answer_prompts(model: ModelAdapter, pairs: Sequence[ContrastPair], chat: boo
 def p_matching(model: ModelAdapter, prompts: AnswerPrompts, edits: dict[str, Any] | None = None,
                batch_size: int = 8) -> np.ndarray:
     """``[n]`` P(matching) over the two answer tokens, with optional store edits."""
-    acts = collect(model, prompts.prompts, [], select="last", logits=True, edits=edits, batch_size=batch_size,
-                   progress=False)
-    logits = acts["logits"]
-    rows = torch.arange(len(prompts.prompts))
-    pair = torch.stack([logits[rows, prompts.matching], logits[rows, prompts.not_matching]], -1).double()
-    return torch.softmax(pair, -1)[:, 0].numpy()
+    return p_matching_variants(model, prompts, [edits], batch_size)[0]
+
+
+def p_matching_variants(model: ModelAdapter, prompts: AnswerPrompts, variants: Sequence[dict[str, Any] | None],
+                        batch_size: int = 8, progress: bool = False) -> list[np.ndarray]:
+    """:func:`p_matching` under several edits at once (one entry per variant), through
+    :func:`interlayer.stream_variants`: each batch's clean prefix runs once, and each
+    variant only the blocks from its first edit on."""
+    n = len(prompts.prompts)
+    out = [np.zeros(n) for _ in variants]
+    matching, other = torch.tensor(prompts.matching), torch.tensor(prompts.not_matching)
+    for chunks in stream_variants(model, prompts.prompts, LN_FINAL, variants, select="last", batch_size=batch_size,
+                                  progress=progress):
+        for probs, acts in zip(out, chunks):
+            seq = acts.meta["sequence"]
+            with torch.no_grad():  # the store's own head
+                logits = model.head(acts[LN_FINAL].to(model.device)).float().cpu()
+            rows = torch.arange(len(seq))
+            pair = torch.stack([logits[rows, matching[seq]], logits[rows, other[seq]]], -1).double()
+            probs[seq.numpy()] = torch.softmax(pair, -1)[:, 0].numpy()
+    return out
 
 
 def perplexity(model: ModelAdapter, text: Any, edits: dict[str, Any] | None = None, *, tokens: int = 512,
                context_length: int = 128, batch_size: int = 4) -> float:
     """``exp`` of the mean next-token cross-entropy over ``tokens`` tokens of ``text``
     (packed contexts), streamed chunk by chunk, with optional store edits."""
+    return perplexities(model, text, [edits], tokens=tokens, context_length=context_length, batch_size=batch_size)[0]
+
+
+def perplexities(model: ModelAdapter, text: Any, variants: Sequence[dict[str, Any] | None], *, tokens: int = 512,
+                 context_length: int = 128, batch_size: int = 4, rows_per_step: int = 128) -> list[float]:
+    """:func:`perplexity` under several edits at once, sharing each batch's clean prefix
+    (:func:`interlayer.stream_variants`). The store keeps the final-norm outputs; logits are
+    made ``rows_per_step`` rows at a time, so memory stays small at any vocabulary size."""
     context_length = min(context_length, model.max_positions)
     limit = max(1, math.ceil(tokens / (context_length - 1)))
-    total, count = 0.0, 0
-    for acts in stream(model, text, [], logits=True, context_length=context_length, limit=limit, batch_size=batch_size,
-                       edits=edits, progress=False):
-        targets, has_next = acts.next_tokens()
-        logits = acts["logits"][has_next]
-        # CE = logsumexp(z) - z[target]: one pass over the vocabulary, no log-softmax tensor
-        ce = torch.logsumexp(logits, -1) - logits.gather(-1, targets[has_next, None])[:, 0]
-        total += float(ce.double().sum())
+    total, count = np.zeros(len(variants)), 0
+    for chunks in stream_variants(model, text, LN_FINAL, variants, context_length=context_length, limit=limit,
+                                  batch_size=batch_size, progress=False):
+        targets, has_next = chunks[0].next_tokens()
+        targets = targets[has_next]
         count += int(has_next.sum())
+        for v, acts in enumerate(chunks):
+            normed = acts[LN_FINAL][has_next]
+            for start in range(0, len(targets), rows_per_step):
+                with torch.no_grad():
+                    logits = model.head(normed[start:start + rows_per_step].to(model.device)).float().cpu()
+                # CE = logsumexp(z) - z[target]: one pass over the vocabulary, no log-softmax tensor
+                ce = torch.logsumexp(logits, -1) - logits.gather(-1, targets[start:start + rows_per_step, None])[:, 0]
+                total[v] += float(ce.double().sum())
     if count == 0:
         raise InterlayerError("the perplexity text produced no tokens")
-    return math.exp(total / count)
+    return [math.exp(t / count) for t in total]
 
 
 def random_like(vector: SteeringVector, layer: int, seed: int = 0) -> SteeringVector:
@@ -177,7 +206,9 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
           perplexity_tokens: int = 512, batch_size: int = 8, max_perplexity_ratio: float = 1.5,
           chat: bool = False, progress: bool = True) -> SweepResult:
     """Sweep ``layers`` × ``coefs``: behaviour shift, random-direction shift and Δ perplexity
-    per cell, each one batched store pass (see the module docstring)."""
+    per cell (see the module docstring). All cells go through one store pass over the
+    prompts and one over the perplexity text (:func:`interlayer.stream_variants`): each batch
+    runs its clean prefix once, and each cell only the blocks after its layer."""
     from interlayer.loading import SAMPLE_TEXT
 
     vector.check_model(model)
@@ -188,23 +219,20 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
     pairs = load_pairs(dataset, split, n) if isinstance(dataset, str) else list(dataset)[:n]
     prompts = answer_prompts(model, pairs, chat)
     text = perplexity_text if perplexity_text is not None else str(SAMPLE_TEXT)
-    base_p = p_matching(model, prompts, batch_size=batch_size)
-    base_ppl = perplexity(model, text, tokens=perplexity_tokens)
+    # one store pass over the prompts for every cell (the clean prefix of each batch
+    # computed once): variant 0 is unsteered, then (steered, random) per cell
+    variants: list[dict[str, Any]] = [{}]
+    for layer in layers:
+        rand = random_like(vector, layer, seed)
+        for coef in coefs:
+            variants += [steer(model, vector, coef, layers=[layer]).edits(), steer(model, rand, coef).edits()]
+    probs = p_matching_variants(model, prompts, variants, batch_size, progress=progress)
+    ppls = perplexities(model, text, [variants[0], *variants[1::2]], tokens=perplexity_tokens)
+    base_p, base_ppl = probs[0], ppls[0]
     shape = (len(layers), len(coefs))
-    shift, random_shift, delta_ppl = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    bar = tqdm(total=shape[0] * shape[1], desc="steering sweep", unit="cell", disable=not progress)
-    try:
-        for i, layer in enumerate(layers):
-            rand = random_like(vector, layer, seed)
-            for j, coef in enumerate(coefs):
-                edits = steer(model, vector, coef, layers=[layer]).edits()
-                shift[i, j] = float(np.mean(p_matching(model, prompts, edits, batch_size) - base_p))
-                random_shift[i, j] = float(np.mean(p_matching(model, prompts, steer(model, rand, coef).edits(),
-                                                              batch_size) - base_p))
-                delta_ppl[i, j] = perplexity(model, text, edits, tokens=perplexity_tokens) - base_ppl
-                bar.update(1)
-    finally:
-        bar.close()
+    shift = np.array([float(np.mean(p - base_p)) for p in probs[1::2]]).reshape(shape)
+    random_shift = np.array([float(np.mean(p - base_p)) for p in probs[2::2]]).reshape(shape)
+    delta_ppl = (np.array(ppls[1:]) - base_ppl).reshape(shape)
     name = dataset if isinstance(dataset, str) else "custom"
     return SweepResult(model.name, name, list(layers), [float(c) for c in coefs], float(base_p.mean()), shift,
                        random_shift, delta_ppl, base_ppl, len(pairs), max_perplexity_ratio)
@@ -222,5 +250,5 @@ def generate(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
     return model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-__all__ = ["AnswerPrompts", "SweepResult", "answer_prompts", "generate", "p_matching", "perplexity", "random_like",
-           "sweep"]
+__all__ = ["AnswerPrompts", "SweepResult", "answer_prompts", "generate", "p_matching", "p_matching_variants",
+           "perplexities", "perplexity", "random_like", "sweep"]

@@ -112,3 +112,63 @@ def test_tokenize_leaves_the_users_tokenizer_as_it_was(tmp_path):
     assert tok.pad_token is None and tok.padding_side == side
     assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [2, 2, 1, 8]]  # padded with EOS, on the left
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+
+
+def test_variants_share_the_clean_prefix_and_equal_separate_passes(tiny_hf):
+    """collect_variants (each edited pass resumes from the clean pass's block output)
+    equals one collect per variant, reads and logits, on every architecture."""
+    model = interlayer.load_model(tiny_hf)
+    g = torch.Generator().manual_seed(0)
+    d1, d2 = torch.randn(model.d_model, generator=g), torch.randn(model.d_model, generator=g)
+    last = model.n_layers - 1
+    variants = [
+        {"resid_post.1": lambda x: x + 3.0 * d1},                       # resumes after block 1
+        {},                                                               # the clean pass (records)
+        {"resid_pre.0": lambda x: x * 0.5},                               # no prefix to share
+        {"mlp_out.1": lambda x: x - 2.0 * d2, "resid_post.2": lambda x: x + d1},  # resumes after block 0
+        {"ln_final": lambda x: x * 1.5},                                  # every block replayed
+        {"resid_post.0": lambda x: x.add_(d2)},                           # edits in place: the record stays clean
+    ]
+    sites = [f"resid_post.{last}", "resid_post.1", "resid_pre.2"]
+    # reads at resid_post.1 and resid_pre.2 limit how far each variant may resume
+    got = interlayer.collect_variants(model, IDS, sites, variants, logits=True, batch_size=2, padding_side="left",
+                                      progress=False)
+    for variant, acts in zip(variants, got):
+        want = collect(model, IDS, sites, edits=variant, logits=True, batch_size=2, padding_side="left", progress=False)
+        assert torch.equal(acts.meta["sequence"], want.meta["sequence"])
+        for key in [*sites, "logits"]:
+            assert torch.allclose(acts[key], want[key], atol=1e-4), (variant.keys(), key)
+    # the variants differ from each other (the edits did something)
+    assert not torch.allclose(got[0]["logits"], got[1]["logits"], atol=1e-3)
+
+
+def test_variants_resume_skips_the_prefix_blocks():
+    hf = make_tiny("llama")
+    model = interlayer.load_model(hf)
+    calls = [0] * model.n_layers
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, b in enumerate(model.blocks)]
+    try:
+        edit = {"resid_post.1": lambda x: x + 1.0}
+        interlayer.collect_variants(model, IDS, [], [{}, edit, edit], logits=True, batch_size=8, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    # pre-hooks fire on skipped blocks too, so count real work through a module inside the block instead
+    assert calls == [3, 3, 3]
+    inner = [0] * model.n_layers
+    handles = [b.mlp.register_forward_hook(lambda m, a, o, i=i: inner.__setitem__(i, inner[i] + 1))
+               for i, b in enumerate(model.blocks)]
+    try:
+        interlayer.collect_variants(model, IDS, [], [{}, edit, edit], logits=True, batch_size=8, progress=False)
+        interlayer.collect_variants(model, IDS, [], [edit, edit], logits=True, batch_size=8, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    # one batch: the clean pass runs every block, each edited pass only block 2;
+    # without a clean variant a prefix-only pass runs blocks 0-1 once
+    assert inner == [1 + 1, 1 + 1, 3 + 2]
+    with pytest.raises(InterlayerError, match="variants"):
+        interlayer.collect_variants(model, IDS, [], [], logits=True, progress=False)
+    with pytest.raises(InterlayerError, match="variants="):
+        interlayer.collect_variants(model, IDS, [], [{}], logits=True, edits=edit, progress=False)
