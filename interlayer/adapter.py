@@ -74,6 +74,7 @@ class ModelAdapter:
         self.logit_softcap: float | None = final_logit_softcap(model, self.spec)
         self.parallel_residual: bool = self.spec.parallel_residual(model.config)
         self._weights_sha256: str | None = None
+        self._real_unembed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ shape
     @property
@@ -434,6 +435,31 @@ class ModelAdapter:
                 else:
                     block.forward = old
 
+    @contextlib.contextmanager
+    def skip_head(self) -> Iterator[None]:
+        """Within the block, the model's own unembedding does not run: it returns zeros of
+        its output's shape, so the logits the model reports are zeros. For a caller that
+        decodes the final state itself in one head call with other rows (e.g. every layer
+        a decoding step needs), which reads the unembedding once per step instead of twice;
+        nothing may use the model's logits inside the block."""
+        module = self.unembed
+        saved = module.__dict__.get("forward")
+        vocab = self.vocab_size
+
+        def zeros(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return hidden.new_zeros(*hidden.shape[:-1], vocab)
+
+        self._real_unembed = saved if saved is not None else type(module).forward.__get__(module)
+        module.forward = zeros
+        try:
+            yield
+        finally:
+            self._real_unembed = None
+            if saved is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = saved
+
     # ------------------------------------------------------------- unembedding
     def unembed_resid(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits from residual-stream states: final norm, unembedding, soft-cap.
@@ -444,10 +470,28 @@ class ModelAdapter:
         """
         return self.head(self.final_norm(resid.to(self.dtype)))
 
+    def head_rows(self, resid: torch.Tensor) -> torch.Tensor:
+        """:meth:`unembed_resid` of a few rows ``[n, d_model]`` against the whole vocabulary,
+        computed as ``(W_U · xᵀ)ᵀ`` where the unembedding is a plain linear layer and there
+        are 2-32 rows: on a CPU that is 1.6-1.8x faster than ``x · W_Uᵀ`` for 9-16 rows of
+        Gemma's 262,144-token vocabulary (slower from about 64 rows on). The same values up
+        to float summation order."""
+        normed = self.final_norm(resid.to(self.dtype))
+        module = self.unembed
+        if type(module) is not nn.Linear or normed.dim() != 2 or not 2 <= normed.shape[0] <= 32:
+            return self.head(normed)
+        logits = (module.weight @ normed.t()).t()
+        if module.bias is not None:
+            logits = logits + module.bias
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
     def head(self, normed: torch.Tensor) -> torch.Tensor:
         """Logits from final-norm outputs (``ln_final``): the unembedding, then the
         final-logit soft-cap ``c · tanh(z / c)`` where the family has one."""
-        logits = self.unembed(normed.to(self.dtype))
+        unembed = self._real_unembed or self.unembed  # the real one, also inside skip_head()
+        logits = unembed(normed.to(self.dtype))
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits

@@ -70,8 +70,9 @@ def _add_options(parser: argparse.ArgumentParser, config: type) -> None:
         kind = field_type(config, field)
         default = field.default
         help_text = meta.get("help", "")
-        if kind is bool:
-            parser.add_argument(flag_name(field), dest=field.name, action="store_true", default=default, help=help_text)
+        if kind is bool:  # a flag; one on by default is also negatable (--passage / --no-passage)
+            action = argparse.BooleanOptionalAction if default is True else "store_true"
+            parser.add_argument(flag_name(field), dest=field.name, action=action, default=default, help=help_text)
             continue
         kwargs: dict[str, Any] = {"type": _parse_as(kind, field), "choices": meta.get("choices")}
         if meta.get("positional"):

@@ -125,6 +125,19 @@ class LayerDecoder:
             hidden = self.lens.transform(hidden.to(self.model.device), layer)
             return self.model.unembed_resid(hidden).float()
 
+    def layer_logits(self, hidden: torch.Tensor, layers: Sequence[int | None], *, grad: bool = False) -> torch.Tensor:
+        """float32 logits ``[len(layers), n, vocab]`` of ``hidden`` ``[len(layers), n, d_model]``,
+        unchunked: each slice through the lens for its layer, then all rows through the head
+        in one call (the unembedding is read once: what bounds decoding a few rows of many
+        layers, e.g. at every generation step)."""
+        if hidden.dim() != 3 or hidden.shape[0] != len(layers):
+            raise InterlayerError(f"hidden must be [len(layers)={len(layers)}, n, d_model], got {tuple(hidden.shape)}")
+        with torch.set_grad_enabled(grad):
+            hidden = hidden.to(self.model.device)
+            moved = torch.stack([self.lens.transform(hidden[i], layer) for i, layer in enumerate(layers)])
+            logits = self.model.head_rows(moved.reshape(-1, moved.shape[-1])).float().contiguous()
+            return logits.reshape(len(layers), hidden.shape[1], -1)
+
     def log_probs(self, hidden: torch.Tensor, layer: int | None = None, *, grad: bool = False) -> torch.Tensor:
         """float32 log-probabilities of ``hidden`` from ``layer``, unchunked (see :meth:`logits`)."""
         return torch.log_softmax(self.logits(hidden, layer, grad=grad), dim=-1)

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from interlayer.command_registry import command, write_json_output
+from interlayer.command_registry import command, emit_json, write_json_output
 from interlayer.config import LogitLensConfig
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError
 from interlayer.files import check_writable, write_atomic
 from interlayer.inputs import check_data_file
 
-from .config import LatentConfig, SaturationConfig, TuneConfig
+from .config import GenerateConfig, IKSConfig, LatentConfig, QAConfig, SaturationConfig, TuneConfig
 
 TABLE_SUFFIXES = (".csv", ".json")
 
@@ -112,4 +112,80 @@ def run_saturation(cfg: SaturationConfig) -> int:
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if cfg.out:
         write_table(frame, cfg.out)
+    return 0
+
+
+@command("iks", IKSConfig)
+def run_iks(cfg: IKSConfig) -> int:
+    from .knowledge_runs import iks_on_data
+    from .qa_data import load_qa
+
+    for path, suffix in ((cfg.out, ".json"), (cfg.figure, ".html")):
+        if path:
+            check_writable(path, suffixes=(suffix,))
+    loaded = load_qa(cfg.data, cfg.n)  # bad data fails before the model loads
+    if cfg.passage and not any(r.passage for r in loaded.records):
+        raise InterlayerError(f"--data {cfg.data!r} has no passages; use --no-passage")
+    model = cfg.load()
+    result = iks_on_data(model, cfg.data, cfg.n, passage=cfg.passage, chat=cfg.chat, candidates=cfg.candidates,
+                         metric=cfg.metric, select=cfg.select, max_new_tokens=cfg.max_new_tokens,
+                         batch_size=cfg.batch_size, progress=not cfg.no_progress)
+    print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"l* = {result.layer} (candidates {result.candidates}); chosen per {result.select}: {result.histogram}"
+          + (f"; {loaded.skipped} records without an answer skipped" if loaded.skipped else ""))
+    write_json_output(cfg.out, result.to_json())
+    if cfg.figure:
+        write_atomic(Path(cfg.figure), result.plot().to_html(include_plotlyjs=True).encode())
+        print(f"wrote {cfg.figure}")
+    return 0
+
+
+@command("generate", GenerateConfig)
+def run_generate(cfg: GenerateConfig) -> int:
+    from .fused_decoding import generate
+    from .qa import use_chat
+
+    if not cfg.prompt:
+        raise InterlayerError("give a prompt, e.g. interlayer generate --decoding lfd \"The capital of France is\"")
+    options = cfg.decoding_options(cfg.decoding)
+    model = cfg.load()
+    prompt = cfg.prompt
+    if use_chat(model, cfg.chat):
+        prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                     add_generation_prompt=True)
+    gen = generate(model, prompt, options, max_new_tokens=cfg.max_new_tokens, progress=False)
+    if cfg.json:
+        emit_json({"model": model.name, "prompt": cfg.prompt, **gen.to_json()})
+        return 0
+    print(gen.text)
+    if cfg.decoding != "greedy":
+        what = "premature layer" if cfg.decoding == "dola" else "fusion layer"
+        pieces = model.token_strings([s.token for s in gen.steps])
+        print(f"\nstep  token            {what}")
+        for i, (step, piece) in enumerate(zip(gen.steps, pieces)):
+            print(f"{i:>4}  {piece!r:<16} {step.layer}")
+    return 0
+
+
+@command("qa", QAConfig)
+def run_qa(cfg: QAConfig) -> int:
+    from .qa import check_decodings, evaluate_qa, write_result
+    from .qa_data import load_qa
+
+    if cfg.out:
+        check_writable(cfg.out, suffixes=(".json",))
+    decodings = check_decodings(cfg.decoding)
+    options = cfg.decoding_options()
+    loaded = load_qa(cfg.data, cfg.n)  # bad data fails before the model loads
+    model = cfg.load()
+    progress_file = f"{cfg.out}.progress.jsonl" if cfg.out else None
+    result = evaluate_qa(model, cfg.data, cfg.n, decodings=decodings, options=options, noise_docs=cfg.noise_docs,
+                         chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                         progress_file=progress_file, progress=not cfg.no_progress)
+    print(result.table())
+    if loaded.skipped:
+        print(f"{loaded.skipped} records without an answer skipped")
+    if cfg.out:
+        write_result(result, cfg.out, progress_file)
+        print(f"wrote {cfg.out}")
     return 0

@@ -1,0 +1,232 @@
+"""Retrieval-augmented QA with layer-aware decoding (``interlayer qa``): each decoding
+(greedy, LFD, DoLa, LFD with a random layer) answers every question closed book (no
+passage) and open book (the gold passage, optionally among ``noise_docs`` passages of
+other questions); exact match and answer-contained with 95% Wilson intervals.
+
+Prompts: ``Answer the question with a short answer.`` then the documents (open book),
+``Question: ...`` and ``Answer:``; an instruct model gets the same text as one user turn
+of its chat template. ``known`` (ROME cloze facts) is closed book only: the prompt is the
+cloze sentence itself, to be completed. The first line of each generation is the answer.
+
+Progress is kept in ``OUT.progress.jsonl`` (one line per finished batch); a rerun with the
+same settings resumes from it, and it is removed when the result is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from interlayer.adapter import ModelAdapter
+from interlayer.errors import InterlayerError, choices
+from interlayer.files import write_json_atomic
+
+from .fused_decoding import DECODINGS, DecodingOptions, generate
+from .qa_data import QARecord, load_qa, noise_passages, with_passages
+from .qa_metrics import SETTINGS, MethodScore, first_answer_span, score
+
+CHAT_CHOICES: tuple[str, ...] = ("auto", "yes", "no")
+_INSTRUCT = re.compile(r"instruct|chat|(^|[-_])it($|[-_])", re.IGNORECASE)
+
+
+def use_chat(model: ModelAdapter, chat: str | bool = "auto") -> bool:
+    """Whether prompts go through the chat template: ``auto`` when the tokenizer has one
+    and the model's name says it is an instruct/chat model."""
+    if isinstance(chat, bool):
+        return chat
+    if chat not in CHAT_CHOICES:
+        raise InterlayerError(f"unknown chat setting {chat!r}; valid choices: {choices(CHAT_CHOICES)}")
+    if chat != "auto":
+        return chat == "yes"
+    has_template = bool(getattr(model.tokenizer, "chat_template", None))
+    return has_template and bool(_INSTRUCT.search(Path(str(model.name)).name))
+
+
+def qa_prompt(model: ModelAdapter, record: QARecord, passages: Sequence[str] | None, *, chat: bool,
+              cloze: bool = False) -> str:
+    """The prompt text of one question (see the module docstring)."""
+    if cloze:
+        return record.question
+    parts = ["Answer the question with a short answer."]
+    if passages:
+        parts.append("\n".join(f"Document [{i + 1}]: {p}" for i, p in enumerate(passages)))
+    parts.append(f"Question: {record.question}")
+    if not chat:
+        return "\n\n".join(parts) + "\nAnswer:"
+    messages = [{"role": "user", "content": "\n\n".join(parts)}]
+    return model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class QAResult:
+    """Scores per decoding and setting, with every prediction."""
+
+    model: str
+    data: str
+    n: int
+    skipped: int
+    noise_docs: int
+    decodings: list[str]
+    scores: list[MethodScore]
+    examples: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "data": self.data, "n": self.n, "skipped": self.skipped,
+                "noise_docs": self.noise_docs, "decodings": self.decodings,
+                "results": [s.to_json() for s in self.scores], **self.settings, "examples": self.examples}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (decoding, setting): exact match and contained with their intervals."""
+        return pd.DataFrame([{k: v for k, v in s.to_json().items()} for s in self.scores])
+
+    def table(self) -> str:
+        rows = []
+        for s in self.scores:
+            rows.append(f"{s.method:<11} {s.setting:<12} n={s.n:<4} EM {100 * s.exact_match:5.1f} "
+                        f"[{100 * s.exact_match_ci[0]:.1f}, {100 * s.exact_match_ci[1]:.1f}]  "
+                        f"contained {100 * s.contained:5.1f} [{100 * s.contained_ci[0]:.1f}, {100 * s.contained_ci[1]:.1f}]")
+        return "\n".join(rows)
+
+
+def check_decodings(decodings: Sequence[str] | str) -> list[str]:
+    items = [d.strip() for d in decodings.split(",")] if isinstance(decodings, str) else list(decodings)
+    items = [d for d in items if d]
+    if not items:
+        raise InterlayerError(f"no decodings given; valid choices: {choices(DECODINGS)}")
+    for d in items:
+        if d not in DECODINGS:
+            raise InterlayerError(f"unknown decoding {d!r}; valid choices: {choices(DECODINGS)}")
+    return list(dict.fromkeys(items))
+
+
+def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
+                decodings: Sequence[str] | str = ("greedy", "lfd", "dola", "lfd-random"),
+                options: DecodingOptions | None = None, noise_docs: int = 0, settings: Sequence[str] = SETTINGS,
+                chat: str | bool = "auto", max_new_tokens: int = 16, batch_size: int = 8, seed: int = 0,
+                start: int = 0, progress_file: str | Path | None = None, progress: bool = True) -> QAResult:
+    """Answer ``n`` questions of ``data`` with each decoding, closed and open book (see the
+    module docstring). ``options`` carries the LFD/DoLa settings (its ``decoding`` is
+    replaced per method). ``start``: skip the first records (e.g. a held-out split at the
+    end). ``progress_file``: a JSONL of finished batches to resume from."""
+    methods = check_decodings(decodings)
+    for s in settings:
+        if s not in SETTINGS:
+            raise InterlayerError(f"unknown setting {s!r}; valid choices: {choices(SETTINGS)}")
+    if not isinstance(noise_docs, int) or noise_docs < 0:
+        raise InterlayerError(f"noise_docs must be an integer >= 0, got {noise_docs!r}")
+    if not isinstance(start, int) or start < 0:
+        raise InterlayerError(f"start must be an integer >= 0, got {start!r}")
+    loaded = load_qa(data, None if n is None else start + n)
+    records = loaded.records[start:]
+    if not records:
+        raise InterlayerError(f"{data!r} has {len(loaded.records)} usable records; start={start} leaves none")
+    cloze = data == "known"
+    has_passages = not cloze and any(r.passage for r in records)
+    wanted = [s for s in settings if s == "closed_book" or has_passages]  # no passages: closed book only
+    if not wanted:
+        raise InterlayerError(f"{data!r} has no passages, so there is no open-book setting; ask for closed_book")
+    base = options or DecodingOptions()
+    chat_on = use_chat(model, chat)
+    prompts = {s: _prompts(model, records, s, noise_docs, seed, chat_on, cloze) for s in wanted}
+    key = _run_key(model, data, start, len(records), methods, base, noise_docs, chat_on, max_new_tokens, seed)
+    done = _load_progress(progress_file, key)
+    jobs = [(m, s) for m in methods for s in wanted]
+    bar = tqdm(total=len(jobs) * len(records), unit="answer", desc="qa", disable=not progress)
+    try:
+        for method, setting in jobs:
+            opts = DecodingOptions(**{**asdict(base), "decoding": method})
+            for start in range(0, len(records), batch_size):
+                tag = f"{method}|{setting}|{start}"
+                if tag not in done:
+                    gens = generate(model, prompts[setting][start:start + batch_size], opts,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size, stop_at_newline=True,
+                                    progress=False)
+                    done[tag] = [{"text": g.text, "layers": [s.layer for s in g.steps]} for g in gens]
+                    _append_progress(progress_file, key, tag, done[tag])
+                bar.update(len(done[tag]))
+    finally:
+        bar.close()
+    scores, examples = _score(records, methods, wanted, done, batch_size)
+    return QAResult(model.name, data, len(records), loaded.skipped, noise_docs, methods, scores, examples,
+                    {"chat": chat_on, "max_new_tokens": max_new_tokens, "seed": seed, "start": start, "settings": wanted,
+                     "alpha": base.alpha, "beta": base.beta, "candidates": base.candidates, "fusion": base.fusion,
+                     "dola_layers": base.dola_layers})
+
+
+def _prompts(model: ModelAdapter, records: list[QARecord], setting: str, noise_docs: int, seed: int, chat: bool,
+             cloze: bool) -> list[str]:
+    out = []
+    for i, record in enumerate(records):
+        passages = None
+        if setting == "open_book":
+            noise = noise_passages(records, i, noise_docs, seed) if noise_docs else []
+            passages = with_passages(record, noise, seed, i)
+        out.append(qa_prompt(model, record, passages, chat=chat, cloze=cloze))
+    return out
+
+
+def _score(records: list[QARecord], methods: list[str], settings: list[str], done: dict[str, list[dict[str, Any]]],
+           batch_size: int) -> tuple[list[MethodScore], list[dict[str, Any]]]:
+    scores = []
+    answers: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for method in methods:
+        for setting in settings:
+            outs = [o for start in range(0, len(records), batch_size) for o in done[f"{method}|{setting}|{start}"]]
+            answers[(method, setting)] = outs
+            scores.append(score(method, setting, [o["text"] for o in outs], records))
+    examples = []
+    for i, r in enumerate(records):
+        examples.append({"question": r.question, "answers": list(r.answers),
+                         "predictions": {f"{m}/{s}": first_answer_span(answers[(m, s)][i]["text"])
+                                         for m in methods for s in settings},
+                         "layers": {f"{m}/{s}": answers[(m, s)][i]["layers"] for m in methods for s in settings
+                                    if m != "greedy"}})
+    return scores, examples
+
+
+# ------------------------------------------------------------------ progress
+def _run_key(*parts: Any) -> str:
+    text = json.dumps([p if isinstance(p, (str, int, float, list, bool)) else repr(p) for p in parts], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_progress(path: str | Path | None, key: str) -> dict[str, list[dict[str, Any]]]:
+    """Finished batches of an earlier run with the same settings (others are ignored)."""
+    done: dict[str, list[dict[str, Any]]] = {}
+    if path is None or not Path(path).is_file():
+        return done
+    for line in Path(path).read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interruption
+        if item.get("key") == key:
+            done[item["tag"]] = item["outputs"]
+    return done
+
+
+def _append_progress(path: str | Path | None, key: str, tag: str, outputs: list[dict[str, Any]]) -> None:
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"key": key, "tag": tag, "outputs": outputs}) + "\n")
+        f.flush()
+
+
+def write_result(result: QAResult, out: str | Path, progress_file: str | Path | None) -> None:
+    """Write the result atomically, then drop the progress file this run wrote."""
+    write_json_atomic(Path(out), result.to_json())
+    if progress_file is not None and Path(progress_file).is_file():
+        Path(progress_file).unlink()
+
+
+__all__ = ["CHAT_CHOICES", "QAResult", "check_decodings", "evaluate_qa", "qa_prompt", "use_chat", "write_result"]
