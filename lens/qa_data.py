@@ -26,7 +26,6 @@ No torch here: only the standard library.
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import zlib
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from interlayer.errors import InterlayerError, choices
+from interlayer.json_records import decode_utf8, parse_records
 
 QA_DATASETS: tuple[str, ...] = ("nq", "squad", "known")
 # packaged file of each name, under interlayer.lens's data/knowledge/
@@ -92,33 +92,14 @@ def _decode(raw: bytes, where: str, gzipped: bool) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise InterlayerError(f"{where} is not a valid gzip file ({err})") from err
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InterlayerError(f"{where} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at {err.start})") from err
+    return decode_utf8(raw, where)
 
 
 def _items(raw: bytes, where: str, suffix: str) -> list[tuple[str, Any]]:
     """``(location, item)`` for every object of a JSON list or of a JSONL(.gz) file."""
     text = _decode(raw, where, gzipped=suffix == ".jsonl.gz")
-    if suffix in (".jsonl", ".jsonl.gz"):
-        out = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{where}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise InterlayerError(f"{where}: line {number} is not valid JSON ({err.msg})") from err
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InterlayerError(f"{where} is not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(data, list):
-        raise InterlayerError(f"{where} must hold a JSON list of objects with 'question' and 'answers', "
-                              f"not a {type(data).__name__}")
-    return [(f"{where} item {i}", item) for i, item in enumerate(data)]
+    return parse_records(text, where, lines=suffix in (".jsonl", ".jsonl.gz"),
+                         expect="objects with 'question' and 'answers'")
 
 
 def _text(value: Any) -> str | None:

@@ -21,13 +21,13 @@ The packaged subsets, their sources and licences are in ``steering/data/``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from interlayer.errors import InterlayerError, choices
+from interlayer.json_records import decode_utf8, parse_records
 
 CAA_BEHAVIOURS: tuple[str, ...] = ("coordinate-other-ais", "corrigible-neutral-HHH", "hallucination", "myopic-reward",
                                    "refusal", "survival-instinct", "sycophancy")
@@ -78,27 +78,8 @@ def dataset_path(name: str, split: str = "generate") -> Path:
 
 def _records(path: Path) -> list[tuple[str, object]]:
     """``(where, record)`` for every item of a JSON list or a JSONL file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise InterlayerError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x})") from err
-    if path.suffix.lower() == ".jsonl":
-        out = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise InterlayerError(f"{path}:{number} is not valid JSON ({err.msg})") from err
-        return out
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InterlayerError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(data, list):
-        raise InterlayerError(f"{path} must hold a JSON list of objects with {choices(FIELDS)}")
-    return [(f"{path} item {i}", item) for i, item in enumerate(data)]
+    text = decode_utf8(path.read_bytes(), str(path))
+    return parse_records(text, str(path), lines=path.suffix.lower() == ".jsonl", expect=f"objects with {choices(FIELDS)}")
 
 
 def load_pairs(name: str, split: str = "generate", n: int | None = None) -> list[ContrastPair]:

@@ -113,7 +113,7 @@ def test_unknown_name_lists_the_choices_and_mentions_paths():
 def test_invalid_json_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answers": ["a"]}\n{"question": oops}\n', encoding="utf-8")
-    with pytest.raises(InterlayerError, match=r"line 2 is not valid JSON"):
+    with pytest.raises(InterlayerError, match=r":2 is not valid JSON"):
         load_qa(str(path))
     broken = tmp_path / "bad.json"
     broken.write_text('[{"question": "q", ', encoding="utf-8")
