@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "interlayer.commands",
     "interlayer.lens.cli",
     "interlayer.probes.cli",
+    "interlayer.report.cli",
     "interlayer.saes.cli",
     "interlayer.steering.cli",
 )

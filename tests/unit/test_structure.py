@@ -9,8 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"interlayer": "interlayer", "interlayer.lens": "lens", "interlayer.saes": "saes",
-            "interlayer.probes": "probes", "interlayer.steering": "steering"}
-METHODS = ("interlayer.lens", "interlayer.saes", "interlayer.probes", "interlayer.steering")
+            "interlayer.probes": "probes", "interlayer.steering": "steering", "interlayer.report": "report"}
+METHODS = ("interlayer.lens", "interlayer.saes", "interlayer.probes", "interlayer.steering", "interlayer.report")
 DISPATCHER = "interlayer.cli"
 
 

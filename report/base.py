@@ -1,0 +1,137 @@
+"""The pieces of a report: profiles (how much work each section does), the context
+sections share (the model and the shared store passes), and a section's result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from interlayer.adapter import ModelAdapter
+from interlayer.decoding import LOGIT_LENS, Lens
+from interlayer.errors import InterlayerError, choices
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much data each section reads. ``quick`` fits a few minutes on a 2-core CPU;
+    ``full`` uses the sizes of the README findings."""
+
+    name: str
+    prompts: int                  # logit-lens example prompts
+    sample_tokens: int            # sample-text tokens (saturation, logit-lens curves)
+    latent_words: int | None      # words per latent-language pair (None: all)
+    mexa_languages: int           # languages besides the English pivot
+    mexa_sentences: int           # FLORES sentences per language (MEXA and the language-ID probe)
+    probe_folds: int
+    iks_questions: int
+    iks_steps: int
+    consistency_questions: int
+    consistency_paths: int
+    consistency_tokens: int
+    steering_pairs: int           # contrast pairs to train the vector
+    steering_items: int           # held-out items per sweep cell
+    sae_tokens: int
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile("quick", prompts=3, sample_tokens=256, latent_words=24, mexa_languages=20, mexa_sentences=20,
+                     probe_folds=3, iks_questions=8, iks_steps=4, consistency_questions=6, consistency_paths=3,
+                     consistency_tokens=48, steering_pairs=32, steering_items=16, sae_tokens=1024),
+    "full": Profile("full", prompts=3, sample_tokens=4096, latent_words=None, mexa_languages=33, mexa_sentences=100,
+                    probe_folds=5, iks_questions=50, iks_steps=8, consistency_questions=50, consistency_paths=5,
+                    consistency_tokens=96, steering_pairs=200, steering_items=50, sae_tokens=8192),
+}
+
+
+def check_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise InterlayerError(f"unknown profile {name!r}; valid choices: {choices(PROFILES)}")
+    return PROFILES[name]
+
+
+@dataclass
+class SectionResult:
+    """What a section shows: every number (``numbers``, all of them JSON), sentences
+    written from them, figures, tables (also written as CSV), and per-layer curves for the
+    cross-layer summary (``label -> (relative depth 0..1, value 0..1)``)."""
+
+    numbers: dict[str, Any] = field(default_factory=dict)
+    prose: list[str] = field(default_factory=list)
+    figures: list[go.Figure] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    status: str = "ok"
+    error: str = ""
+    seconds: float = 0.0
+    forward_calls: int = 0
+    """Model forward calls the section made (a generation step is one call)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, figures as plotly JSON and tables as records (for the resume files)."""
+        return {"numbers": self.numbers, "prose": self.prose,
+                "figures": [json.loads(pio.to_json(f, validate=False)) for f in self.figures],
+                "tables": {k: json.loads(v.to_json(orient="split", index=False)) for k, v in self.tables.items()},
+                "curves": {k: [list(map(float, x)), list(map(float, y))] for k, (x, y) in self.curves.items()},
+                "status": self.status, "error": self.error, "seconds": self.seconds,
+                "forward_calls": self.forward_calls}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "SectionResult":
+        tables = {k: pd.DataFrame(v["data"], columns=v["columns"]) for k, v in payload["tables"].items()}
+        figures = [pio.from_json(json.dumps(f), skip_invalid=True) for f in payload["figures"]]
+        curves = {k: (v[0], v[1]) for k, v in payload["curves"].items()}
+        return cls(payload["numbers"], payload["prose"], figures, tables, curves, payload["status"], payload["error"],
+                   payload["seconds"], payload.get("forward_calls", 0))
+
+
+class ReportContext:
+    """What every section gets: the model, the profile, the lens, and the shared store
+    passes (each computed once, on first use, and kept for the other sections)."""
+
+    def __init__(self, model: ModelAdapter, profile: Profile, *, lens: Lens = LOGIT_LENS, sae_dir: str | None = None,
+                 progress: bool = False) -> None:
+        self.model = model
+        self.profile = profile
+        self.lens = lens
+        self.sae_dir = sae_dir
+        self.progress = progress
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The shared pass ``name``, computed by ``compute`` the first time it is asked for."""
+        if name not in self._shared:
+            self._shared[name] = compute()
+        return self._shared[name]
+
+    def depth(self, layer: int, of: int | None = None) -> float:
+        """Relative depth of block ``layer`` (0 = the first block's output, 1 = the last's)."""
+        n = (of if of is not None else self.model.n_layers) - 1
+        return layer / n if n > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section: a name (for ``--only``/``--skip``), a title, and what it runs."""
+
+    name: str
+    title: str
+    run: Callable[[ReportContext], SectionResult]
+    needs_sae: bool = False
+
+
+def settings_of(profile: Profile) -> dict[str, Any]:
+    return dataclasses.asdict(profile)
+
+
+def finite(value: float) -> float | None:
+    """A JSON-safe float (NaN and infinities become None)."""
+    value = float(value)
+    return value if math.isfinite(value) else None

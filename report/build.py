@@ -1,0 +1,165 @@
+"""``interlayer report``: run the sections, keep each finished one next to the output
+(a rerun with the same options reuses it), and write the HTML, ``report.json`` and
+the tables as CSV.
+
+Shared store passes: one over the packaged sample text serves the logit-lens curves
+and saturation (decoded once); one over FLORES serves MEXA and the language-identity
+probe. A section that fails is shown as failed, with its error; the others render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from interlayer.adapter import ModelAdapter
+from interlayer.decoding import LOGIT_LENS, Lens
+from interlayer.errors import InterlayerError, choices
+from interlayer.files import check_writable, write_json_atomic, write_text_atomic
+
+from .base import Profile, ReportContext, Section, SectionResult, check_profile, settings_of
+from .render import numbers_json, render
+from .sections_layers import latent_section, logit_lens_section, model_card, saturation_section
+from .sections_methods import check_sae_dir, iks_section, sae_section, steering_section
+from .sections_probes import consistency_section, mexa_section, probes_section
+
+SECTIONS: tuple[Section, ...] = (
+    Section("model", "Model card", model_card),
+    Section("logit_lens", "Logit lens", logit_lens_section),
+    Section("latent", "Latent language", latent_section),
+    Section("saturation", "Saturation and exit layers", saturation_section),
+    Section("mexa", "MEXA cross-lingual alignment", mexa_section),
+    Section("probes", "Linear probe: language identity", probes_section),
+    Section("iks", "Knowledge layers (IKS)", iks_section),
+    Section("consistency", "Internal consistency", consistency_section),
+    Section("steering", "Steering", steering_section),
+    Section("sae", "Sparse autoencoder", sae_section, needs_sae=True),
+)
+SECTION_NAMES: tuple[str, ...] = tuple(s.name for s in SECTIONS)
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [i.strip() for i in items if i.strip()]
+
+
+def select_sections(only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,
+                    sae: bool = False) -> list[Section]:
+    """The sections to run, in report order: all (the SAE panel only with an SAE), or
+    ``only`` these, minus ``skip``. Unknown names list the sections."""
+    wanted, unwanted = _names(only), _names(skip)
+    for name in wanted + unwanted:
+        if name not in SECTION_NAMES:
+            raise InterlayerError(f"unknown report section {name!r}; valid sections: {choices(SECTION_NAMES)}")
+    if "sae" in wanted and not sae:
+        raise InterlayerError("the 'sae' section needs an SAE: give --sae DIR")
+    chosen = [s for s in SECTIONS if (s.name in wanted if wanted else (sae or not s.needs_sae)) and s.name not in unwanted]
+    if not chosen:
+        raise InterlayerError(f"no section left to run; valid sections: {choices(SECTION_NAMES)}")
+    return chosen
+
+
+@dataclass
+class ReportFiles:
+    """Where a report went."""
+
+    html: Path
+    json: Path
+    tables: Path
+    parts: Path
+    results: dict[str, SectionResult]
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """``report.json`` and the CSV folder (``<name>.tables``) and the resume folder
+    (``<name>.parts``) next to ``out``."""
+    out = Path(out)
+    return out.with_suffix(".json"), out.with_name(out.stem + ".tables"), out.with_name(out.stem + ".parts")
+
+
+def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: str | Sequence[str] | None = None,
+                 skip: str | Sequence[str] | None = None, sae: str | None = None, lens: Lens = LOGIT_LENS,
+                 lens_source: str | None = None, profile: str | Profile = "quick", progress: bool = True) -> ReportFiles:
+    """Run the report's sections on ``model`` and write ``out`` (HTML), ``report.json``
+    (next to it, named after it), the tables as CSV and the per-section resume files."""
+    out = check_writable(out, suffixes=(".html",))
+    prof = check_profile(profile) if isinstance(profile, str) else profile
+    sections = select_sections(only, skip, sae is not None)
+    if sae is not None:
+        check_sae_dir(sae, model.name, model.d_model, model.n_layers)
+    json_path, tables_dir, parts_dir = output_paths(out)
+    for folder in (parts_dir, tables_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    ctx = ReportContext(model, prof, lens=lens, sae_dir=sae, progress=progress)
+    base_key = {"model": model.name, "weights": model.weights_sha256(), "profile": settings_of(prof),
+                "lens": lens.name, "lens_source": lens_source, "sae": str(Path(sae).resolve()) if sae else None,
+                "version": _version()}
+    results: dict[str, SectionResult] = {}
+    bar = tqdm(sections, desc="report", unit="section", disable=not progress)
+    for section in bar:
+        bar.set_postfix_str(section.name)
+        key = hashlib.sha256(json.dumps({**base_key, "section": section.name}, sort_keys=True).encode()).hexdigest()
+        cached = _load_part(parts_dir / f"{section.name}.json", key)
+        results[section.name] = cached if cached is not None else _run(section, ctx)
+        if cached is None:
+            write_json_atomic(parts_dir / f"{section.name}.json", {"key": key, "result": results[section.name].to_json()})
+    bar.close()
+    title = f"interlayer report: {model.name}"
+    header = {"profile": prof.name, "lens": lens.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "sections": len(results), "failed": sum(r.status != "ok" for r in results.values())}
+    from plotly.offline import get_plotlyjs
+
+    write_text_atomic(out, render(title, [(s.name, s.title) for s in sections], results, get_plotlyjs(), header))
+    write_json_atomic(json_path, {"model": model.name, "profile": settings_of(prof), "lens": lens.name,
+                                  "sections": numbers_json(results)})
+    for name, result in results.items():
+        for table, frame in result.tables.items():
+            write_text_atomic(tables_dir / f"{name}.{table}.csv", frame.to_csv(index=False))
+    return ReportFiles(out, json_path, tables_dir, parts_dir, results)
+
+
+def _run(section: Section, ctx: ReportContext) -> SectionResult:
+    calls = [0]
+    handle = ctx.model.model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    t0 = time.perf_counter()
+    try:
+        result = section.run(ctx)
+    except Exception as err:  # one failed section must not lose the others
+        detail = "".join(traceback.format_exception_only(type(err), err)).strip()
+        result = SectionResult(status="failed", error=detail)
+    finally:
+        handle.remove()
+    result.seconds = round(time.perf_counter() - t0, 2)
+    result.forward_calls = calls[0]
+    return result
+
+
+def _load_part(path: Path, key: str) -> SectionResult | None:
+    """A finished section of an earlier run with the same options (failed ones run again)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("key") != key or payload["result"]["status"] != "ok":
+            return None
+        return SectionResult.from_json(payload["result"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged part is recomputed
+
+
+def _version() -> str:
+    import interlayer
+
+    return interlayer.__version__
+
+
+__all__ = ["ReportFiles", "SECTIONS", "SECTION_NAMES", "build_report", "output_paths", "select_sections"]

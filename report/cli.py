@@ -1,0 +1,41 @@
+"""``interlayer report``."""
+
+from __future__ import annotations
+
+from interlayer.command_registry import command
+from interlayer.errors import InterlayerError
+from interlayer.files import check_writable
+
+from .config import ReportConfig
+
+
+@command("report", ReportConfig)
+def run_report(cfg: ReportConfig) -> int:
+    from .build import build_report, select_sections
+    from .sections_methods import check_sae_dir
+
+    check_writable(cfg.out, suffixes=(".html",))  # before any computation
+    select_sections(cfg.only, cfg.skip, cfg.sae is not None)
+    if cfg.sae is not None:
+        check_sae_dir(cfg.sae)
+    if cfg.tuned_lens is not None:
+        from pathlib import Path
+
+        if not (Path(cfg.tuned_lens) / "lens.safetensors").is_file():
+            raise InterlayerError(f"--tuned-lens {cfg.tuned_lens!r} is not a saved tuned lens (needs lens.safetensors)")
+    model = cfg.load()
+    lens = None
+    if cfg.tuned_lens is not None:
+        from interlayer.lens import TunedLens
+
+        lens = TunedLens.load(cfg.tuned_lens, model)
+    kwargs = {"lens": lens, "lens_source": cfg.tuned_lens} if lens is not None else {}
+    files = build_report(model, cfg.out, only=cfg.only, skip=cfg.skip, sae=cfg.sae, profile=cfg.profile,
+                         progress=not cfg.no_progress, **kwargs)
+    failed = [n for n, r in files.results.items() if r.status != "ok"]
+    for name, result in files.results.items():
+        print(f"{name:<12} {result.status:<7} {result.seconds:7.1f} s  {result.forward_calls:6d} forward calls")
+    print(f"wrote {files.html} ({files.json.name}, tables in {files.tables.name}/)")
+    if failed:
+        print(f"failed sections: {', '.join(failed)} (see the report)")
+    return 0

@@ -1,0 +1,22 @@
+"""The config of ``interlayer report``, shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from interlayer.config import ModelOptions, option
+
+
+@dataclass
+class ReportConfig(ModelOptions):
+    """One self-contained, layer-wise HTML report of a model: every method, one page."""
+
+    out: str = option("report.html", "the HTML file (report.json, <name>.tables/ and <name>.parts/ go next to it)",
+                      suffixes=(".html",))
+    only: str | None = option(None, "comma-separated sections to run (default: all)")
+    skip: str | None = option(None, "comma-separated sections to leave out")
+    sae: str | None = option(None, "a saved interlayer SAE directory: adds the SAE panel")
+    tuned_lens: str | None = option(None, "decode with this saved tuned lens instead of the logit lens")
+    profile: str = option("quick", "quick (minutes on a CPU) or full (the README findings' sizes)",
+                          choices=("quick", "full"))
+    no_progress: bool = option(False, "hide the progress bar")

@@ -1,0 +1,144 @@
+"""Report sections on where knowledge and behaviour live: IKS (knowledge layers), a
+steering sweep, and an SAE panel when an SAE is given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interlayer.errors import InterlayerError
+
+from .base import ReportContext, SectionResult
+
+STEERING_DATASET = "persona:agreeableness"
+STEERING_COEFS = (-8.0, -4.0, 4.0, 8.0)
+
+
+def iks_section(ctx: ReportContext) -> SectionResult:
+    from interlayer.lens import iks_on_data
+
+    p = ctx.profile
+    res = iks_on_data(ctx.model, "nq", p.iks_questions, passage=True, max_new_tokens=p.iks_steps, batch_size=4,
+                      progress=False)
+    mean = res.mean
+    hist = res.histogram
+    mode = max(hist, key=hist.get)
+    low = int(np.argmin(mean))
+    prose = [f"While answering {res.n} NQ questions from their gold passage ({res.values.shape[0]} decoding steps), "
+             f"the FFN changes the next-token distribution least (lowest IKS) at layer {low} and most at layer "
+             f"{int(np.argmax(mean))}.",
+             f"Among the fusion candidates {res.candidates}, l* = {res.layer} (mean IKS {mean[res.layer]:.4f}); per step "
+             f"the choice falls most often on layer {mode} ({hist[mode]} of {sum(hist.values())} steps).",
+             "This is the project's reading of LFD's internal knowledge score (see the README)."]
+    payload = res.to_json()
+    top = max(float(mean.max()), 1e-12)
+    depth = [ctx.depth(l) for l in res.layers]
+    return SectionResult(payload, prose, [res.plot()], {"iks": res.to_frame()},
+                         {"IKS (÷ max)": (depth, [float(v) / top for v in mean])})
+
+
+def steering_section(ctx: ReportContext) -> SectionResult:
+    from interlayer.steering import sweep, train_vectors
+
+    n = ctx.model.n_layers
+    layers = sorted({n // 4, n // 2, (3 * n) // 4})
+    p = ctx.profile
+    vector = train_vectors(ctx.model, STEERING_DATASET, layers, normalize=False, n=p.steering_pairs, progress=False)
+    res = sweep(ctx.model, vector, STEERING_DATASET, layers, list(STEERING_COEFS), n=p.steering_items,
+                perplexity_tokens=128, progress=False)
+    best = res.best
+    random_max = float(np.abs(res.random_shift).max())
+    name = STEERING_DATASET if isinstance(STEERING_DATASET, str) else "custom pairs"
+    prose = [f"A mean-difference vector for {name} (from {p.steering_pairs} contrast pairs) was added at "
+             f"layers {layers} with coefficients {list(STEERING_COEFS)} (multiples of the raw mean difference).",
+             f"The largest shift in P(matching) within the perplexity bound is {best['shift']:+.3f} at layer "
+             f"{best['layer']}, coefficient {best['coef']:g} (Δ perplexity {best['delta_perplexity']:+.2f}); a random "
+             f"direction of the same norm moves it by at most {random_max:.3f} anywhere.",
+             f"Unsteered, P(matching) is {res.base:.3f} on {res.n} held-out items."]
+    per_layer = np.abs(res.shift).max(1)
+    top = max(float(per_layer.max()), 1e-12)
+    return SectionResult(res.to_json(), prose, [res.plot()], {"steering_sweep": res.to_frame()},
+                         {"steering: max |shift| (÷ max)": ([ctx.depth(l) for l in layers],
+                                                            [float(v) / top for v in per_layer])})
+
+
+# ------------------------------------------------------------------------ SAE
+def check_sae_dir(path: str, model_name: str | None = None, d_model: int | None = None,
+                  n_layers: int | None = None) -> dict[str, Any]:
+    """The SAE config of ``path``, checked against the model before any computation:
+    its width must be the model's, its site one the model has, its model (when it names
+    one) this model."""
+    from interlayer.saes.formats import is_interlayer_dir
+
+    folder = Path(path)
+    if not folder.is_dir() or not is_interlayer_dir(folder):
+        raise InterlayerError(f"--sae {path!r} is not a saved interlayer SAE (a directory with cfg.json and the weights)")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    site = cfg.get("site")
+    if not site:
+        raise InterlayerError(f"--sae {path!r} names no hook site in cfg.json; the report needs one")
+    if d_model is not None and int(cfg.get("d_in", -1)) != d_model:
+        raise InterlayerError(f"--sae {path!r} reads vectors of width {cfg.get('d_in')}, but the model has "
+                              f"d_model={d_model}: it belongs to another model")
+    if model_name is not None and cfg.get("model") and Path(str(cfg["model"])).name != Path(str(model_name)).name:
+        raise InterlayerError(f"--sae {path!r} was trained on {cfg['model']!r}, not {model_name!r}")
+    if n_layers is not None:
+        from interlayer.sites import parse_site
+
+        parse_site(site, n_layers)
+    return cfg
+
+
+def sae_section(ctx: ReportContext) -> SectionResult:
+    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.saes import SAE, evaluate_sae
+
+    if ctx.sae_dir is None:
+        raise InterlayerError("no SAE given (--sae DIR)")
+    sae = SAE.load(ctx.sae_dir, device=ctx.model.device)
+    site = sae.cfg.site
+    res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens, progress=False)
+    m = {**res.metrics, **res.spliced}
+    contexts = top_contexts(ctx, sae, site)
+    prose = [f"The SAE at {site} ({sae.cfg.arch}, {sae.d_sae} latents) keeps {m.get('l0', float('nan')):.1f} latents "
+             f"per token and explains {m.get('explained_variance', float('nan')):.1%} of the variance "
+             f"(NMSE {m.get('nmse', float('nan')):.3f}) on {int(m.get('tokens', 0))} tokens of sample text.",
+             f"Spliced into the model it recovers {m.get('ce_loss_recovered', float('nan')):.1%} of the cross-entropy "
+             "lost by zero-ablating the site."]
+    return SectionResult({"site": site, "metrics": m, "top_contexts": contexts.to_dict(orient="records")}, prose,
+                         [res.eps_histogram(), res.zf_plot(), res.firing_histogram()],
+                         {"sae_metrics": res.to_frame(), "sae_top_contexts": contexts})
+
+
+def top_contexts(ctx: ReportContext, sae: Any, site: str, latents: int = 3, per_latent: int = 5,
+                 window: int = 8) -> pd.DataFrame:
+    """The strongest activations of the ``latents`` most active latents on sample text,
+    each with the tokens around it (the activating token in [brackets])."""
+    from interlayer.activations import collect
+    from interlayer.loading import SAMPLE_TEXT
+
+    length = min(128, ctx.model.max_positions)
+    acts = collect(ctx.model, str(SAMPLE_TEXT), site, context_length=length,
+                   limit=max(1, ctx.profile.sae_tokens // (length - 1)), progress=False)
+    with torch.no_grad():
+        codes = sae.encode(acts[site].to(ctx.model.device)).float().cpu()
+    order = torch.argsort(codes.max(0).values, descending=True)[:latents]
+    meta = acts.meta
+    rows = []
+    for latent in order.tolist():
+        values, index = torch.topk(codes[:, latent], min(per_latent, codes.shape[0]))
+        for value, row in zip(values.tolist(), index.tolist()):
+            same = (meta["sequence"] == meta["sequence"][row]).nonzero()[:, 0]
+            lo, hi = max(int(same.min()), row - window), min(int(same.max()), row + window)
+            pieces = ctx.model.token_strings(meta["token_id"][lo:hi + 1].tolist())
+            pieces[row - lo] = f"[{pieces[row - lo]}]"
+            rows.append({"latent": latent, "activation": value, "context": "".join(pieces)})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["check_sae_dir", "iks_section", "sae_section", "steering_section", "top_contexts"]

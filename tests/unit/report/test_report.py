@@ -1,0 +1,108 @@
+"""The report on a tiny model: every section it can run, numbers equal to the methods
+run on their own, one plotly.js, escaping, failure isolation, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import interlayer
+from interlayer import cli
+from interlayer.errors import InterlayerError
+from interlayer.report import Profile, build_report, select_sections
+from interlayer.report import sections_layers, sections_methods
+from tests.tiny_models import make_tiny, make_tokenizer
+
+TINY = Profile("test", prompts=2, sample_tokens=64, latent_words=4, mexa_languages=3, mexa_sentences=6, probe_folds=2,
+               iks_questions=2, iks_steps=2, consistency_questions=2, consistency_paths=2, consistency_tokens=4,
+               steering_pairs=8, steering_items=4, sae_tokens=64)
+EVIL = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+@pytest.fixture
+def model(tmp_path):
+    return interlayer.load_model(make_tiny("llama"), tokenizer=make_tokenizer(tmp_path / "tok"))
+
+
+def test_report_sections_numbers_escaping_and_resume(model, tmp_path, monkeypatch):
+    model.name = f"tiny {EVIL}"
+    monkeypatch.setattr(sections_layers, "EXAMPLE_PROMPTS", (("w5 w6 " + EVIL, " w7"), ("w8 w9", " w10")))
+    from tests.unit.steering.test_evaluation import PAIRS
+
+    monkeypatch.setattr(sections_methods, "STEERING_DATASET", PAIRS * 2)  # words the tiny tokenizer knows
+    out = tmp_path / "r.html"
+    files = build_report(model, out, skip="consistency", profile=TINY, progress=False)
+    html = out.read_text()
+    results = files.results
+    assert set(results) == {"model", "logit_lens", "latent", "saturation", "mexa", "probes", "iks", "steering"}
+    # the word-level tiny tokenizer has none of the latent-language words: that section fails, the rest render
+    assert results["latent"].status == "failed" and "failed" in html
+    assert all(r.status == "ok" for n, r in results.items() if n != "latent"), {n: r.error for n, r in results.items()}
+    # plotly.js inlined once, one drawing per figure
+    assert html.count("<script>") == 1 + html.count("Plotly.newPlot(")
+    assert html.count("Plotly.newPlot(") == 1 + sum(len(r.figures) for r in results.values())
+    assert not re.search(r"<(script|link|img|iframe)[^>]*(src|href)=", html)  # nothing loaded from elsewhere
+    # user text is escaped everywhere: in the text and inside figure specs
+    assert EVIL not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # numbers equal the methods run on their own
+    from interlayer.lens import saturation
+    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.probes import mexa
+
+    alone = saturation(model, str(SAMPLE_TEXT), tokens=64, context_length=64, progress=False).to_frame()
+    assert results["saturation"].numbers["match_final"] == pytest.approx(alone.match_final.tolist())
+    assert results["saturation"].numbers["match_next"] == pytest.approx(alone.match_next.tolist())
+    langs = results["mexa"].numbers["scores"]
+    ref = mexa(model, list(langs), n=6, progress=False)
+    assert results["mexa"].numbers["scores"] == ref.scores  # the same hits, exactly
+    # report.json holds every section's numbers; tables as CSV; parts for resume
+    payload = json.loads(files.json.read_text())
+    assert payload["sections"]["saturation"]["numbers"]["tokens"] == 64
+    assert (files.tables / "saturation.saturation.csv").is_file()
+    assert (files.parts / "mexa.json").is_file()
+    # a rerun with the same options reuses every finished section (and retries the failed one)
+    import dataclasses
+
+    from interlayer.report import build as build_module
+
+    calls = []
+
+    def spy(section):
+        def run(ctx):
+            calls.append(section.name)
+            return section.run(ctx)
+        return dataclasses.replace(section, run=run)
+
+    monkeypatch.setattr(build_module, "SECTIONS", tuple(spy(s) for s in build_module.SECTIONS))
+    again = build_report(model, out, skip="consistency", profile=TINY, progress=False)
+    assert calls == ["latent"]  # only the failed section ran again
+    assert again.results["mexa"].numbers == results["mexa"].numbers and again.results["latent"].status == "failed"
+    build_report(model, out, only="model,saturation", profile=TINY, progress=False)
+    assert calls == ["latent"]  # other options, the same sections: still reused
+
+
+def test_report_bad_input(model, tmp_path, capsys):
+    with pytest.raises(InterlayerError, match="valid sections: 'model', 'logit_lens'"):
+        select_sections(only="mexa,lens")
+    with pytest.raises(InterlayerError, match="needs an SAE"):
+        select_sections(only="sae")
+    assert cli.main(["report", "--only", "nope", "--out", str(tmp_path / "r.html")]) == 2
+    assert "unknown report section 'nope'" in capsys.readouterr().err
+    assert cli.main(["report", "--out", str(tmp_path / "r.txt")]) == 2
+    assert "valid choices: '.html'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["report", "--out", str(tmp_path / "file" / "r.html")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    # an SAE for another model: refused before any computation
+    from interlayer.saes import SAE, SAEConfig
+
+    sae = SAE(SAEConfig(d_in=model.d_model + 1, d_sae=8, arch="relu", model="other", site="resid_post.1"))
+    sae.save(tmp_path / "sae")
+    with pytest.raises(InterlayerError, match="width"):
+        build_report(model, tmp_path / "r.html", sae=str(tmp_path / "sae"), profile=TINY, progress=False)
+    assert not (tmp_path / "r.html").exists()
+    assert cli.main(["report", "--sae", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "not a saved interlayer SAE" in capsys.readouterr().err
