@@ -12,7 +12,7 @@ PROMPT ?= The Eiffel Tower is in the city of
 SAELENS_VENV ?= .venv-saelens
 SAELENS ?= sae-lens==6.54.12
 
-.PHONY: demo test test-unit install saelens clean
+.PHONY: demo test test-unit install saelens browser clean
 
 install: $(VENV)/.installed
 
@@ -38,10 +38,17 @@ $(SAELENS_VENV)/.installed: Makefile
 	touch $@
 
 demo: install
-	$(VENV)/bin/interlayer info gemma-3-270m
-	$(VENV)/bin/interlayer lens logit --model gemma-3-270m --prompt "$(PROMPT)"
+	$(VENV)/bin/interlayer report --model gemma-3-270m --out report.html
+	@echo "the report: $(CURDIR)/report.html"
 
-test: install saelens
+# The report's browser test drives Debian's chromium; installed here where missing and
+# possible (root with apt), else that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } \
+	  || echo "no chromium: the report browser test will be skipped"
+
+test: install saelens browser
 	$(PY) -m pytest -q tests
 
 test-unit: install

@@ -1,0 +1,78 @@
+"""The report in a real headless browser (Debian's chromium through playwright): every
+figure draws an SVG, the console stays clean, nothing is fetched from the network, and
+no injected script runs. The screenshot is kept in ``test-artifacts/``.
+
+Where chromium or playwright is missing the test is skipped with the reason; CI sets
+``INTERLAYER_REQUIRE_BROWSER=1`` (after installing chromium), which turns that skip
+into a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import interlayer
+from interlayer.report import build_report, sections_layers
+from tests.tiny_models import make_tiny, make_tokenizer
+from tests.unit.report.test_report import EVIL, TINY
+
+ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-default-apps", "--disable-extensions"]
+
+
+def _browser_or_skip() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    reason = None
+    if chromium is None:
+        reason = "no chromium on PATH (install Debian's chromium: apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "the playwright package is not installed (pip install playwright)"
+    if reason:
+        if os.environ.get("INTERLAYER_REQUIRE_BROWSER"):
+            pytest.fail(f"BROWSER TEST CANNOT RUN: {reason}")
+        pytest.skip(f"BROWSER TEST SKIPPED: {reason}")
+    return chromium
+
+
+def test_report_renders_in_chromium(tmp_path, monkeypatch):
+    chromium = _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    model = interlayer.load_model(make_tiny("llama"), tokenizer=make_tokenizer(tmp_path / "tok"))
+    model.name = f"tiny {EVIL}"
+    monkeypatch.setattr(sections_layers, "EXAMPLE_PROMPTS", (("w5 w6 " + EVIL, " w7"), ("w8 w9", " w10")))
+    files = build_report(model, tmp_path / "report.html", only="model,logit_lens,saturation,mexa,latent",
+                         profile=TINY, progress=False)
+    n_figures = 1 + sum(len(r.figures) for r in files.results.values())  # + the cross-layer summary
+    errors, requests, dialogs = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
+                    else None)
+            page.goto(files.html.as_uri())
+            page.wait_for_function(f"document.querySelectorAll('.figure svg.main-svg').length >= {n_figures}",
+                                   timeout=30_000)
+            drawn = page.evaluate("Array.from(document.querySelectorAll('.figure')).map(d => "
+                                  "d.querySelectorAll('svg.main-svg').length)")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "report-tiny.png"), full_page=False)
+        finally:
+            browser.close()
+    assert len(drawn) == n_figures and all(count >= 1 for count in drawn), drawn
+    assert errors == [], errors
+    assert requests == [], requests
+    assert dialogs == [], f"injected script ran: {dialogs}"
+    assert (ARTIFACTS / "report-tiny.png").stat().st_size > 10_000
