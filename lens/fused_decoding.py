@@ -411,14 +411,28 @@ def _generate_batch(model: ModelAdapter, decoder: LayerDecoder, items: list[Any]
         out = model.model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                                    generation_config=config, logits_processor=LogitsProcessorList([processor]),
                                    stopping_criteria=stopping)
+    del out
     results = []
     for row, item in enumerate(items):
-        steps = processor.steps[row] if processor.steps else []
+        steps = _until_stop(model, processor.steps[row] if processor.steps else [], eos, stop_at_newline)
         tokens = [s.token for s in steps]
         text = model.tokenizer.decode(tokens, skip_special_tokens=True) if model.tokenizer is not None else ""
         results.append(Generation(item, tokens, text, steps, opts.decoding))
-    del out
     return results
+
+
+def _until_stop(model: ModelAdapter, steps: list[Step], eos: set[int], stop_at_newline: bool) -> list[Step]:
+    """A row's steps up to where generation stopped for it (an EOS token, or its first
+    newline); the batch may have gone on for other rows."""
+    kept: list[Step] = []
+    for step in steps:
+        kept.append(step)
+        if step.token in eos:
+            break
+        if stop_at_newline and model.tokenizer is not None and \
+                "\n" in model.tokenizer.decode([s.token for s in kept], skip_special_tokens=True):
+            break
+    return kept
 
 
 __all__ = ["DECODINGS", "DEFAULT_ALPHA", "DEFAULT_BETA", "DecodingOptions", "FUSIONS", "Generation", "IKS_METRICS",

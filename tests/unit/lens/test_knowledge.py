@@ -271,3 +271,16 @@ def test_knowledge_commands(tmp_path, capsys):
     assert "0..2" in capsys.readouterr().err
     assert cli.main(["iks", "--model", str(ckpt), "--data", data, "--candidates", "", "--no-progress"]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_a_row_stops_at_its_eos_or_first_newline():
+    from types import SimpleNamespace
+
+    from interlayer.lens.fused_decoding import Step, _until_stop
+
+    vocab = {1: "a", 2: "b\n", 3: "c", 9: "<eos>"}
+    tok = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: "".join(vocab[i] for i in ids if i != 9))
+    model = SimpleNamespace(tokenizer=tok)
+    steps = [Step(t) for t in (1, 2, 3, 9, 1)]
+    assert [s.token for s in _until_stop(model, steps, {9}, stop_at_newline=True)] == [1, 2]
+    assert [s.token for s in _until_stop(model, steps, {9}, stop_at_newline=False)] == [1, 2, 3, 9]
