@@ -61,7 +61,7 @@ class SaturationConfig(ModelOptions):
 class DecodingFlags:
     """The LFD / DoLa settings shared by ``interlayer generate`` and ``interlayer qa``."""
 
-    alpha: float = option(0.5, "LFD: weight of the fusion layer (z_L + alpha * z_l*)", min=0)
+    alpha: float = option(0.25, "LFD: weight of the fusion layer (z_L + alpha * z_l*)", min=0)
     beta: float = option(0.1, "V_head: keep tokens with p_L >= beta * max p_L", above=0)
     candidates: str | None = option(None, "LFD: comma-separated candidate blocks (default: even blocks of the latter half)")
     layer: int | None = option(None, "LFD: a fixed fusion block; DoLa: a fixed premature layer j (no selection)", min=0)

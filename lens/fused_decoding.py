@@ -50,7 +50,7 @@ from .knowledge import IKS_METRICS, SELECTIONS, candidate_layers, check_metric, 
 DECODINGS: tuple[str, ...] = ("greedy", "lfd", "dola", "lfd-random")
 FUSIONS: tuple[str, ...] = ("logits", "hidden")
 DOLA_BUCKETS: tuple[str, ...] = ("high", "low")
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = 0.25
 """LFD's default α, chosen on a held-out split (see the README's knowledge findings and
 ``benchmarks/knowledge_alpha.py``)."""
 DEFAULT_BETA = 0.1
