@@ -43,8 +43,8 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", prompts=3, sample_tokens=256, latent_words=24, mexa_languages=20, mexa_sentences=20,
-                     probe_folds=3, iks_questions=8, iks_steps=4, consistency_questions=6, consistency_paths=3,
-                     consistency_tokens=48, steering_pairs=32, steering_items=16, sae_tokens=1024),
+                     probe_folds=3, iks_questions=8, iks_steps=4, consistency_questions=4, consistency_paths=3,
+                     consistency_tokens=32, steering_pairs=32, steering_items=16, sae_tokens=1024),
     # the sizes of the README findings
     "full": Profile("full", prompts=3, sample_tokens=2048, latent_words=None, mexa_languages=33, mexa_sentences=100,
                     probe_folds=5, iks_questions=40, iks_steps=8, consistency_questions=20, consistency_paths=5,
