@@ -1,4 +1,5 @@
-"""The quickstart notebook's code runs top to bottom on the embedded model."""
+"""Every notebook's code runs top to bottom on the embedded model, and each was
+committed without outputs."""
 
 import json
 import math
@@ -13,12 +14,19 @@ pytestmark = pytest.mark.integration
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_runs(gemma):
-    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
-    assert len(cells) >= 5
+def _run_notebook(name: str) -> dict:
+    """Exec every code cell of ``notebooks/<name>`` in one namespace, top to bottom."""
+    path = NOTEBOOK.parent / name
+    cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in cells)
     namespace: dict = {}
     for cell in cells:
-        exec(compile("".join(cell["source"]), f"{NOTEBOOK.name}", "exec"), namespace)
+        exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
+    return namespace
+
+
+def test_quickstart_notebook_runs(gemma):
+    namespace = _run_notebook("quickstart.ipynb")
     assert namespace["lens"].table().shape[0] == 18
     assert not (namespace["plain"] == namespace["steered"]).all()
     assert not torch.equal(namespace["clean"]["logits"], namespace["steered_acts"]["logits"])
@@ -29,11 +37,7 @@ def test_quickstart_notebook_runs(gemma):
 
 @pytest.mark.slow
 def test_steering_notebook_runs(gemma):
-    path = NOTEBOOK.parent / "steering.ipynb"
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    namespace: dict = {}
-    for cell in cells:
-        exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
+    namespace = _run_notebook("steering.ipynb")
     assert namespace["vector"].layers == [4, 8, 12]
     assert namespace["result"].shift.shape == (3, 3) and namespace["result"].best["layer"] in (4, 8, 12)
     assert abs(float(namespace["pure"][8] @ namespace["other"][8])) < 1e-3 * float(namespace["other"][8].norm())
@@ -42,27 +46,12 @@ def test_steering_notebook_runs(gemma):
 
 @pytest.mark.slow
 def test_knowledge_notebook_runs(gemma):
-    path = NOTEBOOK.parent / "knowledge.ipynb"
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    namespace: dict = {}
-    for cell in cells:
-        exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
+    namespace = _run_notebook("knowledge.ipynb")
     iks = namespace["iks"]
     assert len(iks.mean) == 18 and iks.candidates == [10, 12, 14, 16] and iks.layer in iks.candidates
     assert set(namespace["runs"]) == {"greedy", "lfd", "dola"}
     assert all(s.layer in (10, 12, 14, 16) for s in namespace["runs"]["lfd"].steps)
     assert len(namespace["qa"].scores) == 6 and len(namespace["sim"].mean) == 18
-
-
-def _run_notebook(name: str) -> dict:
-    """Exec every code cell of ``notebooks/<name>`` in one namespace, top to bottom."""
-    path = NOTEBOOK.parent / name
-    cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
-    assert all(c["outputs"] == [] and c["execution_count"] is None for c in cells)
-    namespace: dict = {}
-    for cell in cells:
-        exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
-    return namespace
 
 
 @pytest.mark.slow
