@@ -102,7 +102,8 @@ def sae_section(ctx: ReportContext) -> SectionResult:
         raise InterlayerError("no SAE given (--sae DIR)")
     sae = SAE.load(ctx.sae_dir, device=ctx.model.device)
     site = sae.cfg.site
-    res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens, progress=False)
+    res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
+                       context_length=min(128, ctx.model.max_positions), progress=False)
     m = {**res.metrics, **res.spliced}
     contexts = top_contexts(ctx, sae, site)
     prose = [f"The SAE at {site} ({sae.cfg.arch}, {sae.d_sae} latents) keeps {m.get('l0', float('nan')):.1f} latents "

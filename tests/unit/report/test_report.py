@@ -106,3 +106,30 @@ def test_report_bad_input(model, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
     assert cli.main(["report", "--sae", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html")]) == 2
     assert "not a saved interlayer SAE" in capsys.readouterr().err
+
+
+def test_report_sae_panel_equals_evaluate_sae(model, tmp_path):
+    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.saes import SAE, SAEConfig, evaluate_sae
+
+    import torch
+
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=model.d_model, d_sae=16, arch="relu", model=model.name, site="resid_post.1"))
+    sae.save(tmp_path / "sae")
+    files = build_report(model, tmp_path / "r.html", only="model,sae", sae=str(tmp_path / "sae"), profile=TINY,
+                         progress=False)
+    panel = files.results["sae"]
+    assert panel.status == "ok", panel.error
+    assert len(panel.figures) == 3 and set(panel.tables) == {"sae_metrics", "sae_top_contexts"}
+    direct = evaluate_sae(SAE.load(tmp_path / "sae"), model, str(SAMPLE_TEXT), "resid_post.1", tokens=TINY.sae_tokens,
+                          context_length=64, progress=False)
+    for key in ("nmse", "explained_variance", "l0"):
+        assert panel.numbers["metrics"][key] == pytest.approx(direct.metrics[key], rel=1e-5)
+    assert panel.numbers["metrics"]["ce_loss_recovered"] == pytest.approx(direct.spliced["ce_loss_recovered"], rel=1e-5)
+    contexts = panel.tables["sae_top_contexts"]
+    assert len(contexts) > 0 and contexts.context.str.contains(r"\[").all()
+    # an SAE for a site this model lacks is refused before any computation
+    SAE(SAEConfig(d_in=model.d_model, d_sae=8, arch="relu", site="resid_post.7")).save(tmp_path / "sae7")
+    with pytest.raises(InterlayerError, match="out of range"):
+        build_report(model, tmp_path / "r2.html", sae=str(tmp_path / "sae7"), profile=TINY, progress=False)
