@@ -284,3 +284,29 @@ def test_a_row_stops_at_its_eos_or_first_newline():
     steps = [Step(t) for t in (1, 2, 3, 9, 1)]
     assert [s.token for s in _until_stop(model, steps, {9}, stop_at_newline=True)] == [1, 2]
     assert [s.token for s in _until_stop(model, steps, {9}, stop_at_newline=False)] == [1, 2, 3, 9]
+
+
+def test_sim_hidden_equals_plain_hooks_on_the_mlp(tmp_path):
+    from interlayer.lens.knowledge import sim_hidden
+
+    model = _tiny("llama", tmp_path)
+    with_ctx, without_ctx = [[1, 5, 9, 13, 17, 21], [1, 30, 31, 32]], [[1, 5, 13, 21], [1, 30, 32]]
+    res = sim_hidden(model, with_ctx, without_ctx, progress=False)
+
+    def mlp_last(ids):
+        out = {}
+        handles = [b.mlp.register_forward_hook(lambda m, a, o, l=l: out.__setitem__(l, o[0, -1].clone()))
+                   for l, b in enumerate(model.model.model.layers)]
+        try:
+            with torch.no_grad():
+                model.model(torch.tensor([ids]))
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    for i, (a, b) in enumerate(zip(with_ctx, without_ctx)):
+        ma, mb = mlp_last(a), mlp_last(b)
+        direct = [float(torch.nn.functional.cosine_similarity(ma[l], mb[l], dim=0)) for l in range(model.n_layers)]
+        assert res.values[i] == pytest.approx(direct, abs=1e-5)
+    assert res.layers == [0, 1, 2] and len(res.mean) == 3
