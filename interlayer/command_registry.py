@@ -80,8 +80,8 @@ def _add_options(parser: argparse.ArgumentParser, config: type) -> None:
         elif meta.get("required"):
             parser.add_argument(flag_name(field), dest=field.name, required=True, help=f"{help_text} (required)", **kwargs)
         else:
-            parser.add_argument(flag_name(field), dest=field.name, default=default,
-                                help=f"{help_text} (default: {default})", **kwargs)
+            shown = "" if default is None and "(default:" in help_text else f" (default: {default})"
+            parser.add_argument(flag_name(field), dest=field.name, default=default, help=f"{help_text}{shown}", **kwargs)
 
 
 def build_parser(commands: dict[str, Command] | None = None) -> argparse.ArgumentParser:

@@ -1,16 +1,20 @@
 """Sparse autoencoders on store activations: ReLU/L1, TopK, BatchTopK, JumpReLU and
-top-AFA (Lee et al. 2025) as one :class:`SAE` with a pluggable activation, one trainer
-(:func:`train_sae`), evaluation (:func:`evaluate_sae`), and the SAELens on-disk format
-(:func:`to_saelens`, :func:`from_saelens`)."""
+top-AFA (Lee et al. 2025, in its authors' and a centred form, and an authors-exact mode)
+as one :class:`SAE` with a pluggable activation, one trainer (:func:`train_sae`; several
+SAEs on one pass with :func:`train_saes`), evaluation (:func:`evaluate_sae`,
+:func:`evaluate_saes`), Pareto sweeps (:mod:`interlayer.saes.sweep`), and the SAELens
+on-disk format (:func:`to_saelens`, :func:`from_saelens`)."""
 
 from . import topafa
-from .activations import SAE_ARCHITECTURES
-from .evaluation import SAEEvaluation, evaluate_activations, evaluate_sae
+from .activations import AFA_FORMS, SAE_ARCHITECTURES
+from .evaluation import SAEEvaluation, evaluate_activations, evaluate_sae, evaluate_saes
 from .sae import SAE, SAEConfig, SAEOutput
 from .saelens import from_saelens, to_saelens
 from .sources import CachedSource, StreamedSource, TensorSource
-from .training import CheckpointMismatchError, NonFiniteError, TrainOptions, TrainResult, train_sae
+from .training import (CheckpointMismatchError, NonFiniteError, TrainMember, TrainOptions, TrainResult, train_sae,
+                       train_saes)
 
-__all__ = ["SAE_ARCHITECTURES", "SAE", "SAEConfig", "SAEOutput", "SAEEvaluation", "evaluate_activations", "evaluate_sae",
-           "from_saelens", "to_saelens", "CachedSource", "StreamedSource", "TensorSource", "CheckpointMismatchError",
-           "NonFiniteError", "TrainOptions", "TrainResult", "train_sae", "topafa"]
+__all__ = ["SAE_ARCHITECTURES", "AFA_FORMS", "SAE", "SAEConfig", "SAEOutput", "SAEEvaluation", "evaluate_activations",
+           "evaluate_sae", "evaluate_saes", "from_saelens", "to_saelens", "CachedSource", "StreamedSource",
+           "TensorSource", "CheckpointMismatchError", "NonFiniteError", "TrainMember", "TrainOptions", "TrainResult",
+           "train_sae", "train_saes", "topafa"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -28,16 +29,62 @@ from . import topafa
 
 SAE_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
 """The SAE architectures, by ``--arch`` name."""
+AFA_FORMS = ("centred", "authors")
+"""The forms of top-AFA's AFA loss (:attr:`interlayer.saes.SAEConfig.afa_form`)."""
+
+
+class Code(NamedTuple):
+    """A sparse code: dense ``f``, and, where the activation knows them, its nonzero
+    entries in COO form sorted by token (``cols`` and ``values`` of the tokens' bags,
+    ``offsets`` where each token's bag starts), so the decoder can gather ``W_dec`` rows
+    instead of multiplying by the mostly-zero ``f``. ``values`` carry the gradient."""
+
+    f: torch.Tensor
+    cols: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.cols is not None
+
+
+def coo_code(f: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> Code:
+    """A :class:`Code` from unsorted ``(row, col, value)`` entries of the ``[B, h]`` code ``f``."""
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=f.shape[0])
+    offsets = torch.zeros_like(counts)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    return Code(f, cols[order], values[order], offsets)
+
+
+def dense_code(f: torch.Tensor, max_density: float = 0.25) -> Code:
+    """A :class:`Code` of a ``[B, h]`` code with its nonzero entries, unless more than
+    ``max_density`` of it is nonzero (a dense decode is then no slower)."""
+    with torch.no_grad():
+        nnz = int(torch.count_nonzero(f))
+    if nnz > max_density * f.numel():
+        return Code(f)
+    rows, cols = f.nonzero(as_tuple=True)  # row-major: already sorted by token
+    counts = torch.bincount(rows, minlength=f.shape[0])
+    offsets = torch.zeros_like(counts)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    return Code(f, cols, f[rows, cols], offsets)
 
 
 class Activation(nn.Module, abc.ABC):
-    """Base class: ``forward(pre, context)`` returns the sparse code ``f``."""
+    """Base class: ``forward(pre, context)`` returns the sparse code ``f``;
+    :meth:`encode` returns it as a :class:`Code` (with its nonzero entries where known)."""
 
     name = "base"
 
     @abc.abstractmethod
     def forward(self, pre: torch.Tensor, context: "EncodeContext") -> torch.Tensor:
         """The sparse code of the pre-activations ``pre``."""
+
+    def encode(self, pre: torch.Tensor, context: "EncodeContext") -> Code:
+        """``[B, h]`` pre-activations to a :class:`Code` (dense only, unless overridden)."""
+        return Code(self.forward(pre, context))
 
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         """The architecture's own sparsity penalty (unweighted), or ``None``."""
@@ -59,6 +106,12 @@ class ReLU(Activation):
     def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
         return torch.relu(pre)
 
+    def encode(self, pre: torch.Tensor, context: EncodeContext) -> Code:
+        # Only the nonzero entries are decoded: ReLU passes no gradient where f = 0 anyway.
+        # (JumpReLU keeps the dense decode: its threshold's pseudo-gradient reads dL/df at
+        # entries just below the threshold, where f = 0.)
+        return dense_code(torch.relu(pre))
+
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         return f.abs().sum(-1).mean()  # decoder rows have unit norm, so this is sum_i f_i ||W_dec,i||
 
@@ -74,6 +127,12 @@ class TopK(Activation):
         values, indices = torch.relu(pre).topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, values)
 
+    def encode(self, pre: torch.Tensor, context: EncodeContext) -> Code:
+        values, indices = torch.relu(pre).topk(self.k, dim=-1, sorted=False)
+        f = torch.zeros_like(pre).scatter(-1, indices, values)
+        offsets = torch.arange(0, pre.shape[0] * self.k, self.k, device=pre.device)
+        return Code(f, indices.reshape(-1), values.reshape(-1), offsets)
+
 
 class BatchTopK(Activation):
     name = "batchtopk"
@@ -85,11 +144,14 @@ class BatchTopK(Activation):
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not yet estimated
 
     def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
+        return self.encode(pre, context).f
+
+    def encode(self, pre: torch.Tensor, context: EncodeContext) -> Code:
         acts = torch.relu(pre)
         if not self.training:
             if float(self.threshold) < 0:
                 raise RuntimeError("this BatchTopK SAE has no inference threshold yet: train it first")
-            return acts * (acts > self.threshold)
+            return dense_code(acts * (acts > self.threshold))
         flat = acts.flatten()
         values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         f = torch.zeros_like(flat).scatter(-1, indices, values).view_as(pre)
@@ -101,7 +163,8 @@ class BatchTopK(Activation):
                     self.threshold.copy_(smallest)
                 else:
                     self.threshold.lerp_(smallest, self.threshold_momentum)
-        return f
+        h = pre.shape[-1]
+        return coo_code(f, torch.div(indices, h, rounding_mode="floor"), indices % h, values)
 
 
 class _ThresholdFunction(torch.autograd.Function):
@@ -149,6 +212,12 @@ class JumpReLU(Activation):
             return pre * (pre > threshold)
         return _ThresholdFunction.apply(pre, self.log_threshold, self.bandwidth, False)
 
+    def encode(self, pre: torch.Tensor, context: EncodeContext) -> Code:
+        f = self.forward(pre, context)
+        # Without gradients (evaluation) only the nonzero entries need decoding; while
+        # training the threshold's pseudo-gradient needs dL/df at zero entries too.
+        return Code(f) if torch.is_grad_enabled() else dense_code(f)
+
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         return _ThresholdFunction.apply(pre, self.log_threshold, self.bandwidth, True).sum(-1).mean()
 
@@ -164,28 +233,32 @@ def candidates_for(k: torch.Tensor) -> int:
 class TopAFA(Activation):
     name = "topafa"
 
-    def __init__(self, fast: bool = True) -> None:
+    def __init__(self, fast: bool = True, sentinel: bool = False) -> None:
         super().__init__()
         self.fast = fast
+        self.sentinel = sentinel  # the authors' C_h = 1e8: k = h excluded
         self.candidates = 64  # adapts to the k the data need; affects speed only
 
     def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
-        acts = torch.relu(pre)
-        lead = acts.shape[:-1]
-        flat = acts.reshape(-1, acts.shape[-1])
+        lead, h = pre.shape[:-1], pre.shape[-1]
+        return self.encode(pre.reshape(-1, h), context).f.reshape(*lead, h)
+
+    def encode(self, pre: torch.Tensor, context: EncodeContext) -> Code:
         with torch.no_grad():
-            scores = (flat * context.decoder_norms).square()
             target = context.centred.reshape(-1, context.centred.shape[-1]).norm(dim=-1)
-            if self.fast:
-                chosen = topafa.select(scores, target, self.candidates)
-                if chosen.k.numel():
-                    self.candidates = candidates_for(chosen.k)
-            else:
-                chosen = topafa.select_sorted(scores, target)
-        return (flat * chosen.keep).reshape(*lead, acts.shape[-1])
+        if self.fast:
+            f, k, (rows, cols, values) = topafa.encode(pre, context.decoder_norms.detach(), target, self.candidates,
+                                                       sentinel=self.sentinel, entries=True)
+            if k.numel():
+                self.candidates = candidates_for(k)
+            return coo_code(f, rows, cols, values)
+        acts = torch.relu(pre)
+        with torch.no_grad():
+            chosen = topafa.select_sorted((acts * context.decoder_norms).square(), target, sentinel=self.sentinel)
+        return Code(acts * chosen.keep)
 
 
-def make_activation(arch: str, d_sae: int, k: int | None, **options: float) -> Activation:
+def make_activation(arch: str, d_sae: int, k: int | None, **options: Any) -> Activation:
     """The activation module of architecture ``arch``."""
     if arch == "relu":
         return ReLU()
@@ -196,5 +269,7 @@ def make_activation(arch: str, d_sae: int, k: int | None, **options: float) -> A
     if arch == "jumprelu":
         return JumpReLU(d_sae, options.get("jumprelu_init_threshold", 0.001), options.get("jumprelu_bandwidth", 0.001))
     if arch == "topafa":
-        return TopAFA()
+        # The authors-exact mode runs their full sort and dense decode, so it matches their code bit for bit.
+        exact = bool(options.get("sentinel", False))
+        return TopAFA(fast=not exact, sentinel=exact)
     raise ValueError(arch)

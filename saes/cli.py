@@ -15,8 +15,9 @@ from interlayer.inputs import check_data_file
 from interlayer.loading import SAMPLE_TEXT
 from interlayer.sites import check_site_syntax
 
-from .config import SAEEvalConfig, SAEExportConfig, SAETrainConfig
-from .evaluation import SAEEvaluation, evaluate_sae
+from .config import SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
+from .evaluation import evaluate_sae
+from .records import describe, metrics_record
 from .sae import SAE, SAEConfig
 from .training import CHECKPOINT, TrainOptions, train_sae
 
@@ -67,8 +68,9 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     check_site_syntax([cfg.site])
     options = train_options(cfg)
     options.progress = not cfg.no_progress
-    # a bad architecture, k or normalisation fails before the model loads
-    SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization)
+    # a bad architecture, k, AFA form or normalisation, or options the mode cannot honour, fail before the model loads
+    options.check(SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization,
+                            afa_form=cfg.afa_form, authors_exact=cfg.authors_exact))
     model = cfg.load()
     site = model.site(cfg.site).name
     if cfg.activations is not None:
@@ -81,7 +83,8 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
                                 context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
                                 memory_mb=cfg.memory_mb, device=model.device)
     sae_cfg = SAEConfig(d_in=source.d_in, d_sae=16 * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch, k=cfg.k,
-                        normalization=cfg.normalization, model=model.name, site=site)
+                        normalization=cfg.normalization, afa_form=cfg.afa_form, authors_exact=cfg.authors_exact,
+                        model=model.name, site=site)
     out = Path(cfg.out)
     result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=model.device)
     result.sae.save(out)
@@ -90,23 +93,17 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
     evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
                               context_length=cfg.context_length, label=f"{cfg.arch} {site}",
                               progress=not cfg.no_progress)
-    metrics = _metrics(evaluation, tokens=result.tokens, seconds=result.seconds,
+    metrics = metrics_record(evaluation, tokens=result.tokens, seconds=result.seconds,
                        dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
+    metrics.update(describe(result.sae.cfg))
     metrics["eval_data"] = str(eval_data)
-    metrics["train_options"] = options.identity()
+    metrics["train_options"] = options.identity(result.sae.cfg)
     metrics["train_source"] = str(cfg.activations or cfg.data)
     metrics["eval_tokens"] = evaluation.metrics["tokens"]
     write_json_atomic(out / "metrics.json", metrics)
     write_figures(out / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
                                          evaluation.firing_histogram()])
     (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete and saved
-    return metrics
-
-
-def _metrics(evaluation: SAEEvaluation, **extra: Any) -> dict[str, Any]:
-    metrics = {**evaluation.metrics, **evaluation.spliced}
-    metrics["eval_tokens"] = metrics.pop("tokens")
-    metrics.update(extra)
     return metrics
 
 
@@ -145,8 +142,7 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
     data = cfg.data or str(SAMPLE_TEXT)
     evaluation = evaluate_sae(sae, model, data, cfg.site, tokens=cfg.tokens, context_length=cfg.context_length,
                               batch_size=cfg.batch_size, label=Path(cfg.sae).name, progress=not cfg.no_progress)
-    metrics = _metrics(evaluation, sae=str(cfg.sae), arch=sae.cfg.arch, site=cfg.site or sae.cfg.site, data=str(data),
-                       normalization=sae.cfg.normalization)
+    metrics = metrics_record(evaluation, sae=str(cfg.sae), site=cfg.site or sae.cfg.site, data=str(data), **describe(sae.cfg))
     write_json_atomic(Path(cfg.out), metrics)
     if cfg.figures:
         write_figures(Path(cfg.figures), [evaluation.zf_plot(), evaluation.eps_histogram(), evaluation.firing_histogram()])
@@ -161,6 +157,21 @@ def _eval(cfg: SAEEvalConfig) -> int:
         print(f"{key:>20}: {metrics[key]:.4g}")
     print(f"wrote {cfg.out}")
     return 0
+
+
+@command("sae sweep", SAESweepConfig)
+def _sweep(cfg: SAESweepConfig) -> int:
+    from .sweep import run_sweep
+
+    result = run_sweep(cfg)
+    shown = result.table[["member", "l0", "explained_variance", "nmse", "ce_loss_recovered", "mse_standardized",
+                          "pareto_ev"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"trained {len(result.trained)}, reused {len(result.reused)}, failed {len(result.failed)}")
+    for name, error in result.failed.items():
+        print(f"failed: {name}: {error}")
+    print(f"wrote {result.out}/pareto.csv, pareto.html, sweep.json and one directory per member")
+    return 1 if result.failed else 0
 
 
 @command("sae convert", SAEExportConfig)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from interlayer.config import ModelOptions, option
 
-from .activations import SAE_ARCHITECTURES
+from .activations import AFA_FORMS, SAE_ARCHITECTURES
 from .normalization import NORMALIZATIONS
 from .training import TrainOptions
 
@@ -19,6 +19,11 @@ class SAETrainConfig(ModelOptions, TrainOptions):
     arch: str = option("topafa", "SAE architecture", choices=SAE_ARCHITECTURES)
     latents: int | None = option(None, "number of latents h (default: 16 x d_model)", min=1)
     k: int | None = option(None, "latents per token (topk; the batch mean for batchtopk)", min=1)
+    afa_form: str | None = option(None, "top-AFA's AFA loss: 'centred' (||f|| -> ||x - b_dec||, b_dec from the data "
+                                        "mean; the default) or 'authors' (||f|| -> ||x||, b_dec from zeros)",
+                                  choices=AFA_FORMS)
+    authors_exact: bool = option(False, "top-AFA exactly as its authors' code: no b_enc, k = h excluded, constant lr, "
+                                        "AuxK residual not detached, decoder renormalised before the step")
     data: str | None = option(None, "training text, streamed through the model: .txt (one document per line), .jsonl or .parquet")
     activations: str | None = option(None, "a directory written by `interlayer cache` (instead of --data)")
     out: str = option(None, "output directory: sae.safetensors, cfg.json, metrics.json (a run there is resumed)", required=True)
@@ -53,3 +58,28 @@ class SAEExportConfig:
     sae: str = option(None, "directory of the SAE to convert", required=True)
     out: str = option(None, "output directory", required=True)
     to: str = option("saelens", "target format", choices=("saelens", "interlayer"))
+
+
+@dataclass
+class SAESweepConfig(ModelOptions, TrainOptions):
+    """Train a grid of SAEs on the same cached activations and compare them: L0 against explained variance, NMSE and CE loss recovered."""
+
+    activations: str = option(None, "a directory written by `interlayer cache` (read once per step for every member)",
+                              required=True)
+    out: str = option(None, "sweep directory: one subdirectory per member, pareto.csv, pareto.html, sweep.json "
+                            "(finished members are reused)", required=True)
+    arch: str = option("topk,batchtopk,jumprelu,relu,topafa", "architectures to sweep, comma-separated")
+    grid: str | None = option(None, "values per architecture, e.g. 'topk=16,32;relu=0.003;topafa=authors:1/32,centred:1/64' "
+                                    "(default: the documented grid)")
+    site: str | None = option(None, "the cached site to train on (default: the cache's only site)")
+    latents: int | None = option(None, "latents per SAE (default: 8 x d_model)", min=1)
+    normalization: str = option("standardize", "input normalisation", choices=NORMALIZATIONS)
+    eval_data: str | None = option(None, "held-out text for the evaluation (default: the packaged sample)")
+    eval_tokens: int = option(8192, "evaluation tokens", min=1)
+    context_length: int = option(128, "tokens per evaluation context, BOS included", min=2)
+    eval_batch_size: int = option(8, "evaluation contexts per forward pass", min=1)
+    members_per_pass: int = option(0, "members trained together on each batch (0: as many as --train-memory-mb allows)",
+                                   min=0)
+    train_memory_mb: float = option(8192.0, "memory for the weights and Adam state of the members trained together, MiB",
+                                    above=0)
+    no_progress: bool = option(False, "hide the progress bars")

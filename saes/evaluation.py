@@ -11,10 +11,23 @@ Reconstruction (over tokens ``b``, in the activations' own space)::
 objective). A latent is dead if it never fires on the evaluation tokens and dense if
 it fires on more than 10% of them.
 
-ε_LBO (Lee et al. 2025), per token, with ``z`` the SAE's (normalised) input and
-``f~ = [f_i ||W_dec,i|| for each i ; ||b_dec||]``::
+``mse_standardized`` is the top-AFA authors' "normalized MSE": the mean over tokens and
+features of ``((x - x_hat) / (std(x) + 1e-5))^2``, i.e. the per-element squared error in
+the per-token standardised space (for a ``standardize`` SAE, its own training MSE up to
+the ``1e-5``); they report it on their last training batch, we on the evaluation tokens.
+
+ε_LBO (Lee et al. 2025), per token, in one of two forms::
 
     eps_lbo = | ||z||^2 - ||f~||^2 | / ((h - 1) ||f~||^2)
+
+* ``authors`` (their notebook): ``z`` the SAE's (normalised) input ``x`` and
+  ``f~ = [f_i ||W_dec,i|| for each i ; ||b_dec||]``, b_dec an always-on feature;
+* ``centred``: ``z = x - b_dec`` and ``f~ = [f_i ||W_dec,i||]``, the quantities a
+  centred top-AFA SAE's selection and AFA loss match.
+
+``eps_lbo_*`` is in the form of the SAE's own training (``centred`` for a centred
+top-AFA SAE, ``authors`` for every other SAE; ``eps_lbo_form`` says which);
+``eps_lbo_authors_median`` and ``eps_lbo_centred_median`` give both.
 
 ``f_norm_ratio_*`` is ``||f|| / ||x||`` per token in the SAE's space (top-AFA's AFA loss
 pulls it towards 1), ``f_norm_ratio_centred_*`` is ``||f|| / ||x - b_dec||`` (top-AFA's
@@ -29,12 +42,21 @@ reconstruction (or by zeros, the baseline), and the rest of the model runs on it
 The positions are the spliced ones that have a next token in their context (every
 non-BOS token but each context's last); the BOS position, which no splice changes,
 is not counted.
+
+:func:`evaluate_saes` evaluates several SAEs of one site together: one clean pass
+(whose site activations feed every SAE's reconstruction metrics), and for each SAE
+and the zero-ablation only the blocks after the site (the store's shared-prefix
+variants). The store keeps the final-norm output of each pass, and logits are made
+``rows_per_step`` rows at a time against the clean ones, so N SAEs cost one clean
+pass, one zero-ablated pass and N spliced passes, never more than a few row-chunks of
+logits in memory.
 """
 
 from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +66,21 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from interlayer.activations import LOGITS, Activations, Edit, stream
+from interlayer.activations import Activations, Edit, stream_variants
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
+from interlayer.sites import LN_FINAL
 
+from .normalization import STD_EPS
 from .sae import SAE
 
 DENSE_FREQUENCY = 0.1
+
+
+def eps_lbo_form(sae: SAE) -> str:
+    """The ε_LBO form that matches how ``sae`` was trained: ``centred`` for a centred
+    top-AFA SAE, ``authors`` otherwise."""
+    return "centred" if sae.cfg.afa_form == "centred" else "authors"
 
 
 class _Accumulator:
@@ -58,6 +88,8 @@ class _Accumulator:
 
     def __init__(self, sae: SAE) -> None:
         self.sae = sae
+        self.form = eps_lbo_form(sae)
+        self.sq_std = 0.0
         self.n = 0
         self.err = 0.0
         self.sq = 0.0
@@ -67,7 +99,8 @@ class _Accumulator:
         self.l0 = 0.0
         self.fires = torch.zeros(sae.d_sae, dtype=torch.long)
         self.tokens: dict[str, list[np.ndarray]] = {"norm_z": [], "norm_f_tilde": [], "norm_f": [], "norm_x": [],
-                                                    "norm_x_centred": [], "eps_lbo": [], "l0": []}
+                                                    "norm_x_centred": [], "eps_lbo": [], "eps_lbo_authors": [],
+                                                    "eps_lbo_centred": [], "l0": []}
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
@@ -85,18 +118,23 @@ class _Accumulator:
         self.l0 += float(active.sum())
         self.fires += active.sum(0).cpu()
         self.n += x.shape[0]
+        xd = x.double()
+        std = (xd - xd.mean(-1, keepdim=True)).std(-1, keepdim=True)
+        self.sq_std += float((diff / (std + STD_EPS)).square().sum())
         dec_norms = sae.W_dec.norm(dim=-1)
-        f_scaled = (out.f * dec_norms).double()
-        bias = float(sae.b_dec.double().norm())
-        f_tilde_sq = f_scaled.square().sum(-1) + bias ** 2
-        z_sq = out.x_in.double().square().sum(-1)
-        eps = (z_sq - f_tilde_sq).abs() / ((sae.d_sae - 1) * f_tilde_sq.clamp_min(1e-30))
+        coded_sq = (out.f * dec_norms).double().square().sum(-1)
+        forms = {"authors": (out.x_in.double().square().sum(-1), coded_sq + float(sae.b_dec.double().norm()) ** 2),
+                 "centred": ((out.x_in - sae.b_dec).double().square().sum(-1), coded_sq)}
+        for name, (z_sq, f_tilde_sq) in forms.items():
+            eps = (z_sq - f_tilde_sq).abs() / ((sae.d_sae - 1) * f_tilde_sq.clamp_min(1e-30))
+            self.tokens[f"eps_lbo_{name}"].append(eps.cpu().numpy())
+        z_sq, f_tilde_sq = forms[self.form]
+        self.tokens["eps_lbo"].append(self.tokens[f"eps_lbo_{self.form}"][-1])
         self.tokens["norm_z"].append(z_sq.sqrt().cpu().numpy())
         self.tokens["norm_f_tilde"].append(f_tilde_sq.sqrt().cpu().numpy())
         self.tokens["norm_f"].append(out.f.double().norm(dim=-1).cpu().numpy())
         self.tokens["norm_x"].append(out.x_in.double().norm(dim=-1).cpu().numpy())
         self.tokens["norm_x_centred"].append((out.x_in - sae.b_dec).double().norm(dim=-1).cpu().numpy())
-        self.tokens["eps_lbo"].append(eps.cpu().numpy())
         self.tokens["l0"].append(active.sum(-1).cpu().numpy())
 
     def result(self) -> dict[str, Any]:
@@ -112,11 +150,15 @@ class _Accumulator:
             "nmse": self.err / self.sq,
             "explained_variance": 1 - self.err / total_var,
             "nmse_normalized": self.err_in / self.sq_in,
+            "mse_standardized": self.sq_std / (self.n * self.sae.d_in),
             "l0": self.l0 / self.n,
             "dead_frac": float((self.fires == 0).double().mean()),
             "dense_frac": float((freq > DENSE_FREQUENCY).double().mean()),
             "eps_lbo_median": float(np.median(tokens["eps_lbo"])),
             "eps_lbo_mean": float(np.mean(tokens["eps_lbo"])),
+            "eps_lbo_form": self.form,
+            "eps_lbo_authors_median": float(np.median(tokens["eps_lbo_authors"])),
+            "eps_lbo_centred_median": float(np.median(tokens["eps_lbo_centred"])),
             "f_norm_ratio_median": float(np.median(ratio)),
             "f_norm_ratio_mean": float(np.mean(ratio)),
             "f_norm_ratio_centred_median": float(np.median(ratio_centred)),
@@ -208,72 +250,104 @@ def evaluate_activations(sae: SAE, activations: Any, label: str = "", batch_size
     return SAEEvaluation(metrics, pd.DataFrame(tokens), freq, sae.d_sae, label)
 
 
-def _spliced_stats(clean: Activations, spliced: Activations, reference: torch.Tensor,
-                   targets: torch.Tensor, has_next: torch.Tensor) -> tuple[float, float]:
-    """Summed next-token CE and KL(clean || spliced) over the rows that have a next token."""
-    if not torch.equal(clean.meta["sequence"], spliced.meta["sequence"]) or \
-            not torch.equal(clean.meta["position"], spliced.meta["position"]):
+def _check_rows(clean: Activations, other: Activations) -> None:
+    if not torch.equal(clean.meta["sequence"], other.meta["sequence"]) or \
+            not torch.equal(clean.meta["position"], other.meta["position"]):
         raise InterlayerError("the clean and spliced passes produced different rows; this is a bug in interlayer")
-    logp = torch.log_softmax(spliced[LOGITS][has_next], -1)
-    ce = -logp.gather(-1, targets[has_next, None])[:, 0]
-    kl = (reference.exp() * (reference - logp)).sum(-1)
-    return float(ce.double().sum()), float(kl.double().sum())
 
 
 def evaluate_sae(sae: SAE, model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
-                 context_length: int = 128, batch_size: int = 2, text_field: str = "text", label: str = "",
+                 context_length: int = 128, batch_size: int = 8, text_field: str = "text", label: str = "",
                  memory_mb: float = 256.0, progress: bool = True) -> SAEEvaluation:
     """Evaluate ``sae`` at ``site`` (default: the site in its config) on ``tokens`` tokens of
     ``data``, packed into contexts: reconstruction metrics on the site's activations
     (read in the clean pass), and CE loss recovered and KL with the reconstruction
-    spliced in, against zero-ablation. See the module docstring for the formulas.
+    spliced in, against zero-ablation. See the module docstring for the formulas;
+    :func:`evaluate_saes` with one SAE."""
+    return evaluate_saes([sae], model, data, site, tokens=tokens, context_length=context_length, batch_size=batch_size,
+                         text_field=text_field, labels=[label], memory_mb=memory_mb, progress=progress)[0]
 
-    All three passes (clean, SAE, zero) go through the activation store
-    (:func:`interlayer.stream` with ``edits=``), chunk by chunk, so at most one chunk
-    of logits per pass is alive at once."""
-    site = site or sae.cfg.site
+
+def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
+                  context_length: int = 128, batch_size: int = 8, text_field: str = "text",
+                  labels: Sequence[str] | None = None, memory_mb: float = 256.0, rows_per_step: int = 128,
+                  progress: bool = True) -> list[SAEEvaluation]:
+    """Evaluate several SAEs of one site on the same ``tokens`` tokens of ``data``: one
+    clean pass, one zero-ablated pass and one spliced pass per SAE, each spliced pass
+    running only the blocks after the site (see the module docstring). The numbers
+    equal :func:`evaluate_sae` of each SAE alone."""
+    saes = list(saes)
+    if not saes:
+        raise InterlayerError("evaluate_saes needs at least one SAE")
+    labels = list(labels) if labels is not None else [""] * len(saes)
+    if len(labels) != len(saes):
+        raise InterlayerError(f"{len(labels)} labels for {len(saes)} SAEs")
     if site is None:
-        raise InterlayerError("the SAE's config names no site; pass site=, e.g. 'resid_post.6'")
+        named = {s.cfg.site for s in saes}
+        if None in named:
+            raise InterlayerError("an SAE's config names no site; pass site=, e.g. 'resid_post.6'")
+        if len(named) > 1:
+            raise InterlayerError(f"the SAEs read different sites {sorted(named)}; evaluate them separately")
+        site = named.pop()
     site = model.site(site).name
-    if sae.d_in != model.d_model:
-        raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
+    for sae in saes:
+        if sae.d_in != model.d_model:
+            raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
     if tokens < 1:
         raise InterlayerError(f"tokens must be at least 1, got {tokens}")
-    sae = sae.to(model.device)
+    if rows_per_step < 1:
+        raise InterlayerError(f"rows_per_step must be at least 1, got {rows_per_step}")
+    saes = [sae.to(model.device) for sae in saes]
+    context_length = min(context_length, model.max_positions)
     n_contexts = max(1, math.ceil(tokens / (context_length - 1)))
-    common = dict(select="tokens", context_length=context_length, batch_size=batch_size, limit=n_contexts,
-                  text_field=text_field, memory_mb=memory_mb, logits=True, progress=False)
-    # Each pass reads the site too, so all three are chunked alike (equal bytes per row).
-    passes = [stream(model, data, site, **common),
-              stream(model, data, site, edits={site: Edit(sae.reconstruct, rows="tokens")}, **common),
-              stream(model, data, site, edits={site: Edit(torch.zeros_like, rows="tokens")}, **common)]
-    acc = _Accumulator(sae)
-    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
+    variants: list[dict[str, Any]] = [{}] + [{site: Edit(sae.reconstruct, rows="tokens")} for sae in saes] + \
+        [{site: Edit(torch.zeros_like, rows="tokens")}]
+    accs = [_Accumulator(sae) for sae in saes]
+    ce = np.zeros(len(variants))  # clean, each SAE, zero
+    kl = np.zeros(len(variants))
     positions = 0
-    was_training = sae.training
-    sae.eval()
-    bar = tqdm(total=n_contexts, unit="ctx", disable=not progress, desc="sae eval")
+    states = [sae.training for sae in saes]
+    for sae in saes:
+        sae.eval()
+    bar = tqdm(total=n_contexts, unit="ctx", disable=not progress, desc="sae eval" if len(saes) == 1 else f"eval {len(saes)} SAEs")
     try:
         with torch.no_grad():
-            for clean, with_sae, with_zero in zip(*passes):
-                acc.add(clean[site])
+            for chunks in stream_variants(model, data, [site, LN_FINAL], variants, select="tokens",
+                                          context_length=context_length, batch_size=batch_size, limit=n_contexts,
+                                          text_field=text_field, memory_mb=memory_mb, progress=False):
+                clean = chunks[0]
+                for other in chunks[1:]:
+                    _check_rows(clean, other)
+                for acc in accs:
+                    acc.add(clean[site])
                 targets, has_next = clean.next_tokens()
-                reference = torch.log_softmax(clean[LOGITS][has_next], -1)
-                sums["ce_clean"] += float(-reference.gather(-1, targets[has_next, None])[:, 0].double().sum())
-                for name, spliced in (("sae", with_sae), ("zero", with_zero)):
-                    ce, kl = _spliced_stats(clean, spliced, reference, targets, has_next)
-                    sums[f"ce_{name}"] += ce
-                    sums[f"kl_{name}"] += kl
+                targets = targets[has_next].to(model.device)
+                normed = [c[LN_FINAL][has_next] for c in chunks]
+                for start in range(0, len(targets), rows_per_step):
+                    stop = start + rows_per_step
+                    goal = targets[start:stop, None]
+                    reference = torch.log_softmax(model.head(normed[0][start:stop].to(model.device)).float(), -1)
+                    ce[0] += float(-reference.gather(-1, goal)[:, 0].double().sum())
+                    p_ref = reference.exp()
+                    for v in range(1, len(variants)):
+                        logp = torch.log_softmax(model.head(normed[v][start:stop].to(model.device)).float(), -1)
+                        ce[v] += float(-logp.gather(-1, goal)[:, 0].double().sum())
+                        kl[v] += float((p_ref * (reference - logp)).sum(-1).double().sum())
                 positions += int(has_next.sum())
                 bar.update(clean.n_sequences)
     finally:
         bar.close()
-        sae.train(was_training)
+        for sae, state in zip(saes, states):
+            sae.train(state)
     if positions == 0:
         raise InterlayerError(f"{data} produced no tokens to evaluate on")
-    metrics, per_token, freq = acc.result()
-    spliced = {k: v / positions for k, v in sums.items()}
-    gap = spliced["ce_zero"] - spliced["ce_clean"]
-    spliced["ce_loss_recovered"] = (spliced["ce_zero"] - spliced["ce_sae"]) / gap if gap != 0 else float("nan")
-    spliced["eval_positions"] = positions
-    return SAEEvaluation(metrics, pd.DataFrame(per_token), freq, sae.d_sae, label, spliced)
+    out = []
+    for i, (acc, label) in enumerate(zip(accs, labels)):
+        metrics, per_token, freq = acc.result()
+        spliced = {"ce_clean": ce[0] / positions, "ce_sae": ce[1 + i] / positions, "ce_zero": ce[-1] / positions,
+                   "kl_sae": kl[1 + i] / positions, "kl_zero": kl[-1] / positions}
+        gap = spliced["ce_zero"] - spliced["ce_clean"]
+        spliced["ce_loss_recovered"] = (spliced["ce_zero"] - spliced["ce_sae"]) / gap if gap != 0 else float("nan")
+        spliced["eval_positions"] = positions
+        out.append(SAEEvaluation(metrics, pd.DataFrame(per_token), freq, acc.sae.d_sae, label, spliced))
+    return out

@@ -1,6 +1,6 @@
 """The sparse autoencoder: one module, with a pluggable activation.
 
-``pre = (x_n - b_dec) W_enc + b_enc``, ``f = act(pre)``, ``x_hat_n = f W_dec + b_dec``,
+``pre = (x_n - b_dec) W_enc + b_enc`` (no ``b_enc`` in top-AFA's authors-exact mode), ``f = act(pre)``, ``x_hat_n = f W_dec + b_dec``,
 where ``x_n`` is the normalised input (:mod:`interlayer.saes.normalization`).
 Tensor names and shapes follow SAELens: ``W_enc [d_in, d_sae]``,
 ``W_dec [d_sae, d_in]``, ``b_enc [d_sae]``, ``b_dec [d_in]``. Decoder rows are kept
@@ -20,11 +20,12 @@ from typing import Any, NamedTuple
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
+from torch.nn import functional as F
 
 from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_atomic, write_json_atomic
 
-from .activations import SAE_ARCHITECTURES, EncodeContext, make_activation
+from .activations import AFA_FORMS, SAE_ARCHITECTURES, Code, EncodeContext, make_activation
 from .formats import CONFIG, WEIGHTS, is_interlayer_dir, is_saelens_dir
 from .normalization import check_normalization, denormalize, normalize
 
@@ -47,6 +48,15 @@ class SAEConfig:
     """Input normalisation: none, standardize or mean_norm."""
     scale: float = 1.0
     """The mean_norm scale ``c`` (inputs are multiplied by it)."""
+    afa_form: str | None = None
+    """top-AFA only: the AFA loss's target, ``centred`` (``||f|| -> ||x - b_dec||``, the
+    quantity the selection targets; b_dec starts at the data mean; the default) or
+    ``authors`` (``||f|| -> ||x||``, b_dec from zeros, as Lee et al.'s code)."""
+    authors_exact: bool = False
+    """top-AFA only: the authors' code exactly (implies ``afa_form='authors'``): no
+    ``b_enc`` in the encoder, ``k = h`` excluded from the selection (their ``1e8``
+    sentinel), their full sort and dense decode (bit for bit their numbers, slower than the
+    fast selection), and their trainer (see :mod:`interlayer.saes.training`)."""
     jumprelu_init_threshold: float = 0.001
     """Initial JumpReLU threshold (in the normalised space)."""
     jumprelu_bandwidth: float = 0.001
@@ -69,9 +79,29 @@ class SAEConfig:
         elif self.k is not None:
             raise InterlayerError(f"architecture {self.arch!r} takes no k (got k={self.k}); only 'topk' and "
                                   "'batchtopk' have a fixed k")
+        self._check_afa()
         check_normalization(self.normalization)
         if not self.scale > 0:
             raise InterlayerError(f"scale must be positive, got {self.scale}")
+
+    def _check_afa(self) -> None:
+        if self.arch != "topafa":
+            if self.afa_form is not None or self.authors_exact:
+                raise InterlayerError(f"afa_form and authors_exact are options of the 'topafa' architecture, not "
+                                      f"{self.arch!r} (got afa_form={self.afa_form!r}, authors_exact={self.authors_exact})")
+            return
+        if self.afa_form is None:
+            self.afa_form = "authors" if self.authors_exact else "centred"
+        if self.afa_form not in AFA_FORMS:
+            raise InterlayerError(f"unknown AFA form {self.afa_form!r}; valid choices: {choices(AFA_FORMS)}")
+        if self.authors_exact and self.afa_form != "authors":
+            raise InterlayerError("authors_exact runs the authors' code, whose AFA loss is the 'authors' form; "
+                                  f"it cannot be combined with afa_form={self.afa_form!r}")
+
+    @property
+    def mode(self) -> str:
+        """``authors-exact`` for a top-AFA SAE in the authors' exact mode, else ``interlayer``."""
+        return "authors-exact" if self.authors_exact else "interlayer"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +112,8 @@ class SAEConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InterlayerError(f"unknown SAE config field(s) {choices(unknown)}; valid fields: {choices(sorted(names))}")
+        if data.get("arch") == "topafa" and "afa_form" not in data:
+            data = {**data, "afa_form": "authors"}  # saved before the centred form existed: the authors' loss
         return cls(**data)
 
 
@@ -115,7 +147,7 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(w_enc.t() / w_enc.t().norm(dim=-1, keepdim=True))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.activation = make_activation(cfg.arch, cfg.d_sae, cfg.k, jumprelu_init_threshold=cfg.jumprelu_init_threshold,
-                                          jumprelu_bandwidth=cfg.jumprelu_bandwidth)
+                                          jumprelu_bandwidth=cfg.jumprelu_bandwidth, sentinel=cfg.authors_exact)
 
     @property
     def d_in(self) -> int:
@@ -131,7 +163,10 @@ class SAE(nn.Module):
 
     def __repr__(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
-        return f"SAE(arch={self.cfg.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}{k}, normalization={self.cfg.normalization!r})"
+        afa = f", afa_form={self.cfg.afa_form!r}" if self.cfg.afa_form else ""
+        exact = ", authors_exact=True" if self.cfg.authors_exact else ""
+        return (f"SAE(arch={self.cfg.arch!r}, d_in={self.d_in}, d_sae={self.d_sae}{k}{afa}{exact}, "
+                f"normalization={self.cfg.normalization!r})")
 
     # ---------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
@@ -145,11 +180,23 @@ class SAE(nn.Module):
         self.check_input(x)
         x_in, stats = normalize(x.to(self.W_enc.dtype), self.cfg.normalization, self.cfg.scale)
         centred = x_in - self.b_dec
-        pre = centred @ self.W_enc + self.b_enc
-        f = self.activation(pre, EncodeContext(centred, self.W_dec.norm(dim=-1)))
-        x_hat_in = f @ self.W_dec + self.b_dec
+        pre = centred @ self.W_enc
+        if not self.cfg.authors_exact:  # the authors' top-AFA encoder has no b_enc
+            pre = pre + self.b_enc
+        code = self.activation.encode(pre.reshape(-1, self.d_sae), EncodeContext(centred, self.W_dec.norm(dim=-1)))
+        f = code.f.reshape(pre.shape)
+        x_hat_in = self.decode(code).reshape(centred.shape)
         x_hat = denormalize(x_hat_in, self.cfg.normalization, self.cfg.scale, stats)
         return SAEOutput(x_hat, f, pre, x_in, x_hat_in)
+
+    def decode(self, code: Code) -> torch.Tensor:
+        """``f W_dec + b_dec`` in the normalised space; for a code with known nonzero entries
+        (TopK, BatchTopK while training, top-AFA) as a sum of the chosen decoder rows
+        (``embedding_bag``), which skips the zeros of ``f`` forward and backward."""
+        if code.sparse:
+            return F.embedding_bag(code.cols, self.W_dec, code.offsets, mode="sum",
+                                   per_sample_weights=code.values) + self.b_dec
+        return code.f @ self.W_dec + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The sparse code ``f`` of ``x``."""

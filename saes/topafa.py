@@ -14,7 +14,8 @@ rows are retried with ``4m`` candidates; once ``m`` would reach ``h / 4`` the re
 rows are fully sorted instead (``topk`` of that many is no faster): an exact fallback.
 
 The authors' code sets ``C_h = 1e8`` as a sentinel, which excludes ``k = h``; both
-functions here allow every ``k`` from 1 to ``h``. They differ only for a token that
+functions here allow every ``k`` from 1 to ``h`` unless ``sentinel=True`` (the
+authors-exact mode), which does as they do. The two differ only for a token that
 needs every latent.
 """
 
@@ -34,10 +35,18 @@ class Selection(NamedTuple):
     """``[B]`` how many latents each token keeps (``keep.sum(-1)``)."""
 
 
-def _choose_k(sorted_scores: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+SENTINEL = 1e8
+"""The authors' ``C_h``."""
+
+
+def _choose_k(sorted_scores: torch.Tensor, target: torch.Tensor, sentinel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``argmin_j |sqrt(C_j) - A| + 1`` over the given (descending) prefix (first minimum
-    wins), and ``sqrt(C_j)`` of the prefix's last ``j``."""
-    root = sorted_scores.cumsum(-1).sqrt()
+    wins), and ``sqrt(C_j)`` of the prefix's last ``j``. With ``sentinel`` the prefix is
+    all ``h`` scores and ``C_h`` is set to ``1e8`` first (the authors' code)."""
+    cumulative = sorted_scores.cumsum(-1)
+    if sentinel:
+        cumulative[..., -1] = SENTINEL
+    root = cumulative.sqrt()
     return (root - target.unsqueeze(-1)).abs().argmin(-1) + 1, root[:, -1]
 
 
@@ -47,19 +56,20 @@ def _keep_mask(indices: torch.Tensor, k: torch.Tensor, h: int) -> torch.Tensor:
     return torch.zeros((indices.shape[0], h), dtype=torch.bool, device=indices.device).scatter_(-1, indices, chosen)
 
 
-def select_sorted(scores: torch.Tensor, target: torch.Tensor) -> Selection:
+def select_sorted(scores: torch.Tensor, target: torch.Tensor, sentinel: bool = False) -> Selection:
     """The reference rule with a full (stable) sort of all ``h`` scores per token.
 
     Args:
         scores: ``[B, h]`` non-negative scores ``(a_i ||W_dec,i||)^2``.
         target: ``[B]`` the norms ``A = ||x - b_dec||``.
+        sentinel: exclude ``k = h`` as the authors' code does (``C_h = 1e8``).
     """
     values, indices = scores.sort(dim=-1, descending=True, stable=True)
-    k, _ = _choose_k(values, target)
+    k, _ = _choose_k(values, target, sentinel)
     return Selection(_keep_mask(indices, k, scores.shape[-1]), k)
 
 
-def select(scores: torch.Tensor, target: torch.Tensor, candidates: int = 64) -> Selection:
+def select(scores: torch.Tensor, target: torch.Tensor, candidates: int = 64, sentinel: bool = False) -> Selection:
     """The same selection as :func:`select_sorted`, from ``topk`` over a bounded candidate set.
 
     ``candidates`` is the first candidate-set size; rows the set cannot settle are
@@ -79,7 +89,7 @@ def select(scores: torch.Tensor, target: torch.Tensor, candidates: int = 64) -> 
             values, indices = part.sort(dim=-1, descending=True, stable=True)
         else:
             values, indices = part.topk(m, dim=-1, sorted=True)
-        chosen, reach = _choose_k(values, goal)
+        chosen, reach = _choose_k(values, goal, sentinel and m == h)
         # sqrt(C_m) >= A: the crossing, and with it the best j, lies within the first m.
         settled = torch.ones_like(reach, dtype=torch.bool) if m == h else reach >= goal
         mask = _keep_mask(indices, chosen, h)
@@ -96,3 +106,63 @@ def select(scores: torch.Tensor, target: torch.Tensor, candidates: int = 64) -> 
             if rows.numel() == 0:
                 return Selection(keep, k)
         m = min(h, m * 4)
+
+
+def encode(pre: torch.Tensor, decoder_norms: torch.Tensor, target: torch.Tensor, candidates: int = 64,
+           sentinel: bool = False, entries: bool = False):
+    """The sparse code ``f = ReLU(pre) * keep`` of :func:`select`'s rule, without building
+    the ``[B, h]`` scores or mask: candidates come from ``topk`` of ``pre * ||W_dec,i||``
+    (whose order is the scores' order wherever a score is positive; the rest score 0 and
+    add nothing), and ``f`` is scattered from the chosen entries of ``pre``, so gradients
+    reach ``pre`` at the kept latents only. Returns ``(f, k)``, and with ``entries`` also
+    the kept entries ``(rows, cols, values)`` (``values`` carry the gradient) for a sparse
+    decode. ``f`` equals ``ReLU(pre) * select_sorted(scores, target).keep`` (up to ties
+    between equal scores).
+
+    Args:
+        pre: ``[B, h]`` encoder pre-activations (may require grad).
+        decoder_norms: ``[h]`` decoder row norms (positive).
+        target: ``[B]`` the norms ``A`` the selection targets.
+    """
+    n, h = pre.shape
+    with torch.no_grad():
+        keys = pre.detach() * decoder_norms
+    m = max(1, min(int(candidates), h))
+    f = None
+    k = torch.empty(n, dtype=torch.long, device=pre.device)
+    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    rows = torch.arange(n, device=pre.device)
+    first = True
+    while True:
+        part = keys if first else keys[rows]
+        goal = target if first else target[rows]
+        if 4 * m >= h:
+            m = h
+            values, indices = part.sort(dim=-1, descending=True, stable=True)
+        else:
+            values, indices = part.topk(m, dim=-1, sorted=True)
+        with torch.no_grad():
+            chosen, reach = _choose_k(torch.relu(values).square(), goal, sentinel and m == h)
+            settled = torch.ones_like(reach, dtype=torch.bool) if m == h else reach >= goal
+            kept = torch.arange(m, device=pre.device).unsqueeze(0) < chosen.unsqueeze(-1)
+        source = pre if first else pre[rows]
+        picked = torch.relu(source.gather(-1, indices)) * kept
+        code = torch.zeros_like(source).scatter(-1, indices, picked)
+        if entries:
+            # the settled rows' kept entries; unsettled rows are redone with more candidates
+            mask = kept & settled.unsqueeze(-1)
+            local = mask.nonzero(as_tuple=True)
+            found.append((rows[local[0]], indices[local], picked[local]))
+        if first:
+            f, k = code, chosen
+            first = False
+        else:
+            f = f.index_put((rows,), code)
+            k[rows] = chosen
+        rows = rows[~settled]
+        if rows.numel() == 0:
+            break
+        m = min(h, m * 4)
+    if not entries:
+        return f, k
+    return f, k, tuple(torch.cat(parts) for parts in zip(*found))

@@ -5,14 +5,26 @@ Loss, in the SAE's normalised space, for a batch of ``B`` tokens::
     L = mean((x_hat - x)^2)                              reconstruction (mean over B and d_in)
       + l1_coeff * mean_b sum_i f_bi                     relu (decoder rows have unit norm)
       + l0_coeff * mean_b sum_i H(pre_bi - theta_i)      jumprelu (straight-through)
-      + afa_coeff * mean_b (||f_b|| - ||x_b||)^2         AFA loss (Lee et al. 2025)
+      + afa_coeff * mean_b (||f_b|| - A_b)^2             AFA loss (Lee et al. 2025)
       + auxk_coeff * mean((e_hat - e)^2)                 AuxK on dead latents (Gao et al. 2024)
 
 where ``e = x - x_hat`` (detached) and ``e_hat`` decodes the ``aux_k`` largest
 pre-activations among the latents that have not fired for ``dead_after`` batches.
+The AFA target ``A_b`` is ``||x_b||`` in the authors' form and ``||x_b - b_dec||`` in the
+centred form (``b_dec`` detached there: it is learned from the reconstruction alone,
+and the AFA term only pulls ``||f||`` towards the norm the selection targets).
 Adam, linear warmup, constant, then linear decay to zero over the last
 ``decay_fraction`` of the steps. Decoder rows stay at unit norm: the gradient's
 component along each row is removed before the step and rows are renormalised after.
+
+**Authors-exact mode** (top-AFA with ``authors_exact=True``), transcribing Lee et al.'s
+``training.py`` and ``sae.py``: a constant learning rate (no warmup, no decay), the
+dead-latent counters updated by the batch before its AuxK loss is formed, the AuxK
+residual *not* detached, the gradient clipped at norm 100,000, and the decoder rows
+renormalised *before* the Adam step (so they are off unit norm after it).
+
+:func:`train_saes` trains several SAEs on one pass over a source (each batch is read
+once and every member takes a step on it); :func:`train_sae` is the one-member case.
 
 A checkpoint (one atomic safetensors file holding weights, Adam state, dead-latent
 counters, the source position and the run's identity) is written every
@@ -29,7 +41,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -66,8 +78,10 @@ class TrainOptions:
     tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / batch_size) steps", min=1)
     batch_size: int = option(4096, "tokens per optimizer step", min=1)
     lr: float = option(3e-4, "Adam learning rate after warmup", above=0)
-    warmup_steps: int = option(50, "linear learning-rate warmup steps", min=0)
-    decay_fraction: float = option(0.2, "final fraction of the steps over which the learning rate decays linearly to 0", min=0)
+    warmup_steps: int | None = option(None, "linear learning-rate warmup steps (default: 50; 0 in top-AFA's "
+                                            "authors-exact mode)", min=0)
+    decay_fraction: float | None = option(None, "final fraction of the steps over which the learning rate decays "
+                                                "linearly to 0 (default: 0.2; 0 in top-AFA's authors-exact mode)", min=0)
     beta1: float = option(0.9, "Adam beta1")
     beta2: float = option(0.99, "Adam beta2")
     l1_coeff: float = option(1e-3, "L1 coefficient (relu)", min=0)
@@ -77,8 +91,8 @@ class TrainOptions:
     aux_k: int = option(512, "dead latents the AuxK loss may use per token", min=1)
     dead_after: int = option(5, "a latent that has not fired for this many batches is dead", min=1)
     b_dec_init: str | None = option(None, "initial b_dec: 'mean' of the first batches (normalised) or 'zeros' "
-                                          "(default: zeros for topafa, as its authors; mean for the others)",
-                                    choices=("mean", "zeros"))
+                                          "(default: zeros for top-AFA's authors form, as its authors; mean for the "
+                                          "others)", choices=("mean", "zeros"))
     init_batches: int = option(4, "batches used to estimate the mean-norm scale and the initial b_dec", min=1)
     seed: int = option(0, "seed of the weights and of the row order")
     checkpoint_every: int = option(200, "write a resumable checkpoint every N steps (0: never)", min=0)
@@ -92,26 +106,45 @@ class TrainOptions:
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
-        if not 0 <= self.decay_fraction <= 1:
+        if self.decay_fraction is not None and not 0 <= self.decay_fraction <= 1:
             raise InterlayerError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
 
     @property
     def steps(self) -> int:
         return math.ceil(self.tokens / self.batch_size)
 
-    def b_dec_start(self, arch: str) -> str:
-        """``b_dec_init``, or its default for ``arch``: zeros for top-AFA (its authors' code),
-        the mean for the others. On Gemma 3 270M a TopK SAE (k=8) started from zeros had
-        98% of its latents silent over its last 1M tokens; one (k=32) from the mean, 37% (README)."""
-        return self.b_dec_init or ("zeros" if arch == "topafa" else "mean")
+    def b_dec_start(self, cfg: SAEConfig) -> str:
+        """``b_dec_init``, or its default for ``cfg``: zeros for top-AFA in the authors'
+        form (their code), the mean for the others (the centred top-AFA form included).
+        On Gemma 3 270M a TopK SAE (k=8) started from zeros had 98% of its latents silent
+        over its last 1M tokens; one (k=32) from the mean, 37% (README)."""
+        return self.b_dec_init or ("zeros" if cfg.afa_form == "authors" else "mean")
 
     def afa(self, arch: str) -> float:
         return (1 / 32 if arch == "topafa" else 0.0) if self.afa_coeff is None else self.afa_coeff
 
-    def identity(self) -> dict[str, Any]:
-        """The options a resumed run must share (not progress or logging)."""
+    def warmup(self, cfg: SAEConfig) -> int:
+        """``warmup_steps``, or its default: 50, and 0 in the authors-exact mode."""
+        return (0 if cfg.authors_exact else 50) if self.warmup_steps is None else self.warmup_steps
+
+    def decay(self, cfg: SAEConfig) -> float:
+        """``decay_fraction``, or its default: 0.2, and 0 in the authors-exact mode."""
+        return (0.0 if cfg.authors_exact else 0.2) if self.decay_fraction is None else self.decay_fraction
+
+    def check(self, cfg: SAEConfig) -> None:
+        """Refuse options the SAE's mode cannot honour (before any training)."""
+        if cfg.authors_exact and (self.warmup(cfg) or self.decay(cfg)):
+            raise InterlayerError("top-AFA's authors-exact mode trains at a constant learning rate: warmup_steps and "
+                                  f"decay_fraction must be 0 (got {self.warmup(cfg)} and {self.decay(cfg)})")
+
+    def identity(self, cfg: SAEConfig | None = None) -> dict[str, Any]:
+        """The options a resumed run must share (not progress or logging); with ``cfg``,
+        the learning-rate schedule's defaults are resolved for it."""
         skip = {"progress", "log_every", "checkpoint_every"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if cfg is not None:
+            out["warmup_steps"], out["decay_fraction"] = self.warmup(cfg), self.decay(cfg)
+        return out
 
 
 def lr_factor(step: int, steps: int, warmup: int, decay_fraction: float) -> float:
@@ -151,13 +184,34 @@ class TrainResult:
         return fig
 
 
-def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every loss term and the batch statistics, as the trainer computes them."""
+DeadMask = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+AUTHORS_MAX_GRAD_NORM = 100_000.0
+"""The authors' ``max_grad_norm`` (their gradient clipping; it practically never bites)."""
+
+
+def afa_target(sae: SAE, x_in: torch.Tensor) -> torch.Tensor:
+    """``A_b`` of the AFA loss for normalised inputs ``x_in``: ``||x||`` in the authors'
+    form, ``||x - b_dec||`` (``b_dec`` detached) in the centred form."""
+    if sae.cfg.afa_form == "centred":
+        return (x_in - sae.b_dec.detach()).norm(dim=-1)
+    return x_in.norm(dim=-1)
+
+
+def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMask) -> dict[str, torch.Tensor]:
+    """Every loss term and the batch statistics, as the trainer computes them.
+
+    ``dead`` is the ``[h]`` mask of dead latents, or (the authors-exact mode) a function
+    that takes this batch's ``[h]`` fired mask, updates the counters and returns the mask."""
     out = sae(x)
     mse = (out.x_hat_in - out.x_in).square().mean()
     loss = mse
     terms = {"mse": mse}
     arch = sae.cfg.arch
+    with torch.no_grad():
+        fired = (out.f > 0).any(0)
+    if callable(dead):
+        dead = dead(fired)
     sparsity = sae.activation.sparsity_loss(out.pre, out.f)
     if sparsity is not None:
         coeff = options.l1_coeff if arch == "relu" else options.l0_coeff
@@ -165,10 +219,12 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: torch.T
         loss = loss + coeff * sparsity
     afa_coeff = options.afa(arch)
     if afa_coeff:
-        terms["afa"] = (out.f.norm(dim=-1) - out.x_in.norm(dim=-1)).square().mean()
+        terms["afa"] = (out.f.norm(dim=-1) - afa_target(sae, out.x_in)).square().mean()
         loss = loss + afa_coeff * terms["afa"]
     if arch in AUXK_ARCHS and options.auxk_coeff and bool(dead.any()):
-        residual = (out.x_in - out.x_hat_in).detach()
+        residual = out.x_in - out.x_hat_in
+        if not sae.cfg.authors_exact:  # the authors' code lets the AuxK loss move the main reconstruction too
+            residual = residual.detach()
         dead_pre = torch.relu(out.pre[:, dead])
         values, indices = dead_pre.topk(min(options.aux_k, dead_pre.shape[-1]), dim=-1, sorted=False)
         aux_hat = torch.zeros_like(dead_pre).scatter(-1, indices, values) @ sae.W_dec[dead]
@@ -179,17 +235,100 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: torch.T
         err = (out.x_hat_in - out.x_in).square().sum()
         terms["nmse"] = err / out.x_in.square().sum().clamp_min(1e-12)
         terms["l0"] = (out.f > 0).sum(-1).float().mean()
-        terms["fired"] = (out.f > 0).any(0)
+        terms["fired"] = fired
     return terms
 
 
 def _initialise(sae: SAE, sample: torch.Tensor, options: TrainOptions) -> None:
     from .normalization import normalize
 
-    if options.b_dec_start(sae.cfg.arch) == "mean":
+    if options.b_dec_start(sae.cfg) == "mean":
         with torch.no_grad():
             x_in, _ = normalize(sample.to(sae.W_enc.dtype), sae.cfg.normalization, sae.cfg.scale)
             sae.b_dec.copy_(x_in.mean(0))
+
+
+class _Member:
+    """One SAE being trained: its weights, optimizer, counters and checkpoint."""
+
+    def __init__(self, source: Any, cfg: SAEConfig, options: TrainOptions, checkpoint_dir: str | Path | None,
+                 device: str | torch.device | None, sample: Callable[[int], torch.Tensor]) -> None:
+        options.check(cfg)
+        self.options = options
+        self.ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+        identity = {"sae": _cfg_identity(cfg), "options": options.identity(cfg), "source": source.identity()}
+        self.identity = json.loads(json.dumps(identity))
+        self.steps = options.steps
+        if self.ckpt is not None and self.ckpt.is_file():
+            self.sae, self.optimizer, self.state = _load_checkpoint(self.ckpt, self.identity, options, device)
+        else:
+            self.sae, self.optimizer, self.state = _fresh_start(sample(options.init_batches), cfg, options, device)
+        self.sae.train()
+        self.start = self.state["step"]
+        self.window_steps = min(self.steps, math.ceil(options.dead_window_tokens / options.batch_size))
+        self.earlier = float(self.state.get("seconds", 0.0))
+        self.spent = 0.0
+        self.window = [time.perf_counter(), self.start]
+        self.warmup, self.decay = options.warmup(cfg), options.decay(cfg)
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+    @property
+    def done(self) -> bool:
+        return self.state["step"] >= self.steps
+
+    def train_step(self, batch: Any, x: torch.Tensor, extra_seconds: float) -> dict[str, float] | None:
+        """One optimizer step on ``x``; the history row when one is recorded."""
+        began = time.perf_counter()
+        sae, options, state, step = self.sae, self.options, self.state, self.state["step"]
+        exact = sae.cfg.authors_exact
+        if exact:
+            def dead(fired: torch.Tensor) -> torch.Tensor:  # the authors update the counters in the forward pass
+                state["dead"] = torch.where(fired, torch.zeros_like(state["dead"]), state["dead"] + 1)
+                return state["dead"] >= options.dead_after
+            terms = batch_losses(sae, x, options, dead)
+        else:
+            terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after)
+        if not torch.isfinite(terms["loss"]):
+            raise NonFiniteError(f"the loss became {float(terms['loss'])} at step {step} (first row from "
+                                 f"{batch.where(0)}); training stopped, the step was not applied. {_kept(self.ckpt)}")
+        lr = options.lr * lr_factor(step, self.steps, self.warmup, self.decay)
+        (_authors_step if exact else _optimizer_step)(sae, self.optimizer, terms["loss"], lr)
+        with torch.no_grad():
+            if not exact:
+                state["dead"] = torch.where(terms["fired"], torch.zeros_like(state["dead"]), state["dead"] + 1)
+            if step >= self.steps - self.window_steps:
+                state["window"] |= terms["fired"]
+        step += 1
+        state["step"], state["source"] = step, batch.state
+        row = None
+        if step % options.log_every == 0 or step == self.steps:
+            row = _history_row(step, self.window, options, self.optimizer, state["dead"], terms)
+            state["history"].append(row)
+        self.spent += time.perf_counter() - began + extra_seconds
+        if self.ckpt is not None and (step == self.steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
+            state["seconds"] = self.earlier + self.spent
+            _save_checkpoint(self.ckpt, sae, self.optimizer, state, self.identity)
+        return row
+
+    def result(self) -> TrainResult:
+        seconds = self.earlier + self.spent
+        return TrainResult(self.sae.eval(), self.state["history"], self.steps, self.steps * self.options.batch_size,
+                           seconds, self.start, float((~self.state["window"]).float().mean()),
+                           self.window_steps * self.options.batch_size)
+
+
+def _cfg_identity(cfg: SAEConfig) -> dict[str, Any]:
+    """The config a resumed run must share (its mean-norm scale is estimated by the run);
+    top-AFA's fields only where they apply, so older checkpoints of other SAEs still match."""
+    out = {**cfg.to_dict(), "scale": None}
+    if out.get("afa_form") is None:
+        out.pop("afa_form")
+    if not out.get("authors_exact"):
+        out.pop("authors_exact")
+    return out
 
 
 def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, *,
@@ -208,67 +347,98 @@ def train_sae(source: Any, cfg: SAEConfig, options: TrainOptions | None = None, 
     checkpoint is left as it was.
     ``on_step(step)`` is called after every step (tests use it to interrupt a run).
     """
-    options = options or TrainOptions()
-    if source.d_in != cfg.d_in:
-        raise InterlayerError(f"the SAE has d_in={cfg.d_in} but the source's site {source.site} has width {source.d_in}")
-    if source.batch_size != options.batch_size:
-        raise InterlayerError(f"the source serves batches of {source.batch_size}, the options ask for {options.batch_size}")
-    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    identity = {"sae": {**cfg.to_dict(), "scale": None}, "options": options.identity(), "source": source.identity()}
-    identity = json.loads(json.dumps(identity))
-    steps = options.steps
-    if ckpt is not None and ckpt.is_file():
-        sae, optimizer, state = _load_checkpoint(ckpt, identity, options, device)
-    else:
-        sae, optimizer, state = _fresh_start(source, cfg, options, device)
-    sae.train()
-    start = step = state["step"]
-    window_steps = min(steps, math.ceil(options.dead_window_tokens / options.batch_size))
-    bar = tqdm(total=steps, initial=start, unit="step", disable=not options.progress, desc=f"sae {sae.cfg.arch}")
-    began = time.perf_counter()
-    earlier = float(state.get("seconds", 0.0))
-    window = [began, start]
+    result = train_saes(source, [TrainMember(cfg, options or TrainOptions(), checkpoint_dir)], device=device,
+                        on_step=on_step)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@dataclass
+class TrainMember:
+    """One SAE of a :func:`train_saes` group."""
+
+    cfg: SAEConfig
+    options: TrainOptions
+    checkpoint_dir: str | Path | None = None
+
+
+def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.device | None = None,
+               on_step: Callable[[int], None] | None = None, stop_on_error: bool = True,
+               progress: bool | None = None) -> list[TrainResult | Exception]:
+    """Train several SAEs on one pass over ``source``: each batch is read once and every
+    member takes its step on it (as :func:`train_sae` would, member by member, with the
+    same results). Members may differ in architecture, config and options, but share
+    the source's batch size and order; each keeps its own checkpoint and resumes from
+    it, so members interrupted at different steps catch up on the batches they missed.
+
+    With ``stop_on_error=False`` a member whose loss becomes non-finite stops alone and
+    its :class:`NonFiniteError` takes its place in the result list; otherwise it is raised.
+    """
+    if not members:
+        raise InterlayerError("train_saes needs at least one member")
+    for m in members:
+        if source.d_in != m.cfg.d_in:
+            raise InterlayerError(f"the SAE has d_in={m.cfg.d_in} but the source's site {source.site} has width {source.d_in}")
+        if source.batch_size != m.options.batch_size:
+            raise InterlayerError(f"the source serves batches of {source.batch_size}, the options ask for "
+                                  f"{m.options.batch_size}")
+        m.options.check(m.cfg)
+    first: list[torch.Tensor] = []
+
+    def sample(n: int) -> torch.Tensor:
+        if len(first) < n:
+            batches = source.batches()
+            first[:] = [next(batches).x for _ in range(n)]
+        return torch.cat(first[:n])
+
+    runs = [_Member(source, m.cfg, m.options, m.checkpoint_dir, device, sample) for m in members]
+    first.clear()
+    results: list[TrainResult | Exception | None] = [None] * len(runs)
+    active = [i for i, r in enumerate(runs) if not r.done]
+    show = runs[0].options.progress if progress is None else progress
+    total = max(r.steps for r in runs)
+    lead = min(active, key=lambda i: runs[i].step) if active else 0
+    position = runs[lead].step
+    label = f"sae {runs[0].sae.cfg.arch}" if len(runs) == 1 else f"{len(runs)} SAEs"
+    bar = tqdm(total=total, initial=position, unit="step", disable=not show, desc=label)
     try:
-        for batch in source.batches(state["source"]) if step < steps else ():
-            x = batch.x.to(sae.device)
-            _check_finite(x, batch, step, ckpt)
-            terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after)
-            if not torch.isfinite(terms["loss"]):
-                raise NonFiniteError(f"the loss became {float(terms['loss'])} at step {step} (first row from "
-                                     f"{batch.where(0)}); training stopped, the step was not applied. {_kept(ckpt)}")
-            _optimizer_step(sae, optimizer, terms["loss"], options.lr * lr_factor(step, steps, options.warmup_steps,
-                                                                                  options.decay_fraction))
-            with torch.no_grad():
-                state["dead"] = torch.where(terms["fired"], torch.zeros_like(state["dead"]), state["dead"] + 1)
-                if step >= steps - window_steps:
-                    state["window"] |= terms["fired"]
-            step += 1
-            state["step"], state["source"] = step, batch.state
+        batches = source.batches(runs[lead].state["source"]) if active else iter(())
+        while active:
+            fetched = time.perf_counter()
+            batch = next(batches)
+            x = batch.x
+            stepping = [i for i in active if runs[i].step == position]
+            if stepping:
+                x = x.to(runs[stepping[0]].sae.device)
+                _check_finite(x, batch, position, runs[stepping[0]].ckpt)
+            load_seconds = (time.perf_counter() - fetched) / max(1, len(stepping))
+            for i in stepping:
+                try:
+                    row = runs[i].train_step(batch, x, load_seconds)
+                except NonFiniteError as err:
+                    if stop_on_error:
+                        raise
+                    results[i] = err
+                    active.remove(i)
+                    continue
+                if row is not None:
+                    bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", nmse=f"{row['nmse']:.3f}",
+                                    l0=f"{row['l0']:.1f}", dead=f"{100 * row['dead_frac']:.1f}%")
+                if runs[i].done:
+                    active.remove(i)
+            position += 1
             bar.update(1)
-            if step % options.log_every == 0 or step == steps:
-                row = _history_row(step, window, options, optimizer, state["dead"], terms)
-                state["history"].append(row)
-                bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", nmse=f"{row['nmse']:.3f}", l0=f"{row['l0']:.1f}",
-                                dead=f"{100 * row['dead_frac']:.1f}%")
-            if ckpt is not None and (step == steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
-                state["seconds"] = earlier + time.perf_counter() - began
-                _save_checkpoint(ckpt, sae, optimizer, state, identity)
             if on_step is not None:
-                on_step(step)
-            if step >= steps:
-                break
+                on_step(position)
     finally:
         bar.close()
-    seconds = earlier + (time.perf_counter() - began if start < steps else 0.0)
-    return TrainResult(sae.eval(), state["history"], steps, steps * options.batch_size, seconds, start,
-                       float((~state["window"]).float().mean()), window_steps * options.batch_size)
+    return [res if res is not None else run.result() for res, run in zip(results, runs)]
 
 
-def _fresh_start(source: Any, cfg: SAEConfig, options: TrainOptions,
+def _fresh_start(sample: torch.Tensor, cfg: SAEConfig, options: TrainOptions,
                  device: str | torch.device | None) -> tuple[SAE, torch.optim.Optimizer, dict[str, Any]]:
     """A new SAE initialised from the source's first batches, its optimizer and an empty state."""
-    batches = source.batches()
-    sample = torch.cat([next(batches).x for _ in range(options.init_batches)])
     if not torch.isfinite(sample).all():
         raise NonFiniteError("the first batches of the source hold NaN or inf; cannot initialise the SAE")
     if cfg.normalization == "mean_norm":
@@ -303,6 +473,19 @@ def _optimizer_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tens
         group["lr"] = lr
     optimizer.step()
     sae.constrain_decoder()
+
+
+def _authors_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """The authors' step: clip the gradient norm at 100,000, project the decoder's gradient
+    and renormalise its rows, then the Adam step (rows leave unit norm by it)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), AUTHORS_MAX_GRAD_NORM)
+    sae.constrain_decoder(grad_only=True)
+    sae.constrain_decoder()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
 
 
 def _history_row(step: int, window: list[float], options: TrainOptions, optimizer: torch.optim.Optimizer,
@@ -376,5 +559,6 @@ def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions
                             "window": tensors["trainer.window"].to(sae.device)}
 
 
-__all__ = ["TrainOptions", "TrainResult", "train_sae", "batch_losses", "lr_factor", "NonFiniteError",
+__all__ = ["TrainOptions", "TrainResult", "TrainMember", "train_sae", "train_saes", "batch_losses", "afa_target",
+           "lr_factor", "NonFiniteError",
            "CheckpointMismatchError"]

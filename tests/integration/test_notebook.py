@@ -113,6 +113,10 @@ def test_saes_notebook_runs(gemma):
     for figure in ("eps_histogram", "zf_plot", "firing_histogram"):
         assert isinstance(getattr(ns["evaluation"], figure)(), go.Figure)
     assert ns["same_output"] and ns["loaded"].cfg == result.sae.cfg
+    table = ns["sweep"].table
+    assert sorted(table.member) == sorted(["topk-k16", "topk-k64", "topafa-centred-1_32", "topafa-authors-1_32"])
+    assert table.set_index("member").l0["topk-k16"] == pytest.approx(16, abs=0.01)
+    assert isinstance(ns["sweep"].plot(), go.Figure)
 
 
 @pytest.mark.slow

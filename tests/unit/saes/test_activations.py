@@ -92,4 +92,5 @@ def test_fast_and_sorted_topafa_give_the_same_sae_output():
     sae.activation.fast = False
     slow = sae(x)
     assert torch.equal(fast.f, slow.f)
-    assert torch.equal(fast.x_hat, slow.x_hat)
+    # the fast path decodes the chosen rows (embedding_bag), the sorted one multiplies by f: rounding only
+    torch.testing.assert_close(fast.x_hat, slow.x_hat, atol=1e-5, rtol=1e-6)

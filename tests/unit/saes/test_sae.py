@@ -89,3 +89,32 @@ def test_loading_weights_of_another_architecture_is_refused(tmp_path):
         SAE.load(tmp_path / "j")
     with pytest.raises(InterlayerError, match="not a saved SAE"):
         SAE.load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("arch,k", [("relu", None), ("topk", 4), ("batchtopk", 4), ("jumprelu", None), ("topafa", None)])
+@pytest.mark.parametrize("training", [True, False])
+def test_sparse_decode_equals_the_dense_product_with_gradients(arch, k, training):
+    torch.manual_seed(0)
+    x = torch.randn(300, 16) * 2 + 1
+    sae = SAE(SAEConfig(d_in=16, d_sae=64, arch=arch, k=k), seed=3)
+    if arch == "batchtopk":
+        sae.train()
+        sae(x)  # sets the inference threshold
+    if arch == "relu":
+        with torch.no_grad():
+            sae.b_enc.fill_(-1.0)  # a sparse ReLU code, so its nonzero entries are decoded
+    sae.train(training)
+    out = sae(x)
+    dense = out.f @ sae.W_dec + sae.b_dec
+    torch.testing.assert_close(out.x_hat_in, dense, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(dense)
+    grads = []
+    for value in (out.x_hat_in, None):
+        sae.zero_grad()
+        again = sae(x)
+        target = again.x_hat_in if value is not None else again.f @ sae.W_dec + sae.b_dec
+        (target * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4, msg=name)

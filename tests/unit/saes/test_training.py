@@ -171,8 +171,10 @@ def test_d_in_mismatch_between_sae_and_source_is_refused():
 
 
 def test_b_dec_starts_at_the_mean_or_at_zero():
-    assert TrainOptions().b_dec_start("topafa") == "zeros" and TrainOptions().b_dec_start("topk") == "mean"
-    assert TrainOptions(b_dec_init="zeros").b_dec_start("topk") == "zeros"
+    topk, authors = SAEConfig(d_in=4, d_sae=8, arch="topk", k=2), SAEConfig(d_in=4, d_sae=8, arch="topafa", afa_form="authors")
+    assert TrainOptions().b_dec_start(authors) == "zeros" and TrainOptions().b_dec_start(topk) == "mean"
+    assert TrainOptions().b_dec_start(SAEConfig(d_in=4, d_sae=8, arch="topafa")) == "mean"  # the centred form
+    assert TrainOptions(b_dec_init="zeros").b_dec_start(topk) == "zeros"
     x = synthetic()
     cfg = SAEConfig(d_in=16, d_sae=64, arch="topk", k=4, normalization="none")
     options = opts(tokens=128, lr=1e-12, warmup_steps=0, init_batches=2)  # one step that barely moves b_dec
