@@ -49,8 +49,18 @@ class Code(NamedTuple):
         return self.cols is not None
 
 
+SPARSE_DENSITY = 0.03
+"""Above this fraction of nonzero entries a code is decoded densely: measured on this
+project's CPU (B = 1,024, h = 5,120, d = 640, forward and backward), gathering the
+decoder rows (``embedding_bag``) takes 0.16x the dense product's time at 0.5% nonzero,
+0.43x at 2%, 1.6x at 10% and 6.4x at 30%."""
+
+
 def coo_code(f: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> Code:
-    """A :class:`Code` from unsorted ``(row, col, value)`` entries of the ``[B, h]`` code ``f``."""
+    """A :class:`Code` from unsorted ``(row, col, value)`` entries of the ``[B, h]`` code ``f``
+    (dense only when they are more than :data:`SPARSE_DENSITY` of it)."""
+    if rows.numel() > SPARSE_DENSITY * f.numel():
+        return Code(f)
     order = torch.argsort(rows, stable=True)
     counts = torch.bincount(rows, minlength=f.shape[0])
     offsets = torch.zeros_like(counts)
@@ -58,9 +68,9 @@ def coo_code(f: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: to
     return Code(f, cols[order], values[order], offsets)
 
 
-def dense_code(f: torch.Tensor, max_density: float = 0.25) -> Code:
+def dense_code(f: torch.Tensor, max_density: float = SPARSE_DENSITY) -> Code:
     """A :class:`Code` of a ``[B, h]`` code with its nonzero entries, unless more than
-    ``max_density`` of it is nonzero (a dense decode is then no slower)."""
+    ``max_density`` of it is nonzero (a dense decode is then faster)."""
     with torch.no_grad():
         nnz = int(torch.count_nonzero(f))
     if nnz > max_density * f.numel():
@@ -130,6 +140,8 @@ class TopK(Activation):
     def encode(self, pre: torch.Tensor, context: EncodeContext) -> Code:
         values, indices = torch.relu(pre).topk(self.k, dim=-1, sorted=False)
         f = torch.zeros_like(pre).scatter(-1, indices, values)
+        if self.k > SPARSE_DENSITY * pre.shape[-1]:
+            return Code(f)
         offsets = torch.arange(0, pre.shape[0] * self.k, self.k, device=pre.device)
         return Code(f, indices.reshape(-1), values.reshape(-1), offsets)
 

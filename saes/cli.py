@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,29 +9,21 @@ from typing import Any
 from interlayer.command_registry import command
 from interlayer.config import check_required
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable, write_atomic, write_json_atomic
+from interlayer.files import check_writable, write_json_atomic
 from interlayer.inputs import check_data_file
 from interlayer.loading import SAMPLE_TEXT
 from interlayer.sites import check_site_syntax
 
 from .config import SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
 from .evaluation import evaluate_sae
-from .records import describe, metrics_record
+from .records import describe, metrics_record, train_options, write_figures
 from .sae import SAE, SAEConfig
-from .training import CHECKPOINT, TrainOptions, train_sae
+from .training import CHECKPOINT, train_sae
 
 log = logging.getLogger(__name__)
 
 REQUIRED_METRICS = ("nmse", "explained_variance", "l0", "dead_frac", "ce_loss_recovered", "eps_lbo_median",
                     "tokens", "seconds")
-
-
-def write_figures(path: Path, figures: list[Any]) -> None:
-    """Several plotly figures in one self-contained HTML file (plotly.js embedded once)."""
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
-    page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>interlayer SAE</title></head><body>" + \
-        "".join(parts) + "</body></html>"
-    write_atomic(path, page.encode())
 
 
 def _check_sae_dir(path: str) -> None:
@@ -41,11 +32,6 @@ def _check_sae_dir(path: str) -> None:
     if not (is_interlayer_dir(path) or is_saelens_dir(path)):
         raise InterlayerError(f"--sae {path!r} is not a saved SAE: it needs cfg.json and sae.safetensors "
                               "(interlayer) or sae_weights.safetensors (SAELens)")
-
-
-def train_options(cfg: SAETrainConfig) -> TrainOptions:
-    """The :class:`TrainOptions` part of a ``sae train`` config."""
-    return TrainOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainOptions)})
 
 
 def run_train(cfg: SAETrainConfig) -> dict[str, Any]:

@@ -1,11 +1,17 @@
-"""What an SAE's ``metrics.json`` records, shared by ``sae train``, ``sae eval`` and ``sae sweep``."""
+"""What the ``interlayer sae`` commands record and write (``metrics.json``, figure pages),
+shared by ``sae train``, ``sae eval`` and ``sae sweep``."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
+
+from interlayer.files import write_atomic
 
 from .evaluation import SAEEvaluation
 from .sae import SAEConfig
+from .training import TrainOptions
 
 
 def describe(cfg: SAEConfig) -> dict[str, Any]:
@@ -23,3 +29,16 @@ def metrics_record(evaluation: SAEEvaluation, **extra: Any) -> dict[str, Any]:
     metrics["eval_tokens"] = metrics.pop("tokens")
     metrics.update(extra)
     return metrics
+
+
+def write_figures(path: Path, figures: list[Any]) -> None:
+    """Several plotly figures in one self-contained HTML file (plotly.js embedded once)."""
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>interlayer SAE</title></head><body>" + \
+        "".join(parts) + "</body></html>"
+    write_atomic(path, page.encode())
+
+
+def train_options(cfg: Any) -> TrainOptions:
+    """The :class:`TrainOptions` part of a ``sae train`` config."""
+    return TrainOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainOptions)})

@@ -43,9 +43,9 @@ from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_json_atomic
 
 from .activations import SAE_ARCHITECTURES
-from .records import describe, metrics_record
+from .records import describe, metrics_record, train_options, write_figures
 from .sae import SAE, SAEConfig
-from .training import CHECKPOINT, TrainMember, TrainOptions, TrainResult, _cfg_identity
+from .training import CHECKPOINT, TrainMember, TrainOptions, TrainResult, config_identity, identity_differences
 
 FORMS = {"centred": ("centred", False), "authors": ("authors", False), "exact": ("authors", True)}
 """Top-AFA value prefixes: the AFA form and whether the authors-exact mode runs."""
@@ -177,7 +177,7 @@ def _member(arch: str, value: str, latents: int) -> GridMember:
 # ------------------------------------------------------------------ members on disk
 def member_identity(cfg: SAEConfig, options: TrainOptions, source: dict[str, Any]) -> dict[str, Any]:
     """What a finished member must share with the grid to be reused (as its checkpoint's)."""
-    return json.loads(json.dumps({"sae": _cfg_identity(cfg), "options": options.identity(cfg), "source": source}))
+    return json.loads(json.dumps({"sae": config_identity(cfg), "options": options.identity(cfg), "source": source}))
 
 
 def member_state(path: Path, identity: dict[str, Any]) -> str:
@@ -194,9 +194,7 @@ def member_state(path: Path, identity: dict[str, Any]) -> str:
         except (json.JSONDecodeError, AttributeError) as err:
             raise InterlayerError(f"{metrics} is not a sweep member's metrics file ({err})") from err
         if saved != identity:
-            from .training import _differences
-
-            diffs = _differences(saved or {}, identity)
+            diffs = identity_differences(saved or {}, identity)
             raise InterlayerError(f"{path} holds a finished SAE of another config ({'; '.join(diffs[:4])}"
                                   f"{' ...' if len(diffs) > 4 else ''}); it is kept as it is. Use another --out, "
                                   "or the grid and options it was trained with")
@@ -310,7 +308,6 @@ def run_sweep(cfg: Any) -> SweepResult:
     from interlayer.inputs import check_data_file
     from interlayer.loading import SAMPLE_TEXT
 
-    from .cli import train_options, write_figures
     from .evaluation import evaluate_saes
     from .sources import CachedSource
     from .training import train_saes

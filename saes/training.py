@@ -256,7 +256,7 @@ class _Member:
         options.check(cfg)
         self.options = options
         self.ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-        identity = {"sae": _cfg_identity(cfg), "options": options.identity(cfg), "source": source.identity()}
+        identity = {"sae": config_identity(cfg), "options": options.identity(cfg), "source": source.identity()}
         self.identity = json.loads(json.dumps(identity))
         self.steps = options.steps
         if self.ckpt is not None and self.ckpt.is_file():
@@ -320,7 +320,7 @@ class _Member:
                            self.window_steps * self.options.batch_size)
 
 
-def _cfg_identity(cfg: SAEConfig) -> dict[str, Any]:
+def config_identity(cfg: SAEConfig) -> dict[str, Any]:
     """The config a resumed run must share (its mean-norm scale is estimated by the run);
     top-AFA's fields only where they apply, so older checkpoints of other SAEs still match."""
     out = {**cfg.to_dict(), "scale": None}
@@ -525,11 +525,11 @@ def _save_checkpoint(ckpt: Path, sae: SAE, optimizer: torch.optim.Optimizer, sta
     write_atomic(ckpt, save(tensors, metadata={"state": json.dumps(meta)}))
 
 
-def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+def identity_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, dict) and isinstance(now, dict):
         out = []
         for key in sorted(set(saved) | set(now)):
-            out += _differences(saved.get(key), now.get(key), f"{prefix}{key}.")
+            out += identity_differences(saved.get(key), now.get(key), f"{prefix}{key}.")
         return out
     return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
 
@@ -542,7 +542,7 @@ def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as err:  # a truncated or foreign file
         raise CheckpointMismatchError(f"{ckpt} is not a readable SAE checkpoint ({err}); delete it or use another --out") from err
-    diffs = _differences(meta.get("identity", {}), identity)
+    diffs = identity_differences(meta.get("identity", {}), identity)
     if diffs:
         raise CheckpointMismatchError(
             f"{ckpt} was written by a different run and cannot be resumed: {'; '.join(diffs[:6])}"

@@ -77,6 +77,12 @@ def test_train_from_cached_activations(capsys, tmp_path, checkpoint):
     assert json.loads((tmp_path / "s" / "cfg.json").read_text())["arch"] == "topafa"
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert 0 < metrics["f_norm_ratio_median"] and metrics["tokens"] == 64 * 20
+    assert (metrics["arch"], metrics["afa_form"], metrics["mode"], metrics["eps_lbo_form"]) == \
+        ("topafa", "centred", "interlayer", "centred")
+    # the authors-exact mode refuses a learning-rate schedule, before the model loads
+    code, _, err = _run(capsys, *args[:-7], "--authors-exact", "--warmup-steps", 5, "--out", tmp_path / "e",
+                        "--no-progress")
+    assert code == 2 and "constant learning rate" in err and not (tmp_path / "e").exists()
     # activations cached for one model are refused for another
     other = tmp_path / "other"
     make_tiny("llama", seed=1).save_pretrained(other)

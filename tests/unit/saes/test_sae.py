@@ -94,16 +94,29 @@ def test_loading_weights_of_another_architecture_is_refused(tmp_path):
 @pytest.mark.parametrize("arch,k", [("relu", None), ("topk", 4), ("batchtopk", 4), ("jumprelu", None), ("topafa", None)])
 @pytest.mark.parametrize("training", [True, False])
 def test_sparse_decode_equals_the_dense_product_with_gradients(arch, k, training):
+    from interlayer.saes.activations import EncodeContext
+
     torch.manual_seed(0)
     x = torch.randn(300, 16) * 2 + 1
-    sae = SAE(SAEConfig(d_in=16, d_sae=64, arch=arch, k=k), seed=3)
+    sae = SAE(SAEConfig(d_in=16, d_sae=512, arch=arch, k=k), seed=3)
     if arch == "batchtopk":
         sae.train()
         sae(x)  # sets the inference threshold
-    if arch == "relu":
+    if arch in ("relu", "topafa"):
         with torch.no_grad():
-            sae.b_enc.fill_(-1.0)  # a sparse ReLU code, so its nonzero entries are decoded
+            sae.b_enc.fill_(-2.0)  # few positive pre-activations: a code sparse enough to decode row by row
+    if arch == "jumprelu":
+        with torch.no_grad():
+            sae.activation.log_threshold.fill_(0.7)  # thresholds of 2: as sparse
     sae.train(training)
+    with torch.no_grad():
+        x_in = (x - x.mean(-1, keepdim=True)) / ((x - x.mean(-1, keepdim=True)).std(-1, keepdim=True) + 1e-5)
+        pre = (x_in - sae.b_dec) @ sae.W_enc + sae.b_enc
+    code = sae.activation.encode(pre.requires_grad_(True), EncodeContext(x_in - sae.b_dec, sae.W_dec.norm(dim=-1)))
+    # JumpReLU keeps the dense decode where gradients flow (its threshold's gradient needs it)
+    assert code.sparse == (arch != "jumprelu")
+    with torch.no_grad():
+        assert sae.activation.encode(pre, EncodeContext(x_in - sae.b_dec, sae.W_dec.norm(dim=-1))).sparse
     out = sae(x)
     dense = out.f @ sae.W_dec + sae.b_dec
     torch.testing.assert_close(out.x_hat_in, dense, atol=1e-5, rtol=1e-5)
