@@ -53,8 +53,9 @@ FORMS = {"centred": ("centred", False), "authors": ("authors", False), "exact": 
 DEFAULT_GRID = ("topk=16,32,64,128;batchtopk=32;jumprelu=0.001,0.01;relu=0.003,0.03;"
                 "topafa=authors:1/32,centred:1/64,centred:1/32")
 """The grid when ``--grid`` is not given (restricted to ``--arch``). The JumpReLU and ReLU
-coefficients were chosen on Gemma 3 270M ``resid_post.8`` (standardised inputs, 5,120
-latents) to bracket TopK's L0 range; see the README."""
+coefficients are provisional: chosen from the loss scales (per-element MSE of
+standardised inputs) to land in TopK's L0 range, not yet calibrated by runs on Gemma
+3 270M (README)."""
 
 TABLE_COLUMNS = ("member", "arch", "afa_form", "mode", "k", "coefficient", "l0", "explained_variance", "nmse",
                  "ce_loss_recovered", "kl_sae", "mse_standardized", "train_mse_last", "dead_frac", "dead_frac_train",
