@@ -256,6 +256,30 @@ def _check_rows(clean: Activations, other: Activations) -> None:
         raise InterlayerError("the clean and spliced passes produced different rows; this is a bug in interlayer")
 
 
+def _score_chunk(chunks: list[Activations], model: ModelAdapter, rows_per_step: int, ce: np.ndarray,
+                 kl: np.ndarray) -> int:
+    """Add one chunk's summed next-token CE (every variant) and KL(clean || variant) to
+    ``ce`` and ``kl``, from the final-norm rows, ``rows_per_step`` rows of logits at a
+    time; returns the number of positions scored."""
+    clean = chunks[0]
+    for other in chunks[1:]:
+        _check_rows(clean, other)
+    targets, has_next = clean.next_tokens()
+    targets = targets[has_next].to(model.device)
+    normed = [c[LN_FINAL][has_next] for c in chunks]
+    for start in range(0, len(targets), rows_per_step):
+        stop = start + rows_per_step
+        goal = targets[start:stop, None]
+        reference = torch.log_softmax(model.head(normed[0][start:stop].to(model.device)).float(), -1)
+        ce[0] += float(-reference.gather(-1, goal)[:, 0].double().sum())
+        p_ref = reference.exp()
+        for v in range(1, len(chunks)):
+            logp = torch.log_softmax(model.head(normed[v][start:stop].to(model.device)).float(), -1)
+            ce[v] += float(-logp.gather(-1, goal)[:, 0].double().sum())
+            kl[v] += float((p_ref * (reference - logp)).sum(-1).double().sum())
+    return int(has_next.sum())
+
+
 def evaluate_sae(sae: SAE, model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
                  context_length: int = 128, batch_size: int = 8, text_field: str = "text", label: str = "",
                  memory_mb: float = 256.0, progress: bool = True) -> SAEEvaluation:
@@ -315,26 +339,10 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
             for chunks in stream_variants(model, data, [site, LN_FINAL], variants, select="tokens",
                                           context_length=context_length, batch_size=batch_size, limit=n_contexts,
                                           text_field=text_field, memory_mb=memory_mb, progress=False):
-                clean = chunks[0]
-                for other in chunks[1:]:
-                    _check_rows(clean, other)
                 for acc in accs:
-                    acc.add(clean[site])
-                targets, has_next = clean.next_tokens()
-                targets = targets[has_next].to(model.device)
-                normed = [c[LN_FINAL][has_next] for c in chunks]
-                for start in range(0, len(targets), rows_per_step):
-                    stop = start + rows_per_step
-                    goal = targets[start:stop, None]
-                    reference = torch.log_softmax(model.head(normed[0][start:stop].to(model.device)).float(), -1)
-                    ce[0] += float(-reference.gather(-1, goal)[:, 0].double().sum())
-                    p_ref = reference.exp()
-                    for v in range(1, len(variants)):
-                        logp = torch.log_softmax(model.head(normed[v][start:stop].to(model.device)).float(), -1)
-                        ce[v] += float(-logp.gather(-1, goal)[:, 0].double().sum())
-                        kl[v] += float((p_ref * (reference - logp)).sum(-1).double().sum())
-                positions += int(has_next.sum())
-                bar.update(clean.n_sequences)
+                    acc.add(chunks[0][site])
+                positions += _score_chunk(chunks, model, rows_per_step, ce, kl)
+                bar.update(chunks[0].n_sequences)
     finally:
         bar.close()
         for sae, state in zip(saes, states):

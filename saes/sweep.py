@@ -301,6 +301,58 @@ def _member_bytes(cfg: SAEConfig) -> int:
     return params * 4 * 4
 
 
+def _train(cfg: Any, plans: list[tuple], source: Any, device: Any,
+           progress: bool) -> tuple[dict[str, tuple[SAE, TrainResult]], dict[str, str]]:
+    """Train the unfinished members, as many together as memory allows; save each."""
+    from .training import train_saes
+
+    out = Path(cfg.out)
+    todo = [p for p in plans if p[4] != "finished"]
+    per_pass = cfg.members_per_pass or max(1, int(cfg.train_memory_mb * 2**20 // max(_member_bytes(p[1]) for p in plans)))
+    trained: dict[str, tuple[SAE, TrainResult]] = {}
+    failed: dict[str, str] = {}
+    for start in range(0, len(todo), per_pass):
+        group = todo[start:start + per_pass]
+        results = train_saes(source, [TrainMember(c, o, out / m.name) for m, c, o, _, _ in group], device=device,
+                             stop_on_error=False, progress=progress)
+        for (member, *_), result in zip(group, results):
+            if isinstance(result, Exception):
+                failed[member.name] = str(result)
+                continue
+            result.sae.save(out / member.name)
+            result.to_frame().to_csv(out / member.name / "history.csv", index=False)
+            trained[member.name] = (result.sae, result)
+    return trained, failed
+
+
+def _evaluate(cfg: Any, plans: list[tuple], trained: dict[str, tuple[SAE, TrainResult]], model: Any, site: str,
+              progress: bool) -> None:
+    """Evaluate the trained members together; write each one's metrics and figures."""
+    from interlayer.loading import SAMPLE_TEXT
+
+    from .evaluation import evaluate_saes
+
+    out = Path(cfg.out)
+    names = list(trained)
+    eval_data = cfg.eval_data or str(SAMPLE_TEXT)
+    evaluations = evaluate_saes([trained[n][0] for n in names], model, eval_data, site, tokens=cfg.eval_tokens,
+                                context_length=cfg.context_length, batch_size=cfg.eval_batch_size, labels=names,
+                                progress=progress)
+    for member, sae_cfg, options, identity, _ in plans:
+        if member.name not in trained:
+            continue
+        sae, result = trained[member.name]
+        evaluation = evaluations[names.index(member.name)]
+        metrics = member_metrics(member, sae, evaluation, result, identity,
+                                 {"eval_data": str(eval_data), "train_options": options.identity(sae.cfg),
+                                  "train_source": str(cfg.activations), "site": site})
+        directory = out / member.name
+        write_figures(directory / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
+                                                   evaluation.firing_histogram()])
+        write_json_atomic(directory / "metrics.json", metrics)
+        (directory / CHECKPOINT).unlink(missing_ok=True)  # ours; the member is finished and saved
+
+
 def run_sweep(cfg: Any) -> SweepResult:
     """``interlayer sae sweep`` as a function (``cfg``: :class:`~interlayer.saes.config.SAESweepConfig`)."""
     from interlayer.activation_cache import ActivationStore
@@ -309,9 +361,7 @@ def run_sweep(cfg: Any) -> SweepResult:
     from interlayer.inputs import check_data_file
     from interlayer.loading import SAMPLE_TEXT
 
-    from .evaluation import evaluate_saes
     from .sources import CachedSource
-    from .training import train_saes
 
     check_required(cfg)
     archs = [a.strip() for a in cfg.arch.split(",") if a.strip()]
@@ -347,40 +397,9 @@ def run_sweep(cfg: Any) -> SweepResult:
     model = cfg.load()
     source = CachedSource(ActivationStore(cfg.activations, model=model), site, base.batch_size, seed=base.seed,
                           device=model.device)
-    todo = [p for p in plans if p[4] != "finished"]
-    per_pass = cfg.members_per_pass or max(1, int(cfg.train_memory_mb * 2**20 // max(_member_bytes(p[1]) for p in plans)))
-    trained: dict[str, tuple[SAE, TrainResult]] = {}
-    failed: dict[str, str] = {}
-    for start in range(0, len(todo), per_pass):
-        group = todo[start:start + per_pass]
-        results = train_saes(source, [TrainMember(c, o, out / m.name) for m, c, o, _, _ in group], device=model.device,
-                             stop_on_error=False, progress=base.progress)
-        for (member, *_), result in zip(group, results):
-            if isinstance(result, Exception):
-                failed[member.name] = str(result)
-                continue
-            result.sae.save(out / member.name)
-            result.to_frame().to_csv(out / member.name / "history.csv", index=False)
-            trained[member.name] = (result.sae, result)
+    trained, failed = _train(cfg, plans, source, model.device, base.progress)
     if trained:
-        names = list(trained)
-        eval_data = cfg.eval_data or str(SAMPLE_TEXT)
-        evaluations = evaluate_saes([trained[n][0] for n in names], model, eval_data, site, tokens=cfg.eval_tokens,
-                                    context_length=cfg.context_length, batch_size=cfg.eval_batch_size, labels=names,
-                                    progress=base.progress)
-        for member, sae_cfg, options, identity, _ in plans:
-            if member.name not in trained:
-                continue
-            sae, result = trained[member.name]
-            evaluation = evaluations[names.index(member.name)]
-            metrics = member_metrics(member, sae, evaluation, result, identity,
-                                     {"eval_data": str(eval_data), "train_options": options.identity(sae.cfg),
-                                      "train_source": str(cfg.activations), "site": site})
-            directory = out / member.name
-            write_figures(directory / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
-                                                       evaluation.firing_histogram()])
-            write_json_atomic(directory / "metrics.json", metrics)
-            (directory / CHECKPOINT).unlink(missing_ok=True)  # ours; the member is finished and saved
+        _evaluate(cfg, plans, trained, model, site, base.progress)
     rows = []
     for member, *_ in plans:
         path = out / member.name / "metrics.json"
