@@ -15,11 +15,8 @@ manifest are ever deleted; a non-empty directory without a manifest is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
-import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,25 +26,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .activations import Activations, stream
+from .activations import stream
 from .adapter import ModelAdapter
+from .cache_files import IDENTITY_FIELDS, MANIFEST, STORE_FORMAT, read_manifest, remove_stale_shards, write_shard
 from .capture import row_bytes
-from .options import check_options, option
+from .distributed import current
 from .dtypes import dtype_name, parse_dtype
-from .errors import CacheCorruptError, InterlayerError, UnknownSiteError, choices
-from .files import WriteError, check_writable, write_atomic, write_json_atomic
+from .errors import InterlayerError, UnknownSiteError, choices
+from .files import check_writable, write_json_atomic
 from .inputs import data_fingerprint
+from .options import check_options, option
 from .seeding import epoch_permutation
-from .shards import DiskBudgetError, encode_shard, read_shard
+from .shards import read_shard
 from .sites import Site, parse_site
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-STORE_FORMAT = 1
-_SHARD_FILE = re.compile(r"^shard_\d{5}\.safetensors(\.part)?$")
-_IDENTITY_FIELDS = ("sites", "select", "dtype", "context_length", "batch_size", "shard_rows", "tokens_target",
-                    "data_sha256", "text_field", "d_model")
 
 
 @dataclass
@@ -61,6 +55,7 @@ class CacheOptions:
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
     disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")
+    seed: int = option(0, "on several processes (torchrun): the seed of the split of the token stream among the ranks")
     progress: bool = option(True, "show a progress bar", cli=False)
 
     def __post_init__(self) -> None:
@@ -93,7 +88,8 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
     """Write the activations of ``tokens`` tokens at ``sites`` to shards in ``out``.
 
     Documents are packed into contexts of ``context_length`` tokens (BOS, then text);
-    every token but the BOS is kept. Options come as :class:`CacheOptions` or as
+    every token but the BOS is kept. In a process group (``torchrun``) the ranks split
+    the work and write one cache together (:mod:`interlayer.distributed_cache`). Options come as :class:`CacheOptions` or as
     its fields by keyword (``dtype="bfloat16"``, ``memory_mb=...``). The manifest is
     rewritten atomically after every shard: a run that is interrupted resumes from
     its last whole shard when called again with the same options, and ends with
@@ -118,6 +114,12 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
         "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "text_field": options.text_field,
         "d_model": model.d_model,
     }
+    world = current()
+    if world.distributed:
+        from .distributed_cache import cache_on_ranks
+
+        cache_on_ranks(model, data, site_list, out, identity, options, world, on_shard)
+        return ActivationStore(out)
     manifest = _open_manifest(out, identity)
     if not manifest.get("complete"):
         _write_shards(model, data, site_list, out, manifest, options, on_shard)
@@ -138,7 +140,7 @@ def _write_shards(model: ModelAdapter, data: Any, sites: list[Site], out: Path, 
                             text_field=options.text_field, skip=done_contexts, limit=needed - done_contexts,
                             progress=False)
             for acts in chunks:
-                rows = _write_shard(out, manifest, acts, options.tokens - done_rows, options.disk_budget_mb)
+                rows = write_shard(out, manifest, acts, options.tokens - done_rows, options.disk_budget_mb)
                 done_rows += rows
                 bar.update(rows)
                 if on_shard is not None:
@@ -170,11 +172,15 @@ def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, fresh)
         return fresh
-    manifest = _read_manifest(out)
+    manifest = read_manifest(out)
+    if manifest.get("ranks"):
+        raise InterlayerError(f"{path} belongs to a cache written by {manifest['ranks']} processes; run the same "
+                              f"command under `torchrun --nproc-per-node {manifest['ranks']}` to resume it (or read "
+                              "it with ActivationStore once complete), or use another --out directory")
     if not manifest["shards"] and not manifest.get("complete"):
-        if any(manifest.get(k) != identity[k] for k in ("weights_sha256", *_IDENTITY_FIELDS)):
+        if any(manifest.get(k) != identity[k] for k in ("weights_sha256", *IDENTITY_FIELDS)):
             log.info("replacing %s: it lists no shard yet", path)
-        _remove_stale_shards(out, set())
+        remove_stale_shards(out, set())
         write_json_atomic(path, fresh)
         return fresh
     if manifest.get("weights_sha256") != identity["weights_sha256"]:
@@ -182,63 +188,15 @@ def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
             f"{path} was written for model {manifest.get('model')!r} (weights sha256 "
             f"{str(manifest.get('weights_sha256'))[:12]}...), not {identity['model']!r} "
             f"({identity['weights_sha256'][:12]}...); use another --out directory")
-    differing = [k for k in _IDENTITY_FIELDS if manifest.get(k) != identity[k]]
+    differing = [k for k in IDENTITY_FIELDS if manifest.get(k) != identity[k]]
     if differing:
         detail = "; ".join(f"{k}: {manifest.get(k)!r} there, {identity[k]!r} now" for k in differing)
         raise InterlayerError(f"{path} was written with other options ({detail}); use another --out directory")
-    _remove_stale_shards(out, {s["file"] for s in manifest["shards"]})
+    remove_stale_shards(out, {s["file"] for s in manifest["shards"]})
     for shard in manifest["shards"]:
         read_shard(out / shard["file"], shard["sha256"])
     if manifest["shards"] and not manifest.get("complete"):
         log.info("resuming %s after %d shard(s)", out, len(manifest["shards"]))
-    return manifest
-
-
-def _remove_stale_shards(out: Path, listed: set[str]) -> None:
-    """Delete shard files this store wrote after its last manifest update (and ``.part``
-    files); nothing that is not named like a shard is touched."""
-    for stale in out.iterdir():
-        if _SHARD_FILE.match(stale.name) and stale.name not in listed and stale.is_file():
-            stale.unlink()
-
-
-def _write_shard(out: Path, manifest: dict[str, Any], acts: Activations, room: int,
-                 disk_budget_mb: float | None) -> int:
-    keep = min(len(acts), room)
-    tensors = {k: v[:keep] for k, v in acts.tensors.items()}
-    meta = {f"meta.{k}": v[:keep] for k, v in acts.meta.items()}
-    index = len(manifest["shards"])
-    payload = encode_shard({**tensors, **meta}, {"shard": str(index)})
-    used = sum(s["bytes"] for s in manifest["shards"])
-    if disk_budget_mb is not None and used + len(payload) > disk_budget_mb * 2**20:
-        raise DiskBudgetError(
-            f"disk budget of {disk_budget_mb} MiB exhausted: {used / 2**20:.1f} MiB written in "
-            f"{index} shard(s), the next needs {len(payload) / 2**20:.1f} MiB; {out} keeps the whole shards, "
-            "and a run with a larger budget resumes from them")
-    free = shutil.disk_usage(out).free
-    if len(payload) + 2**20 > free:
-        raise DiskBudgetError(f"not enough free disk for shard {index} of {out}: it needs "
-                              f"{len(payload) / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free")
-    name = f"shard_{index:05d}.safetensors"
-    try:
-        sha = write_atomic(out / name, payload)
-    except WriteError as err:
-        raise DiskBudgetError(f"{err}; {out} keeps the whole shards written before, and the same command resumes") from err
-    manifest["shards"].append({"file": name, "rows": keep, "contexts": acts.n_sequences, "sha256": sha,
-                               "bytes": len(payload)})
-    manifest["n_rows"] = sum(s["rows"] for s in manifest["shards"])
-    write_json_atomic(out / MANIFEST, manifest)
-    return keep
-
-
-def _read_manifest(out: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise CacheCorruptError(f"{out / MANIFEST} is missing or unreadable: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise CacheCorruptError(f"{out / MANIFEST} has format {got!r}, expected {STORE_FORMAT}")
     return manifest
 
 
@@ -255,7 +213,7 @@ class ActivationStore:
         if not (self.path / MANIFEST).is_file():
             raise InterlayerError(f"{self.path} is not an activation cache (no {MANIFEST}); write one with "
                                   "`interlayer cache` or interlayer.cache()")
-        self.manifest = _read_manifest(self.path)
+        self.manifest = read_manifest(self.path)
         if not self.manifest.get("complete"):
             raise InterlayerError(f"{self.path} is an unfinished cache ({len(self.manifest['shards'])} shard(s)); "
                                   "run the same cache command again to resume it")
@@ -293,6 +251,12 @@ class ActivationStore:
             self._shards[index] = read_shard(self.path / info["file"], info["sha256"])
         return self._shards[index]
 
+    def verify(self) -> None:
+        """Open (and so verify) every shard now: a missing or corrupt one raises
+        :class:`~interlayer.errors.CacheCorruptError` naming it before any work starts."""
+        for index in range(self.n_shards):
+            self.shard(index)
+
     def check_site(self, site: str) -> str:
         """The stored name of ``site`` (short or TransformerLens form); an unknown one lists the cached sites."""
         if site in self.sites or site.startswith("meta."):
@@ -317,7 +281,8 @@ class ActivationStore:
 
     def batches(self, site: str | Sequence[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
                 epochs: int = 1, start: int = 0, drop_last: bool = False, dtype: torch.dtype = torch.float32,
-                device: str | torch.device | None = None, with_index: bool = False) -> Iterator[Any]:
+                device: str | torch.device | None = None, with_index: bool = False,
+                part: tuple[int, int] = (0, 1)) -> Iterator[Any]:
         """Yield ``[batch_size, d]`` batches of one site (``[n_sites, batch_size, d]``
         for a list of sites, the same rows at each).
 
@@ -325,12 +290,20 @@ class ActivationStore:
         (:func:`interlayer.seeding.epoch_permutation`), so a batch mixes rows from
         across the shards; the same seed gives the same batches. ``start`` skips that
         many batches, to resume a training run exactly. With ``with_index`` each item
-        is ``(batch, row_index)``; see :meth:`shard_files`.
+        is ``(batch, row_index)``; see :meth:`shard_files`. With ``part=(rank, ranks)``
+        only that rank's equal slice of each batch is read (data-parallel training:
+        the ranks' slices are disjoint and together are the whole batch).
         """
         many = not isinstance(site, str)
         names = [self.check_site(s) for s in (site if many else [site])]
         if batch_size < 1:
             raise InterlayerError(f"batch_size must be at least 1, got {batch_size}")
+        rank, ranks = part
+        if batch_size % ranks or not 0 <= rank < ranks:
+            raise InterlayerError(f"a batch of {batch_size} rows does not split into {ranks} equal parts (part {rank})")
+        if ranks > 1 and not drop_last:
+            raise InterlayerError("reading a part of each batch needs drop_last=True (a short last batch would not split evenly)")
+        share = batch_size // ranks
         n = self.n_rows
         per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
         number = 0
@@ -341,6 +314,8 @@ class ActivationStore:
                 if number <= start:
                     continue
                 index = order[b * batch_size : (b + 1) * batch_size]
+                if ranks > 1:
+                    index = index[rank * share : (rank + 1) * share]
                 rows = [self._gather(name, index).to(device=device, dtype=dtype) for name in names]
                 batch = torch.stack(rows) if many else rows[0]
                 yield (batch, index) if with_index else batch

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +144,10 @@ class CollectOptions:
     """Use at most this many input sequences (or packed contexts)."""
     skip: int = 0
     """Packed contexts only: skip this many contexts without running the model (to resume)."""
+    keep_batches: Callable[[int], bool] | None = None
+    """Packed contexts only: run only the batches ``j`` (contexts ``j * batch_size`` to
+    ``(j + 1) * batch_size - 1`` of the stream, counted before ``skip``) where this is
+    true; the others are tokenized but never run (a rank's share of a distributed cache)."""
 
     def __post_init__(self) -> None:
         check_selection(self.select)
@@ -158,6 +162,9 @@ class CollectOptions:
                 raise InterlayerError(f"{name} must be an integer of at least {low}, got {value!r}")
         if self.padding_side not in ("left", "right"):
             raise InterlayerError(f"padding_side={self.padding_side!r}; valid choices: 'left', 'right'")
+        if self.keep_batches is not None and (self.context_length is None or self.skip % self.batch_size):
+            raise InterlayerError("keep_batches needs packed contexts (context_length) and a skip that is a whole "
+                                  "number of batches")
         if self.skip and self.context_length is None:
             raise InterlayerError("skip needs packed contexts (context_length); for unpacked inputs pass the remaining inputs")
 
@@ -182,14 +189,18 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
         if opts.skip or opts.limit is not None:
             contexts = itertools.islice(contexts, opts.skip, None if opts.limit is None else opts.skip + opts.limit)
 
+        keep = opts.keep_batches or (lambda _: True)
+
         def sequential() -> Iterator[list[Sequence_]]:
             chunk: list[Sequence_] = []
+            number = opts.skip // opts.batch_size
             for context in contexts:
                 chunk.append(context)
                 if len(chunk) == opts.batch_size:
-                    yield chunk
-                    chunk = []
-            if chunk:
+                    if keep(number):
+                        yield chunk
+                    chunk, number = [], number + 1
+            if chunk and keep(number):
                 yield chunk
 
         return sequential(), opts.limit

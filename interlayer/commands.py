@@ -29,16 +29,25 @@ def run_info(cfg: InfoConfig) -> int:
 
 @command("cache", CacheConfig)
 def run_cache(cfg: CacheConfig) -> int:
+    import dataclasses
+
     from .activation_cache import cache
+    from .distributed import device_of, join, leave
     from .files import check_writable
     from .inputs import check_data_file
     from .sites import check_site_syntax
 
     # Everything that can be checked without the model is checked before it loads.
-    sites = check_site_syntax(cfg.sites)
-    check_data_file(cfg.data, text_field=cfg.text_field)
-    check_writable(cfg.out, directory=True)
-    options = cfg.cache_options()
-    store = cache(cfg.load(), cfg.data, sites, cfg.out, options=options)
-    print(store)
+    world = join(cfg, cfg.dist_timeout)  # under torchrun: every rank got the same options
+    try:
+        sites = check_site_syntax(cfg.sites)
+        check_data_file(cfg.data, text_field=cfg.text_field)
+        check_writable(cfg.out, directory=True)
+        options = cfg.cache_options()
+        model = dataclasses.replace(cfg, device=device_of(world, cfg.device)).load()
+        store = cache(model, cfg.data, sites, cfg.out, options=options)
+    finally:
+        leave()
+    if world.main:
+        print(store)
     return 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from .activation_cache import CacheOptions
+from .distributed import DEFAULT_TIMEOUT_S
 from .dtypes import DTYPE_CHOICES
 from .loading import DEFAULT_MODEL
 from .options import check_options, check_required, option
@@ -84,6 +85,9 @@ class CacheConfig(ModelOptions):
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
     disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")
+    seed: int = option(0, "under torchrun: the seed of the split of the token stream among the ranks")
+    dist_timeout: float = option(DEFAULT_TIMEOUT_S, "under torchrun: seconds a rank waits at a collective before "
+                                                    "every rank stops", above=0)
     no_progress: bool = option(False, "hide the progress bar")
 
     def cache_options(self) -> CacheOptions:

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from interlayer.distributed import all_reduce
+
 from . import topafa
 
 SAE_ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "topafa")
@@ -87,6 +89,9 @@ class Activation(nn.Module, abc.ABC):
     :meth:`encode` returns it as a :class:`Code` (with its nonzero entries where known)."""
 
     name = "base"
+    distributed = False
+    """Set by the trainer in data-parallel training: a batch-wide selection (BatchTopK)
+    then spans the ranks' parts of the global batch."""
 
     @abc.abstractmethod
     def forward(self, pre: torch.Tensor, context: "EncodeContext") -> torch.Tensor:
@@ -165,18 +170,39 @@ class BatchTopK(Activation):
                 raise RuntimeError("this BatchTopK SAE has no inference threshold yet: train it first")
             return dense_code(acts * (acts > self.threshold))
         flat = acts.flatten()
-        values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
+        if self.distributed:
+            values, indices = self._global_top(flat, pre.shape[0])
+        else:
+            values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         f = torch.zeros_like(flat).scatter(-1, indices, values).view_as(pre)
         with torch.no_grad():
             positive = values[values > 0]
-            if positive.numel():
-                smallest = positive.min()
+            least = positive.min() if positive.numel() else torch.tensor(math.inf, device=values.device)
+            if self.distributed:
+                least = all_reduce(least.clone(), "min", "the BatchTopK threshold")
+            if torch.isfinite(least):
+                smallest = least
                 if float(self.threshold) < 0:
                     self.threshold.copy_(smallest)
                 else:
                     self.threshold.lerp_(smallest, self.threshold_momentum)
         h = pre.shape[-1]
         return coo_code(f, torch.div(indices, h, rounding_mode="floor"), indices % h, values)
+
+    def _global_top(self, flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's entries among the top ``k x global batch`` of all ranks' batches
+        (data-parallel training): every rank offers its own largest ``k x global batch``
+        values, and the threshold is the smallest of the global top ones, so the selection
+        is the one a single process makes on the whole batch (ties aside)."""
+        from interlayer.distributed import all_gather_cat, current
+
+        wanted = self.k * rows * current().size
+        with torch.no_grad():
+            offered = flat.topk(min(wanted, flat.numel()), sorted=False).values
+            pool = all_gather_cat(offered, "the BatchTopK selection")
+            cut = pool.topk(min(wanted, pool.numel()), sorted=False).values.min()
+        indices = ((flat >= cut) & (flat > 0)).nonzero(as_tuple=True)[0]
+        return flat[indices], indices
 
 
 class _ThresholdFunction(torch.autograd.Function):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from interlayer.command_registry import command
 from interlayer.config import check_required
+from interlayer.distributed import World, broadcast_object, device_of, join, leave, raise_together, split_evenly
 from interlayer.errors import InterlayerError
 from interlayer.files import check_writable, write_json_atomic
 from interlayer.inputs import check_data_file
@@ -34,14 +36,40 @@ def _check_sae_dir(path: str) -> None:
                               "(interlayer) or sae_weights.safetensors (SAELens)")
 
 
-def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
-    """``interlayer sae train`` as a function: trains, saves and evaluates; returns the metrics."""
-    from .sources import CachedSource, StreamedSource
+def run_train(cfg: SAETrainConfig) -> dict[str, Any] | None:
+    """``interlayer sae train`` as a function: trains, saves and evaluates; returns the metrics.
 
+    Under ``torchrun`` (several processes) it trains data-parallel from cached
+    activations: each rank reads its own slice of every global batch, gradients are
+    averaged, and rank 0 alone writes checkpoints, the SAE, metrics and figures (the
+    other ranks return ``None``)."""
     check_required(cfg)
+    world = join(cfg, cfg.dist_timeout)
+    _check_train_inputs(cfg, world)
+    options = train_options(cfg)
+    options.progress = not cfg.no_progress
+    # a bad architecture, k, AFA form or normalisation, or options the mode cannot honour, fail before the model loads
+    options.check(SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization,
+                            afa_form=cfg.afa_form, authors_exact=cfg.authors_exact))
+    model, source = _train_source(cfg, options, world)
+    model_name = broadcast_object(model.name if model is not None else None, what="sharing the model name")
+    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=16 * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch,
+                        k=cfg.k, normalization=cfg.normalization, afa_form=cfg.afa_form,
+                        authors_exact=cfg.authors_exact, model=model_name, site=source.site)
+    out = Path(cfg.out)
+    result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=device_of(world, cfg.device))
+    if not world.main:
+        return None
+    return _finish_train(cfg, model, result, options)
+
+
+def _check_train_inputs(cfg: SAETrainConfig, world: World) -> None:
     if (cfg.data is None) == (cfg.activations is None):
         raise InterlayerError("give exactly one of --data (text streamed through the model) and --activations "
                               "(a directory from `interlayer cache`)")
+    if world.distributed and cfg.activations is None:
+        raise InterlayerError(f"training on {world.size} processes reads cached activations: write them with "
+                              "`interlayer cache` (or `torchrun ... -m interlayer cache`) and pass --activations")
     check_writable(cfg.out, directory=True)
     if (Path(cfg.out) / "metrics.json").exists() and not (Path(cfg.out) / CHECKPOINT).exists():
         raise InterlayerError(f"{cfg.out} already holds a finished SAE (metrics.json); use another --out or remove it")
@@ -52,27 +80,39 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
         raise InterlayerError(f"--activations {cfg.activations!r} is not an activation cache (no manifest.json); "
                               "write one with `interlayer cache`")
     check_site_syntax([cfg.site])
-    options = train_options(cfg)
-    options.progress = not cfg.no_progress
-    # a bad architecture, k, AFA form or normalisation, or options the mode cannot honour, fail before the model loads
-    options.check(SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization,
-                            afa_form=cfg.afa_form, authors_exact=cfg.authors_exact))
-    model = cfg.load()
-    site = model.site(cfg.site).name
-    if cfg.activations is not None:
-        from interlayer.activation_cache import ActivationStore
+    split_evenly(cfg.batch_size, world, "--batch-size (the global batch)")
 
-        source: Any = CachedSource(ActivationStore(cfg.activations, model=model), site, options.batch_size,
-                                   seed=options.seed, device=model.device)
-    else:
-        source = StreamedSource(model, cfg.data, site, options.batch_size, seed=options.seed,
-                                context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
-                                memory_mb=cfg.memory_mb, device=model.device)
-    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=16 * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch, k=cfg.k,
-                        normalization=cfg.normalization, afa_form=cfg.afa_form, authors_exact=cfg.authors_exact,
-                        model=model.name, site=site)
+
+def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any, Any]:
+    """The model (``None`` on the ranks other than 0 of a distributed run: they only read
+    the cache) and the training source. Every rank verifies every shard before training,
+    and a bad one stops every rank, named."""
+    from .sources import CachedSource, StreamedSource
+
+    model = dataclasses.replace(cfg, device=device_of(world, cfg.device)).load() if world.main else None
+    if cfg.activations is None:
+        return model, StreamedSource(model, cfg.data, model.site(cfg.site).name, options.batch_size, seed=options.seed,
+                                     context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
+                                     memory_mb=cfg.memory_mb, device=model.device)
+    from interlayer.activation_cache import ActivationStore
+
+    store = ActivationStore(cfg.activations, model=model)
+    if world.distributed:
+        error = None
+        try:
+            store.verify()
+        except InterlayerError as err:
+            error = err
+        raise_together(error, f"verifying the shards of {cfg.activations}")
+    site = model.site(cfg.site).name if model is not None else cfg.site
+    device = model.device if model is not None else device_of(world, cfg.device)
+    return model, CachedSource(store, site, options.batch_size, seed=options.seed, device=device, world=world)
+
+
+def _finish_train(cfg: SAETrainConfig, model: Any, result: Any, options: Any) -> dict[str, Any]:
+    """Save the trained SAE, evaluate it, write metrics.json, history.csv and figures.html."""
     out = Path(cfg.out)
-    result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=model.device)
+    site = result.sae.cfg.site
     result.sae.save(out)
     result.to_frame().to_csv(out / "history.csv", index=False)
     eval_data = cfg.eval_data or cfg.data or str(SAMPLE_TEXT)
@@ -95,7 +135,12 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any]:
 
 @command("sae train", SAETrainConfig)
 def _train(cfg: SAETrainConfig) -> int:
-    metrics = run_train(cfg)
+    try:
+        metrics = run_train(cfg)
+    finally:
+        leave()
+    if metrics is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return 0
     for key in REQUIRED_METRICS:
         print(f"{key:>20}: {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{key:>20}: {metrics[key]}")
     print(f"wrote {cfg.out}/sae.safetensors, cfg.json, metrics.json, history.csv, figures.html")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from interlayer.config import ModelOptions, option
+from interlayer.distributed import DEFAULT_TIMEOUT_S
 
 from .activations import AFA_FORMS, SAE_ARCHITECTURES
 from .normalization import NORMALIZATIONS
@@ -34,6 +35,8 @@ class SAETrainConfig(ModelOptions, TrainOptions):
     eval_data: str | None = option(None, "text for the final evaluation (default: --data, else the packaged sample)")
     eval_tokens: int = option(8192, "tokens of the final evaluation", min=1)
     no_progress: bool = option(False, "hide the progress bars")
+    dist_timeout: float = option(DEFAULT_TIMEOUT_S, "under torchrun: seconds a rank waits at a collective before "
+                                                    "every rank stops", above=0)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from interlayer.activation_cache import ActivationStore
 from interlayer.activations import stream
 from interlayer.adapter import ModelAdapter
+from interlayer.distributed import SINGLE, World, split_evenly
 from interlayer.errors import InterlayerError
 from interlayer.files import sha256_bytes
 from interlayer.seeding import epoch_permutation
@@ -73,15 +74,22 @@ class TensorSource:
 
 
 class CachedSource:
-    """Training batches from a cached :class:`~interlayer.ActivationStore`."""
+    """Training batches from a cached :class:`~interlayer.ActivationStore`.
+
+    With a distributed ``world`` every rank reads only its own equal slice of each
+    global batch of ``batch_size`` rows (the slices are disjoint, so every row is read
+    once per epoch by one rank); ``batches(whole=True)`` serves the global batches
+    (the trainer's initial statistics, the same on every rank)."""
 
     def __init__(self, store: ActivationStore | str | Path, site: str, batch_size: int, seed: int = 0,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, world: World = SINGLE) -> None:
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         self.site = self.store.check_site(site)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.world = world
+        self.local_batch_size = split_evenly(batch_size, world, "the global batch")
         self.d_in = int(self.store.manifest["d_model"])
         if self.store.n_rows < batch_size:
             raise InterlayerError(f"{self.store.path} holds {self.store.n_rows} rows, fewer than one batch of {batch_size}")
@@ -92,10 +100,11 @@ class CachedSource:
                 "rows": self.store.n_rows, "shards": [s["sha256"] for s in m["shards"]], "seed": self.seed,
                 "batch_size": self.batch_size}
 
-    def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
+    def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
         done = (state or {}).get("batches", 0)
+        part = (0, 1) if whole else (self.world.rank, self.world.size)
         for epochs_batch in self.store.batches(self.site, self.batch_size, seed=self.seed, epochs=1 << 20, start=done,
-                                               drop_last=True, device=self.device, with_index=True):
+                                               drop_last=True, device=self.device, with_index=True, part=part):
             x, index = epochs_batch
             done += 1
             yield SourceBatch(x, {"batches": done}, lambda i, index=index: self._where(int(index[i])))

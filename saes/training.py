@@ -51,6 +51,7 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from interlayer.checkpointing import load_optimizer, optimizer_tensors
+from interlayer.distributed import SINGLE, World, all_reduce, average_gradients, broadcast_object, current, raise_together
 from interlayer.errors import InterlayerError
 from interlayer.files import write_atomic
 from interlayer.options import check_options, option
@@ -86,6 +87,9 @@ class TrainOptions:
     beta2: float = option(0.99, "Adam beta2")
     l1_coeff: float = option(1e-3, "L1 coefficient (relu)", min=0)
     l0_coeff: float = option(1e-3, "L0 coefficient (jumprelu)", min=0)
+    jumprelu_threshold: float = option(1e-3, "initial JumpReLU threshold theta (Rajamanoharan et al. 2024: 0.001); "
+                                             "log(theta) moves about lr per step, so in short runs it sets the L0",
+                                       above=0)
     afa_coeff: float | None = option(None, "AFA loss coefficient (default: 1/32 for topafa, 0 for the others)", min=0)
     auxk_coeff: float = option(1 / 32, "AuxK loss coefficient (topk, batchtopk, topafa)", min=0)
     aux_k: int = option(512, "dead latents the AuxK loss may use per token", min=1)
@@ -144,6 +148,8 @@ class TrainOptions:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if cfg is not None:
             out["warmup_steps"], out["decay_fraction"] = self.warmup(cfg), self.decay(cfg)
+            if cfg.arch != "jumprelu":  # it shapes JumpReLU SAEs only (and older checkpoints lack it)
+                out.pop("jumprelu_threshold")
         return out
 
 
@@ -198,11 +204,14 @@ def afa_target(sae: SAE, x_in: torch.Tensor) -> torch.Tensor:
     return x_in.norm(dim=-1)
 
 
-def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMask) -> dict[str, torch.Tensor]:
+def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMask,
+                 sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Every loss term and the batch statistics, as the trainer computes them.
 
     ``dead`` is the ``[h]`` mask of dead latents, or (the authors-exact mode) a function
-    that takes this batch's ``[h]`` fired mask, updates the counters and returns the mask."""
+    that takes this batch's ``[h]`` fired mask, updates the counters and returns the mask.
+    ``sync`` (data-parallel training) makes the fired mask the ranks' union, so every
+    rank keeps the same dead-latent counters."""
     out = sae(x)
     mse = (out.x_hat_in - out.x_in).square().mean()
     loss = mse
@@ -210,6 +219,8 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMas
     arch = sae.cfg.arch
     with torch.no_grad():
         fired = (out.f > 0).any(0)
+        if sync is not None:
+            fired = sync(fired)
     if callable(dead):
         dead = dead(fired)
     sparsity = sae.activation.sparsity_loss(out.pre, out.f)
@@ -232,8 +243,9 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMas
         loss = loss + options.auxk_coeff * terms["auxk"]
     terms["loss"] = loss
     with torch.no_grad():
-        err = (out.x_hat_in - out.x_in).square().sum()
-        terms["nmse"] = err / out.x_in.square().sum().clamp_min(1e-12)
+        err, norm = (out.x_hat_in - out.x_in).square().sum(), out.x_in.square().sum()
+        terms["nmse"] = err / norm.clamp_min(1e-12)
+        terms["_nmse_parts"] = torch.stack([err, norm])  # summed over ranks in data-parallel training
         terms["l0"] = (out.f > 0).sum(-1).float().mean()
         terms["fired"] = fired
     return terms
@@ -259,10 +271,9 @@ class _Member:
         identity = {"sae": config_identity(cfg), "options": options.identity(cfg), "source": source.identity()}
         self.identity = json.loads(json.dumps(identity))
         self.steps = options.steps
-        if self.ckpt is not None and self.ckpt.is_file():
-            self.sae, self.optimizer, self.state = _load_checkpoint(self.ckpt, self.identity, options, device)
-        else:
-            self.sae, self.optimizer, self.state = _fresh_start(sample(options.init_batches), cfg, options, device)
+        self.world: World = getattr(source, "world", SINGLE)
+        self.sae, self.optimizer, self.state = _start(self.ckpt, self.identity, cfg, options, device, sample, self.world)
+        self.sae.activation.distributed = self.world.distributed
         self.sae.train()
         self.start = self.state["step"]
         self.window_steps = min(self.steps, math.ceil(options.dead_window_tokens / options.batch_size))
@@ -283,19 +294,21 @@ class _Member:
         """One optimizer step on ``x``; the history row when one is recorded."""
         began = time.perf_counter()
         sae, options, state, step = self.sae, self.options, self.state, self.state["step"]
-        exact = sae.cfg.authors_exact
+        exact, many = sae.cfg.authors_exact, self.world.distributed
+        sync = _fired_on_any_rank if many else None
         if exact:
             def dead(fired: torch.Tensor) -> torch.Tensor:  # the authors update the counters in the forward pass
                 state["dead"] = torch.where(fired, torch.zeros_like(state["dead"]), state["dead"] + 1)
                 return state["dead"] >= options.dead_after
-            terms = batch_losses(sae, x, options, dead)
+            terms = batch_losses(sae, x, options, dead, sync)
         else:
-            terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after)
-        if not torch.isfinite(terms["loss"]):
-            raise NonFiniteError(f"the loss became {float(terms['loss'])} at step {step} (first row from "
+            terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after, sync)
+        shown = _mean_over_ranks(terms) if many else terms  # NaN on any rank stops every rank
+        if not torch.isfinite(shown["loss"]):
+            raise NonFiniteError(f"the loss became {float(shown['loss'])} at step {step} (first row from "
                                  f"{batch.where(0)}); training stopped, the step was not applied. {_kept(self.ckpt)}")
         lr = options.lr * lr_factor(step, self.steps, self.warmup, self.decay)
-        (_authors_step if exact else _optimizer_step)(sae, self.optimizer, terms["loss"], lr)
+        (_authors_step if exact else _optimizer_step)(sae, self.optimizer, terms["loss"], lr, many)
         with torch.no_grad():
             if not exact:
                 state["dead"] = torch.where(terms["fired"], torch.zeros_like(state["dead"]), state["dead"] + 1)
@@ -305,10 +318,10 @@ class _Member:
         state["step"], state["source"] = step, batch.state
         row = None
         if step % options.log_every == 0 or step == self.steps:
-            row = _history_row(step, self.window, options, self.optimizer, state["dead"], terms)
+            row = _history_row(step, self.window, options, self.optimizer, state["dead"], shown)
             state["history"].append(row)
         self.spent += time.perf_counter() - began + extra_seconds
-        if self.ckpt is not None and (step == self.steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
+        if self.ckpt is not None and self.world.main and (step == self.steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
             state["seconds"] = self.earlier + self.spent
             _save_checkpoint(self.ckpt, sae, self.optimizer, state, self.identity)
         return row
@@ -386,9 +399,11 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
         m.options.check(m.cfg)
     first: list[torch.Tensor] = []
 
-    def sample(n: int) -> torch.Tensor:
+    world: World = getattr(source, "world", SINGLE)
+
+    def sample(n: int) -> torch.Tensor:  # the global first batches, the same on every rank
         if len(first) < n:
-            batches = source.batches()
+            batches = source.batches(None, whole=True) if world.distributed else source.batches()
             first[:] = [next(batches).x for _ in range(n)]
         return torch.cat(first[:n])
 
@@ -396,7 +411,7 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
     first.clear()
     results: list[TrainResult | Exception | None] = [None] * len(runs)
     active = [i for i, r in enumerate(runs) if not r.done]
-    show = runs[0].options.progress if progress is None else progress
+    show = (runs[0].options.progress if progress is None else progress) and world.main
     total = max(r.steps for r in runs)
     lead = min(active, key=lambda i: runs[i].step) if active else 0
     position = runs[lead].step
@@ -447,6 +462,9 @@ def _fresh_start(sample: torch.Tensor, cfg: SAEConfig, options: TrainOptions,
         cfg = dataclasses.replace(cfg, scale=mean_norm_scale(sample))
     sae = SAE(cfg, seed=options.seed).to(device)
     _initialise(sae, sample.to(sae.device), options)
+    if cfg.arch == "jumprelu":
+        with torch.no_grad():
+            sae.activation.log_threshold.fill_(math.log(options.jumprelu_threshold))
     optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
     state = {"step": 0, "source": None, "history": [], "seconds": 0.0,
              "dead": torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device),
@@ -464,10 +482,31 @@ def _check_finite(x: torch.Tensor, batch: Any, step: int, ckpt: Path | None) -> 
                          f"training stopped. {_kept(ckpt)}")
 
 
-def _optimizer_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
-    """One Adam step with the decoder rows kept at unit norm (gradient projected, rows renormalised)."""
+def _fired_on_any_rank(fired: torch.Tensor) -> torch.Tensor:
+    return all_reduce(fired.to(torch.uint8), "max", "sharing the fired latents").bool()
+
+
+def _mean_over_ranks(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's loss terms over the whole global batch: the mean of the ranks' means
+    (equal shares), NMSE from the summed squared error and norm."""
+    names = [k for k in terms if k not in ("fired", "_nmse_parts")]
+    values = torch.cat([torch.stack([terms[k].detach().float().reshape(()) for k in names]),
+                        terms["_nmse_parts"].detach().float()])
+    all_reduce(values, "sum", "averaging the loss terms")
+    out = dict(zip(names, (values[: len(names)] / current().size).unbind()))
+    out["nmse"] = values[-2] / values[-1].clamp_min(1e-12)
+    out["fired"] = terms["fired"]
+    return out
+
+
+def _optimizer_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float,
+                    average: bool = False) -> None:
+    """One Adam step with the decoder rows kept at unit norm (gradient projected, rows
+    renormalised); ``average``: the gradient is first averaged over the ranks."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if average:
+        average_gradients(list(sae.parameters()))
     sae.constrain_decoder(grad_only=True)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -475,11 +514,14 @@ def _optimizer_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tens
     sae.constrain_decoder()
 
 
-def _authors_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+def _authors_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float,
+                  average: bool = False) -> None:
     """The authors' step: clip the gradient norm at 100,000, project the decoder's gradient
     and renormalise its rows, then the Adam step (rows leave unit norm by it)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if average:
+        average_gradients(list(sae.parameters()))
     torch.nn.utils.clip_grad_norm_(sae.parameters(), AUTHORS_MAX_GRAD_NORM)
     sae.constrain_decoder(grad_only=True)
     sae.constrain_decoder()
@@ -496,7 +538,7 @@ def _history_row(step: int, window: list[float], options: TrainOptions, optimize
            "tokens_per_s": (step - window[1]) * options.batch_size / max(now - window[0], 1e-9),
            "lr": optimizer.param_groups[0]["lr"],
            "dead_frac": float((dead_count >= options.dead_after).float().mean())}
-    row.update({k: float(v.detach()) for k, v in terms.items() if k != "fired"})
+    row.update({k: float(v.detach()) for k, v in terms.items() if k != "fired" and not k.startswith("_")})
     window[:] = [now, step]
     return row
 
@@ -534,8 +576,8 @@ def identity_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
 
 
-def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions,
-                     device: str | torch.device | None) -> tuple[SAE, torch.optim.Optimizer, dict[str, Any]]:
+def _read_checkpoint(ckpt: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A checkpoint's metadata and tensors, refused when another run wrote it."""
     try:
         with safe_open(str(ckpt), "pt") as handle:
             meta = json.loads(handle.metadata()["state"])
@@ -547,16 +589,44 @@ def _load_checkpoint(ckpt: Path, identity: dict[str, Any], options: TrainOptions
         raise CheckpointMismatchError(
             f"{ckpt} was written by a different run and cannot be resumed: {'; '.join(diffs[:6])}"
             f"{' ...' if len(diffs) > 6 else ''}. Use another --out directory, or the same options.")
+    log.info("resuming SAE training from %s at step %d", ckpt, meta["step"])
+    return meta, tensors
+
+
+def _restore(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str, options: TrainOptions,
+             device: str | torch.device | None) -> tuple[SAE, torch.optim.Optimizer, dict[str, Any]]:
     sae = SAE(SAEConfig.from_dict(meta["sae_cfg"]), seed=options.seed)
-    sae.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, str(ckpt))
+    sae.load_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, where)
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
     load_optimizer(optimizer, tensors, meta["param_groups"])
-    log.info("resuming SAE training from %s at step %d", ckpt, meta["step"])
     return sae, optimizer, {"step": meta["step"], "source": meta["source"], "history": meta["history"],
                             "seconds": meta.get("seconds", 0.0),
                             "dead": tensors["trainer.dead"].to(sae.device),
                             "window": tensors["trainer.window"].to(sae.device)}
+
+
+def _start(ckpt: Path | None, identity: dict[str, Any], cfg: SAEConfig, options: TrainOptions,
+           device: str | torch.device | None, sample: Callable[[int], torch.Tensor],
+           world: World) -> tuple[SAE, torch.optim.Optimizer, dict[str, Any]]:
+    """Resume from the checkpoint, or start fresh. With several ranks, rank 0's checkpoint
+    decides and its contents are broadcast, so the ranks need not share a filesystem; a
+    fresh start is the same on every rank (same seed, same global first batches)."""
+    if not world.distributed:
+        if ckpt is not None and ckpt.is_file():
+            return _restore(*_read_checkpoint(ckpt, identity), str(ckpt), options, device)
+        return _fresh_start(sample(options.init_batches), cfg, options, device)
+    payload, error = None, None
+    if world.main and ckpt is not None and ckpt.is_file():
+        try:
+            payload = _read_checkpoint(ckpt, identity)
+        except InterlayerError as err:
+            error = err
+    raise_together(error, f"opening the checkpoint {ckpt}")
+    payload = broadcast_object(payload, what="sharing rank 0's checkpoint")
+    if payload is None:
+        return _fresh_start(sample(options.init_batches), cfg, options, device)
+    return _restore(*payload, str(ckpt), options, device)
 
 
 __all__ = ["TrainOptions", "TrainResult", "TrainMember", "train_sae", "train_saes", "batch_losses", "afa_target",
