@@ -32,7 +32,7 @@ from .errors import InterlayerError
 
 __all__ = ["World", "SINGLE", "RankFailedError", "init", "current", "launched", "check_same", "raise_together",
            "average_gradients", "all_gather_cat", "all_reduce", "broadcast_object", "barrier", "split_evenly",
-           "join", "leave", "device_of", "gather_objects", "DEFAULT_TIMEOUT_S"]
+           "join", "leave", "device_of", "gather_objects", "comm_device", "send", "recv", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 """Seconds a collective may wait for the other ranks before every rank stops (30 min:
@@ -147,6 +147,25 @@ def _failing(what: str) -> Iterator[None]:
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
+
+
+def comm_device() -> torch.device:
+    """Where a collective's tensors must live: the process's GPU under NCCL, else the CPU."""
+    if current().distributed and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def send(tensor: torch.Tensor, dst: int, what: str = "sending a tensor") -> None:
+    """Point-to-point send (the tensor on :func:`comm_device`)."""
+    with _failing(what):
+        dist.send(tensor, dst)
+
+
+def recv(tensor: torch.Tensor, src: int, what: str = "receiving a tensor") -> None:
+    """Point-to-point receive into ``tensor`` (on :func:`comm_device`)."""
+    with _failing(what):
+        dist.recv(tensor, src)
 
 
 def barrier(what: str = "a barrier") -> None:

@@ -18,7 +18,7 @@ from interlayer.sites import check_site_syntax
 
 from .config import SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
 from .evaluation import evaluate_sae
-from .records import describe, metrics_record, train_options, write_figures
+from .records import describe, metrics_record, save_trained, train_options, write_figures
 from .sae import SAE, SAEConfig
 from .training import CHECKPOINT, train_sae
 
@@ -36,13 +36,14 @@ def _check_sae_dir(path: str) -> None:
                               "(interlayer) or sae_weights.safetensors (SAELens)")
 
 
-def run_train(cfg: SAETrainConfig) -> dict[str, Any] | None:
+def run_train(cfg: SAETrainConfig) -> Any:
     """``interlayer sae train`` as a function: trains, saves and evaluates; returns the metrics.
 
     Under ``torchrun`` (several processes) it trains data-parallel from cached
     activations: each rank reads its own slice of every global batch, gradients are
     averaged, and rank 0 alone writes checkpoints, the SAE, metrics and figures (the
-    other ranks return ``None``)."""
+    other ranks return ``None``). With ``--sites`` it trains one SAE per site
+    (:mod:`~interlayer.saes.layer_parallel`) and returns the per-site table (on rank 0)."""
     check_required(cfg)
     world = join(cfg, cfg.dist_timeout)
     _check_train_inputs(cfg, world)
@@ -51,6 +52,10 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any] | None:
     # a bad architecture, k, AFA form or normalisation, or options the mode cannot honour, fail before the model loads
     options.check(SAEConfig(d_in=1, d_sae=cfg.latents or 1 << 30, arch=cfg.arch, k=cfg.k, normalization=cfg.normalization,
                             afa_form=cfg.afa_form, authors_exact=cfg.authors_exact))
+    if cfg.sites is not None:
+        from .layer_parallel import train_sites
+
+        return train_sites(cfg, options, world)
     model, source = _train_source(cfg, options, world)
     model_name = broadcast_object(model.name if model is not None else None, what="sharing the model name")
     sae_cfg = SAEConfig(d_in=source.d_in, d_sae=16 * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch,
@@ -60,14 +65,14 @@ def run_train(cfg: SAETrainConfig) -> dict[str, Any] | None:
     result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=device_of(world, cfg.device))
     if not world.main:
         return None
-    return _finish_train(cfg, model, result, options)
+    return save_trained(cfg, model, result, options, Path(cfg.out))
 
 
 def _check_train_inputs(cfg: SAETrainConfig, world: World) -> None:
     if (cfg.data is None) == (cfg.activations is None):
         raise InterlayerError("give exactly one of --data (text streamed through the model) and --activations "
                               "(a directory from `interlayer cache`)")
-    if world.distributed and cfg.activations is None:
+    if world.distributed and cfg.activations is None and cfg.sites is None:
         raise InterlayerError(f"training on {world.size} processes reads cached activations: write them with "
                               "`interlayer cache` (or `torchrun ... -m interlayer cache`) and pass --activations")
     check_writable(cfg.out, directory=True)
@@ -79,6 +84,9 @@ def _check_train_inputs(cfg: SAETrainConfig, world: World) -> None:
     if cfg.activations is not None and not (Path(cfg.activations) / "manifest.json").is_file():
         raise InterlayerError(f"--activations {cfg.activations!r} is not an activation cache (no manifest.json); "
                               "write one with `interlayer cache`")
+    if cfg.sites is not None:
+        check_site_syntax([s.strip() for s in cfg.sites.split(",") if s.strip()])
+        return  # layer-parallel: every rank trains whole batches of its own sites
     check_site_syntax([cfg.site])
     split_evenly(cfg.batch_size, world, "--batch-size (the global batch)")
 
@@ -109,30 +117,6 @@ def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any,
     return model, CachedSource(store, site, options.batch_size, seed=options.seed, device=device, world=world)
 
 
-def _finish_train(cfg: SAETrainConfig, model: Any, result: Any, options: Any) -> dict[str, Any]:
-    """Save the trained SAE, evaluate it, write metrics.json, history.csv and figures.html."""
-    out = Path(cfg.out)
-    site = result.sae.cfg.site
-    result.sae.save(out)
-    result.to_frame().to_csv(out / "history.csv", index=False)
-    eval_data = cfg.eval_data or cfg.data or str(SAMPLE_TEXT)
-    evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
-                              context_length=cfg.context_length, label=f"{cfg.arch} {site}",
-                              progress=not cfg.no_progress)
-    metrics = metrics_record(evaluation, tokens=result.tokens, seconds=result.seconds,
-                       dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
-    metrics.update(describe(result.sae.cfg))
-    metrics["eval_data"] = str(eval_data)
-    metrics["train_options"] = options.identity(result.sae.cfg)
-    metrics["train_source"] = str(cfg.activations or cfg.data)
-    metrics["eval_tokens"] = evaluation.metrics["tokens"]
-    write_json_atomic(out / "metrics.json", metrics)
-    write_figures(out / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
-                                         evaluation.firing_histogram()])
-    (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete and saved
-    return metrics
-
-
 @command("sae train", SAETrainConfig)
 def _train(cfg: SAETrainConfig) -> int:
     try:
@@ -140,6 +124,12 @@ def _train(cfg: SAETrainConfig) -> int:
     finally:
         leave()
     if metrics is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return 0
+    if isinstance(metrics, list):  # --sites: one row per site
+        import pandas as pd
+
+        print(pd.DataFrame(metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"wrote {cfg.out}/<site>/ for {len(metrics)} site(s) and {cfg.out}/sites.csv")
         return 0
     for key in REQUIRED_METRICS:
         print(f"{key:>20}: {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{key:>20}: {metrics[key]}")

@@ -17,6 +17,9 @@ class SAETrainConfig(ModelOptions, TrainOptions):
     """Train a sparse autoencoder on one hook site (streamed from --data, or from cached --activations)."""
 
     site: str = option("resid_post.6", "the hook site the SAE reads, e.g. resid_post.6")
+    sites: str | None = option(None, "train one SAE per site, all at once (one model pass or cache read per batch; "
+                                     "spread over the ranks under torchrun): comma-separated names or wildcards such "
+                                     "as resid_post.*; each SAE goes to <out>/<site>/ (replaces --site)")
     arch: str = option("topafa", "SAE architecture", choices=SAE_ARCHITECTURES)
     latents: int | None = option(None, "number of latents h (default: 16 x d_model)", min=1)
     k: int | None = option(None, "latents per token (topk; the batch mean for batchtopk)", min=1)

@@ -31,6 +31,39 @@ def metrics_record(evaluation: SAEEvaluation, **extra: Any) -> dict[str, Any]:
     return metrics
 
 
+def save_trained(cfg: Any, model: Any, result: Any, options: TrainOptions, out: Path,
+                 keep_checkpoint: bool = False) -> dict[str, Any]:
+    """The end of ``sae train`` for one SAE: save it to ``out``, evaluate it on
+    ``--eval-data`` (else ``--data``, else the packaged sample), write ``metrics.json``,
+    ``history.csv`` and ``figures.html``, and remove the checkpoint (unless ``keep_checkpoint``)."""
+    from interlayer.files import write_json_atomic
+    from interlayer.loading import SAMPLE_TEXT
+
+    from .evaluation import evaluate_sae
+    from .training import CHECKPOINT
+
+    site = result.sae.cfg.site
+    result.sae.save(out)
+    result.to_frame().to_csv(out / "history.csv", index=False)
+    eval_data = cfg.eval_data or cfg.data or str(SAMPLE_TEXT)
+    evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
+                              context_length=cfg.context_length, label=f"{cfg.arch} {site}",
+                              progress=not cfg.no_progress)
+    metrics = metrics_record(evaluation, tokens=result.tokens, seconds=result.seconds,
+                             dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
+    metrics.update(describe(result.sae.cfg))
+    metrics["eval_data"] = str(eval_data)
+    metrics["train_options"] = options.identity(result.sae.cfg)
+    metrics["train_source"] = str(cfg.activations or cfg.data)
+    metrics["eval_tokens"] = evaluation.metrics["tokens"]
+    write_json_atomic(out / "metrics.json", metrics)
+    write_figures(out / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
+                                         evaluation.firing_histogram()])
+    if not keep_checkpoint:
+        (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete and saved
+    return metrics
+
+
 def write_figures(path: Path, figures: list[Any]) -> None:
     """Several plotly figures in one self-contained HTML file (plotly.js embedded once)."""
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]

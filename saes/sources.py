@@ -81,10 +81,13 @@ class CachedSource:
     once per epoch by one rank); ``batches(whole=True)`` serves the global batches
     (the trainer's initial statistics, the same on every rank)."""
 
-    def __init__(self, store: ActivationStore | str | Path, site: str, batch_size: int, seed: int = 0,
+    def __init__(self, store: ActivationStore | str | Path, site: str | list[str], batch_size: int, seed: int = 0,
                  device: str | torch.device | None = None, world: World = SINGLE) -> None:
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
-        self.site = self.store.check_site(site)
+        self.sites = [self.store.check_site(s) for s in ([site] if isinstance(site, str) else site)]
+        self.site = self.sites[0] if isinstance(site, str) else ",".join(self.sites)
+        if world.distributed and len(self.sites) > 1:
+            raise InterlayerError("data-parallel training reads one site; several sites are trained layer-parallel")
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
@@ -96,18 +99,23 @@ class CachedSource:
 
     def identity(self) -> dict[str, Any]:
         m = self.store.manifest
-        return {"kind": "cached", "site": self.site, "model": m["model"], "weights_sha256": m["weights_sha256"],
+        return {"kind": "cached", "site": self._site_key(), "model": m["model"], "weights_sha256": m["weights_sha256"],
                 "rows": self.store.n_rows, "shards": [s["sha256"] for s in m["shards"]], "seed": self.seed,
                 "batch_size": self.batch_size}
 
     def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
         done = (state or {}).get("batches", 0)
         part = (0, 1) if whole else (self.world.rank, self.world.size)
-        for epochs_batch in self.store.batches(self.site, self.batch_size, seed=self.seed, epochs=1 << 20, start=done,
+        read = self.sites[0] if len(self.sites) == 1 else self.sites  # several: [n_sites, batch, d], the same rows
+        for epochs_batch in self.store.batches(read, self.batch_size, seed=self.seed, epochs=1 << 20, start=done,
                                                drop_last=True, device=self.device, with_index=True, part=part):
             x, index = epochs_batch
             done += 1
             yield SourceBatch(x, {"batches": done}, lambda i, index=index: self._where(int(index[i])))
+
+    def _site_key(self) -> str | list[str]:
+        """The identity's site: the name for one site (as before), the list for several."""
+        return self.sites[0] if len(self.sites) == 1 else self.sites
 
     def _where(self, row: int) -> str:
         file, local = self.store.locate(row)
@@ -117,12 +125,13 @@ class CachedSource:
 class StreamedSource:
     """Training batches computed on the fly from text by the activation store."""
 
-    def __init__(self, model: ModelAdapter, data: Any, site: str, batch_size: int, seed: int = 0,
+    def __init__(self, model: ModelAdapter, data: Any, site: str | list[str], batch_size: int, seed: int = 0,
                  context_length: int = 128, forward_batch_size: int = 8, memory_mb: float = 256.0,
                  text_field: str = "text", device: str | torch.device | None = None) -> None:
         self.model = model
         self.data = data
-        self.site = model.site(site).name
+        self.sites = [model.site(s).name for s in ([site] if isinstance(site, str) else site)]
+        self.site = self.sites[0] if isinstance(site, str) else ",".join(self.sites)
         self.batch_size = batch_size
         self.seed = seed
         self.context_length = context_length
@@ -135,24 +144,27 @@ class StreamedSource:
     def identity(self) -> dict[str, Any]:
         from interlayer.inputs import data_fingerprint
 
-        return {"kind": "streamed", "site": self.site, "model": self.model.name,
+        return {"kind": "streamed", "site": self.sites[0] if len(self.sites) == 1 else self.sites, "model": self.model.name,
                 "weights_sha256": self.model.weights_sha256(), "data_sha256": data_fingerprint(self.data),
                 "seed": self.seed, "batch_size": self.batch_size, "context_length": self.context_length,
                 "forward_batch_size": self.forward_batch_size, "memory_mb": self.memory_mb}
 
     def _chunks(self, skip: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], int]]:
-        for acts in stream(self.model, self.data, self.site, select="tokens", context_length=self.context_length,
+        # one forward pass per batch serves every site
+        for acts in stream(self.model, self.data, self.sites, select="tokens", context_length=self.context_length,
                            batch_size=self.forward_batch_size, memory_mb=self.memory_mb, text_field=self.text_field,
                            skip=skip, progress=False):
-            yield acts[self.site], acts.meta, acts.n_sequences
+            rows = acts[self.sites[0]] if len(self.sites) == 1 else acts.stack(self.sites)
+            yield rows, acts.meta, acts.n_sequences
 
     def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
         state = dict(state or {"epoch": 0, "chunk": 0, "contexts": 0, "in_chunk": 0})
         while True:
             from_start, produced = state["contexts"] == 0, False
             for rows, meta, n_contexts in self._chunks(state["contexts"]):
-                n_batches = rows.shape[0] // self.batch_size
-                order = epoch_permutation(rows.shape[0], self.seed, state["epoch"], state["chunk"])
+                n_rows = rows.shape[-2]
+                n_batches = n_rows // self.batch_size
+                order = epoch_permutation(n_rows, self.seed, state["epoch"], state["chunk"])
                 first = state["contexts"]
                 for b in range(state["in_chunk"], n_batches):
                     produced = True
@@ -160,7 +172,7 @@ class StreamedSource:
                     after = dict(state, in_chunk=b + 1)
                     if b + 1 == n_batches:
                         after = dict(state, chunk=state["chunk"] + 1, contexts=first + n_contexts, in_chunk=0)
-                    yield SourceBatch(rows[index].to(self.device), after,
+                    yield SourceBatch(rows[..., index, :].to(self.device), after,
                                       lambda i, index=index, meta=meta: self._where(meta, int(index[i])))
                 state = dict(state, chunk=state["chunk"] + 1, contexts=first + n_contexts, in_chunk=0)
             if from_start and not produced:

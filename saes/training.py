@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from interlayer.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.distributed import SINGLE, World, all_reduce, average_gradients, broadcast_object, current, raise_together
-from interlayer.errors import InterlayerError
+from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_atomic
 from interlayer.options import check_options, option
 
@@ -391,6 +391,9 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
     if not members:
         raise InterlayerError("train_saes needs at least one member")
     for m in members:
+        if len(getattr(source, "sites", [None])) > 1 and m.cfg.site not in source.sites:
+            raise InterlayerError(f"the SAE reads site {m.cfg.site!r}, which the source does not serve; it serves "
+                                  f"{choices(source.sites)}")
         if source.d_in != m.cfg.d_in:
             raise InterlayerError(f"the SAE has d_in={m.cfg.d_in} but the source's site {source.site} has width {source.d_in}")
         if source.batch_size != m.options.batch_size:
@@ -398,28 +401,33 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
                                   f"{m.options.batch_size}")
         m.options.check(m.cfg)
     first: list[torch.Tensor] = []
-
     world: World = getattr(source, "world", SINGLE)
+    collective = bool(getattr(source, "collective", False))  # every rank must read every batch (layer-parallel)
 
     def sample(n: int) -> torch.Tensor:  # the global first batches, the same on every rank
         if len(first) < n:
             batches = source.batches(None, whole=True) if world.distributed else source.batches()
             first[:] = [next(batches).x for _ in range(n)]
-        return torch.cat(first[:n])
+        return torch.cat(first[:n], dim=-2)
 
-    runs = [_Member(source, m.cfg, m.options, m.checkpoint_dir, device, sample) for m in members]
+    if collective:
+        sample(max(m.options.init_batches for m in members))
+    runs = [_Member(source, m.cfg, m.options, m.checkpoint_dir, device,
+                    lambda n, cfg=m.cfg: _site_rows(source, sample(n), cfg)) for m in members]
     first.clear()
     results: list[TrainResult | Exception | None] = [None] * len(runs)
     active = [i for i, r in enumerate(runs) if not r.done]
     show = (runs[0].options.progress if progress is None else progress) and world.main
     total = max(r.steps for r in runs)
     lead = min(active, key=lambda i: runs[i].step) if active else 0
-    position = runs[lead].step
+    position, state = (runs[lead].step, runs[lead].state["source"]) if active else (total, None)
+    if collective:  # the ranks start together, at the earliest position of any rank's members
+        position, state = source.align(position, state)
     label = f"sae {runs[0].sae.cfg.arch}" if len(runs) == 1 else f"{len(runs)} SAEs"
-    bar = tqdm(total=total, initial=position, unit="step", disable=not show, desc=label)
+    bar = tqdm(total=total, initial=min(position, total), unit="step", disable=not show, desc=label)
     try:
-        batches = source.batches(runs[lead].state["source"]) if active else iter(())
-        while active:
+        batches = source.batches(state) if (active or collective) else iter(())
+        while source.any_active(bool(active)) if collective else active:
             fetched = time.perf_counter()
             batch = next(batches)
             x = batch.x
@@ -430,7 +438,7 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
             load_seconds = (time.perf_counter() - fetched) / max(1, len(stepping))
             for i in stepping:
                 try:
-                    row = runs[i].train_step(batch, x, load_seconds)
+                    row = runs[i].train_step(batch, _site_rows(source, x, runs[i].sae.cfg), load_seconds)
                 except NonFiniteError as err:
                     if stop_on_error:
                         raise
@@ -449,6 +457,14 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
     finally:
         bar.close()
     return [res if res is not None else run.result() for res, run in zip(results, runs)]
+
+
+def _site_rows(source: Any, x: torch.Tensor, cfg: SAEConfig) -> torch.Tensor:
+    """A member's rows of a batch: ``x`` itself, or its site's slice when the source
+    serves several sites (``[n_sites, batch, d]``, the same rows at each)."""
+    if x.dim() == 2:
+        return x
+    return x[source.sites.index(cfg.site)]
 
 
 def _fresh_start(sample: torch.Tensor, cfg: SAEConfig, options: TrainOptions,
@@ -474,6 +490,8 @@ def _fresh_start(sample: torch.Tensor, cfg: SAEConfig, options: TrainOptions,
 
 def _check_finite(x: torch.Tensor, batch: Any, step: int, ckpt: Path | None) -> None:
     finite = torch.isfinite(x).all(dim=-1)
+    if finite.dim() == 2:  # several sites: a row is bad when any site's copy is
+        finite = finite.all(0)
     if bool(finite.all()):
         return
     bad = (~finite).nonzero(as_tuple=True)[0].tolist()
