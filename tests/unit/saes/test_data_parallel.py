@@ -51,8 +51,9 @@ def test_two_processes_equal_one(cached, tmp_path, arch):
     # The ranks sum the gradient in another order, so weights differ by rounding; a top-AFA
     # selection can flip on such a difference (seen: one latent of one token at step 13),
     # which moves a few weights by ~4e-4. The stated tolerance: 1e-3.
+    tolerance = 1e-3 if arch == "topafa" else 1e-5
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-3, atol=1e-3, msg=name)
+        torch.testing.assert_close(two[name], one[name], rtol=tolerance, atol=tolerance, msg=name)
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     for key in ("nmse", "explained_variance", "l0", "ce_loss_recovered", "dead_frac"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-3, abs=1e-6), key
