@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .command_registry import COMMANDS, Command, build_parser
+from .distributed import launched
 from .errors import InterlayerError
 from .options import check_required
 
@@ -27,6 +28,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "interlayer.steering.cli",
 )
 """The modules whose import registers the built-in commands."""
+
+DISTRIBUTED_COMMANDS = ("cache", "sae train")
+"""The commands that run on several processes under ``torchrun`` (every other command
+would only repeat the same work on each rank and race on its output files)."""
 
 
 def discover() -> dict[str, Command]:
@@ -47,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cmd: Command = args._command
+    if launched() and cmd.name not in DISTRIBUTED_COMMANDS:
+        print(f"interlayer: error: `interlayer {cmd.name}` runs on one process; under torchrun only "
+              f"{', '.join(f'`{c}`' for c in DISTRIBUTED_COMMANDS)} run (launch the others without torchrun)",
+              file=sys.stderr)
+        return 2
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cmd.config) if f.metadata.get("cli", True)}
     try:
         config = cmd.config(**values)

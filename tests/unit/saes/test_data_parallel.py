@@ -95,6 +95,9 @@ def test_distributed_bad_input(cached, tmp_path):
     argv[i:i + 2] = ["--data", cached / "t.txt"]
     ranks = launch(argv)
     assert ranks.codes == [2, 2] and all("reads cached activations" in e for e in ranks.err)
+    # a command that runs on one process only
+    ranks = launch(["sae", "sweep", "--activations", cached / "acts", "--out", tmp_path / "sweep"])
+    assert ranks.codes == [2, 2] and all("`interlayer sae sweep` runs on one process" in e for e in ranks.err)
 
 
 def test_a_corrupt_shard_is_named_on_every_rank(cached, tmp_path):
