@@ -32,7 +32,7 @@ from .errors import InterlayerError
 
 __all__ = ["World", "SINGLE", "RankFailedError", "init", "current", "launched", "check_same", "raise_together",
            "average_gradients", "all_gather_cat", "all_reduce", "broadcast_object", "barrier", "split_evenly",
-           "join", "leave", "device_of", "gather_objects", "comm_device", "send", "recv", "DEFAULT_TIMEOUT_S"]
+           "join", "leave", "device_of", "gather_objects", "comm_device", "send", "recv", "gather", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0
 """Seconds a collective may wait for the other ranks before every rank stops (30 min:
@@ -166,6 +166,12 @@ def recv(tensor: torch.Tensor, src: int, what: str = "receiving a tensor") -> No
     """Point-to-point receive into ``tensor`` (on :func:`comm_device`)."""
     with _failing(what):
         dist.recv(tensor, src)
+
+
+def gather(tensor: torch.Tensor, parts: list[torch.Tensor] | None, dst: int, what: str = "a gather") -> None:
+    """Every rank's ``tensor`` (same shape) into ``parts`` on rank ``dst`` (``None`` elsewhere)."""
+    with _failing(what):
+        dist.gather(tensor, parts, dst=dst)
 
 
 def barrier(what: str = "a barrier") -> None:

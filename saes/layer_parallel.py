@@ -6,9 +6,10 @@ at every site; from text, one model pass that captures every site
 sites costs one model pass per batch, not ``k``.
 
 On several processes (``torchrun``) the sites are dealt round-robin to the ranks (site
-``i`` to rank ``i % ranks``). From a cache each rank reads its own sites' rows. From text,
-rank 0 runs the model once per chunk for every site and sends each rank the rows of its
-sites (:class:`ScatteredSource`); the ranks step through the same batches in lockstep and
+``i`` to rank ``i % ranks``). From a cache each rank reads its own sites' rows. From text
+the ranks share the model pass (:class:`ScatteredSource`): each runs the model on its
+share of every chunk's forward batches, for every site, and each rank gathers the rows of
+its own sites from all of them. The ranks step through the same batches in lockstep and
 start, after an interruption, at the earliest step any rank's SAEs had reached (the others
 skip the batches they have already trained on). Each rank writes the SAEs it owns
 (``<out>/<site>/``); rank 0 gathers every site's metrics into ``<out>/sites.csv``.
@@ -21,13 +22,13 @@ from typing import Any
 
 import torch
 
-from interlayer.distributed import SINGLE, World, all_reduce, broadcast_object, comm_device, gather_objects, recv, send
+from interlayer.activations import stream
+from interlayer.capture import row_bytes
+from interlayer.distributed import SINGLE, World, all_reduce, comm_device, gather, gather_objects
 from interlayer.errors import InterlayerError, choices
+from interlayer.seeding import epoch_permutation
 
 from .sources import SourceBatch, StreamedSource
-
-_STATE_KEYS = ("epoch", "chunk", "contexts", "in_chunk")
-
 
 def owned_sites(sites: list[str], world: World = SINGLE) -> list[str]:
     """The sites rank ``world.rank`` trains: site ``i`` goes to rank ``i % ranks``."""
@@ -38,25 +39,31 @@ def owned_sites(sites: list[str], world: World = SINGLE) -> list[str]:
 
 
 class ScatteredSource:
-    """Batches of streamed activations for several ranks: rank 0 runs the model once for
-    every site and sends each rank its own sites' rows (``[n_own, batch, d]``)."""
+    """Streamed activations for layer-parallel training on several ranks, the model pass
+    shared: every rank runs the model on its share of each chunk's forward batches
+    (batch ``j`` on rank ``j % ranks``) for every site, and each rank gathers from all
+    of them the rows of the sites it owns. The chunks, their row order and the seeded
+    shuffle are those of :class:`~interlayer.saes.sources.StreamedSource` on one process,
+    so every rank serves ``[n_own, batch, d]`` batches equal to that source's rows at its
+    sites (tested)."""
 
     collective = True
     """Every rank must read every batch (the trainer keeps them in lockstep)."""
 
-    def __init__(self, inner: StreamedSource | None, sites: list[str], world: World, batch_size: int, d_in: int,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(self, inner: StreamedSource, world: World) -> None:
         self.inner, self.team = inner, world  # not `world`: the trainer reads that as data-parallel
-        self.all_sites = list(sites)
+        self.all_sites = list(inner.sites)
         self.sites = owned_sites(self.all_sites, world)
         self.site = ",".join(self.sites)
-        self.batch_size, self.d_in, self.device = batch_size, d_in, device
-        self.seed = inner.seed if inner is not None else 0
-        self._identity = broadcast_object(inner.identity() if inner is not None else None,
-                                          what="sharing the streamed source's identity")
+        self.batch_size, self.d_in, self.device, self.seed = inner.batch_size, inner.d_in, inner.device, inner.seed
+        model = inner.model
+        contexts = inner.forward_batch_size
+        self.batch_rows = contexts * (inner.context_length - (1 if model.bos_token_id is not None else 0))
+        self.per_chunk = max(1, chunk_rows(model, len(self.all_sites), inner.memory_mb) // self.batch_rows)
+        """Forward batches per chunk: as :func:`interlayer.stream` cuts a one-process stream."""
 
     def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
+        return self.inner.identity()
 
     def align(self, position: int, state: dict[str, int] | None) -> tuple[int, dict[str, int] | None]:
         """The earliest ``(position, source state)`` over the ranks: where every rank starts."""
@@ -68,33 +75,88 @@ class ScatteredSource:
         flag = torch.tensor([1 if mine else 0], device=comm_device())
         return bool(all_reduce(flag, "max", "checking whether any rank still trains"))
 
-    def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
-        if self.team.main:
-            yield from self._send(state)
-        else:
-            yield from self._receive()
+    def _my_batches(self, skip: int) -> Iterator[tuple[int, torch.Tensor, int]]:
+        """This rank's forward batches from context ``skip`` on: ``(j, [n_sites, rows, d], contexts)``."""
+        inner, rank, ranks = self.inner, self.team.rank, self.team.size
+        one_batch = chunk_rows_to_mb(inner.model, len(self.all_sites), self.batch_rows)
+        for acts in stream(inner.model, inner.data, self.all_sites, select="tokens", context_length=inner.context_length,
+                           batch_size=inner.forward_batch_size, memory_mb=one_batch, text_field=inner.text_field,
+                           skip=skip, keep_batches=lambda j: j % ranks == rank, progress=False):
+            j = int(acts.meta["sequence"][0]) // inner.forward_batch_size
+            yield j, acts.stack(self.all_sites), acts.n_sequences
 
-    def _send(self, state: dict[str, int] | None) -> Iterator[SourceBatch]:
-        index = {s: i for i, s in enumerate(self.all_sites)}
-        where = comm_device()
-        for batch in self.inner.batches(state):
-            x = batch.x if batch.x.dim() == 3 else batch.x.unsqueeze(0)
-            header = torch.tensor([batch.state[k] for k in _STATE_KEYS], dtype=torch.long, device=where)
-            for rank in range(1, self.team.size):
-                theirs = x[[index[s] for s in self.all_sites[rank::self.team.size]]].to(where, torch.float32)
-                send(header, rank, f"sending rank {rank} its position")
-                send(theirs.contiguous(), rank, f"sending rank {rank} its sites' activations")
-            yield SourceBatch(x[[index[s] for s in self.sites]], batch.state, batch.where)
-
-    def _receive(self) -> Iterator[SourceBatch]:
-        where = comm_device()
+    def _chunk(self, mine: Iterator[tuple[int, torch.Tensor, int]], pending: list[Any], first: int
+               ) -> tuple[torch.Tensor | None, int]:
+        """The next chunk (forward batches ``first`` to ``first + per_chunk - 1``) at this
+        rank's sites, ``[n_own, rows, d]``, and its contexts; ``None`` when the data ended."""
+        end, have = first + self.per_chunk, []
         while True:
-            header = torch.empty(len(_STATE_KEYS), dtype=torch.long, device=where)
-            rows = torch.empty(len(self.sites), self.batch_size, self.d_in, device=where)
-            recv(header, 0, "receiving the position from rank 0")
-            recv(rows, 0, "receiving this rank's sites' activations from rank 0")
-            state = dict(zip(_STATE_KEYS, (int(v) for v in header.tolist())))
-            yield SourceBatch(rows.to(self.device), state, lambda i: f"row {i} of a batch streamed by rank 0")
+            item = pending.pop() if pending else next(mine, None)
+            if item is None:
+                break
+            if item[0] >= end:
+                pending.append(item)
+                break
+            have.append(item)
+        counts = gather_objects([(j, int(x.shape[1]), n) for j, x, n in have], "sharing the chunk's batches")
+        batches = sorted((j, rows, n, r) for r, part in enumerate(counts) for j, rows, n in part)
+        if not batches:
+            return None, 0
+        rows = self._exchange(have, counts, batches)
+        return rows, sum(n for _, _, n, _ in batches)
+
+    def _exchange(self, have: list[Any], counts: list[Any], batches: list[Any]) -> torch.Tensor:
+        """Every rank's batches of this chunk, at this rank's sites, in batch order."""
+        where, ranks, width = comm_device(), self.team.size, max(len(part) for part in counts)
+        index = {s: i for i, s in enumerate(self.all_sites)}
+        received = None
+        for owner in range(ranks):
+            theirs = [index[s] for s in self.all_sites[owner::ranks]]
+            block = torch.zeros(width, len(theirs), self.batch_rows, self.d_in, device=where)
+            for k, (_, x, _) in enumerate(have):
+                block[k, :, : x.shape[1]] = x[theirs].to(where, torch.float32)
+            parts = [torch.empty_like(block) for _ in range(ranks)] if owner == self.team.rank else None
+            gather(block, parts, owner, f"sending rank {owner} its sites' activations")
+            if parts is not None:
+                received = parts
+        position = {}
+        for r, part in enumerate(counts):
+            for k, (j, rows, _) in enumerate(part):
+                position[j] = (r, k, rows)
+        pieces = [received[r][k, :, :rows] for j, *_ in batches for r, k, rows in [position[j]]]
+        return torch.cat(pieces, dim=1).to(self.device)
+
+    def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
+        state = dict(state or {"epoch": 0, "chunk": 0, "contexts": 0, "in_chunk": 0})
+        while True:
+            mine, pending = self._my_batches(state["contexts"]), []
+            from_start, produced = state["contexts"] == 0, False
+            while True:
+                rows, n_contexts = self._chunk(mine, pending, state["contexts"] // self.inner.forward_batch_size)
+                if rows is None:
+                    break
+                n_batches = rows.shape[1] // self.batch_size
+                order = epoch_permutation(rows.shape[1], self.seed, state["epoch"], state["chunk"])
+                done = dict(state, chunk=state["chunk"] + 1, contexts=state["contexts"] + n_contexts, in_chunk=0)
+                for b in range(state["in_chunk"], n_batches):
+                    produced = True
+                    pick = order[b * self.batch_size:(b + 1) * self.batch_size]
+                    after = done if b + 1 == n_batches else dict(state, in_chunk=b + 1)
+                    yield SourceBatch(rows[:, pick], after, lambda i, c=state["chunk"]: f"row {i} of a batch of chunk {c}")
+                state = done
+            if from_start and not produced:
+                raise InterlayerError(f"{self.inner.data} yields fewer tokens than one batch of {self.batch_size}")
+            state = {"epoch": state["epoch"] + 1, "chunk": 0, "contexts": 0, "in_chunk": 0}
+
+
+def chunk_rows(model: Any, n_sites: int, memory_mb: float) -> int:
+    """Rows in one chunk of :func:`interlayer.stream` at ``memory_mb`` (float32 rows)."""
+    return max(1, int(memory_mb * 2**20 // row_bytes(model, n_sites, torch.float32, False)))
+
+
+def chunk_rows_to_mb(model: Any, n_sites: int, rows: int) -> float:
+    """The ``memory_mb`` whose chunks hold exactly ``rows`` float32 rows."""
+    return rows * row_bytes(model, n_sites, torch.float32, False) / 2**20
 
 
 def expand_cached_sites(pattern: str, model: Any, cached: list[str] | None) -> list[str]:
@@ -149,8 +211,7 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
         streamed = StreamedSource(model, cfg.data, sites, options.batch_size, seed=options.seed,
                                   context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
                                   memory_mb=cfg.memory_mb, device=model.device)
-        source = streamed if not world.distributed else ScatteredSource(
-            streamed if world.main else None, sites, world, options.batch_size, model.d_model, model.device)
+        source = ScatteredSource(streamed, world) if world.distributed else streamed
     out = Path(cfg.out)
     done = [s for s in own if (out / s / "metrics.json").exists() and not (out / s / CHECKPOINT).exists()]
     raise_together(InterlayerError(f"{out / done[0]} already holds a finished SAE (metrics.json); use another --out")

@@ -388,18 +388,7 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
     With ``stop_on_error=False`` a member whose loss becomes non-finite stops alone and
     its :class:`NonFiniteError` takes its place in the result list; otherwise it is raised.
     """
-    if not members:
-        raise InterlayerError("train_saes needs at least one member")
-    for m in members:
-        if len(getattr(source, "sites", [None])) > 1 and m.cfg.site not in source.sites:
-            raise InterlayerError(f"the SAE reads site {m.cfg.site!r}, which the source does not serve; it serves "
-                                  f"{choices(source.sites)}")
-        if source.d_in != m.cfg.d_in:
-            raise InterlayerError(f"the SAE has d_in={m.cfg.d_in} but the source's site {source.site} has width {source.d_in}")
-        if source.batch_size != m.options.batch_size:
-            raise InterlayerError(f"the source serves batches of {source.batch_size}, the options ask for "
-                                  f"{m.options.batch_size}")
-        m.options.check(m.cfg)
+    _check_members(source, members)
     first: list[torch.Tensor] = []
     world: World = getattr(source, "world", SINGLE)
     collective = bool(getattr(source, "collective", False))  # every rank must read every batch (layer-parallel)
@@ -457,6 +446,22 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
     finally:
         bar.close()
     return [res if res is not None else run.result() for res, run in zip(results, runs)]
+
+
+def _check_members(source: Any, members: list[TrainMember]) -> None:
+    """Every member fits the source (width, site, batch size) and its options suit its mode."""
+    if not members:
+        raise InterlayerError("train_saes needs at least one member")
+    for m in members:
+        if len(getattr(source, "sites", [None])) > 1 and m.cfg.site not in source.sites:
+            raise InterlayerError(f"the SAE reads site {m.cfg.site!r}, which the source does not serve; it serves "
+                                  f"{choices(source.sites)}")
+        if source.d_in != m.cfg.d_in:
+            raise InterlayerError(f"the SAE has d_in={m.cfg.d_in} but the source's site {source.site} has width {source.d_in}")
+        if source.batch_size != m.options.batch_size:
+            raise InterlayerError(f"the source serves batches of {source.batch_size}, the options ask for "
+                                  f"{m.options.batch_size}")
+        m.options.check(m.cfg)
 
 
 def _site_rows(source: Any, x: torch.Tensor, cfg: SAEConfig) -> torch.Tensor:
