@@ -8,6 +8,7 @@ traceback (``--debug`` shows it).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import logging
@@ -57,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(f'`{c}`' for c in DISTRIBUTED_COMMANDS)} run (launch the others without torchrun)",
               file=sys.stderr)
         return 2
+    code = _run(cmd, args)
+    if launched():
+        _exit_rank(code)
+    return code
+
+
+def _run(cmd: Command, args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cmd.config) if f.metadata.get("cli", True)}
     try:
         config = cmd.config(**values)
@@ -70,6 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interlayer: interrupted; run the same command again to resume where it supports it", file=sys.stderr)
         return 130
+
+
+def _exit_rank(code: int) -> None:
+    """End a rank of a torchrun job with ``code`` at once. Every file is already written
+    atomically; skipping the interpreter's teardown keeps gloo's threads, whose peers may
+    be gone (a rank that failed, or one that finished first), from aborting the process
+    and replacing the exit status with SIGABRT's."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _one_line(err: BaseException) -> str:

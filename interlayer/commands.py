@@ -46,8 +46,10 @@ def run_cache(cfg: CacheConfig) -> int:
         options = cfg.cache_options()
         model = dataclasses.replace(cfg, device=device_of(world, cfg.device)).load()
         store = cache(model, cfg.data, sites, cfg.out, options=options)
-    finally:
-        leave()
+    except BaseException:
+        leave(together=False)
+        raise
+    leave()
     if world.main:
         print(store)
     return 0

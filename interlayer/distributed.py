@@ -35,8 +35,9 @@ __all__ = ["World", "SINGLE", "RankFailedError", "init", "current", "launched", 
            "join", "leave", "device_of", "gather_objects", "comm_device", "send", "recv", "gather", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 1800.0
-"""Seconds a collective may wait for the other ranks before every rank stops (30 min:
-rank 0 alone evaluates and writes the artifacts while the others wait)."""
+"""Seconds a collective may wait for the other ranks before every rank stops (30 min: in
+layer-parallel training each rank evaluates its own SAEs before the ranks meet again, and
+their evaluations may differ in length)."""
 
 
 class RankFailedError(InterlayerError):
@@ -118,10 +119,16 @@ def join(config: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
     return world
 
 
-def leave() -> None:
-    """Leave the process group (at the end of a command run under torchrun)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def leave(together: bool = True) -> None:
+    """Leave the process group (at the end of a command run under torchrun; a no-op
+    outside one). ``together``: first wait for every rank at a barrier, so no rank tears
+    down its connections while another still uses them (gloo aborts a process whose
+    peer went away mid-way); on an error path pass ``together=False``."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if together:
+        barrier("leaving the process group")
+    dist.destroy_process_group()
 
 
 def device_of(world: World, requested: str | None) -> str | None:

@@ -92,6 +92,17 @@ def cache_on_ranks(model: ModelAdapter, data: Any, sites: list[Site], out: Path,
     barrier("waiting for the manifest")
 
 
+def verify_on_every_rank(store: Any) -> None:
+    """Every rank opens (and so verifies) every shard of ``store`` before any work: a
+    missing or corrupt shard seen by any rank stops every rank with its name."""
+    error = None
+    try:
+        store.verify()
+    except InterlayerError as err:
+        error = err
+    raise_together(error, f"verifying the shards of {store.path}")
+
+
 def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """Rank 0: a new manifest (the directory must be new or empty), or the one of the
     same run to resume; a cache with other options or another rank count is refused."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from interlayer.command_registry import command
 from interlayer.config import check_required
-from interlayer.distributed import World, broadcast_object, device_of, join, leave, raise_together, split_evenly
+from interlayer.distributed import World, broadcast_object, device_of, join, leave, split_evenly
 from interlayer.errors import InterlayerError
 from interlayer.files import check_writable, write_json_atomic
 from interlayer.inputs import check_data_file
@@ -63,6 +63,7 @@ def run_train(cfg: SAETrainConfig) -> Any:
                         authors_exact=cfg.authors_exact, model=model_name, site=source.site)
     out = Path(cfg.out)
     result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=device_of(world, cfg.device))
+    leave()  # the ranks are done together; rank 0 alone saves and evaluates, with no collective left
     if not world.main:
         return None
     return save_trained(cfg, model, result, options, Path(cfg.out))
@@ -103,15 +104,11 @@ def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any,
                                      context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
                                      memory_mb=cfg.memory_mb, device=model.device)
     from interlayer.activation_cache import ActivationStore
+    from interlayer.distributed_cache import verify_on_every_rank
 
     store = ActivationStore(cfg.activations, model=model)
     if world.distributed:
-        error = None
-        try:
-            store.verify()
-        except InterlayerError as err:
-            error = err
-        raise_together(error, f"verifying the shards of {cfg.activations}")
+        verify_on_every_rank(store)
     site = model.site(cfg.site).name if model is not None else cfg.site
     device = model.device if model is not None else device_of(world, cfg.device)
     return model, CachedSource(store, site, options.batch_size, seed=options.seed, device=device, world=world)
@@ -121,8 +118,10 @@ def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any,
 def _train(cfg: SAETrainConfig) -> int:
     try:
         metrics = run_train(cfg)
-    finally:
-        leave()
+    except BaseException:
+        leave(together=False)
+        raise
+    leave()  # a no-op when run_train already left (data-parallel training leaves before the evaluation)
     if metrics is None:  # a rank other than 0 of a distributed run: rank 0 reports
         return 0
     if isinstance(metrics, list):  # --sites: one row per site

@@ -188,6 +188,7 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
 
     from interlayer.activation_cache import ActivationStore
     from interlayer.distributed import device_of, raise_together
+    from interlayer.distributed_cache import verify_on_every_rank
     from interlayer.files import write_atomic
 
     from .records import save_trained
@@ -200,12 +201,7 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
     sites = expand_cached_sites(cfg.sites, model, store.sites if store is not None else None)
     own = owned_sites(sites, world)
     if store is not None:
-        error = None
-        try:
-            store.verify()
-        except InterlayerError as err:
-            error = err
-        raise_together(error, f"verifying the shards of {cfg.activations}")
+        verify_on_every_rank(store)
         source: Any = CachedSource(store, own, options.batch_size, seed=options.seed, device=model.device)
     else:
         streamed = StreamedSource(model, cfg.data, sites, options.batch_size, seed=options.seed,

@@ -66,3 +66,13 @@ def make_tokenizer(directory) -> "object":
                                   unk_token="<unk>")
     tok.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
+
+
+def tiny_checkpoint_and_text(root, architecture: str = "llama", documents: int = 300):
+    """A saved tiny checkpoint (with its tokenizer) in ``root/ckpt`` and a text file of
+    ``documents`` short documents in ``root/t.txt``; returns both paths."""
+    make_tiny(architecture).save_pretrained(root / "ckpt")
+    make_tokenizer(root / "ckpt")
+    text = root / "t.txt"
+    text.write_text("\n".join(" ".join(f"w{4 + (3 * j + i) % 60}" for i in range(4 + j % 11)) for j in range(documents)))
+    return root / "ckpt", text

@@ -11,7 +11,7 @@ import torch
 
 from interlayer import ActivationStore, cli
 from tests.distributed_launch import ROOT, launch
-from tests.tiny_models import make_tiny, make_tokenizer
+from tests.tiny_models import tiny_checkpoint_and_text
 
 TOKENS = 1000
 
@@ -19,10 +19,7 @@ TOKENS = 1000
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dcache")
-    make_tiny("llama").save_pretrained(root / "ckpt")
-    make_tokenizer(root / "ckpt")
-    text = root / "t.txt"
-    text.write_text("\n".join(" ".join(f"w{4 + (3 * j + i) % 60}" for i in range(4 + j % 11)) for j in range(200)))
+    tiny_checkpoint_and_text(root, documents=200)
     single = root / "single"
     assert cli.main([str(a) for a in _argv(root, single)]) == 0
     return root, ActivationStore(single)

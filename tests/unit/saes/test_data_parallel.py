@@ -10,16 +10,13 @@ from safetensors.torch import load_file
 
 from interlayer import cli
 from tests.distributed_launch import launch
-from tests.tiny_models import make_tiny, make_tokenizer
+from tests.tiny_models import tiny_checkpoint_and_text
 
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
-    make_tiny("llama").save_pretrained(root / "ckpt")
-    make_tokenizer(root / "ckpt")
-    text = root / "t.txt"
-    text.write_text("\n".join(" ".join(f"w{4 + (3 * j + i) % 60}" for i in range(4 + j % 11)) for j in range(300)))
+    _, text = tiny_checkpoint_and_text(root, documents=300)
     code = cli.main([str(a) for a in ("cache", "--model", root / "ckpt", "--data", text, "--sites", "resid_post.0",
                                       "--tokens", 3000, "--out", root / "acts", "--context-length", 16,
                                       "--memory-mb", 0.05, "--no-progress")])

@@ -16,7 +16,7 @@ from interlayer.saes import SAEConfig
 from interlayer.saes.sources import StreamedSource
 from interlayer.saes.training import TrainMember, TrainOptions, train_saes
 from tests.distributed_launch import launch
-from tests.tiny_models import make_tiny, make_tokenizer
+from tests.tiny_models import tiny_checkpoint_and_text
 
 SITES = ["resid_post.0", "mlp_out.1", "resid_post.2"]
 
@@ -24,10 +24,7 @@ SITES = ["resid_post.0", "mlp_out.1", "resid_post.2"]
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("lp")
-    make_tiny("llama").save_pretrained(root / "ckpt")
-    make_tokenizer(root / "ckpt")
-    (root / "t.txt").write_text("\n".join(" ".join(f"w{4 + (3 * j + i) % 60}" for i in range(4 + j % 11))
-                                          for j in range(300)))
+    tiny_checkpoint_and_text(root, documents=300)
     code = cli.main([str(a) for a in ("cache", "--model", root / "ckpt", "--data", root / "t.txt", "--sites",
                                       ",".join(SITES), "--tokens", 2000, "--out", root / "acts", "--context-length", 16,
                                       "--no-progress")])
