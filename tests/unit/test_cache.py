@@ -190,6 +190,21 @@ def test_shuffled_batches_are_seeded_and_mix_shards(model, tmp_path):
         next(store.batches("resid_post.7", 4))
 
 
+def test_rank_parts_of_each_batch_are_disjoint_and_cover_it(model, tmp_path):
+    store = cache(model, DOCS, SITES, tmp_path / "c", tokens=300, **OPTS)
+    whole = list(store.batches("resid_post.1", 32, seed=3, drop_last=True, with_index=True))
+    parts = [list(store.batches("resid_post.1", 32, seed=3, drop_last=True, with_index=True, part=(r, 4)))
+             for r in range(4)]
+    for b, (x, index) in enumerate(whole):
+        got = [parts[r][b] for r in range(4)]
+        assert torch.equal(torch.cat([i for _, i in got]), index)  # disjoint, in order, the whole batch
+        assert torch.equal(torch.cat([p for p, _ in got]), x)
+    with pytest.raises(InterlayerError, match="does not split into 3 equal parts"):
+        next(store.batches("resid_post.1", 32, drop_last=True, part=(0, 3)))
+    with pytest.raises(InterlayerError, match="needs drop_last=True"):
+        next(store.batches("resid_post.1", 32, part=(0, 4)))
+
+
 def test_unfinished_cache_cannot_be_opened(model, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cache(model, DOCS, SITES, tmp_path / "c", tokens=300,
