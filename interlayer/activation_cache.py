@@ -89,7 +89,8 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
 
     Documents are packed into contexts of ``context_length`` tokens (BOS, then text);
     every token but the BOS is kept. In a process group (``torchrun``) the ranks split
-    the work and write one cache together (:mod:`interlayer.distributed_cache`). Options come as :class:`CacheOptions` or as
+    the work and write one cache together (:mod:`interlayer.distributed_cache`); a rank
+    that does not see rank 0's directory (per-node disks) gets ``None``. Options come as :class:`CacheOptions` or as
     its fields by keyword (``dtype="bfloat16"``, ``memory_mb=...``). The manifest is
     rewritten atomically after every shard: a run that is interrupted resumes from
     its last whole shard when called again with the same options, and ends with
@@ -119,6 +120,8 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
         from .distributed_cache import cache_on_ranks
 
         cache_on_ranks(model, data, site_list, out, identity, options, world, on_shard)
+        if not (out / MANIFEST).is_file():  # a rank on another node: rank 0's directory is not here
+            return None  # type: ignore[return-value]
         return ActivationStore(out)
     manifest = _open_manifest(out, identity)
     if not manifest.get("complete"):

@@ -50,6 +50,6 @@ def run_cache(cfg: CacheConfig) -> int:
         leave(together=False)
         raise
     leave()
-    if world.main:
+    if world.main and store is not None:
         print(store)
     return 0

@@ -129,6 +129,7 @@ def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
 def _open_part(out: Path, world: World) -> dict[str, Any]:
     """This rank's part file (its shards verified), or a new one; its unlisted shard
     files (written after the last update) are removed."""
+    out.mkdir(parents=True, exist_ok=True)  # a rank on another node, with a disk of its own
     path = out / part_name(world)
     part = {"rank": world.rank, "ranks": world.size, "shards": [], "next_batch": 0, "complete": False}
     if path.exists():

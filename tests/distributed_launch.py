@@ -36,8 +36,10 @@ def free_port() -> int:
 
 
 def launch(argv: list[str], n: int = 2, die: str | None = None, timeout: float = 300,
-           env: dict[str, str] | None = None) -> Ranks:
-    """Run ``interlayer *argv`` on ``n`` processes; returns each rank's exit code and output."""
+           env: dict[str, str] | None = None, cwds: list[Path] | None = None) -> Ranks:
+    """Run ``interlayer *argv`` on ``n`` processes; returns each rank's exit code and output.
+    ``cwds`` gives each rank its own working directory (a relative ``--out`` then names a
+    directory per rank, as on nodes with disks of their own)."""
     port = str(free_port())
     procs = []
     for rank in range(n):
@@ -47,7 +49,8 @@ def launch(argv: list[str], n: int = 2, die: str | None = None, timeout: float =
         if die:
             child["INTERLAYER_TEST_DIE"] = die
         procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *map(str, argv)], env=child,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=cwds[rank] if cwds else ROOT))
     outs = []
     for proc in procs:
         try:

@@ -110,6 +110,25 @@ def test_a_corrupt_shard_on_one_rank_is_named_on_every_rank(setup, tmp_path):
     assert all(part["shards"][0]["file"] in e and "corrupt" in e for e in again.err)
 
 
+def test_ranks_with_disks_of_their_own(setup, tmp_path):
+    """Each rank writes its shards where it sees --out; rank 0's manifest lists them all,
+    and the cache reads back once the shards are copied together."""
+    import shutil
+
+    root, single = setup
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    ranks = launch(_argv(root, "acts"), cwds=nodes)
+    assert ranks.codes == [0, 0], ranks.err
+    assert not (nodes[1] / "acts" / "manifest.json").exists()
+    theirs = sorted(p.name for p in (nodes[1] / "acts").glob("shard_r001_*.safetensors"))
+    assert theirs and not list((nodes[0] / "acts").glob("shard_r001_*"))
+    for name in theirs:
+        shutil.copy(nodes[1] / "acts" / name, nodes[0] / "acts" / name)
+    _same_rows(ActivationStore(nodes[0] / "acts"), single)
+
+
 def test_torchrun_launches_the_cache(setup, tmp_path):
     root, single = setup
     out = tmp_path / "torchrun"
