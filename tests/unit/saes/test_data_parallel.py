@@ -68,11 +68,16 @@ def test_a_killed_rank_stops_the_other_and_the_rerun_is_exact(cached, tmp_path):
     assert "Traceback" not in killed.err[0]
     assert (tmp_path / "resumed" / "checkpoint.safetensors").is_file()
     assert not (tmp_path / "resumed" / "metrics.json").exists()
+    import shutil
+
+    shutil.copytree(tmp_path / "resumed", tmp_path / "on_one")  # the same checkpoint, resumed by one process
+    assert cli.main([str(a) for a in _argv(cached, tmp_path / "on_one", "topk")]) == 0
     again = launch(_argv(cached, tmp_path / "resumed", "topk"))
     assert again.codes == [0, 0], again.err
-    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    a, b, one = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed"), _weights(tmp_path / "on_one")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+        torch.testing.assert_close(one[name], a[name], rtol=1e-5, atol=1e-5, msg=name)
     h = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert h["tokens"] == 64 * 16
 
