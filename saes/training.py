@@ -425,6 +425,7 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
                 x = x.to(runs[stepping[0]].sae.device)
                 _check_finite(x, batch, position, runs[stepping[0]].ckpt)
             load_seconds = (time.perf_counter() - fetched) / max(1, len(stepping))
+            rows = []
             for i in stepping:
                 try:
                     row = runs[i].train_step(batch, _site_rows(source, x, runs[i].sae.cfg), load_seconds)
@@ -435,10 +436,11 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
                     active.remove(i)
                     continue
                 if row is not None:
-                    bar.set_postfix(tok_s=f"{row['tokens_per_s']:.0f}", nmse=f"{row['nmse']:.3f}",
-                                    l0=f"{row['l0']:.1f}", dead=f"{100 * row['dead_frac']:.1f}%")
+                    rows.append(row)
                 if runs[i].done:
                     active.remove(i)
+            if rows:
+                bar.set_postfix(_postfix(rows), refresh=False)
             position += 1
             bar.update(1)
             if on_step is not None:
@@ -446,6 +448,19 @@ def train_saes(source: Any, members: list[TrainMember], *, device: str | torch.d
     finally:
         bar.close()
     return [res if res is not None else run.result() for res, run in zip(results, runs)]
+
+
+def _postfix(rows: list[dict[str, float]]) -> dict[str, str]:
+    """The progress bar's statistics for the members that logged this step: one member's
+    values, or over several the range of NMSE and L0 and the largest dead fraction."""
+    def spread(key: str, fmt: str) -> str:
+        low, high = min(r[key] for r in rows), max(r[key] for r in rows)
+        return format(low, fmt) if len(rows) == 1 else f"{low:{fmt}}-{high:{fmt}}"
+    shown = {"tok_s": f"{rows[0]['tokens_per_s']:.0f}", "nmse": spread("nmse", ".3f"), "l0": spread("l0", ".1f"),
+             "dead": f"{100 * max(r['dead_frac'] for r in rows):.1f}%"}
+    if len(rows) > 1:
+        shown = {"members": str(len(rows)), **shown, "dead": "max " + shown["dead"]}
+    return shown
 
 
 def _check_members(source: Any, members: list[TrainMember]) -> None:

@@ -7,7 +7,7 @@ import interlayer
 from interlayer.saes import SAE, SAEConfig
 from interlayer.saes.sources import CachedSource, StreamedSource, TensorSource
 from interlayer.saes.training import (CHECKPOINT, CheckpointMismatchError, NonFiniteError, TrainOptions,
-                                      lr_factor, train_sae)
+                                      _postfix, lr_factor, train_sae)
 from interlayer import cache
 from tests.tiny_models import make_tiny, make_tokenizer
 
@@ -183,3 +183,12 @@ def test_b_dec_starts_at_the_mean_or_at_zero():
     torch.testing.assert_close(sae.b_dec.detach(), first_rows.mean(0), atol=1e-6, rtol=0)
     sae = train_sae(TensorSource(x, 128), cfg, opts(tokens=128, lr=1e-12, warmup_steps=0, b_dec_init="zeros")).sae
     assert sae.b_dec.abs().max() < 1e-6
+
+
+def test_progress_bar_shows_every_member_not_the_last():
+    rows = [{"tokens_per_s": 150.0, "nmse": 0.0058, "l0": 128.0, "dead_frac": 0.0},
+            {"tokens_per_s": 151.0, "nmse": 0.0437, "l0": 3.1, "dead_frac": 0.358},
+            {"tokens_per_s": 149.0, "nmse": 0.0104, "l0": 464.9, "dead_frac": 0.0}]
+    assert _postfix(rows) == {"members": "3", "tok_s": "150", "nmse": "0.006-0.044", "l0": "3.1-464.9",
+                              "dead": "max 35.8%"}
+    assert _postfix(rows[1:2]) == {"tok_s": "151", "nmse": "0.044", "l0": "3.1", "dead": "35.8%"}
