@@ -232,6 +232,47 @@ def _family(row: Any) -> str:
     return "topafa (authors-exact)" if row.mode == "authors-exact" else f"topafa ({row.afa_form})"
 
 
+LOWER_IS_BETTER = frozenset({"nmse", "mse_standardized", "kl_sae", "train_mse_last"})
+"""Table columns where the smaller value is the better SAE."""
+
+
+def matched_l0(table: pd.DataFrame, metric: str = "explained_variance",
+               l0s: list[float] | None = None) -> pd.DataFrame:
+    """Each architecture's ``metric`` at matched L0: one row per L0 (by default every
+    member's own L0), one column per family (architecture; top-AFA per form), and
+    ``best``, the family with the best value at that L0 (highest, or lowest for
+    :data:`LOWER_IS_BETTER`; missing where fewer than two families have a value). A family's value is interpolated linearly in log L0 between
+    its two neighbouring members; outside its members' L0 range it is NaN (no
+    extrapolation), so a one-member family has a value only at its own L0."""
+    if metric not in table.columns:
+        raise InterlayerError(f"no column {metric!r} in the table; valid choices: {choices(list(table.columns))}")
+    families = {}
+    for row in table.itertuples():
+        if pd.notna(row.l0) and pd.notna(getattr(row, metric)) and row.l0 > 0:
+            families.setdefault(_family(row), []).append((math.log(row.l0), float(getattr(row, metric))))
+    points = sorted(set(l0s if l0s is not None else [float(v) for v in table.l0 if pd.notna(v) and v > 0]))
+    frame = pd.DataFrame(index=pd.Index(points, name="l0"))
+    for family, pairs in families.items():
+        pairs.sort()
+        frame[family] = [_interpolate(pairs, math.log(l0)) for l0 in points]
+    best = []
+    for _, row in frame.iterrows():
+        known = row.dropna()
+        best.append(None if len(known) < 2 else known.idxmin() if metric in LOWER_IS_BETTER else known.idxmax())
+    frame["best"] = best
+    return frame
+
+
+def _interpolate(pairs: list[tuple[float, float]], x: float) -> float:
+    """The piecewise-linear value at ``x`` through sorted ``(x, y)`` pairs; NaN outside them."""
+    tol = 1e-9
+    for (x0, y0), (x1, y1) in zip(pairs, pairs[1:]):
+        if x0 - tol <= x <= x1 + tol:
+            return y0 if x1 - x0 < tol else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    near = [y for px, y in pairs if abs(px - x) <= tol]
+    return near[0] if near else math.nan
+
+
 PANELS = (("explained_variance", "explained variance"), ("nmse", "NMSE"), ("ce_loss_recovered", "CE loss recovered"),
           ("mse_standardized", "standardised per-element MSE (authors')"))
 
@@ -273,6 +314,10 @@ class SweepResult:
 
     def plot(self) -> go.Figure:
         return pareto_figure(self.table)
+
+    def matched_l0(self, metric: str = "explained_variance", l0s: list[float] | None = None) -> pd.DataFrame:
+        """Each architecture's ``metric`` at matched L0 (:func:`matched_l0`)."""
+        return matched_l0(self.table, metric, l0s)
 
 
 def member_metrics(member: GridMember, sae: SAE, evaluation: Any, result: TrainResult,
@@ -421,5 +466,5 @@ def run_sweep(cfg: Any) -> SweepResult:
     return SweepResult(table, out, list(trained), reused, failed)
 
 
-__all__ = ["GridMember", "DEFAULT_GRID", "TABLE_COLUMNS", "parse_grid", "pareto_table", "pareto_figure",
+__all__ = ["GridMember", "DEFAULT_GRID", "TABLE_COLUMNS", "parse_grid", "pareto_table", "pareto_figure", "matched_l0",
            "member_identity", "member_state", "SweepResult", "run_sweep"]

@@ -2,6 +2,7 @@
 and training several SAEs on one pass equals training each alone."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from interlayer import cli
 from interlayer.saes import SAE, SAEConfig
 from interlayer.saes.evaluation import evaluate_sae, evaluate_saes
 from interlayer.saes.sources import TensorSource
-from interlayer.saes.sweep import DEFAULT_GRID, TABLE_COLUMNS, parse_grid, pareto_table
+from interlayer.saes.sweep import DEFAULT_GRID, TABLE_COLUMNS, matched_l0, parse_grid, pareto_table
 from interlayer.saes.training import TrainMember, TrainOptions, train_sae, train_saes
 from tests.tiny_models import make_tiny, make_tokenizer
 
@@ -89,6 +90,32 @@ def test_pareto_table_marks_the_frontier():
     table = pareto_table(rows)
     assert list(table.columns) == list(TABLE_COLUMNS)
     assert dict(zip(table.member, table.pareto_ev)) == {"a": True, "b": False, "c": True}
+
+
+def test_matched_l0_interpolates_in_log_l0_without_extrapolating():
+    rows = [{"member": "k16", "arch": "topk", "l0": 16, "explained_variance": 0.80, "nmse": 0.020},
+            {"member": "k64", "arch": "topk", "l0": 64, "explained_variance": 0.90, "nmse": 0.010},
+            {"member": "b", "arch": "batchtopk", "l0": 32, "explained_variance": 0.86, "nmse": 0.012},
+            {"member": "c", "arch": "topafa", "afa_form": "centred", "mode": "interlayer", "l0": 400,
+             "explained_variance": 0.95, "nmse": 0.004}]
+    table = pareto_table(rows)
+    ev = matched_l0(table)
+    assert list(ev.index) == [16, 32, 64, 400]
+    # log2: 16 -> 4, 32 -> 5, 64 -> 6; TopK at L0 32 lies halfway between its two members
+    assert ev.loc[32, "topk"] == pytest.approx(0.85, abs=1e-12)
+    assert ev.loc[32, "batchtopk"] == 0.86 and ev.loc[32, "best"] == "batchtopk"
+    assert ev.loc[16, "topk"] == 0.80 and pd.isna(ev.loc[16, "batchtopk"]) and pd.isna(ev.loc[16, "best"])
+    assert pd.isna(ev.loc[400, "topk"]) and ev.loc[400, "topafa (centred)"] == 0.95 and pd.isna(ev.loc[400, "best"])
+    # at L0 24 (log2 4.585): TopK 0.80 + 0.10 * 0.585 / 2
+    at24 = matched_l0(table, l0s=[24])
+    assert at24.loc[24, "topk"] == pytest.approx(0.80 + 0.10 * (math.log2(24) - 4) / 2, abs=1e-12)
+    # NMSE: lower is better, so TopK's interpolated 0.015 loses to BatchTopK's 0.012 ... and wins when higher
+    nmse = matched_l0(table, "nmse")
+    assert nmse.loc[32, "topk"] == pytest.approx(0.015) and nmse.loc[32, "best"] == "batchtopk"
+    table.loc[table.member == "b", "nmse"] = 0.02
+    assert matched_l0(table, "nmse").loc[32, "best"] == "topk"
+    with pytest.raises(interlayer.InterlayerError, match="no column 'evv'.*explained_variance"):
+        matched_l0(table, "evv")
 
 
 @pytest.fixture
