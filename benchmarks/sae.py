@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after an installed interlayer
 
 from benchmarks.common import device_name, write_result  # noqa: E402
 from interlayer.saes import SAE, SAEConfig  # noqa: E402
@@ -70,7 +71,11 @@ def main() -> None:
     parser.add_argument("--sae", default=None, help="a trained SAE directory: top-AFA selection is timed on its "
                         "pre-activations (any architecture's weights give a realistic k distribution)")
     parser.add_argument("--activations", default=None, help="cached activations at that SAE's site")
+    parser.add_argument("--rows", default=None, help="instead of --activations: a safetensors file whose tensor 'x' "
+                        "holds the rows (a batch saved from such a cache, for machines the cache cannot travel to)")
     parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--saelens-python", default=str(ROOT / ".venv-saelens" / "bin" / "python"),
+                        help="the Python that has SAELens (default: .venv-saelens)")
     parser.add_argument("--selection-only", action="store_true", help="skip the training-step comparison")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae.json"))
     args = parser.parse_args()
@@ -84,11 +89,16 @@ def main() -> None:
         from interlayer.activation_cache import ActivationStore
 
         sel_sae = SAE.load(args.sae, device=device).eval()
-        store = ActivationStore(args.activations)
-        x_sel = next(store.batches(sel_sae.cfg.site, batch, seed=1, device=device))
+        if args.rows:
+            from safetensors.torch import load_file
+
+            x_sel = load_file(args.rows)["x"][:batch].to(device, torch.float32)
+        else:
+            store = ActivationStore(args.activations)
+            x_sel = next(store.batches(sel_sae.cfg.site, batch, seed=1, device=device))
         h = sel_sae.d_sae
         args.d_in = sel_sae.d_in
-        source = f"trained SAE {args.sae} on {args.activations}"
+        source = f"trained SAE {args.sae} on {args.rows or args.activations}"
     else:
         sel_sae = SAE(SAEConfig(d_in=args.d_in, d_sae=h, arch="topafa")).to(device).eval()
         x_sel = torch.randn(batch, args.d_in, device=device)
@@ -167,8 +177,8 @@ def main() -> None:
             sae.constrain_decoder()
         trainers[arch] = step
     per_step = {"topk": [], "topafa": [], "saelens_topk": []}
-    saelens_python = ROOT / ".venv-saelens" / "bin" / "python"
-    use_saelens = not args.no_saelens and saelens_python.exists()
+    saelens_python = shutil.which(args.saelens_python) or args.saelens_python
+    use_saelens = not args.no_saelens and Path(saelens_python).exists()
     for _ in range(args.rounds):
         for arch, step in trainers.items():
             step()

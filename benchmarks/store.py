@@ -3,7 +3,9 @@
 In one process, on the same model, batch and machine, round-robin so that noise
 hits every method alike:
 
-  (a) interlayer's store (``stream`` with select="tokens", every resid_post);
+  (a) interlayer's store (``stream`` with select="tokens", every resid_post, rows kept
+      in the model's dtype): ``store`` copies each chunk to the host (the default),
+      ``store_on_device`` leaves it on the model's device (``output_device="model"``);
   (b) Hugging Face forward with ``output_hidden_states=True``;
   (c) TransformerLens ``TransformerBridge.run_with_cache`` with ``names_filter``
       (and ``stop_at_layer`` where that works);
@@ -100,10 +102,14 @@ def main() -> None:
     n_tokens = ids.numel()
     sites = [f"resid_post.{l}" for l in layers]
 
-    def run_store():
-        for chunk in stream(model, ids.cpu(), sites, batch_size=args.batch, memory_mb=4096, progress=False):
+    def run_store(output_device="cpu"):  # rows stored in the model's dtype, as HF returns them
+        for chunk in stream(model, ids.cpu(), sites, batch_size=args.batch, memory_mb=4096, dtype=args.dtype,
+                            output_device=output_device, progress=False):
             out = chunk
         return out
+
+    def run_store_on_device():  # rows left on the model's device (no copy to the host)
+        return run_store("model")
 
     def run_hf():
         out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
@@ -119,13 +125,17 @@ def main() -> None:
             except Exception:
                 pass
 
-    methods = {"store": run_store, "hf": run_hf, "limit": run_limit}
+    methods = {"store": run_store, "store_on_device": run_store_on_device, "hf": run_hf, "limit": run_limit}
     skip = set(filter(None, args.skip.split(",")))
     notes = {}
     if "nnsight" not in skip:
-        from nnsight import LanguageModel
+        try:
+            from nnsight import LanguageModel
 
-        nn_model = LanguageModel(fresh(), tokenizer=tok)
+            nn_model = LanguageModel(fresh(), tokenizer=tok)
+        except Exception as err:  # noqa: BLE001 - an anchor that cannot run is reported, not fatal
+            notes["nnsight"] = f"not run: {type(err).__name__}: {err}"
+            skip.add("nnsight")
 
         def run_nnsight():
             saved = []
@@ -138,9 +148,14 @@ def main() -> None:
 
         methods["nnsight"] = run_nnsight
     if "transformer_lens" not in skip:
-        from transformer_lens.model_bridge import TransformerBridge
+        try:
+            from transformer_lens.model_bridge import TransformerBridge
 
-        bridge = TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=fresh(), tokenizer=tok)
+            bridge = TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=fresh(), tokenizer=tok)
+        except Exception as err:  # noqa: BLE001
+            notes["transformer_lens"] = f"not run: {type(err).__name__}: {err}"
+            skip.add("transformer_lens")
+    if "transformer_lens" not in skip:
         names = [f"blocks.{l}.hook_resid_post" for l in layers]
         stop = max(layers) + 1
         try:
@@ -159,11 +174,15 @@ def main() -> None:
     # Correctness before speed: every method must see the same activations.
     store_out = run_store()
     reference = run_hf()
+    # Relative error (Frobenius) per layer; the last layer's HF hidden state is after the final norm.
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    rel_err = 0.0
     for i, l in enumerate(layers):
-        got = store_out[f"resid_post.{l}"].view(args.batch, args.seq - 1, -1).to(reference[i].device)
-        want = reference[i][:, 1:] if l < n_layers - 1 else None
+        got = store_out[f"resid_post.{l}"].view(args.batch, args.seq - 1, -1).to(reference[i].device).float()
+        want = reference[i][:, 1:].float() if l < n_layers - 1 else None
         if want is not None:
-            assert torch.allclose(got.float(), want.float(), atol=1e-3, rtol=1e-3), f"store differs from HF at layer {l}"
+            rel_err = max(rel_err, float((got - want).norm() / want.norm()))
+    assert rel_err <= tolerance, f"the store differs from HF: relative error {rel_err:.2e} > {tolerance:.0e}"
 
     def sync():
         if device.type == "cuda":
@@ -189,6 +208,7 @@ def main() -> None:
     best_anchor = max(anchors, key=anchors.get) if anchors else None
     result = {
         "store_tps": round(tps["store"], 1),
+        "store_on_device_tps": round(tps["store_on_device"], 1) if "store_on_device" in tps else None,
         "hf_tps": round(tps["hf"], 1) if "hf" in tps else None,
         "transformer_lens_tps": round(tps["transformer_lens"], 1) if "transformer_lens" in tps else None,
         "nnsight_tps": round(tps["nnsight"], 1) if "nnsight" in tps else None,
@@ -201,9 +221,12 @@ def main() -> None:
         "dtype": args.dtype,
         "layers": "all" if args.layer is None else [args.layer],
         "store_vs_best_anchor": round(tps["store"] / anchors[best_anchor], 2) if best_anchor else None,
+        "store_on_device_vs_best_anchor": (round(tps["store_on_device"] / anchors[best_anchor], 2)
+                                           if best_anchor and "store_on_device" in tps else None),
         "best_anchor": best_anchor,
         "store_vs_limit": round(tps["store"] / tps["limit"], 3),
         "repeats": args.repeats,
+        "store_vs_hf_max_rel_err": rel_err,
         "notes": notes,
     }
     print(f"{'method':18s}{'tokens/s':>12s}{'median s':>10s}{'vs store':>10s}")

@@ -35,6 +35,9 @@ from .inputs import Sequence_, Tokenized, batches_by_length, make_batch
 from .selection import POOLED, Selector, check_selection
 from .sites import Site, parse_site
 
+OUTPUT_DEVICES = ("cpu", "model")
+"""Where :func:`stream` and :func:`collect` put the rows they return."""
+
 __all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
 
 
@@ -129,6 +132,11 @@ class CollectOptions:
     """Storage dtype: float32, bfloat16 or float16."""
     memory_mb: float = 256.0
     """Budget for the preallocated device buffers, MiB."""
+    output_device: str = "cpu"
+    """Where the yielded rows live: 'cpu' (copied out of the device buffers, which are
+    reused) or 'model' (left on the model's device, uncopied: each chunk takes its
+    buffers over, so up to two chunks' buffers live there at once). On a GPU, 'model'
+    spares a copy to the host and back for consumers that work on the GPU."""
     max_length: int | None = None
     """Truncate longer sequences (default: the model's context), with a warning."""
     text_field: str = "text"
@@ -160,6 +168,8 @@ class CollectOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
                 raise InterlayerError(f"{name} must be an integer of at least {low}, got {value!r}")
+        if self.output_device not in OUTPUT_DEVICES:
+            raise InterlayerError(f"output_device={self.output_device!r}; valid choices: {choices(OUTPUT_DEVICES)}")
         if self.padding_side not in ("left", "right"):
             raise InterlayerError(f"padding_side={self.padding_side!r}; valid choices: 'left', 'right'")
         if self.keep_batches is not None and (self.context_length is None or self.skip % self.batch_size):
@@ -250,6 +260,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
     per_row = row_bytes(model, len(site_list), dtype, opts.logits) * len(variants)
     capacity = max(1, int(opts.memory_mb * 2**20 // per_row))
     captures: list[Capture] = []
+    on_device = opts.output_device == "model"
     bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
     try:
         for group in batches:
@@ -261,11 +272,11 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                 size = max(selector.n_rows, min(capacity, rows_hint))
                 captures = [Capture(model, site_list, dtype, size, opts.logits, e) for e in edits]
             if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
-                yield [_chunk(c, model, opts.select) for c in captures]
+                yield [_chunk(c, model, opts.select, on_device) for c in captures]
             _run_shared(model, captures, batch, selector)
             bar.update(len(group))
         if captures and captures[0].fill:
-            yield [_chunk(c, model, opts.select) for c in captures]
+            yield [_chunk(c, model, opts.select, on_device) for c in captures]
     finally:
         bar.close()
 
@@ -291,8 +302,8 @@ def _run_shared(model: ModelAdapter, captures: list[Capture], batch: Any, select
         capture.run(batch, selector, resume=None if layer is None else (layer, recorded[layer]))
 
 
-def _chunk(capture: Capture, model: ModelAdapter, select: str) -> Activations:
-    tensors, meta, sequences = capture.take()
+def _chunk(capture: Capture, model: ModelAdapter, select: str, on_device: bool = False) -> Activations:
+    tensors, meta, sequences = capture.take(on_device=on_device)
     return Activations(tensors, meta, select, model.name, model.n_layers, sequences)
 
 

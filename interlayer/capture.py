@@ -67,10 +67,8 @@ class Capture:
         self.capacity = capacity
         self.logits = logits
         self.edits = dict(edits or {})
-        device = model.device
-        self.buffers = {s.name: torch.empty((capacity, model.d_model), dtype=dtype, device=device) for s in sites}
-        if logits:
-            self.buffers[LOGITS] = torch.empty((capacity, model.vocab_size), dtype=torch.float32, device=device)
+        self.buffers: dict[str, torch.Tensor] = {}
+        self._allocate()
         self.meta: list[dict[str, torch.Tensor]] = []
         self.fill = 0
         self.sequences = 0
@@ -79,6 +77,13 @@ class Capture:
         if not layers:
             raise InterlayerError("nothing to capture: give at least one site, or logits=True")
         self.stop_layer = max(layers)
+
+    def _allocate(self) -> None:
+        device, model = self.model.device, self.model
+        self.buffers = {s.name: torch.empty((self.capacity, model.d_model), dtype=self.dtype, device=device)
+                        for s in self.sites}
+        if self.logits:
+            self.buffers[LOGITS] = torch.empty((self.capacity, model.vocab_size), dtype=torch.float32, device=device)
 
     @property
     def resume_layer(self) -> int | None:
@@ -100,6 +105,8 @@ class Capture:
             raise InterlayerError(f"one batch selects {n} rows but the buffer holds {self.capacity}; "
                                   "raise memory_mb or lower batch_size")
         start, stop = self.fill, self.fill + n
+        if not self.buffers:  # handed over with the last chunk (take(on_device=True))
+            self._allocate()
         hooks: dict[str, list[SiteFn]] = {}
         token_rows = None
         for name, edit in self.edits.items():
@@ -128,11 +135,18 @@ class Capture:
         self.sequences += int(batch.input_ids.shape[0])
         return recorded
 
-    def take(self, rows: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-        """Copy out the filled rows (optionally only the first ``rows``) and the number
-        of sequences they came from, and reset."""
+    def take(self, rows: int | None = None, on_device: bool = False) -> tuple[dict[str, torch.Tensor],
+                                                                           dict[str, torch.Tensor], int]:
+        """The filled rows (optionally only the first ``rows``) and the number of
+        sequences they came from, and reset. The rows are copied to the CPU, or with
+        ``on_device`` handed over where they are, uncopied: the capture then allocates
+        fresh buffers when it next runs."""
         rows = self.fill if rows is None else min(rows, self.fill)
-        tensors = {k: v[:rows].to("cpu", copy=True) for k, v in self.buffers.items()}
+        if on_device:
+            tensors = {k: v[:rows] for k, v in self.buffers.items()}
+            self.buffers = {}
+        else:
+            tensors = {k: v[:rows].to("cpu", copy=True) for k, v in self.buffers.items()}
         meta = {k: torch.cat([m[k] for m in self.meta])[:rows] for k in self.meta[0]} if self.meta else {}
         sequences = self.sequences
         self.meta, self.fill, self.sequences = [], 0, 0

@@ -338,7 +338,8 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
         with torch.no_grad():
             for chunks in stream_variants(model, data, [site, LN_FINAL], variants, select="tokens",
                                           context_length=context_length, batch_size=batch_size, limit=n_contexts,
-                                          text_field=text_field, memory_mb=memory_mb, progress=False):
+                                          text_field=text_field, memory_mb=memory_mb, output_device="model",
+                                          progress=False):
                 for acc in accs:
                     acc.add(chunks[0][site])
                 positions += _score_chunk(chunks, model, rows_per_step, ce, kl)

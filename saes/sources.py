@@ -153,7 +153,7 @@ class StreamedSource:
         # one forward pass per batch serves every site
         for acts in stream(self.model, self.data, self.sites, select="tokens", context_length=self.context_length,
                            batch_size=self.forward_batch_size, memory_mb=self.memory_mb, text_field=self.text_field,
-                           skip=skip, progress=False):
+                           skip=skip, output_device="model", progress=False):
             rows = acts[self.sites[0]] if len(self.sites) == 1 else acts.stack(self.sites)
             yield rows, acts.meta, acts.n_sequences
 

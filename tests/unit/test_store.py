@@ -191,6 +191,31 @@ def test_stream_chunks_respect_the_memory_budget():
     assert sum(len(c) for c in chunks) == 4 * sum(len(s) - 1 for s in SEQUENCES)
 
 
+def test_rows_left_on_the_model_device_equal_copied_rows_and_never_alias():
+    model = interlayer.load_model(make_tiny("llama"))
+    sites = ["resid_post.0", "resid_post.2"]
+    budget = 40 * (2 * 32 * 4 + 32) / 2**20
+    copied = list(stream(model, SEQUENCES * 4, sites, batch_size=2, memory_mb=budget, logits=True, progress=False))
+    kept = []
+    for chunk in stream(model, SEQUENCES * 4, sites, batch_size=2, memory_mb=budget, logits=True,
+                        output_device="model", progress=False):
+        kept.append((chunk, {k: v.clone() for k, v in chunk.tensors.items()}))
+    assert len(kept) == len(copied) > 2
+    for (chunk, snapshot), ref in zip(kept, copied):
+        for s in [*sites, "logits"]:
+            assert chunk.tensors[s].device == model.device
+            torch.testing.assert_close(chunk.tensors[s], ref.tensors[s], atol=0, rtol=0)
+        # later chunks were written into fresh buffers, not into this chunk's rows
+        for k, v in snapshot.items():
+            assert torch.equal(chunk.tensors[k], v)
+    ptrs = [chunk.tensors[sites[0]].data_ptr() for chunk, _ in kept]
+    assert len(set(ptrs)) == len(ptrs)
+    whole = collect(model, SEQUENCES, sites, output_device="model", progress=False)
+    torch.testing.assert_close(whole[sites[1]], collect(model, SEQUENCES, sites, progress=False)[sites[1]], atol=0, rtol=0)
+    with pytest.raises(InterlayerError, match="output_device='gpu'; valid choices: 'cpu', 'model'"):
+        collect(model, SEQUENCES, sites, output_device="gpu", progress=False)
+
+
 def test_storage_dtype():
     model = interlayer.load_model(make_tiny("llama"))
     full = collect(model, SEQUENCES, ["resid_post.1"], progress=False)
