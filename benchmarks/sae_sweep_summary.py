@@ -1,7 +1,7 @@
 """The README's view of a finished SAE sweep: its table as markdown and each
 architecture's metrics at matched L0 (:func:`interlayer.saes.sweep.matched_l0`).
 
-    python benchmarks/sae_sweep_summary.py SWEEP_DIR [--json OUT.json]
+    python benchmarks/sae_sweep_summary.py SWEEP_DIR [--json OUT.json] [--html OUT.html]
 
 Reads ``SWEEP_DIR/pareto.csv`` (what ``interlayer sae sweep`` wrote); computes nothing
 new beyond the interpolation at matched L0.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from interlayer.saes.sweep import matched_l0
+from interlayer.saes.sweep import matched_l0, pareto_figure
 
 SHOWN = ("member", "l0", "explained_variance", "nmse", "ce_loss_recovered", "kl_sae", "mse_standardized",
          "train_mse_last", "dead_frac", "dense_frac", "eps_lbo_median", "pareto_ev")
@@ -45,6 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--html", type=Path, help="the sweep's figure, small (plotly.js from its CDN when opened)")
     args = parser.parse_args()
     path = args.sweep / "pareto.csv"
     if not path.is_file():
@@ -60,6 +61,10 @@ def main() -> int:
         print(markdown(frame))
     if args.json:
         args.json.write_text(json.dumps(matched, indent=1, default=str))
+    if args.html:
+        sweep = json.loads((args.sweep / "sweep.json").read_text())
+        title = f"SAE sweep: {sweep['model']} {sweep['site']}, {sweep['latents']} latents"
+        pareto_figure(table, title).write_html(args.html, include_plotlyjs="cdn")
     return 0
 
 
