@@ -55,7 +55,8 @@ DEFAULT_GRID = ("topk=16,32,64,128;batchtopk=32;jumprelu=0.0003,0.003;relu=0.001
 """The grid when ``--grid`` is not given (restricted to ``--arch``). The ReLU and JumpReLU
 coefficients were calibrated on Gemma 3 270M ``resid_post.8`` (standardised inputs, 5,120
 latents, 2M tokens; README): in the full 489-step sweep ReLU at 0.01 and 0.03 fell to the
-same SAE at L0 below 1 and 0.003 to L0 3.9, while 0.001 ended in TopK's range (L0 107). JumpReLU's L0 coefficient had no effect in that budget (L0 1,724 at every value
+same SAE at L0 below 1 and 0.003 to L0 3.9, while 0.001 ended in TopK's range (L0 107).
+JumpReLU's L0 coefficient had no effect in that budget (L0 1,724 at every value
 from 1e-5 to 1e-3 after 75 steps; 3e-4 and 3e-3 the same SAE throughout): log(theta) moves
 about lr per step, so the initial threshold (``--jumprelu-threshold``, 0.25 on that data)
 sets its L0."""
