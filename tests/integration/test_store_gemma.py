@@ -1,11 +1,10 @@
 """Integration: the store on the real Gemma 3 270M against Hugging Face."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from interlayer import ActivationStore, cache, collect
+from tests.shared_data import shared_file
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +15,7 @@ SENTENCES = [
     "猫はソファで寝ています。",
     "El gato duerme en el sofá porque está cansado.",
 ]
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "text" / "tinyshakespeare" / "input.txt"
+SHARED = shared_file("data", "text", "tinyshakespeare", "input.txt")
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -67,13 +66,22 @@ def test_weighted_mean_equals_per_sentence_reference(gemma):
             torch.testing.assert_close(acts[site][i], (h * w).sum(0) / w.sum(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.shared
 def test_cache_on_real_text(gemma, tmp_path):
     data = tmp_path / "text.txt"  # real text where the shared data is present, else the sentences above
-    lines = SHARED.read_text().splitlines()[:200] if SHARED.is_file() else SENTENCES * 20
+    lines = SHARED.read_text().splitlines()[:200] if SHARED is not None else SENTENCES * 20
     data.write_text("\n".join(lines))
     store = cache(gemma, str(data), ["resid_post.6"], tmp_path / "c", tokens=600, context_length=64, batch_size=4,
                   memory_mb=1.3, progress=False)
     assert store.n_rows == 600 and store.n_shards > 1
     ref = collect(gemma, str(data), ["resid_post.6"], context_length=64, batch_size=4, progress=False)
-    torch.testing.assert_close(ActivationStore(tmp_path / "c").load("resid_post.6"), ref["resid_post.6"][:600],
-                               atol=0, rtol=0)
+    cached, expected = ActivationStore(tmp_path / "c").load("resid_post.6"), ref["resid_post.6"][:600]
+    # The cache stops at 600 tokens, so its last forward batch can hold fewer contexts than
+    # collect's: equal up to the float32 rounding of differently blocked products (seen:
+    # 0.0034 on values of this site's scale), not bit for bit. A real bug (a shifted, lost
+    # or repeated row) moves rows by the residual's own scale, far outside this tolerance.
+    scale = expected.abs().max()
+    tolerance = dict(atol=1e-6 * scale + 1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached, expected, **tolerance)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(cached[1:], expected[:-1], **tolerance)

@@ -64,10 +64,19 @@ def test_write_at_resid_pre_0_matches_shifted_embeddings(tiny_hf, tiny_ids):
     model = interlayer.load_model(tiny_hf)
     v = torch.randn(model.d_model)
     logits, _ = model.run(tiny_ids, edit={"resid_pre.0": lambda x: x + v})
-    with torch.no_grad():
-        # Hand computation: the same shift applied to the embeddings HF feeds its blocks.
-        embeds = model.embed(tiny_ids) + v
-        ref = tiny_hf(inputs_embeds=embeds).logits
+    # Hand computation: the same shift added to what HF feeds its first block (a plain
+    # pre-hook, so it holds wherever a transformers version applies the embedding scale).
+    def shift(module, args, kwargs):
+        if args:
+            return (args[0] + v, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + v}
+
+    handle = model.blocks[0].register_forward_pre_hook(shift, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            ref = tiny_hf(input_ids=tiny_ids).logits
+    finally:
+        handle.remove()
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
 
 

