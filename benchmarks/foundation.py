@@ -99,7 +99,7 @@ def main() -> None:
         t0 = time.perf_counter()
         naive_ids, naive_entropy = naive_decode(model, hidden, 5)
         naive_s = time.perf_counter() - t0
-    assert torch.equal(naive_ids, out.topk_ids), "chunked and naive top-k differ"
+    assert torch.equal(naive_ids, out.top_ids), "chunked and naive top-k differ"
     max_entropy_diff = float((naive_entropy - out.entropy).abs().max())
 
     lens_rate = logit_lens_rate(model, decoder, text, args.lens_positions)

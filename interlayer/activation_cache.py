@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .activations import stream
+from .activations import check_inputs, check_sites, renamed_dtype, stream
 from .adapter import ModelAdapter
 from .cache_files import IDENTITY_FIELDS, MANIFEST, STORE_FORMAT, read_manifest, remove_stale_shards, write_shard
 from .capture import row_bytes
@@ -51,7 +52,7 @@ class CacheOptions:
     tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
     context_length: int = option(128, "tokens per packed context, BOS included", min=2)
     batch_size: int = option(8, "contexts per forward pass", min=1)
-    dtype: str = option("float32", "dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16)")
+    storage_dtype: str = option("float32", "dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
     disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")
@@ -60,10 +61,19 @@ class CacheOptions:
 
     def __post_init__(self) -> None:
         check_options(self)
-        parse_dtype(self.dtype, "storage dtype")
+        parse_dtype(self.storage_dtype, "storage dtype")
+
+    @property
+    def dtype(self) -> str:
+        """Deprecated name of :attr:`storage_dtype` (one release)."""
+        warnings.warn("CacheOptions.dtype is renamed storage_dtype", DeprecationWarning, stacklevel=2)
+        return self.storage_dtype
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> "CacheOptions":
+        """Options from keyword arguments; an unknown keyword names the valid ones.
+        ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
+        options = renamed_dtype(dict(options))
         names = {f.name for f in fields(cls)}
         unknown = set(options) - names
         if unknown:
@@ -73,7 +83,7 @@ class CacheOptions:
     def shard_rows(self, model: ModelAdapter, n_sites: int) -> int:
         """Rows per shard: the whole batches that fit in ``memory_mb``, at most what ``tokens`` needs."""
         batch_rows = self.batch_size * (self.context_length - 1)
-        one_row = row_bytes(model, n_sites, parse_dtype(self.dtype), False)
+        one_row = row_bytes(model, n_sites, parse_dtype(self.storage_dtype), False)
         batches_per_shard = int(self.memory_mb * 2**20 // (one_row * batch_rows))
         if batches_per_shard < 1:
             raise InterlayerError(f"memory_mb={self.memory_mb} cannot hold one batch of {batch_rows} tokens at "
@@ -83,33 +93,65 @@ class CacheOptions:
 
 
 def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out: str | Path, tokens: int | None = None,
-          *, options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
-          **kwargs: Any) -> "ActivationStore":
+          *, context_length: int = 128, batch_size: int = 8, storage_dtype: str = "float32", memory_mb: float = 256.0,
+          disk_budget_mb: float | None = None, text_field: str = "text", seed: int = 0, progress: bool = True,
+          options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
+          dtype: str | None = None) -> "ActivationStore":
     """Write the activations of ``tokens`` tokens at ``sites`` to shards in ``out``.
+
+    Args:
+        model: the adapter to run.
+        data: input text: strings, token ids, a ``.txt``/``.jsonl``/``.parquet`` path or a ``datasets.Dataset``.
+        sites: site names or wildcards (``"resid_post.*"``).
+        out: the cache directory (an unfinished run there is resumed).
+        tokens: how many tokens to cache, BOS excluded (default 100,000).
+        context_length: tokens per packed context, BOS included.
+        batch_size: contexts per forward pass.
+        storage_dtype: dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16).
+        memory_mb: device buffer budget, MiB; also the size of one shard.
+        disk_budget_mb: stop cleanly before the shards exceed this many MiB.
+        text_field: JSON field or parquet column holding the text.
+        seed: under torchrun, the seed of the split of the token stream among the ranks.
+        progress: show a progress bar.
+        options: all of the above as one :class:`CacheOptions` (then give none of them as keywords).
+        on_shard: called with each shard's index once it is written.
+        dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
 
     Documents are packed into contexts of ``context_length`` tokens (BOS, then text);
     every token but the BOS is kept. In a process group (``torchrun``) the ranks split
     the work and write one cache together (:mod:`interlayer.distributed_cache`); a rank
-    that does not see rank 0's directory (per-node disks) gets ``None``. Options come as :class:`CacheOptions` or as
-    its fields by keyword (``dtype="bfloat16"``, ``memory_mb=...``). The manifest is
+    that does not see rank 0's directory (per-node disks) gets ``None``. The manifest is
     rewritten atomically after every shard: a run that is interrupted resumes from
     its last whole shard when called again with the same options, and ends with
     exactly the shards an uninterrupted run writes.
 
     A manifest written for other weights or other options is refused (unless it lists
     no shard yet); a shard whose checksum fails is named in the error; a non-empty
-    directory that is not an activation cache is refused.
+    directory that is not an activation cache is refused. Data and sites of the wrong
+    type (``None``, a dict, ``sites=3``) raise a one-line error before any model pass.
     """
+    given = {"context_length": context_length, "batch_size": batch_size, "storage_dtype": storage_dtype,
+             "memory_mb": memory_mb, "disk_budget_mb": disk_budget_mb, "text_field": text_field, "seed": seed,
+             "progress": progress}
     if options is None:
-        options = CacheOptions.from_kwargs({**kwargs, **({"tokens": tokens} if tokens is not None else {})})
-    elif kwargs or tokens is not None:
-        raise InterlayerError("give the cache options either as options=CacheOptions(...) or as keywords, not both")
+        options = CacheOptions.from_kwargs({**given, "dtype": dtype, **({"tokens": tokens} if tokens is not None else {})})
+    else:
+        defaults = CacheOptions()
+        changed = [k for k, v in given.items() if v != getattr(defaults, k)]
+        changed += [k for k, v in (("tokens", tokens), ("dtype", dtype)) if v is not None]
+        if changed:
+            raise InterlayerError("give the cache options either as options=CacheOptions(...) or as keywords, not both "
+                                  f"(also given: {choices(changed)})")
+        if not isinstance(options, CacheOptions):
+            raise InterlayerError(f"options must be a CacheOptions, got {type(options).__name__}")
+    check_inputs(data)
+    check_sites(sites)
     out = check_writable(out, flag="out", directory=True)
     site_list = model.expand_sites(sites)
     shard_rows = options.shard_rows(model, len(site_list))
     identity = {
         "model": model.name, "weights_sha256": model.weights_sha256(), "sites": [s.name for s in site_list],
-        "select": "tokens", "dtype": dtype_name(parse_dtype(options.dtype)), "context_length": options.context_length,
+        "select": "tokens", "dtype": dtype_name(parse_dtype(options.storage_dtype)), "context_length": options.context_length,
         "batch_size": options.batch_size, "shard_rows": shard_rows, "tokens_target": int(options.tokens),
         "data_sha256": data_fingerprint(data),
         "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "text_field": options.text_field,
@@ -139,7 +181,7 @@ def _write_shards(model: ModelAdapter, data: Any, sites: list[Site], out: Path, 
     try:
         if done_rows < options.tokens and needed > done_contexts:
             chunks = stream(model, data, sites, select="tokens", context_length=options.context_length,
-                            batch_size=options.batch_size, dtype=options.dtype, memory_mb=options.memory_mb,
+                            batch_size=options.batch_size, storage_dtype=options.storage_dtype, memory_mb=options.memory_mb,
                             text_field=options.text_field, skip=done_contexts, limit=needed - done_contexts,
                             progress=False)
             for acts in chunks:

@@ -19,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import os
+import reprlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,8 +131,8 @@ class CollectOptions:
     """Pack documents into contexts of this many tokens (BOS first); None keeps each input as one sequence."""
     padding_side: str = "right"
     """Pad on the 'left' or the 'right'; results are the same either way."""
-    dtype: str = "float32"
-    """Storage dtype: float32, bfloat16 or float16."""
+    storage_dtype: str = "float32"
+    """dtype the rows are stored in: float32, bfloat16 or float16 (or bf16, fp16)."""
     memory_mb: float = 256.0
     """Budget for the preallocated device buffers, MiB."""
     output_device: str = "cpu"
@@ -159,7 +162,7 @@ class CollectOptions:
 
     def __post_init__(self) -> None:
         check_selection(self.select)
-        parse_dtype(self.dtype, "storage dtype")
+        parse_dtype(self.storage_dtype, "storage dtype")
         if self.logits and self.select in POOLED:
             raise InterlayerError(f"logits=True needs a token selection, not {self.select!r}")
         if not self.memory_mb > 0:
@@ -178,14 +181,97 @@ class CollectOptions:
         if self.skip and self.context_length is None:
             raise InterlayerError("skip needs packed contexts (context_length); for unpacked inputs pass the remaining inputs")
 
+    @property
+    def dtype(self) -> str:
+        """Deprecated name of :attr:`storage_dtype` (one release)."""
+        warnings.warn("CollectOptions.dtype is renamed storage_dtype", DeprecationWarning, stacklevel=2)
+        return self.storage_dtype
+
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> "CollectOptions":
-        """Options from keyword arguments; an unknown keyword names the valid ones."""
+        """Options from keyword arguments; an unknown keyword names the valid ones.
+        ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
+        options = renamed_dtype(dict(options))
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(options) - names
         if unknown:
             raise InterlayerError(f"unknown option(s) {choices(sorted(unknown))}; valid options: {choices(sorted(names))}")
         return cls(**options)
+
+
+def renamed_dtype(options: dict[str, Any], stacklevel: int = 4) -> dict[str, Any]:
+    """``options`` with a deprecated ``dtype`` moved to ``storage_dtype`` (a DeprecationWarning);
+    both at once is an error."""
+    if options.get("dtype") is None:
+        options.pop("dtype", None)
+        return options
+    if options.get("storage_dtype") not in (None, "float32"):
+        raise InterlayerError("give storage_dtype= only (dtype= is its deprecated name), not both")
+    warnings.warn("dtype= is renamed storage_dtype= (the dtype the activations are stored in); "
+                  "the old keyword goes in the next release", DeprecationWarning, stacklevel=stacklevel)
+    options["storage_dtype"] = options.pop("dtype")
+    return options
+
+
+def _options(given: Mapping[str, Any]) -> CollectOptions:
+    """The :class:`CollectOptions` of a call: ``options=`` as given, or built from the
+    call's keyword arguments (the locals of :func:`collect` and friends)."""
+    names = [f.name for f in dataclasses.fields(CollectOptions)]
+    options = given.get("options")
+    if options is not None:
+        if not isinstance(options, CollectOptions):
+            raise InterlayerError(f"options must be a CollectOptions, got {type(options).__name__}")
+        defaults = CollectOptions()
+        changed = [n for n in names if n in given and given[n] is not getattr(defaults, n)
+                   and given[n] != getattr(defaults, n)]
+        if changed or given.get("dtype") is not None:
+            raise InterlayerError(f"give the options either as options=CollectOptions(...) or as keywords, not both "
+                                  f"(also given: {choices(changed or ['dtype'])})")
+        return options
+    values = renamed_dtype({n: given[n] for n in names if n in given} | {"dtype": given.get("dtype")})
+    return CollectOptions(**values)
+
+
+def check_inputs(inputs: Any) -> None:
+    """Refuse, before any model pass, inputs that are not one of the accepted forms
+    (a ``None``, a dict, a number, a list holding ``None`` or dicts): a one-line
+    :class:`~interlayer.errors.InterlayerError` naming the problem and the valid forms."""
+    forms = "a list of strings, a list of token-id lists, a [n, seq] token tensor, a .txt/.jsonl/.parquet path or a datasets.Dataset"
+    if inputs is None:
+        raise InterlayerError(f"inputs is None; give {forms}")
+    if isinstance(inputs, Mapping):
+        raise InterlayerError(f"inputs is a {type(inputs).__name__} (its keys would be read as the texts); give {forms}")
+    if isinstance(inputs, (str, os.PathLike, torch.Tensor)) or hasattr(inputs, "column_names"):
+        return
+    if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):
+        raise InterlayerError(f"inputs of type {type(inputs).__name__} are not supported; give {forms}")
+    if isinstance(inputs, Sequence):
+        for number, item in enumerate(inputs):
+            if isinstance(item, str):
+                continue
+            if isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
+                bad = next((t for t in item if not isinstance(t, int) or isinstance(t, bool)), None)
+                if bad is None:
+                    continue
+                raise InterlayerError(f"input {number} holds {bad!r} of type {type(bad).__name__}; "
+                                      "token ids must be Python ints")
+            raise InterlayerError(f"input {number} is {reprlib.repr(item)} ({type(item).__name__}); each input must be "
+                                  "a string or a list of token ids")
+
+
+def check_sites(sites: Any, allow_empty: bool = False) -> None:
+    """Refuse a ``sites`` argument of the wrong type (``sites=3``, ``None``, a list holding
+    a number) with a one-line error naming the valid forms, before any model pass."""
+    forms = "a site name such as 'resid_post.6', a wildcard such as 'resid_post.*', or a list of them"
+    if isinstance(sites, (str, Site)):
+        return
+    if sites is None or isinstance(sites, Mapping) or not isinstance(sites, Sequence):
+        if allow_empty and sites is None:
+            return
+        raise InterlayerError(f"sites is {reprlib.repr(sites)} ({type(sites).__name__}); give {forms}")
+    for item in sites:
+        if not isinstance(item, (str, Site)):
+            raise InterlayerError(f"sites holds {item!r} of type {type(item).__name__}; give {forms}")
 
 
 
@@ -218,22 +304,41 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
     return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
 
 
-def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], **options: Any) -> Iterator[Activations]:
+def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+           *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+           batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+           storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+           max_length: int | None = None, text_field: str = "text", logits: bool = False,
+           edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+           keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+           dtype: str | None = None) -> Iterator[Activations]:
     """Yield :class:`Activations` chunk by chunk, each at most ``memory_mb`` of rows
     (and at least one batch). Chunks hold whole batches, so their boundaries depend
     only on the inputs and options.
 
     Rows come in batch order (sequences sorted by length); ``meta['sequence']``
-    says which input each row belongs to. Takes the options of :class:`CollectOptions`;
-    ``sites`` may be empty when ``logits=True``.
+    says which input each row belongs to. ``sites`` may be empty when ``logits=True``.
+    The keyword arguments are those of :func:`collect`.
     """
-    opts = CollectOptions.from_kwargs(options)
-    for chunks in _passes(model, inputs, sites, opts, [opts.edits]):
-        yield chunks[0]
+    opts = _options(locals())
+    _check_call(inputs, sites, opts)
+    return (chunks[0] for chunks in _passes(model, inputs, sites, opts, [opts.edits]))
+
+
+def _check_call(inputs: Any, sites: Any, opts: CollectOptions) -> None:
+    check_inputs(inputs)
+    check_sites(sites, allow_empty=opts.logits)
 
 
 def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
-                    variants: Sequence[Mapping[str, Any] | None], **options: Any) -> Iterator[list[Activations]]:
+                    variants: Sequence[Mapping[str, Any] | None],
+                    *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+                    batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+                    storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+                    max_length: int | None = None, text_field: str = "text", logits: bool = False,
+                    edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+                    keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+                    dtype: str | None = None) -> Iterator[list[Activations]]:
     """:func:`stream` under several interventions at once: ``variants`` is a list of
     ``edits`` mappings (``{}`` or ``None``: no edit), and each chunk is a list with one
     :class:`Activations` per variant, row for row the same inputs.
@@ -242,20 +347,22 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
     edited (or read) block from the clean pass's output there, so a sweep of
     interventions at layer ``l`` costs the blocks after ``l`` only. Results equal
     separate :func:`stream` calls with each variant's ``edits`` (to float rounding).
+    The keyword arguments are those of :func:`collect` (``edits`` excepted).
     """
-    opts = CollectOptions.from_kwargs(options)
+    opts = _options(locals())
     if opts.edits:
         raise InterlayerError("give the edits of each variant in variants=[...], not edits=")
-    if not variants:
-        raise InterlayerError("variants is empty: give at least one edits mapping ({} for the clean pass)")
-    yield from _passes(model, inputs, sites, opts, list(variants))
+    if isinstance(variants, Mapping) or not isinstance(variants, Sequence) or not variants:
+        raise InterlayerError("variants must be a non-empty list of edits mappings ({} for the clean pass)")
+    _check_call(inputs, sites, opts)
+    return _passes(model, inputs, sites, opts, list(variants))
 
 
 def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], opts: CollectOptions,
             variants: list[Mapping[str, Any] | None]) -> Iterator[list[Activations]]:
     site_list = model.expand_sites(sites) if (sites or not opts.logits) else []
     edits = [check_edits(model, v) for v in variants]
-    dtype = parse_dtype(opts.dtype, "storage dtype")
+    dtype = parse_dtype(opts.storage_dtype, "storage dtype")
     batches, n_sequences = _plan(model, inputs, opts)
     per_row = row_bytes(model, len(site_list), dtype, opts.logits) * len(variants)
     capacity = max(1, int(opts.memory_mb * 2**20 // per_row))
@@ -322,7 +429,14 @@ def _concat(chunks: list[Activations], model: ModelAdapter) -> Activations:
                        sum(c.n_sequences for c in chunks))
 
 
-def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], **options: Any) -> Activations:
+def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+            *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+            batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+            storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+            max_length: int | None = None, text_field: str = "text", logits: bool = False,
+            edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+            keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+            dtype: str | None = None) -> Activations:
     """Collect activations at ``sites`` for ``inputs`` in one forward pass per batch.
 
     Args:
@@ -330,23 +444,53 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         inputs: strings, token ids, a ``.txt``/``.jsonl``/``.parquet`` path or a ``datasets.Dataset``.
         sites: site names such as ``"resid_post.6"``, TransformerLens names, or
             wildcards such as ``"resid_post.*"``.
-        **options: see :class:`CollectOptions` (``select``, ``batch_size``, ``dtype``,
-            ``logits``, ``edits``, ...).
+
+    Keyword arguments (the fields of :class:`CollectOptions`; or pass ``options=CollectOptions(...)``):
+        select: which rows to keep: ``"tokens"``, ``"last"``, ``"positions"``, ``"mean"`` or ``"weighted_mean"``.
+        positions: for ``select="positions"``, the positions to keep in each input sequence.
+        batch_size: sequences per forward pass.
+        context_length: pack documents into contexts of this many tokens (BOS first);
+            ``None`` keeps each input as one sequence.
+        padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
+        storage_dtype: the dtype rows are stored in: float32, bfloat16 or float16 (or bf16, fp16).
+        memory_mb: budget for the preallocated device buffers, MiB.
+        output_device: ``"cpu"`` (rows copied out) or ``"model"`` (left on the model's device).
+        max_length: truncate longer sequences (default: the model's context), with a warning.
+        text_field: column or JSON field holding the text.
+        logits: also keep the final logits of the selected rows (token selections only).
+        edits: writes during the passes, ``{site: fn}`` or ``{site: Edit(fn, rows="tokens")}``.
+        progress: show a progress bar.
+        limit: use at most this many input sequences (or packed contexts).
+        skip: packed contexts only: skip this many contexts without running the model.
+        keep_batches: packed contexts only: run only the batches ``j`` where this is true.
+        dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
+
+    Inputs and sites of the wrong type (``None``, a dict, ``sites=3``) raise a one-line
+    :class:`~interlayer.errors.InterlayerError` before any model pass.
 
     Returns rows in input order: by sequence, then position.
     """
-    chunks = list(stream(model, inputs, sites, **options))
+    chunks = list(stream(model, inputs, sites, options=_options(locals())))
     if not chunks:
         raise InterlayerError("the inputs produced no rows to collect")
     return _concat(chunks, model)
 
 
 def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
-                     variants: Sequence[Mapping[str, Any] | None], **options: Any) -> list[Activations]:
+                     variants: Sequence[Mapping[str, Any] | None],
+                     *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+                     batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+                     storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+                     max_length: int | None = None, text_field: str = "text", logits: bool = False,
+                     edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+                     keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+                     dtype: str | None = None) -> list[Activations]:
     """:func:`collect` under several interventions, sharing each batch's clean prefix
-    (see :func:`stream_variants`): one :class:`Activations` per variant, in order."""
-    per_variant: list[list[Activations]] = [[] for _ in variants]
-    for chunks in stream_variants(model, inputs, sites, variants, **options):
+    (see :func:`stream_variants`): one :class:`Activations` per variant, in order.
+    The keyword arguments are those of :func:`collect` (``edits`` excepted)."""
+    opts = _options(locals())
+    per_variant: list[list[Activations]] = [[] for _ in (variants or [])]
+    for chunks in stream_variants(model, inputs, sites, variants, options=opts):
         for store, chunk in zip(per_variant, chunks):
             store.append(chunk)
     if not per_variant[0]:

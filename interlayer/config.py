@@ -93,5 +93,5 @@ class CacheConfig(ModelOptions):
     def cache_options(self) -> CacheOptions:
         """The :class:`~interlayer.activation_cache.CacheOptions` these flags set."""
         shared = {f.name for f in fields(CacheOptions)} & {f.name for f in fields(self)}
-        values = {name: getattr(self, name) for name in shared if name != "dtype"}
-        return CacheOptions(**values, dtype=self.storage_dtype, progress=not self.no_progress)
+        values = {name: getattr(self, name) for name in shared if name != "progress"}
+        return CacheOptions(**values, progress=not self.no_progress)

@@ -10,6 +10,7 @@ vocabulary the naive way needs about 1 MiB per (layer, position) pair.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -36,14 +37,15 @@ class DecodeResult:
     Shapes use ``*lead`` for the leading dimensions of the decoded hidden states.
     """
 
-    topk_ids: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
     """``[*lead, k]`` token ids, most probable first."""
-    topk_probs: torch.Tensor | None = None
+    top_probs: torch.Tensor | None = None
     """``[*lead, k]`` their probabilities."""
     entropy: torch.Tensor | None = None
     """``[*lead]`` entropy in nats, ``-sum p log p``."""
-    kl_to_reference: torch.Tensor | None = None
-    """``[*lead]`` KL(reference || decoded) in nats, the reference being the final layer."""
+    kl_to_final: torch.Tensor | None = None
+    """``[*lead]`` KL(reference || decoded) in nats, the reference being the final layer
+    (named as in :class:`~interlayer.lens.LogitLensResult`)."""
     token_logprobs: torch.Tensor | None = None
     """``[*lead, n_ids]`` log-probability of each requested id, normalised over the whole vocabulary."""
     target_logprobs: torch.Tensor | None = None
@@ -56,6 +58,29 @@ class DecodeResult:
     """``[*lead, vocab]`` full distributions (only when asked for; on the CPU)."""
     n_chunks: int = field(default=0)
     """How many chunks the work was split into."""
+
+    @property
+    def topk_ids(self) -> torch.Tensor | None:
+        """Deprecated name of :attr:`top_ids` (one release)."""
+        _renamed("topk_ids", "top_ids")
+        return self.top_ids
+
+    @property
+    def topk_probs(self) -> torch.Tensor | None:
+        """Deprecated name of :attr:`top_probs` (one release)."""
+        _renamed("topk_probs", "top_probs")
+        return self.top_probs
+
+    @property
+    def kl_to_reference(self) -> torch.Tensor | None:
+        """Deprecated name of :attr:`kl_to_final` (one release)."""
+        _renamed("kl_to_reference", "kl_to_final")
+        return self.kl_to_final
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"DecodeResult.{old} is renamed {new}; the old name goes in the next release",
+                  DeprecationWarning, stacklevel=3)
 
 
 @runtime_checkable
@@ -259,8 +284,8 @@ class _Outputs:
                  vocab: int, targets: torch.Tensor | None = None, ranks: bool = False):
         self.top_k, self.ids, self.targets = top_k, ids, targets
         self.target_logprobs = torch.zeros(g, n) if targets is not None else None
-        self.topk_ids = torch.zeros(g, n, top_k, dtype=torch.long) if top_k else None
-        self.topk_probs = torch.zeros(g, n, top_k) if top_k else None
+        self.top_ids = torch.zeros(g, n, top_k, dtype=torch.long) if top_k else None
+        self.top_probs = torch.zeros(g, n, top_k) if top_k else None
         self.entropy = torch.zeros(g, n) if entropy else None
         self.kl = torch.zeros(g, n) if kl else None
         self.token_logprobs = torch.zeros(g, n, len(ids)) if ids is not None else None
@@ -272,8 +297,8 @@ class _Outputs:
         p = None
         if self.top_k:
             values, indices = torch.topk(logp, self.top_k, dim=-1)
-            self.topk_ids[index, start:stop] = indices.cpu()
-            self.topk_probs[index, start:stop] = values.exp().cpu()
+            self.top_ids[index, start:stop] = indices.cpu()
+            self.top_probs[index, start:stop] = values.exp().cpu()
         if self.entropy is not None:
             p = logp.exp()
             self.entropy[index, start:stop] = -_rowdot(p, logp).cpu()
@@ -295,10 +320,10 @@ class _Outputs:
             return None if t is None else t.reshape(*lead, n, *t.shape[2:])
 
         return DecodeResult(
-            topk_ids=shape(self.topk_ids),
-            topk_probs=shape(self.topk_probs),
+            top_ids=shape(self.top_ids),
+            top_probs=shape(self.top_probs),
             entropy=shape(self.entropy),
-            kl_to_reference=shape(self.kl),
+            kl_to_final=shape(self.kl),
             token_logprobs=shape(self.token_logprobs),
             token_ranks=shape(self.token_ranks),
             target_logprobs=shape(self.target_logprobs),

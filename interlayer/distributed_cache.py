@@ -159,7 +159,7 @@ def _write_part(model: ModelAdapter, data: Any, sites: list[Site], out: Path, pa
         if not part["complete"] and part["next_batch"] < n_batches:
             skip = part["next_batch"] * options.batch_size
             chunks = stream(model, data, sites, select="tokens", context_length=options.context_length,
-                            batch_size=options.batch_size, dtype=options.dtype, memory_mb=options.memory_mb,
+                            batch_size=options.batch_size, storage_dtype=options.storage_dtype, memory_mb=options.memory_mb,
                             text_field=options.text_field, skip=skip, limit=needed - skip, progress=False,
                             keep_batches=lambda j: j < n_batches and owners[j] == world.rank)
             for acts in chunks:

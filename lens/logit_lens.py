@@ -163,11 +163,11 @@ def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Se
         "position": token_position.to_numpy(),
         "input_token": [model.token_strings([encoded[s][p]])[0] for s, p in zip(meta.sequence, token_position)],
     })
-    top_tokens = [[model.token_strings(decoded.topk_ids[li, r].tolist()) for r in range(len(rows))] for li in layers]
+    top_tokens = [[model.token_strings(decoded.top_ids[li, r].tolist()) for r in range(len(rows))] for li in layers]
     return LogitLensResult(
         model=model.name, lens=lens.name, prompts=prompts, rows=rows, layers=layers,
-        top_ids=decoded.topk_ids, top_probs=decoded.topk_probs, top_tokens=top_tokens, entropy=decoded.entropy,
-        kl_to_final=decoded.kl_to_reference, targets=list(targets), target_ids=target_ids,
+        top_ids=decoded.top_ids, top_probs=decoded.top_probs, top_tokens=top_tokens, entropy=decoded.entropy,
+        kl_to_final=decoded.kl_to_final, targets=list(targets), target_ids=target_ids,
         target_probs=decoded.token_logprobs.exp() if target_ids else None,
         target_ranks=decoded.token_ranks if target_ids else None,
     )

@@ -82,18 +82,18 @@ def exit_layers(top1: torch.Tensor) -> torch.Tensor:
 
 
 def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_length: int = 128, lens: Lens = LOGIT_LENS,
-               batch_size: int = 8, progress: bool = True) -> SaturationResult:
+               batch_size: int = 8, text_field: str = "text", progress: bool = True) -> SaturationResult:
     """Measure saturation on ``tokens`` tokens of ``data`` (any store input)."""
     if tokens < 1:
         raise InterlayerError(f"tokens must be at least 1, got {tokens}")
     contexts = -(-tokens // (context_length - 1))
     acts = collect(model, data, "resid_post.*", context_length=context_length, limit=contexts,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, text_field=text_field, progress=progress)
     acts = acts.rows(torch.arange(min(tokens, len(acts))))
     hidden = stacked_resid(acts, model.n_layers)
     targets, has_next = acts.next_tokens()
     layers = list(range(model.n_layers))
     decoded = LayerDecoder(model, lens=lens).decode(hidden, top_k=1, layers=layers, progress=progress)
-    top1 = decoded.topk_ids[..., 0]
+    top1 = decoded.top_ids[..., 0]
     return SaturationResult(model.name, lens.name, layers, top1,
                             torch.where(has_next, targets, torch.full_like(targets, -1)), exit_layers(top1))

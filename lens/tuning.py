@@ -184,7 +184,7 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
     results = {}
     for name, decoder in (("logit", LayerDecoder(model, memory_mb)), ("tuned", LayerDecoder(model, memory_mb, lens=lens))):
         out = decoder.decode(hidden, reference=stacked[-1], targets=targets, layers=layers)
-        kl = out.kl_to_reference.mean(-1)
+        kl = out.kl_to_final.mean(-1)
         ce = -(out.target_logprobs[:, has_next]).mean(-1)
         results[name] = (kl.tolist(), ce.tolist())
     return LensComparison(model.name, layers, results["logit"][0], results["tuned"][0], results["logit"][1],

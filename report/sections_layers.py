@@ -63,7 +63,7 @@ def sample_decoding(ctx: ReportContext) -> dict[str, Any]:
     decoded = LayerDecoder(model, lens=ctx.lens).decode(hidden, top_k=1, entropy=True, reference=hidden[-1],
                                                        layers=layers)
     targets, has_next = acts.next_tokens()
-    return {"top1": decoded.topk_ids[..., 0], "entropy": decoded.entropy, "kl": decoded.kl_to_reference,
+    return {"top1": decoded.top_ids[..., 0], "entropy": decoded.entropy, "kl": decoded.kl_to_final,
             "next": torch.where(has_next, targets, torch.full_like(targets, -1)), "layers": layers}
 
 

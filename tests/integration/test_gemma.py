@@ -52,7 +52,7 @@ def test_decoding_the_final_layer_reproduces_model_logits(gemma, reference):
     torch.testing.assert_close(result.probs[0].log(), logp, atol=1e-4, rtol=0)
     torch.testing.assert_close(decoder.logits(hidden), out.logits[0, :n], atol=1e-4, rtol=0)
     torch.testing.assert_close(result.token_logprobs[0], logp[:, ids], atol=1e-4, rtol=0)
-    assert torch.equal(result.topk_ids[0], torch.topk(out.logits[0, :n], 3, -1).indices)
+    assert torch.equal(result.top_ids[0], torch.topk(out.logits[0, :n], 3, -1).indices)
 
 
 def test_write_changes_downstream_as_predicted(gemma, reference):

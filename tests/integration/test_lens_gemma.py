@@ -53,7 +53,7 @@ def test_tuned_lens_at_init_equals_logit_lens_and_training_beats_it(gemma):
     untrained = TunedLens.for_model(gemma, layers=[4, 12])
     a = LayerDecoder(gemma).decode(hidden[[4, 12]], top_k=5, entropy=True)
     b = LayerDecoder(gemma, lens=untrained).decode(hidden[[4, 12]], top_k=5, entropy=True, layers=[4, 12])
-    assert torch.equal(a.topk_ids, b.topk_ids) and torch.equal(a.entropy, b.entropy)
+    assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.entropy, b.entropy)
 
     # The library's default learning rate; a higher one with small batches overshoots
     # at late layers, where the logit lens is already close (see the README).

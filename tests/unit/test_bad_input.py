@@ -103,13 +103,15 @@ def test_cache_refuses_a_foreign_directory_and_deletes_nothing_it_did_not_write(
 def test_cache_options_object_equals_keywords(tmp_path):
     model = interlayer.load_model(make_tiny("llama"))
     docs = [[4 + (7 * j + i) % 60 for i in range(9)] for j in range(40)]
-    a = interlayer.cache(model, docs, "resid_post.1", tmp_path / "a", tokens=60, context_length=8, dtype="bf16",
+    a = interlayer.cache(model, docs, "resid_post.1", tmp_path / "a", tokens=60, context_length=8, storage_dtype="bf16",
                          progress=False)
     b = interlayer.cache(model, docs, "resid_post.1", tmp_path / "b",
-                         options=interlayer.CacheOptions(tokens=60, context_length=8, dtype="bfloat16", progress=False))
+                         options=interlayer.CacheOptions(tokens=60, context_length=8, storage_dtype="bfloat16", progress=False))
     assert torch.equal(a.load("resid_post.1"), b.load("resid_post.1"))
-    with pytest.raises(InterlayerError, match="unknown option.*'contxt_length'.*valid options"):
+    with pytest.raises(TypeError, match="contxt_length"):  # the keywords are explicit now
         interlayer.cache(model, docs, "resid_post.1", tmp_path / "x", tokens=60, contxt_length=8)
+    with pytest.raises(InterlayerError, match="unknown option.*'contxt_length'.*valid options"):
+        interlayer.CacheOptions.from_kwargs({"contxt_length": 8})
     with pytest.raises(InterlayerError, match="tokens must be at least 1"):
         interlayer.CacheOptions(tokens=0)
 

@@ -49,10 +49,26 @@ def test_cache_equals_collect_and_records_a_manifest(model, tmp_path):
 
 
 def test_bf16_storage_round_trips(model, tmp_path):
-    store = cache(model, DOCS, SITES, tmp_path / "c", tokens=100, dtype="bfloat16", **OPTS)
-    ref = collect(model, DOCS, SITES, context_length=8, batch_size=4, dtype="bfloat16", progress=False)
-    assert store.load("resid_post.1").dtype == torch.bfloat16
+    store = cache(model, DOCS, SITES, tmp_path / "c", tokens=100, storage_dtype="bfloat16", **OPTS)
+    ref = collect(model, DOCS, SITES, context_length=8, batch_size=4, storage_dtype="bfloat16", progress=False)
+    assert store.load("resid_post.1").dtype == torch.bfloat16 and store.manifest["dtype"] == "bfloat16"
     assert torch.equal(store.load("resid_post.1"), ref["resid_post.1"][:100])
+    with pytest.warns(DeprecationWarning, match="storage_dtype"):  # the old keyword, for one release
+        old = cache(model, DOCS, SITES, tmp_path / "d", tokens=100, dtype="bfloat16", **OPTS)
+    assert torch.equal(old.load("resid_post.1"), store.load("resid_post.1"))
+
+
+@pytest.mark.parametrize("data, sites, says", [
+    (["a", None], SITES, "input 1 is None .NoneType.; each input must be a string or a list of token ids"),
+    (None, SITES, "inputs is None"),
+    ({"a": 1}, SITES, "inputs is a dict"),
+    (DOCS, 3, "sites is 3 .int.; give a site name such as 'resid_post.6', a wildcard"),
+])
+def test_wrong_types_are_one_line_errors_before_any_pass(model, tmp_path, monkeypatch, data, sites, says):
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(InterlayerError, match=says) as err:
+        cache(model, data, sites, tmp_path / "c", tokens=100, **OPTS)
+    assert "\n" not in str(err.value) and not (tmp_path / "c").exists()
 
 
 def test_interrupted_run_resumes_to_identical_shards(model, tmp_path):

@@ -42,17 +42,17 @@ def test_decode_matches_direct_computation_in_any_chunking(states, memory_mb):
     p = logp.exp()
     ref = logp[-1]
     values, indices = torch.topk(logp, 5, dim=-1)
-    assert torch.equal(out.topk_ids, indices)
-    torch.testing.assert_close(out.topk_probs, values.exp(), atol=1e-6, rtol=0)
+    assert torch.equal(out.top_ids, indices)
+    torch.testing.assert_close(out.top_probs, values.exp(), atol=1e-6, rtol=0)
     torch.testing.assert_close(out.entropy, -(p * logp).sum(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.kl_to_reference, (ref.exp() * (ref - logp)).sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.kl_to_final, (ref.exp() * (ref - logp)).sum(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.token_logprobs, logp[..., ids], atol=1e-6, rtol=0)
     torch.testing.assert_close(out.target_logprobs, logp[:, torch.arange(len(targets)), targets], atol=1e-6, rtol=0)
     ranks = (logp.unsqueeze(-2) > logp[..., ids].unsqueeze(-1)).sum(-1)
     assert torch.equal(out.token_ranks, ranks)
     torch.testing.assert_close(out.set_logprob, torch.log(p[..., ids].sum(-1)), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.probs, p, atol=1e-6, rtol=0)
-    assert out.kl_to_reference[-1].abs().max() < 1e-5  # the final layer against itself
+    assert out.kl_to_final[-1].abs().max() < 1e-5  # the final layer against itself
     if memory_mb < 0.01:
         assert out.n_chunks > model.n_layers  # really split
 
@@ -70,8 +70,8 @@ def test_arbitrary_leading_dimensions():
     model = interlayer.load_model(make_tiny("qwen3"))
     hidden = torch.randn(2, 3, 4, model.d_model)
     out = LayerDecoder(model, memory_mb=0.001).decode(hidden, top_k=2, entropy=True)
-    assert out.topk_ids.shape == (2, 3, 4, 2) and out.entropy.shape == (2, 3, 4)
-    assert torch.equal(out.topk_ids, torch.topk(_direct(model, hidden), 2, -1).indices)
+    assert out.top_ids.shape == (2, 3, 4, 2) and out.entropy.shape == (2, 3, 4)
+    assert torch.equal(out.top_ids, torch.topk(_direct(model, hidden), 2, -1).indices)
 
 
 def test_bad_input_errors():
@@ -125,7 +125,7 @@ def test_the_lens_contract():
 
     scaled = LayerDecoder(model, lens=Scaled()).decode(hidden, top_k=3, layers=[0, 1, 2])
     direct = torch.stack([torch.log_softmax(model.unembed_resid(hidden[l] * (l + 1)).float(), -1) for l in range(3)])
-    assert torch.equal(scaled.topk_ids, direct.topk(3, dim=-1).indices)
+    assert torch.equal(scaled.top_ids, direct.topk(3, dim=-1).indices)
     with pytest.raises(interlayer.InterlayerError, match="a Lens"):
         LayerDecoder(model, lens=object())
     tuned = TunedLens.for_model(model)
@@ -133,7 +133,7 @@ def test_the_lens_contract():
         LayerDecoder(model, lens=tuned).decode(hidden, top_k=1)
     # an untrained tuned lens decodes exactly as the logit lens
     same = LayerDecoder(model, lens=tuned).decode(hidden[:2], top_k=2, layers=[0, 1])
-    assert torch.equal(same.topk_ids, plain.decode(hidden[:2], top_k=2).topk_ids)
+    assert torch.equal(same.top_ids, plain.decode(hidden[:2], top_k=2).top_ids)
 
 
 def test_the_gradient_path_trains_through_the_frozen_head():

@@ -124,7 +124,7 @@ def test_bad_input_errors(tmp_path):
         collect(model, str(tmp_path / "empty.txt"), ["resid_post.1"], progress=False)
     with pytest.raises(InterlayerError, match="'weighted_mean'"):
         collect(model, SEQUENCES, ["resid_post.1"], select="median", progress=False)
-    with pytest.raises(InterlayerError, match="valid options"):
+    with pytest.raises(TypeError, match="batchsize"):  # explicit keywords: a typo is Python's own error
         collect(model, SEQUENCES, ["resid_post.1"], batchsize=3)
     with pytest.raises(InterlayerError, match="sequence 1 of 3 tokens; valid positions are -3..2"):
         collect(model, SEQUENCES, ["resid_post.1"], select="positions", positions=[[0], [7], [0], [0], [0], [0]], progress=False)
@@ -219,11 +219,65 @@ def test_rows_left_on_the_model_device_equal_copied_rows_and_never_alias():
 def test_storage_dtype():
     model = interlayer.load_model(make_tiny("llama"))
     full = collect(model, SEQUENCES, ["resid_post.1"], progress=False)
-    half = collect(model, SEQUENCES, ["resid_post.1"], dtype="bfloat16", progress=False)
+    half = collect(model, SEQUENCES, ["resid_post.1"], storage_dtype="bfloat16", progress=False)
     assert half["resid_post.1"].dtype == torch.bfloat16
     torch.testing.assert_close(half["resid_post.1"], full["resid_post.1"].bfloat16(), atol=0, rtol=0)
     with pytest.raises(InterlayerError, match="'bfloat16'"):
-        collect(model, SEQUENCES, ["resid_post.1"], dtype="int8", progress=False)
+        collect(model, SEQUENCES, ["resid_post.1"], storage_dtype="int8", progress=False)
+    with pytest.warns(DeprecationWarning, match="storage_dtype"):  # the old keyword, for one release
+        old = collect(model, SEQUENCES, ["resid_post.1"], dtype="bfloat16", progress=False)
+    assert torch.equal(old["resid_post.1"], half["resid_post.1"])
+    with pytest.raises(InterlayerError, match="not both"):
+        collect(model, SEQUENCES, ["resid_post.1"], dtype="bfloat16", storage_dtype="float16", progress=False)
+
+
+def test_collect_takes_explicit_keywords_or_one_options_object():
+    import inspect
+
+    model = interlayer.load_model(make_tiny("llama"))
+    for fn in (collect, interlayer.stream, interlayer.collect_variants, interlayer.stream_variants):
+        params = inspect.signature(fn).parameters
+        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), fn.__name__
+        assert {"select", "batch_size", "storage_dtype", "edits", "limit", "options"} <= set(params)
+    a = collect(model, SEQUENCES, ["resid_post.1"], select="last", batch_size=2, progress=False)
+    b = collect(model, SEQUENCES, ["resid_post.1"],
+                options=interlayer.CollectOptions(select="last", batch_size=2, progress=False))
+    assert torch.equal(a["resid_post.1"], b["resid_post.1"]) and len(a) == len(SEQUENCES)
+    with pytest.raises(InterlayerError, match="not both.*select"):
+        collect(model, SEQUENCES, ["resid_post.1"], select="last", options=interlayer.CollectOptions())
+
+
+@pytest.mark.parametrize("inputs, says", [
+    (None, "inputs is None; give a list of strings"),
+    (["a b", None], "input 1 is None .NoneType.; each input must be a string or a list of token ids"),
+    ({"a b": 1}, "inputs is a dict .its keys would be read as the texts.; give a list of strings"),
+    (3, "inputs of type int are not supported"),
+    ([[1, 2], [3, 2.5]], "input 1 holds 2.5 of type float"),
+])
+def test_wrong_input_types_are_one_line_errors_before_any_pass(monkeypatch, inputs, says):
+    model = interlayer.load_model(make_tiny("llama"))
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran"))
+    for call in (lambda: collect(model, inputs, "resid_post.1", progress=False),
+                 lambda: interlayer.stream(model, inputs, "resid_post.1", progress=False),
+                 lambda: interlayer.collect_variants(model, inputs, "resid_post.1", [{}], progress=False)):
+        with pytest.raises(InterlayerError, match=says) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("sites, says", [
+    (3, "sites is 3 .int.; give a site name such as 'resid_post.6'"),
+    (None, "sites is None .NoneType.; give a site name"),
+    (["resid_post.1", 2], "sites holds 2 of type int"),
+    ({"resid_post.1": 1}, "sites is .* .dict.; give"),
+])
+def test_wrong_site_types_are_one_line_errors(monkeypatch, sites, says):
+    model = interlayer.load_model(make_tiny("llama"))
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(InterlayerError, match=says):
+        collect(model, SEQUENCES, sites, progress=False)
+    with pytest.raises(InterlayerError, match=says):
+        interlayer.stream(model, SEQUENCES, sites, progress=False)
 
 
 def test_repeated_collects_do_not_leak():
