@@ -77,3 +77,9 @@ def stand_in_tokenizer(vocab_size: int, directory: str | Path):
                                   unk_token="<unk>")
     tok.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||`` (Frobenius), computed in float32 on the host."""
+    got, want = got.detach().float().cpu(), want.detach().float().cpu()
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
