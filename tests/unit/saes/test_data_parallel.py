@@ -52,8 +52,14 @@ def test_two_processes_equal_one(cached, tmp_path, arch):
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=tolerance, atol=tolerance, msg=name)
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
-    for key in ("nmse", "explained_variance", "l0", "ce_loss_recovered", "dead_frac"):
+    for key in ("nmse", "explained_variance", "ce_loss_recovered", "dead_frac"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-3, abs=1e-6), key
+    # L0 is a count averaged over the 45 evaluation tokens: one top-AFA selection that flips
+    # on a rounding difference moves it by exactly 1/45 (seen on another machine: 20.489
+    # against 20.511). Two flips are allowed for top-AFA; a real bug (ranks training on
+    # other data, gradients not averaged) moves the weights checked above far more.
+    l0_tolerance = 2 / 45 + 1e-6 if arch == "topafa" else 1e-3 * abs(m1["l0"])
+    assert abs(m2["l0"] - m1["l0"]) <= l0_tolerance, (m1["l0"], m2["l0"])
     h1, h2 = ((tmp_path / d / "history.csv").read_text().splitlines() for d in ("one", "two"))
     assert len(h1) == len(h2) and h1[0] == h2[0]
 
