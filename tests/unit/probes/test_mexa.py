@@ -10,7 +10,8 @@ import interlayer
 from interlayer.errors import InterlayerError
 from interlayer.probes import mexa, mutual_nearest_hits
 from interlayer.probes.mexa import available_languages, load_parallel, packaged_data_dir, sentence_embeddings
-from interlayer.probes.reference import mexa_reference, mexa_rule_reference, reference_embeddings
+from interlayer.probes.reference import (mexa_reference, mexa_reference_languages, mexa_rule_reference,
+                                        reference_embeddings)
 from tests.tiny_models import make_tiny, make_tokenizer
 
 
@@ -63,6 +64,27 @@ def test_scores_equal_the_reference(model, parallel, pooling):
     assert payload["mean"]["fra_Latn"] == pytest.approx(np.mean(payload["scores"]["fra_Latn"]))
     assert payload["max"]["fra_Latn"] == max(payload["scores"]["fra_Latn"])
     assert result.plot().data[0].z is not None and len(result.plot_summary().data) == 2
+
+
+def test_reference_embeds_each_language_once(model, parallel):
+    d, eng, fra = parallel
+    rev = list(reversed(fra))
+    (d / "rev_Latn.txt").write_text("\n".join(rev) + "\n")
+    calls = []
+    handle = model.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        scores = mexa_reference_languages(model, {"eng_Latn": eng, "fra_Latn": fra, "rev_Latn": rev},
+                                          ["fra_Latn", "rev_Latn"], "weighted")
+        assert len(calls) == 3 * len(eng)  # the pivot once, not once per language (which would be 4 x 6)
+        calls.clear()
+        per_pair = {lang: mexa_reference(model, eng, data, "weighted") for lang, data in (("fra_Latn", fra),
+                                                                                           ("rev_Latn", rev))}
+        assert len(calls) == 4 * len(eng)
+    finally:
+        handle.remove()
+    assert scores == per_pair
+    fast = mexa(model, ["fra_Latn", "rev_Latn"], n=6, data_dir=d, batch_size=4, progress=False)
+    assert fast.scores == scores
 
 
 def test_identical_languages_align_perfectly(model, parallel, tmp_path):
