@@ -264,7 +264,8 @@ def main() -> None:
             notes["transformer_lens_unembedding"] = (
                 f"computed: stop_at_layer={tl_stop} equals the number of blocks, and TransformerBridge.run_with_cache "
                 "installs its stop hook only for stop_at_layer < len(blocks) (transformer_lens/model_bridge/bridge.py, "
-                "run_with_cache), so the final norm and the unembedding run; compare transformer_lens_vs_hf_body")
+                "run_with_cache), so the final norm and the unembedding run (compare transformer_lens_vs_hf_body); "
+                "not the same work, so not counted in best_anchor")
         elif tl_stop is not None:
             notes["transformer_lens_unembedding"] = (
                 f"not computed: stop_at_layer={tl_stop} raises at blocks.{tl_stop}.hook_in, before the later blocks, "
