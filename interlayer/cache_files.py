@@ -18,8 +18,8 @@ from .shards import DiskBudgetError, encode_shard
 
 MANIFEST = "manifest.json"
 STORE_FORMAT = 1
-SHARD_FILE = re.compile(r"^shard_\d{5}\.safetensors(\.part)?$")
-"""Names of the single-process writer's shards (and their ``.part`` files)."""
+SHARD_FILE = re.compile(r"^shard_\d{5}\.safetensors(\.(\w+\.)?part)?$")
+"""Names of the single-process writer's shards (and their ``.<random>.part`` files)."""
 IDENTITY_FIELDS = ("sites", "select", "dtype", "context_length", "batch_size", "shard_rows", "tokens_target",
                    "data_sha256", "text_field", "d_model")
 """Manifest fields a resumed run must share."""

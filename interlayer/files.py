@@ -1,8 +1,11 @@
 """Files: atomic writes and sha256 checksums, the one place every module writes through.
 
-A write goes to ``<name>.part`` beside its target, is fsynced and renamed over the
-target, so a reader sees either the old file or the whole new one, never a torn one;
-on any failure the ``.part`` file is removed and the error names the target.
+A write goes to a temporary file of a unique name beside its target
+(``<name>.<random>.part``, so no file of the user's is ever replaced by it), is fsynced
+and renamed over the target, so a reader sees either the old file or the whole new one,
+never a torn one; on any failure the temporary file is removed and the error names the
+target. Missing parent directories are created first, so an ``--out`` inside a new
+folder passes :func:`check_writable` and is written.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,22 +41,40 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically; returns its sha256. On any failure
-    (a full disk included) no partial file is left behind."""
+def temporary_file(path: str | os.PathLike) -> tuple[int, Path]:
+    """A new file of a unique name beside ``path`` (``<name>.<random>.part``), created
+    exclusively (an existing file is never reused) with the usual permissions, its parent
+    directories made first; returns its open descriptor and its path. The caller writes it
+    and renames it over ``path``."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically, creating its parent directories; returns its
+    sha256. On any failure (a full disk included) no partial file is left behind."""
+    path = Path(path)
+    tmp: Path | None = None
     try:
-        with open(tmp, "wb") as handle:
+        descriptor, tmp = temporary_file(path)
+        with open(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         raise WriteError(f"could not write {path} ({len(data) / 2**20:.1f} MiB): {err.strerror or err}") from err
     return sha256_bytes(data)
 
@@ -72,7 +94,8 @@ def check_writable(path: str | os.PathLike, *, flag: str = "--out", suffixes: tu
     """Check, before any long computation, that ``path`` can be written.
 
     For a file: its extension is one of ``suffixes`` (when given), it is not an
-    existing directory, and its parent is (or can be made) a writable directory.
+    existing directory, and its parent is a writable directory or can be made in its
+    nearest existing ancestor (the writers here create missing parents).
     For a ``directory``: it is not an existing file, and it or its nearest existing
     ancestor is writable. Raises :class:`WriteError` naming the path and the problem.
     """

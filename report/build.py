@@ -1,6 +1,12 @@
 """``interlayer report``: run the sections, keep each finished one next to the output
-(a rerun with the same options reuses it), and write the HTML, ``report.json`` and
+(a rerun with the same options reuses it), and write the HTML, its numbers as JSON and
 the tables as CSV.
+
+Next to ``--out NAME.html`` go ``NAME.json`` (every number), ``NAME.tables/*.csv`` and
+``NAME.parts/`` (the finished sections, to resume from). Before any computation
+:func:`check_outputs` refuses to replace a file there that is not the report's own (an
+``iks --out NAME.json``, say): the report's JSON carries a ``schema`` marker, its folders a
+marker file, and a resume file its key.
 
 Shared store passes: one over the packaged sample text serves the logit-lens curves
 and saturation (decoded once); one over FLORES serves MEXA and the language-identity
@@ -43,6 +49,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("sae", "Sparse autoencoder", sae_section, needs_sae=True),
 )
 SECTION_NAMES: tuple[str, ...] = tuple(s.name for s in SECTIONS)
+REPORT_SCHEMA = "interlayer.report"
+"""The ``schema`` field of the report's JSON: how a rerun knows the file is its own."""
+FOLDER_MARKER = ".interlayer-report"
+"""The file that marks ``NAME.tables/`` and ``NAME.parts/`` as the report's."""
+_OLD_REPORT_KEYS = {"model", "profile", "lens", "sections"}  # the JSON of reports written before the marker
 
 
 def _names(value: str | Sequence[str] | None) -> list[str]:
@@ -80,18 +91,67 @@ class ReportFiles:
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path, Path]:
-    """``report.json`` and the CSV folder (``<name>.tables``) and the resume folder
-    (``<name>.parts``) next to ``out``."""
+    """The side files of ``out`` (``<name>.html``): the JSON (``<name>.json``), the CSV
+    folder (``<name>.tables``) and the resume folder (``<name>.parts``), next to it."""
     out = Path(out)
     return out.with_suffix(".json"), out.with_name(out.stem + ".tables"), out.with_name(out.stem + ".parts")
+
+
+def _json_of(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_report_json(path: Path) -> bool:
+    data = _json_of(path)
+    return isinstance(data, dict) and (data.get("schema") == REPORT_SCHEMA or set(data) == _OLD_REPORT_KEYS)
+
+
+def _is_part(path: Path) -> bool:
+    data = _json_of(path)
+    return isinstance(data, dict) and set(data) == {"key", "result"}
+
+
+def check_outputs(out: str | Path) -> None:
+    """Refuse, before any computation, to overwrite a file next to ``out`` that an earlier
+    run of the report did not write: ``<name>.json`` without the report's ``schema``
+    marker, or a file in ``<name>.tables/`` or ``<name>.parts/`` that the report would
+    replace while the folder is not marked as the report's (a part must also be a resume
+    file). The report's own earlier output passes, so a rerun resumes."""
+    json_path, tables_dir, parts_dir = output_paths(out)
+    stem = Path(out).stem
+
+    def refuse(path: Path, what: str) -> None:
+        raise InterlayerError(f"--out {str(out)!r} would overwrite {str(path)!r}, which {what}; give another --out "
+                              f"(the report writes {stem}.json, {stem}.tables/ and {stem}.parts/ next to it) or "
+                              "move that file away")
+
+    if json_path.is_dir():
+        refuse(json_path, "is a directory")
+    if json_path.exists() and not _is_report_json(json_path):
+        refuse(json_path, "is not an interlayer report's JSON")
+    sections = tuple(f"{name}." for name in SECTION_NAMES)
+    for folder, suffix in ((tables_dir, ".csv"), (parts_dir, ".json")):
+        if folder.exists() and not folder.is_dir():
+            refuse(folder, "is a file, not the report's folder")
+        if not folder.is_dir() or (folder / FOLDER_MARKER).is_file() or (folder == tables_dir and _is_report_json(json_path)):
+            continue
+        for file in sorted(folder.iterdir()):
+            ours = file.name.startswith(sections) and file.name.endswith(suffix)
+            if ours and not (folder == parts_dir and _is_part(file)):
+                refuse(file, f"is not in a folder the report wrote ({FOLDER_MARKER} is missing)")
 
 
 def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: str | Sequence[str] | None = None,
                  skip: str | Sequence[str] | None = None, sae: str | None = None, lens: Lens = LOGIT_LENS,
                  lens_source: str | None = None, profile: str | Profile = "quick", progress: bool = True) -> ReportFiles:
     """Run the report's sections on ``model`` and write ``out`` (HTML), ``report.json``
-    (next to it, named after it), the tables as CSV and the per-section resume files."""
+    (next to it, named after it), the tables as CSV and the per-section resume files.
+    A side file that is not the report's own is refused first (:func:`check_outputs`)."""
     out = check_writable(out, suffixes=(".html",))
+    check_outputs(out)
     prof = check_profile(profile) if isinstance(profile, str) else profile
     sections = select_sections(only, skip, sae is not None)
     if sae is not None:
@@ -99,6 +159,7 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
     json_path, tables_dir, parts_dir = output_paths(out)
     for folder in (parts_dir, tables_dir):
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / FOLDER_MARKER).touch()
     ctx = ReportContext(model, prof, lens=lens, sae_dir=sae, progress=progress)
     base_key = {"model": model.name, "weights": model.weights_sha256(), "profile": settings_of(prof),
                 "lens": lens.name, "lens_source": lens_source, "sae": str(Path(sae).resolve()) if sae else None,
@@ -119,8 +180,8 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
     from plotly.offline import get_plotlyjs
 
     write_text_atomic(out, render(title, [(s.name, s.title) for s in sections], results, get_plotlyjs(), header))
-    write_json_atomic(json_path, {"model": model.name, "profile": settings_of(prof), "lens": lens.name,
-                                  "sections": numbers_json(results)})
+    write_json_atomic(json_path, {"schema": REPORT_SCHEMA, "model": model.name, "profile": settings_of(prof),
+                                  "lens": lens.name, "sections": numbers_json(results)})
     for name, result in results.items():
         for table, frame in result.tables.items():
             write_text_atomic(tables_dir / f"{name}.{table}.csv", frame.to_csv(index=False))
@@ -162,4 +223,5 @@ def _version() -> str:
     return interlayer.__version__
 
 
-__all__ = ["ReportFiles", "SECTIONS", "SECTION_NAMES", "build_report", "output_paths", "select_sections"]
+__all__ = ["REPORT_SCHEMA", "ReportFiles", "SECTIONS", "SECTION_NAMES", "build_report", "check_outputs", "output_paths",
+           "select_sections"]

@@ -3,7 +3,6 @@ steering sweep, and an SAE panel when an SAE is given."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +72,12 @@ def check_sae_dir(path: str, model_name: str | None = None, d_model: int | None 
     """The SAE config of ``path``, checked against the model before any computation:
     its width must be the model's, its site one the model has, its model (when it names
     one) this model."""
-    from interlayer.saes.formats import is_interlayer_dir
+    from interlayer.saes.formats import is_interlayer_dir, read_config
 
     folder = Path(path)
     if not folder.is_dir() or not is_interlayer_dir(folder):
         raise InterlayerError(f"--sae {path!r} is not a saved interlayer SAE (a directory with cfg.json and the weights)")
-    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg = read_config(folder)  # invalid JSON, a sparsify SAE, a wrong type: one line naming the file
     site = cfg.get("site")
     if not site:
         raise InterlayerError(f"--sae {path!r} names no hook site in cfg.json; the report needs one")

@@ -12,7 +12,6 @@ Saved as ``sae.safetensors`` plus ``cfg.json`` (:meth:`SAE.save`, :meth:`SAE.loa
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,10 +25,8 @@ from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_atomic, write_json_atomic
 
 from .activations import AFA_FORMS, SAE_ARCHITECTURES, Code, EncodeContext, make_activation
-from .formats import CONFIG, WEIGHTS, is_interlayer_dir, is_saelens_dir
+from .formats import CONFIG, FORMAT, WEIGHTS, is_interlayer_dir, is_saelens_dir, read_config
 from .normalization import check_normalization, denormalize, normalize
-
-FORMAT = 1
 
 
 @dataclass
@@ -237,10 +234,12 @@ class SAE(nn.Module):
                 raise InterlayerError(f"{path} holds an SAE in the SAELens format; load it with "
                                       "interlayer.saes.from_saelens()")
             raise InterlayerError(f"{path} is not a saved SAE: it needs {CONFIG} and {WEIGHTS}")
-        data = json.loads((path / CONFIG).read_text())
-        if data.pop("format", None) != FORMAT:
-            raise InterlayerError(f"{path / CONFIG} is not an interlayer SAE config of format {FORMAT}")
-        sae = cls(SAEConfig.from_dict(data))
+        data = read_config(path)  # a one-line error for invalid JSON, another format (sparsify) or bad types
+        data.pop("format", None)
+        try:
+            sae = cls(SAEConfig.from_dict(data))
+        except TypeError as err:  # a required field missing
+            raise InterlayerError(f"{path / CONFIG}: {err}") from None
         tensors = load_file(str(path / WEIGHTS))
         sae.load_tensors(tensors, str(path / WEIGHTS))
         return sae.to(device) if device is not None else sae

@@ -23,7 +23,6 @@ decoder-norm rescaling or ``apply_b_dec_to_input: false`` is folded into the wei
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +98,9 @@ def from_saelens(path: str | Path, site: str | None = None) -> SAE:
     path = Path(path)
     if not is_saelens_dir(path):
         raise InterlayerError(f"{path} is not a SAELens SAE directory: it needs {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
-    config = json.loads((path / SAELENS_CONFIG).read_text())
+    from .formats import read_json_config
+
+    config = read_json_config(path / SAELENS_CONFIG)
     arch = config.get("architecture", "standard")
     if arch not in _IMPORTABLE:
         raise InterlayerError(f"{path}: SAELens architecture {arch!r} is not supported; supported: {choices(_IMPORTABLE)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from plotly.subplots import make_subplots
 from interlayer.activations import stream_variants
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
+from interlayer.intervals import mean_interval
+from interlayer.results import Result, require
 from interlayer.seeding import epoch_seed
 from interlayer.sites import LN_FINAL
 
@@ -126,6 +129,25 @@ def perplexities(model: ModelAdapter, text: Any, variants: Sequence[dict[str, An
     return [math.exp(t / count) for t in total]
 
 
+def check_perplexity_tokens(model: ModelAdapter, text: Any, tokens: int, context_length: int = 128,
+                            source: str = "the perplexity text") -> int:
+    """Refuse, before any pass, a ``tokens`` request that ``text`` cannot fill: the scored
+    tokens of its packed contexts (each context's last token has no target) are counted,
+    tokenising at most what is asked for. Returns ``tokens``."""
+    from interlayer.inputs import Tokenized
+
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise InterlayerError(f"perplexity tokens must be a whole number of at least 1, got {tokens!r}")
+    context_length = min(context_length, model.max_positions)
+    available = 0
+    for sequence in Tokenized(model).packed(text, context_length):
+        available += len(sequence.ids) - 1
+        if available >= tokens:
+            return tokens
+    raise InterlayerError(f"--perplexity-tokens {tokens} is more than {source} holds: {available} scored tokens "
+                          f"(in contexts of {context_length}); give at most {available}")
+
+
 def random_like(vector: SteeringVector, layer: int, seed: int = 0) -> SteeringVector:
     """A random direction with the norm of ``vector``'s at ``layer`` (seeded by ``seed`` and the layer)."""
     g = torch.Generator().manual_seed(epoch_seed(seed, layer))
@@ -135,8 +157,9 @@ def random_like(vector: SteeringVector, layer: int, seed: int = 0) -> SteeringVe
 
 
 @dataclass
-class SweepResult:
-    """Behaviour shift, the random baseline and Δ perplexity over layers × coefficients."""
+class SteeringSweepResult(Result):
+    """Behaviour shift (with its 95% bootstrap interval over prompts, ``shift_low``/``shift_high``),
+    the random baseline and Δ perplexity over layers × coefficients."""
 
     model: str
     dataset: str
@@ -151,6 +174,9 @@ class SweepResult:
     base_perplexity: float
     n: int
     max_perplexity_ratio: float = 1.5
+    shift_low: np.ndarray | None = None
+    """``[layers, coefs]`` lower bound of the shift's 95% percentile-bootstrap interval over prompts."""
+    shift_high: np.ndarray | None = None
 
     @property
     def best(self) -> dict[str, Any]:
@@ -170,17 +196,44 @@ class SweepResult:
                 "base": self.base, "shift": self.shift.tolist(), "random_shift": self.random_shift.tolist(),
                 "delta_perplexity": self.delta_perplexity.tolist(), "best": {"layer": best["layer"], "coef": best["coef"]},
                 "base_perplexity": self.base_perplexity, "n": self.n, "best_cell": best,
-                "max_perplexity_ratio": self.max_perplexity_ratio}
+                "max_perplexity_ratio": self.max_perplexity_ratio,
+                "shift_low": None if self.shift_low is None else self.shift_low.tolist(),
+                "shift_high": None if self.shift_high is None else self.shift_high.tolist()}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "SteeringSweepResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "dataset", "layers", "coefs", "base", "shift", "random_shift", "delta_perplexity",
+                "base_perplexity", "n", what="SteeringSweepResult")
+
+        def grid(key: str) -> np.ndarray | None:
+            value = payload.get(key)
+            return None if value is None else np.asarray(value, dtype=float).reshape(len(payload["layers"]), -1)
+
+        return cls(payload["model"], payload["dataset"], [int(l) for l in payload["layers"]],
+                   [float(c) for c in payload["coefs"]], float(payload["base"]), grid("shift"), grid("random_shift"),
+                   grid("delta_perplexity"), float(payload["base_perplexity"]), int(payload["n"]),
+                   float(payload.get("max_perplexity_ratio", 1.5)), grid("shift_low"), grid("shift_high"))
+
+    def headline(self) -> dict[str, Any]:
+        """The grid, the base P(matching) and the best cell."""
+        best = self.best
+        return {"model": self.model, "dataset": self.dataset, "prompts": self.n, "layers": self.layers,
+                "coefs": self.coefs, "base P(matching)": self.base, "best layer": best["layer"],
+                "best coef": best["coef"], "shift there": best["shift"], "Δ perplexity there": best["delta_perplexity"]}
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per (layer, coef)."""
+        """One row per (layer, coef), the shift's interval with it when known."""
         rows = [{"layer": l, "coef": c, "shift": float(self.shift[i, j]), "random_shift": float(self.random_shift[i, j]),
-                 "delta_perplexity": float(self.delta_perplexity[i, j])}
+                 "delta_perplexity": float(self.delta_perplexity[i, j]),
+                 **({} if self.shift_low is None else {"shift_low": float(self.shift_low[i, j]),
+                                                       "shift_high": float(self.shift_high[i, j])})}
                 for i, l in enumerate(self.layers) for j, c in enumerate(self.coefs)]
         return pd.DataFrame(rows)
 
     def plot(self) -> go.Figure:
-        """Heatmaps of the shift, the random shift and Δ perplexity; the best cell is marked."""
+        """Heatmaps of the shift (its 95% interval in the hover text), the random shift and
+        Δ perplexity; the best cell is marked."""
         titles = ("shift in P(matching)", "random direction, same norm", "Δ perplexity")
         fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)
         x = [f"{c:g}" for c in self.coefs]
@@ -189,6 +242,11 @@ class SweepResult:
         for col, (z, scale) in enumerate(((self.shift, "RdBu"), (self.random_shift, "RdBu"),
                                           (self.delta_perplexity, "Reds")), 1):
             kwargs = {"zmin": -limit, "zmax": limit} if col < 3 else {}
+            if col == 1 and self.shift_low is not None:
+                kwargs["hovertext"] = [[f"layer {l}, coef {c:g}: shift {self.shift[i, j]:.3f} "
+                                        f"[{self.shift_low[i, j]:.3f}, {self.shift_high[i, j]:.3f}]"
+                                        for j, c in enumerate(self.coefs)] for i, l in enumerate(self.layers)]
+                kwargs["hoverinfo"] = "text"
             fig.add_trace(go.Heatmap(z=z, x=x, y=y, colorscale=scale, showscale=col != 2, texttemplate="%{z:.3f}",
                                      colorbar={"x": 0.62 if col == 1 else 1.0, "len": 0.8}, **kwargs), 1, col)
         best = self.best
@@ -204,7 +262,7 @@ class SweepResult:
 def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layers: Sequence[int],
           coefs: Sequence[float], *, n: int | None = 50, split: str = "test", seed: int = 0, perplexity_text: Any = None,
           perplexity_tokens: int = 512, batch_size: int = 8, max_perplexity_ratio: float = 1.5,
-          chat: bool = False, progress: bool = True) -> SweepResult:
+          chat: bool = False, progress: bool = True) -> SteeringSweepResult:
     """Sweep ``layers`` × ``coefs``: behaviour shift, random-direction shift and Δ perplexity
     per cell (see the module docstring). All cells go through one store pass over the
     prompts and one over the perplexity text (:func:`interlayer.stream_variants`): each batch
@@ -217,8 +275,10 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
     for layer in layers:
         vector[layer]
     pairs = load_pairs(dataset, split, n) if isinstance(dataset, str) else list(dataset)[:n]
-    prompts = answer_prompts(model, pairs, chat)
     text = perplexity_text if perplexity_text is not None else str(SAMPLE_TEXT)
+    check_perplexity_tokens(model, text, perplexity_tokens,
+                            source="the packaged sample text" if perplexity_text is None else "the perplexity text")
+    prompts = answer_prompts(model, pairs, chat)
     # one store pass over the prompts for every cell (the clean prefix of each batch
     # computed once): variant 0 is unsteered, then (steered, random) per cell
     variants: list[dict[str, Any]] = [{}]
@@ -232,14 +292,23 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
     shape = (len(layers), len(coefs))
     shift = np.array([float(np.mean(p - base_p)) for p in probs[1::2]]).reshape(shape)
     random_shift = np.array([float(np.mean(p - base_p)) for p in probs[2::2]]).reshape(shape)
+    bands = [mean_interval(np.asarray(p - base_p, dtype=float), bounds=(-1.0, 1.0)) for p in probs[1::2]]
+    shift_low = np.array([float(b[0]) for b in bands]).reshape(shape)
+    shift_high = np.array([float(b[1]) for b in bands]).reshape(shape)
     delta_ppl = (np.array(ppls[1:]) - base_ppl).reshape(shape)
     name = dataset if isinstance(dataset, str) else "custom"
-    return SweepResult(model.name, name, list(layers), [float(c) for c in coefs], float(base_p.mean()), shift,
-                       random_shift, delta_ppl, base_ppl, len(pairs), max_perplexity_ratio)
+    return SteeringSweepResult(model.name, name, list(layers), [float(c) for c in coefs], float(base_p.mean()), shift,
+                               random_shift, delta_ppl, base_ppl, len(pairs), max_perplexity_ratio, shift_low,
+                               shift_high)
 
 
-def generate(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
-    """Greedy continuation of ``prompt`` (attach a :func:`steer` handle to steer it)."""
+SweepResult = SteeringSweepResult
+"""Deprecated name of :class:`SteeringSweepResult` (one release; it clashed with the SAE sweep's)."""
+
+
+def generate_text(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of ``prompt`` as text (attach a :func:`steer` handle to steer it).
+    Named apart from :func:`interlayer.lens.generate`, the layer-fused decoding."""
     if model.tokenizer is None:
         raise InterlayerError(f"{model.name} has no tokenizer")
     batch = model.tokenize(prompt)
@@ -250,5 +319,11 @@ def generate(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
     return model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-__all__ = ["AnswerPrompts", "SweepResult", "answer_prompts", "generate", "p_matching", "p_matching_variants",
-           "perplexities", "perplexity", "random_like", "sweep"]
+def generate(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
+    """Deprecated name of :func:`generate_text` (one release; it clashed with :func:`interlayer.lens.generate`)."""
+    warnings.warn("interlayer.steering.generate is renamed generate_text", DeprecationWarning, stacklevel=2)
+    return generate_text(model, prompt, max_new_tokens)
+
+
+__all__ = ["AnswerPrompts", "SteeringSweepResult", "answer_prompts", "generate_text", "p_matching",
+           "p_matching_variants", "perplexities", "perplexity", "random_like", "sweep"]

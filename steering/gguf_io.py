@@ -6,6 +6,11 @@ one float32 tensor ``direction.{n}`` per layer, with llama.cpp's 1-based numberi
 ``controlvector.model_hint`` names the architecture and ``controlvector.layer_count``
 the number of directions. The vector's own scale is kept (llama.cpp multiplies it by
 ``--control-vector-scaled``'s factor); its provenance is kept under ``interlayer.*`` keys.
+
+llama.cpp's format has no checksum. Reading checks what it can: every direction is one
+``[n_embd]`` float vector (as llama.cpp's loader requires), finite, and unit-norm when
+the interlayer metadata says ``normalized``; a file written by interlayer also carries the
+directions' sha256 in that metadata, which is verified.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ import torch
 
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
-from interlayer.files import WriteError
+from interlayer.files import WriteError, temporary_file
 
-from .vectors import SteeringVector
+from .vectors import _LAYER_NAME, SteeringFileError, SteeringVector, from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,8 @@ def model_hint(model_type: str) -> str:
 
 
 def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -> Path:
-    """Write ``vector`` as a llama.cpp control vector (resid_post vectors only), atomically."""
+    """Write ``vector`` as a llama.cpp control vector (resid_post vectors only), atomically
+    (missing parent folders are made)."""
     import gguf
 
     path = Path(path)
@@ -44,8 +50,10 @@ def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -
                               f"{vector.site!r}")
     if path.suffix != ".gguf":
         raise InterlayerError(f"{path}: a control vector is written as .gguf")
-    tmp = path.with_name(path.name + ".part")
+    tmp: Path | None = None
     try:
+        descriptor, tmp = temporary_file(path)
+        os.close(descriptor)  # the writer opens it by name
         writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(f"{ARCH}.model_hint", hint or vector.extra.get("model_type", "") or vector.model)
         writer.add_uint32(f"{ARCH}.layer_count", len(vector.layers))
@@ -58,21 +66,55 @@ def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -
         writer.close()
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise WriteError(f"could not write {path}: {err.strerror or err}") from err
     return path
 
 
-def _string(reader, key: str) -> str | None:
+def _string(reader, key: str, source: str) -> str | None:
     field = reader.fields.get(key)
     if field is None:
         return None
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    try:
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except (IndexError, UnicodeDecodeError, TypeError, ValueError) as err:
+        raise SteeringFileError(f"{source}: GGUF field {key!r} is not a UTF-8 string ({err})") from None
+
+
+_FLOAT_TYPES = ("F32", "F16")
+
+
+def _directions(reader, path: Path) -> dict[int, torch.Tensor]:
+    """The ``direction.{n}`` tensors (0-based layers), each checked to be one float vector."""
+    directions = {}
+    for tensor in reader.tensors:
+        if not tensor.name.startswith("direction."):
+            continue
+        match = _LAYER_NAME.match(tensor.name)
+        if match is None:
+            raise SteeringFileError(f"{path}: tensor {tensor.name!r} is not named direction.<layer> "
+                                    "(a layer number from 1)")
+        number = int(match.group(1))
+        if number < 1:
+            raise SteeringFileError(f"{path}: {tensor.name} -- llama.cpp numbers layers from 1")
+        kind = getattr(tensor.tensor_type, "name", str(tensor.tensor_type))
+        if kind not in _FLOAT_TYPES:
+            raise SteeringFileError(f"{path}: {tensor.name} is of type {kind}; a control vector holds float32 "
+                                    f"(or float16) directions")
+        data = np.asarray(tensor.data)
+        if data.ndim != 1:
+            raise SteeringFileError(f"{path}: {tensor.name} has shape {list(data.shape)}; llama.cpp control vectors "
+                                    "hold one [n_embd] vector per layer (shape [d_model])")
+        directions[number - 1] = torch.from_numpy(data.astype(np.float32))
+    return directions
 
 
 def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVector:
     """Read a llama.cpp control vector. With ``model``: a width that differs is an error,
-    a ``model_hint`` naming another architecture a warning."""
+    a ``model_hint`` naming another architecture a warning, a layer the model lacks an
+    error naming its layer count. A malformed file is a :class:`SteeringFileError` naming
+    it (see the module docstring for what is checked)."""
     import gguf
 
     path = Path(path)
@@ -81,27 +123,30 @@ def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVe
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as err:  # the gguf package raises plain ValueErrors and others for a foreign file
-        raise InterlayerError(f"{path} is not a GGUF file ({err})") from err
-    arch = _string(reader, "general.architecture")
+        raise SteeringFileError(f"{path} is not a GGUF file ({err})") from err
+    arch = _string(reader, "general.architecture", str(path))
     if arch != ARCH:
-        raise InterlayerError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({ARCH!r})")
-    directions = {}
-    for tensor in reader.tensors:
-        if not tensor.name.startswith("direction."):
-            continue
-        number = int(tensor.name.split(".")[1])
-        if number < 1:
-            raise InterlayerError(f"{path}: {tensor.name} -- llama.cpp numbers layers from 1")
-        directions[number - 1] = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
+        raise SteeringFileError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({ARCH!r})")
+    directions = _directions(reader, path)
     if not directions:
-        raise InterlayerError(f"{path} holds no direction.<layer> tensors")
-    hint = _string(reader, f"{ARCH}.model_hint") or ""
-    meta = json.loads(_string(reader, "interlayer.metadata") or "{}")
-    vector = SteeringVector(directions, site="resid_post", method=meta.get("method", "gguf"),
-                            read=meta.get("read", "last"), normalized=json.loads(meta.get("normalized", "false")),
-                            model=meta.get("model", hint), weights_sha256=meta.get("weights_sha256", ""),
-                            dataset=meta.get("dataset", str(path)), n_pairs=int(meta.get("n_pairs", 0)),
-                            extra={"model_hint": hint})
+        raise SteeringFileError(f"{path} holds no direction.<layer> tensors")
+    hint = _string(reader, f"{ARCH}.model_hint", str(path)) or ""
+    text = _string(reader, "interlayer.metadata", str(path))
+    meta = {}
+    if text is not None:
+        try:
+            meta = json.loads(text)
+        except ValueError:
+            raise SteeringFileError(f"{path}: interlayer.metadata is not valid JSON ({text[:40]!r})") from None
+        if not isinstance(meta, dict):
+            raise SteeringFileError(f"{path}: interlayer.metadata is a JSON {type(meta).__name__}, not an object")
+    if meta.get("site", "resid_post") != "resid_post":
+        raise SteeringFileError(f"{path}: interlayer.metadata names site {meta['site']!r}; a control vector steers "
+                                "block outputs (resid_post)")
+    vector = from_metadata(directions, {k: v for k, v in meta.items() if k != "format"}, str(path),
+                           defaults={"method": "gguf", "model": hint, "dataset": str(path), "site": "resid_post",
+                                     "extra": {"model_hint": hint}})
+    vector.extra["model_hint"] = hint
     if model is not None:
         if vector.d_model != model.d_model:
             raise InterlayerError(f"{path} has directions of width {vector.d_model}, but {model.name} has "
@@ -109,5 +154,8 @@ def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVe
         expected = model_hint(model.model_type)
         if hint and hint != expected:
             log.warning("%s names model %r; %s is a %r model", path, hint, model.name, expected)
-        vector.check_model(model)
+        try:
+            vector.check_model(model)
+        except InterlayerError as err:
+            raise type(err)(f"{path}: {err}") from None
     return vector

@@ -15,6 +15,14 @@ the prompt), or an integer ``k`` (every token from real-token position ``k`` on)
 Positions count real tokens (padding excluded), so batched inputs padded on either
 side are steered exactly as one at a time.
 
+Guards: an edit that makes the activations NaN or infinite stops the pass
+(:class:`NonFiniteSteeringError`, blaming the vector when its own values are not finite);
+and on the first pass through each residual-stream site, an edit whose norm is more than
+:data:`MAX_EDIT_RATIO` times the activations' mean norm there (``|c| · ||v_l||``; for
+``ablate`` ``|c|`` itself, the edit being at most ``|c| · ||x||``) is refused
+(:class:`SteeringStrengthError`): it would replace the residual stream rather than steer
+it (an RMSNorm then turns it into one fixed direction, and generation into one token).
+
 :func:`steer` returns a :class:`Steering`: a context manager, and a persistent handle
 whose ``remove()`` detaches it. :meth:`Steering.edits` gives the same writes as
 activation-store edits (``interlayer.collect(..., edits=...)``) for evaluation passes.
@@ -38,8 +46,17 @@ OPERATORS: tuple[str, ...] = ("add", "ablate")
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
 
 
+MAX_EDIT_RATIO = 1e3
+"""The largest ``|c| · ||v||`` allowed, as a multiple of the residual stream's mean norm at
+the steered site (checked once, on the first forward pass)."""
+
+
 class NonFiniteSteeringError(InterlayerError):
-    """A steering coefficient made the activations NaN or infinite."""
+    """A steering coefficient (or a damaged vector) made the activations NaN or infinite."""
+
+
+class SteeringStrengthError(InterlayerError):
+    """A steering edit whose norm dwarfs the residual stream it is added to."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,43 @@ class Injection:
     @property
     def steered_layers(self) -> list[int]:
         return list(self.layers) if self.layers is not None else self.vector.layers
+
+
+def _non_finite(site: str, directions: list[tuple[Injection, int, torch.Tensor]], x: torch.Tensor) -> InterlayerError:
+    """The error for a non-finite steered activation, blaming what caused it: the vector's
+    own values, activations that were not finite before the edit, or the coefficient."""
+    for inj, layer, v in directions:
+        bad = int((~torch.isfinite(v)).sum())
+        if bad:
+            return NonFiniteSteeringError(f"the steering vector's direction at layer {layer} holds {bad} NaN or "
+                                          f"infinite value(s); the vector is damaged (not the coefficient): "
+                                          "retrain or reload it")
+    if not bool(torch.isfinite(x).all()):
+        return NonFiniteSteeringError(f"the activations at {site} were NaN or infinite before steering; the model's "
+                                      "own forward pass is not finite here")
+    coefs = ", ".join(f"{inj.coef:g}" for inj, _, _ in directions)
+    return NonFiniteSteeringError(f"steering at {site} with coefficient {coefs} made the activations "
+                                  "NaN or infinite; stopped (use a smaller coefficient)")
+
+
+def _check_strength(site: str, directions: list[tuple[Injection, int, torch.Tensor]], x: torch.Tensor) -> None:
+    """Refuse an edit more than :data:`MAX_EDIT_RATIO` times the mean norm of ``x`` (one
+    host sync, on the first pass)."""
+    resid = float(x.detach().float().norm(dim=-1).mean())
+    for inj, layer, v in directions:
+        if inj.operator == "add":
+            edit = abs(inj.coef) * float(v.norm())
+            ratio = edit / resid if resid > 0 else (math.inf if edit > 0 else 0.0)
+            detail = (f"|coef| · ||v|| = {abs(inj.coef):g} × {float(v.norm()):.4g} = {edit:.4g}, {ratio:.3g} times "
+                      f"the activations' mean norm there ({resid:.4g})")
+        else:
+            ratio = abs(inj.coef)
+            detail = f"ablating with |coef| = {ratio:g} moves each activation by up to {ratio:g} times its own norm"
+        if ratio > MAX_EDIT_RATIO:
+            raise SteeringStrengthError(
+                f"steering at {site} with coefficient {inj.coef:g} is too strong: {detail}; the limit is "
+                f"{MAX_EDIT_RATIO:g}x, beyond which the edit replaces the residual stream instead of steering it; "
+                "use a smaller coefficient")
 
 
 def _check_positions(positions: str | int) -> None:
@@ -102,6 +156,7 @@ class Steering:
 
     def _write(self, site: str, parts: list[tuple[Injection, int]]) -> Callable[[torch.Tensor], torch.Tensor]:
         directions = [(inj, layer, inj.vector[layer]) for inj, layer in parts]
+        unchecked = [site.startswith("resid_")]  # the strength check runs on the first pass only
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             where = self._where(x)
@@ -118,9 +173,10 @@ class Steering:
                 scale = x.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                 out = out * (scale if where is None else torch.where(where[..., None], scale, torch.ones_like(scale)))
             if not bool(torch.isfinite(out).all()):
-                coefs = ", ".join(f"{inj.coef:g}" for inj, _, _ in directions)
-                raise NonFiniteSteeringError(f"steering at {site} with coefficient {coefs} made the activations "
-                                             "NaN or infinite; stopped (use a smaller coefficient)")
+                raise _non_finite(site, directions, x)
+            if unchecked[0]:
+                unchecked[0] = False
+                _check_strength(site, directions, x)
             return out
 
         return fn

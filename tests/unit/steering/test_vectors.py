@@ -80,7 +80,8 @@ def test_pca_and_logistic_equal_scikit_learn(model):
 
 def test_purify_qr_is_orthogonal_and_combined_follows_its_formula():
     torch.manual_seed(0)
-    make = lambda: SteeringVector({0: torch.randn(16), 3: torch.randn(16)})  # noqa: E731
+    unit = lambda: (lambda v: v / v.norm())(torch.randn(16))  # noqa: E731
+    make = lambda: SteeringVector({0: unit(), 3: unit()})  # noqa: E731  (unit-norm: normalized)
     openness, consc, extra = make(), make(), make()
     pure = purify(openness, [consc, extra], mode="qr")
     for layer in (0, 3):
