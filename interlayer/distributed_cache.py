@@ -139,7 +139,7 @@ def _open_part(out: Path, world: World) -> dict[str, Any]:
             raise CacheCorruptError(f"{path} is unreadable: {err}") from err
         for shard in part["shards"]:
             read_shard(out / shard["file"], shard["sha256"])
-    own = re.compile(rf"^shard_r{world.rank:03d}_\d{{5}}\.safetensors(\.part)?$")
+    own = re.compile(rf"^shard_r{world.rank:03d}_\d{{5}}\.safetensors(\.(\w+\.)?part)?$")
     store_files.remove_stale_shards(out, {s["file"] for s in part["shards"]}, own)
     return part
 

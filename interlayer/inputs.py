@@ -140,7 +140,11 @@ def _iter_file(path: Path, text_field: str) -> Iterator[str]:
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise InterlayerError(f"{path} is a parquet file, and reading parquet needs pyarrow: "
+                                  "pip install 'interlayer[data]' (or pip install pyarrow)") from None
 
         try:
             table = pq.read_table(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from .qa_metrics import SETTINGS, MethodScore, first_answer_span, score
 CHAT_CHOICES: tuple[str, ...] = ("auto", "yes", "no")
 _INSTRUCT = re.compile(r"instruct|chat|(^|[-_])it($|[-_])", re.IGNORECASE)
 
+
+log = logging.getLogger(__name__)
 
 def use_chat(model: ModelAdapter, chat: str | bool = "auto") -> bool:
     """Whether prompts go through the chat template: ``auto`` when the tokenizer has one
@@ -132,6 +135,7 @@ def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
     cloze = data == "known"
     has_passages = not cloze and any(r.passage for r in records)
     wanted = [s for s in settings if s == "closed_book" or has_passages]  # no passages: closed book only
+        """One line per (decoding, setting)."""
     if not wanted:
         raise InterlayerError(f"{data!r} has no passages, so there is no open-book setting; ask for closed_book")
     base = options or DecodingOptions()
@@ -173,6 +177,13 @@ def _prompts(model: ModelAdapter, records: list[QARecord], setting: str, noise_d
         out.append(qa_prompt(model, record, passages, chat=chat, cloze=cloze))
     return out
 
+    if loaded.skipped:
+        log.warning("%s: %d record(s) skipped: each needs a non-empty 'question' and 'answers' (or 'answer'); "
+                    "%d usable record(s) read", data, loaded.skipped, len(loaded.records))
+    if n is not None and len(records) < n:
+        log.warning("%s: %d question(s) asked for, %d available", data, n, len(records))
+    if progress_file is not None:
+        Path(progress_file).parent.mkdir(parents=True, exist_ok=True)  # as the result's writer does
 
 def _score(records: list[QARecord], methods: list[str], settings: list[str], done: dict[str, list[dict[str, Any]]],
            batch_size: int) -> tuple[list[MethodScore], list[dict[str, Any]]]:

@@ -326,6 +326,9 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
     agree = lambda m: per_layer[m].mean(0).tolist() if m.any() else []  # noqa: E731
     return ConsistencyResult(
         model=model.name, dataset=dataset, labels=tuple(labels), n=n, paths=paths, layers=int(scores.shape[1]),
+    from pathlib import Path
+
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)  # an --out in a new folder, as the result's writer
         greedy_accuracy=float(correct[:, 0].mean()), sc_accuracy=sc, ic_accuracy=weighted, auroc=auroc,
         ic=sampled_ic, correct=sampled_correct, agreement_correct=agree(mask_correct),
         agreement_incorrect=agree(mask_wrong), texts=generated,

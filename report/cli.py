@@ -11,10 +11,11 @@ from .config import ReportConfig
 
 @command("report", ReportConfig)
 def run_report(cfg: ReportConfig) -> int:
-    from .build import build_report, select_sections
+    from .build import build_report, check_outputs, select_sections
     from .sections_methods import check_sae_dir
 
     check_writable(cfg.out, suffixes=(".html",))  # before any computation
+    check_outputs(cfg.out)  # NAME.json, NAME.tables/, NAME.parts/: never a file the report did not write
     select_sections(cfg.only, cfg.skip, cfg.sae is not None)
     if cfg.sae is not None:
         check_sae_dir(cfg.sae)

@@ -11,7 +11,8 @@ from interlayer.config import ModelOptions, option
 class ReportConfig(ModelOptions):
     """One self-contained, layer-wise HTML report of a model: every method, one page."""
 
-    out: str = option("report.html", "the HTML file (report.json, <name>.tables/ and <name>.parts/ go next to it)",
+    out: str = option("report.html", "the HTML file NAME.html; NAME.json (the numbers), NAME.tables/*.csv and "
+                      "NAME.parts/ (to resume) go next to it, and a file there the report did not write is refused",
                       suffixes=(".html",))
     only: str | None = option(None, "comma-separated sections to run (default: all)")
     skip: str | None = option(None, "comma-separated sections to leave out")
