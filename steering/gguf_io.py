@@ -85,8 +85,9 @@ def _string(reader, key: str, source: str) -> str | None:
 _FLOAT_TYPES = ("F32", "F16")
 
 
-def _directions(reader, path: Path) -> dict[int, torch.Tensor]:
-    """The ``direction.{n}`` tensors (0-based layers), each checked to be one float vector."""
+def _directions(reader, path: Path, width: int | None = None) -> dict[int, torch.Tensor]:
+    """The ``direction.{n}`` tensors (0-based layers), each checked to be one float vector
+    (of ``width`` when the model is known)."""
     directions = {}
     for tensor in reader.tensors:
         if not tensor.name.startswith("direction."):
@@ -104,8 +105,9 @@ def _directions(reader, path: Path) -> dict[int, torch.Tensor]:
                                     f"(or float16) directions")
         data = np.asarray(tensor.data)
         if data.ndim != 1:
+            expected = f"[{width}]" if width is not None else "[d_model]"
             raise SteeringFileError(f"{path}: {tensor.name} has shape {list(data.shape)}; llama.cpp control vectors "
-                                    "hold one [n_embd] vector per layer (shape [d_model])")
+                                    f"hold one [n_embd] vector per layer (expected shape {expected})")
         directions[number - 1] = torch.from_numpy(data.astype(np.float32))
     return directions
 
@@ -127,7 +129,7 @@ def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVe
     arch = _string(reader, "general.architecture", str(path))
     if arch != ARCH:
         raise SteeringFileError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({ARCH!r})")
-    directions = _directions(reader, path)
+    directions = _directions(reader, path, model.d_model if model is not None else None)
     if not directions:
         raise SteeringFileError(f"{path} holds no direction.<layer> tensors")
     hint = _string(reader, f"{ARCH}.model_hint", str(path)) or ""

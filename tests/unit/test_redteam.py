@@ -205,7 +205,8 @@ UNIT = (np.ones(D) / np.sqrt(D)).astype(np.float32)
      r"metadata field 'n_pairs' is 'many'; expected a whole number"),
     ("S22b", {"direction.1": UNIT}, json.dumps([1, 2]), r"interlayer\.metadata is a JSON list, not an object"),
     ("S26", {"direction.1": UNIT.reshape(2, D // 2)}, None,
-     r"direction\.1 has shape \[2, 16\]; llama\.cpp control vectors hold one \[n_embd\] vector per layer"),
+     r"direction\.1 has shape \[2, 16\]; llama\.cpp control vectors hold one \[n_embd\] vector per layer "
+     r"\(expected shape \[d_model\]\)"),
     ("S27", {"direction.1": np.full(D, np.nan)}, None, r"layer 0's direction holds 32 NaN or infinite value"),
 ])
 def test_S20_to_S27_malformed_gguf_control_vectors_are_one_line_errors(tmp_path, case, tensors, metadata, message):
@@ -213,6 +214,12 @@ def test_S20_to_S27_malformed_gguf_control_vectors_are_one_line_errors(tmp_path,
     with pytest.raises(SteeringFileError, match=message) as err:
         from_gguf(path)
     assert str(path) in one_line(err)
+
+
+def test_S26_a_2x16_direction_names_the_models_width(model, tmp_path):
+    path = _gguf(tmp_path / "flat.gguf", {"direction.1": UNIT.reshape(2, D // 2)})
+    with pytest.raises(SteeringFileError, match=r"has shape \[2, 16\]; .*\(expected shape \[32\]\)"):
+        from_gguf(path, model)
 
 
 def test_S24_gguf_layer_numbering_is_still_checked(tmp_path):
