@@ -249,27 +249,36 @@ def main() -> None:
         try:
             from transformer_lens.model_bridge import TransformerBridge
 
-            bridge = TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=fresh(), tokenizer=tok)
+            tl_hf = fresh()
+            bridge = TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=tl_hf, tokenizer=tok)
         except Exception as err:  # noqa: BLE001
             notes["transformer_lens"] = f"not run: {type(err).__name__}: {err}"
             skip.add("transformer_lens")
+    tl_unembeds = None
     if "transformer_lens" not in skip:
         names = [f"blocks.{l}.hook_resid_post" for l in layers]
+        # Does the bridge still run the LM head? A hook on its copy's head counts the calls.
+        head_calls = []
+        handle = tl_hf.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
         try:
             bridge.run_with_cache(ids[:1, :8], names_filter=names, stop_at_layer=tl_stop)
         except Exception as err:  # noqa: BLE001 - report and fall back
             notes["transformer_lens"] = f"stop_at_layer={tl_stop} failed ({type(err).__name__}); full forward"
             tl_stop = None
-        if tl_stop is not None and tl_stop >= n_layers:
+            bridge.run_with_cache(ids[:1, :8], names_filter=names)
+        finally:
+            handle.remove()
+        tl_unembeds = bool(head_calls)
+        if tl_unembeds:
             notes["transformer_lens_unembedding"] = (
-                f"computed: stop_at_layer={tl_stop} equals the number of blocks, and TransformerBridge.run_with_cache "
-                "installs its stop hook only for stop_at_layer < len(blocks) (transformer_lens/model_bridge/bridge.py, "
-                "run_with_cache), so the final norm and the unembedding run (compare transformer_lens_vs_hf_body); "
-                "not the same work, so not counted in best_anchor")
-        elif tl_stop is not None:
+                f"computed (a forward hook on the bridge's LM head fired during run_with_cache(stop_at_layer="
+                f"{tl_stop})): TransformerBridge.run_with_cache installs its stop hook only for stop_at_layer < "
+                "len(blocks) (transformer_lens/model_bridge/bridge.py), so at the last block the final norm and the "
+                "unembedding run; not the same work, so not counted in best_anchor")
+        else:
             notes["transformer_lens_unembedding"] = (
-                f"not computed: stop_at_layer={tl_stop} raises at blocks.{tl_stop}.hook_in, before the later blocks, "
-                "the final norm and the unembedding")
+                f"not computed (a forward hook on the bridge's LM head did not fire): stop_at_layer={tl_stop} raises "
+                f"at blocks.{tl_stop}.hook_in, before the later blocks, the final norm and the unembedding")
 
         def run_tl():
             for batch_ids, _ in batches:
@@ -333,7 +342,7 @@ def main() -> None:
         peaks[name] = round(peak.mb, 1)
 
     fair = {k: tps[k] for k in ("hf_body", "transformer_lens", "nnsight") if k in tps}
-    if "transformer_lens" in fair and tl_stop is not None and tl_stop >= n_layers:
+    if "transformer_lens" in fair and tl_unembeds:
         del fair["transformer_lens"]  # it unembeds every position: not the same work
     best = max(fair, key=fair.get) if fair else None
 
@@ -366,6 +375,7 @@ def main() -> None:
         "store_vs_limit": ratio("store", "limit"),
         "store_on_device_vs_limit": ratio("store_on_device", "limit"),
         "transformer_lens_vs_hf_body": ratio("transformer_lens", "hf_body"),
+        "transformer_lens_computes_unembedding": tl_unembeds,
         "peak_mem_mb": peaks,
         "store_peak_mem_mb": peaks.get("store"),
         "hf_body_peak_mem_mb": peaks.get("hf_body"),
