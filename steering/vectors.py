@@ -260,7 +260,7 @@ def from_metadata(directions: dict[int, torch.Tensor], meta: dict[str, Any], sou
         log.info("%s carries no checksum (written before interlayer stored one, or by another tool); "
                  "its values and norms are checked", source)
     n_pairs = _meta_string(meta, "n_pairs", source, str(defaults.get("n_pairs", 0)))
-    if not n_pairs.isdigit():
+    if not (n_pairs.isascii() and n_pairs.isdigit()):
         raise SteeringFileError(f"{source}: metadata field 'n_pairs' is {n_pairs[:40]!r}; expected a whole number >= 0")
     layers = _meta_json(meta, "layers", source, None, (list,), "a JSON list of layer numbers")
     if layers is not None and (not all(isinstance(l, int) and not isinstance(l, bool) for l in layers)
@@ -270,12 +270,19 @@ def from_metadata(directions: dict[int, torch.Tensor], meta: dict[str, Any], sou
     extra = _meta_json(meta, "extra", source, {}, (dict,), "a JSON object")
     chat = _meta_json(meta, "chat", source, extra.get("chat"), (bool, type(None)), "true, false or null")
     extra = {k: v for k, v in extra.items() if k != "chat"}
+    normalized = _meta_json(meta, "normalized", source, None, (bool,), "true or false")
+    for layer, tensor in directions.items():
+        norm = float(tensor.float().norm())
+        if normalized and math.isfinite(norm) and abs(norm - 1.0) > UNIT_TOLERANCE:
+            raise SteeringFileError(f"{source} is marked normalized, but its direction at layer {layer} has norm "
+                                    f"{norm:.6g}, not 1: the file is damaged (or its flag is wrong; load the tensors "
+                                    "and save them with normalized=False)")
     try:
         return SteeringVector(
             directions, site=_meta_string(meta, "site", source, defaults.get("site", "resid_post")),
             method=_meta_string(meta, "method", source, defaults.get("method", "unknown")),
             read=_meta_string(meta, "read", source, defaults.get("read", "last")),
-            normalized=_meta_json(meta, "normalized", source, None, (bool,), "true or false"),
+            normalized=normalized,
             model=_meta_string(meta, "model", source, defaults.get("model", "")),
             weights_sha256=_meta_string(meta, "weights_sha256", source, ""),
             dataset=_meta_string(meta, "dataset", source, defaults.get("dataset", "")),

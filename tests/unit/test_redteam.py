@@ -157,8 +157,8 @@ def test_S15_old_vectors_without_a_checksum_load_but_are_checked(tmp_path, caplo
     with pytest.raises(SteeringFileError, match=r"inf\.safetensors: layer 2's direction holds 1 NaN or infinite"):
         SteeringVector.load(tmp_path / "inf.safetensors")
     _old_file(tmp_path / "long.safetensors", {1: v[1] * 1.5})
-    with pytest.raises(SteeringFileError, match=r"long\.safetensors: the vector is marked normalized, but layer 1's "
-                                                r"direction has norm 1\.5"):
+    with pytest.raises(SteeringFileError, match=r"long\.safetensors is marked normalized, but its direction at "
+                                                r"layer 1 has norm 1\.5, not 1: the file is damaged"):
         SteeringVector.load(tmp_path / "long.safetensors")
 
 
