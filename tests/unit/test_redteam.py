@@ -65,6 +65,17 @@ def test_P2_report_does_not_overwrite_a_users_json(model, tmp_path):
     check_outputs(tmp_path / "r.html")
 
 
+def test_P2_report_command_refuses_before_the_model_loads(tmp_path, capsys):
+    from interlayer import cli
+
+    mine = tmp_path / "gemma.json"
+    mine.write_text('{"l_star": 7}')  # an earlier `iks --out gemma.json`
+    assert cli.main(["report", "--model", "no-such-model-dir", "--only", "model", "--out", str(tmp_path / "gemma.html")]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite" in err and "gemma.json" in err and "no-such-model-dir" not in err  # the model never loaded
+    assert mine.read_text() == '{"l_star": 7}'
+
+
 def test_P2_report_does_not_overwrite_a_users_tables_or_parts(tmp_path):
     from interlayer.report.build import check_outputs
 
