@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .command_registry import command, emit_json
+from .command_registry import command, say, show
 from .config import CacheConfig, InfoConfig, ModelsConfig
 from .info import ModelInfo, list_models
 
@@ -10,20 +10,14 @@ from .info import ModelInfo, list_models
 @command("models", ModelsConfig)
 def run_models(cfg: ModelsConfig) -> int:
     frame = list_models()
-    if cfg.json:
-        emit_json(frame.to_dict(orient="records"))
-    else:
-        print(frame.to_string(index=False))
+    show(frame.to_string(index=False), frame.to_dict(orient="records"))
     return 0
 
 
 @command("info", InfoConfig)
 def run_info(cfg: InfoConfig) -> int:
     info = ModelInfo.of(cfg.load())
-    if cfg.json:
-        emit_json(info.to_dict())
-    else:
-        print(info.to_text())
+    show(info.to_text(), info.to_dict())
     return 0
 
 
@@ -51,5 +45,5 @@ def run_cache(cfg: CacheConfig) -> int:
         raise
     leave()
     if world.main and store is not None:
-        print(store)
+        show(str(store), {"out": str(cfg.out), "sites": list(getattr(store, "sites", sites)), "summary": str(store)})
     return 0

@@ -64,6 +64,8 @@ def data_fingerprint(data: Any) -> str:
     """A sha256 that changes when the inputs change (file bytes, or the values given)."""
     if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
         return sha256_file(data)
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():  # a folder: its data files, in order
+        return hashlib.sha256("".join(f"{p.name}:{sha256_file(p)};" for p in data_files(data)).encode()).hexdigest()
     digest = hashlib.sha256()
     if isinstance(data, torch.Tensor):
         digest.update(data.cpu().numpy().tobytes())
@@ -85,10 +87,13 @@ def iter_documents(data: Any, text_field: str = "text") -> Iterator[str | list[i
     """
     if isinstance(data, (str, os.PathLike)):
         path = Path(data).expanduser()
+        if path.is_dir():
+            for file in data_files(path):
+                yield from _iter_file(file, text_field)
+            return
         if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise InterlayerError(f"input file {str(data)!r} {what}; give a path to a "
-                                  f"{', '.join(FILE_SUFFIXES)} file, a list of strings, or token ids")
+            raise InterlayerError(f"input file {str(data)!r} does not exist; give a path to a "
+                                  f"{', '.join(FILE_SUFFIXES)} file or a folder of them, a list of strings, or token ids")
         yield from _iter_file(path, text_field)
         return
     if isinstance(data, torch.Tensor):
@@ -291,12 +296,25 @@ def batches_by_length(sequences: list[Sequence_], batch_size: int) -> list[list[
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
+def data_files(folder: str | os.PathLike) -> list[Path]:
+    """The data files of a folder (``.txt``, ``.jsonl``, ``.parquet``), sorted by name: read in this order."""
+    return sorted(p for p in Path(folder).expanduser().iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+
+
 def check_data_file(path: str | os.PathLike, flag: str = "--data", text_field: str = "text") -> Path:
-    """Check a data file before any model loads: it exists, is a file, and its first
-    documents read as the format its extension says (UTF-8 text, JSON lines, parquet)."""
+    """Check a data file (or each file of a folder) before any model loads: it exists, and
+    its first documents read as the format its extension says (UTF-8 text, JSON lines,
+    parquet)."""
     file = Path(path).expanduser()
     if not file.exists():
-        raise InterlayerError(f"{flag} {str(path)!r} does not exist; give a {', '.join(FILE_SUFFIXES)} file")
+        raise InterlayerError(f"{flag} {str(path)!r} does not exist; give a {', '.join(FILE_SUFFIXES)} file or a folder of them")
+    if file.is_dir():
+        files = data_files(file)
+        if not files:
+            raise InterlayerError(f"{flag} {str(path)!r} is a folder without any {', '.join(FILE_SUFFIXES)} file")
+        for one in files:
+            check_data_file(one, flag, text_field)
+        return file
     if not file.is_file():
         raise InterlayerError(f"{flag} {str(path)!r} is not a file; give a {', '.join(FILE_SUFFIXES)} file")
     documents = _iter_file(file, text_field)

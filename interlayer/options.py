@@ -10,37 +10,184 @@ This module imports nothing of interlayer but its errors: every config may use i
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import InterlayerError, choices
+from .errors import InterlayerError, LayerIndexError
+from .errors import choices as choices_
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
-           choices: tuple[str, ...] | None = None, cli: bool = True, required: bool = False,
-           min: float | None = None, above: float | None = None, suffixes: tuple[str, ...] | None = None) -> Any:
+GROUPS: tuple[str, ...] = ("model", "data", "method", "training", "output")
+"""The sections of every command's ``--help``, in order."""
+
+_NAME_GROUPS: dict[str, str] = {
+    **dict.fromkeys(("model", "device", "dtype", "trust_remote_code"), "model"),
+    **dict.fromkeys(("data", "dataset", "text_field", "label_field", "tokens", "eval_data", "eval_tokens",
+                     "context_length", "n", "train_n", "activations", "langs", "pivot", "src", "tgt", "task",
+                     "prompt", "sae", "vector", "perplexity_tokens", "shots", "passage", "noise_docs", "targets"),
+                    "data"),
+    **dict.fromkeys(("steps", "lr", "warmup_steps", "decay_fraction", "beta1", "beta2", "l1_coeff", "l0_coeff",
+                     "jumprelu_threshold", "afa_coeff", "auxk_coeff", "aux_k", "dead_after", "b_dec_init",
+                     "init_batches", "checkpoint_every", "log_every", "dead_window_tokens", "members_per_pass",
+                     "train_memory_mb", "normalization", "authors_exact", "afa_form", "arch", "latents", "k", "grid",
+                     "folds"), "training"),
+    **dict.fromkeys(("out", "figures", "no_progress", "storage_dtype", "disk_budget_mb", "top_k", "to",
+                     "model_hint"), "output"),
+}
+"""The section of a field whose declaration names none (``group=`` overrides it)."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
+           cli: bool = True, required: bool = False, min: float | None = None, above: float | None = None,
+           suffixes: tuple[str, ...] | None = None, group: str | None = None, flag: str | None = None,
+           short: str | None = None, parse: Callable[[str], Any] | None = None, repeat: bool = False,
+           deprecated_positional: bool = False) -> Any:
     """A config field.
 
     Args:
         help: one line, shown by ``--help`` and kept as the field's documentation.
-        positional: a positional CLI argument instead of ``--name``.
         choices: the valid values.
         cli: ``False`` keeps the field out of the command line (Python API only).
         required: the command line requires it (``check_required`` for the API).
         min: the smallest valid value (inclusive); ``above``: exclusive lower bound.
         suffixes: for output paths, the valid file extensions.
+        group: the ``--help`` section (one of :data:`GROUPS`; default: by the field's name).
+        flag: how the command line spells it when not ``--field-name`` (also its key in a
+            ``--config`` file, without the dashes).
+        short: a one-letter alias such as ``-o``.
+        parse: for a text field holding a list or spec (``"-4,4"``, ``"6-12"``): the
+            function that reads it and raises on a bad value, so a bad value is a usage
+            error before any model loads; the command calls it again for the value.
+        repeat: the flag may be given several times; the field holds a list.
+        deprecated_positional: the value may also be given as a positional argument (old
+            spelling; a notice says so).
     """
-    meta = {"help": help, "positional": positional, "choices": choices, "cli": cli, "required": required,
-            "min": min, "above": above, "suffixes": suffixes}
+    if group is not None and group not in GROUPS:
+        raise InterlayerError(f"option group {group!r}: valid choices: {choices_(GROUPS)}")
+    meta = {"help": help, "choices": choices, "cli": cli, "required": required, "min": min, "above": above,
+            "suffixes": suffixes, "group": group, "flag": flag, "short": short, "parse": parse, "repeat": repeat,
+            "deprecated_positional": deprecated_positional}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
+def group_of(field: dataclasses.Field) -> str:
+    """The ``--help`` section of a field (see :data:`GROUPS`)."""
+    return field.metadata.get("group") or _NAME_GROUPS.get(field.name, "method")
+
+
 def flag_name(field: dataclasses.Field) -> str:
-    """How the command line spells a field: ``--top-k``, or ``model`` for a positional."""
-    return field.name if field.metadata.get("positional") else "--" + field.name.replace("_", "-")
+    """How the command line spells a field: ``--top-k`` (or its declared ``flag``)."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def config_key(field: dataclasses.Field) -> str:
+    """The field's key in a ``--config`` file: its flag without dashes (``top_k``)."""
+    return flag_name(field).lstrip("-").replace("-", "_")
+
+
+def as_list(value: str | Sequence[str] | None) -> list[str]:
+    """A repeatable option's values as a list (one string from Python counts as one)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def number_list(text: str) -> list[float]:
+    """``"-4,-2,2,4"`` as finite floats (negatives allowed; ``inf``/``nan`` refused)."""
+    values = []
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise InterlayerError(f"{text!r} must be comma-separated numbers, e.g. -4,-2,2,4") from None
+        if not math.isfinite(value):
+            raise InterlayerError(f"{text!r} holds {part.strip()!r}; every value must be a finite number")
+        values.append(value)
+    if not values:
+        raise InterlayerError(f"{text!r} is empty: give at least one number")
+    return values
+
+
+def int_list(text: str) -> list[int]:
+    """``"3,6,9"`` as integers (negatives allowed)."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise InterlayerError(f"{text!r} must be comma-separated integers, e.g. 3,6,9") from None
+    if not values:
+        raise InterlayerError(f"{text!r} is empty: give at least one integer")
+    return values
+
+
+_LAYER_ITEM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
+
+
+def layer_spec(text: str) -> str | list[tuple[int, int]]:
+    """Read a layer list: ``all``, or comma-separated indices and inclusive ranges, where
+    a negative index counts from the end (``6-12``, ``0,3,-1``, ``-4--1``). Returns
+    ``"all"`` or the ``(first, last)`` pairs; :func:`resolve_layers` turns them into
+    indices once the model's depth is known."""
+    if str(text).strip() == "all":
+        return "all"
+    items = []
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        match = _LAYER_ITEM.match(part)
+        if match is None:
+            raise InterlayerError(f"layers {text!r}: give 'all' or comma-separated layers and ranges, "
+                                  "e.g. 6-12, 0,3,-1 or -4--1")
+        first = int(match.group(1))
+        items.append((first, int(match.group(2)) if match.group(2) is not None else first))
+    if not items:
+        raise InterlayerError(f"layers {text!r}: give 'all' or at least one layer")
+    return items
+
+
+def resolve_layers(text: str, n_layers: int) -> list[int]:
+    """The block indices ``0 .. n_layers - 1`` a :func:`layer_spec` names, in order, once each."""
+    spec = layer_spec(text)
+    if spec == "all":
+        return list(range(n_layers))
+    out: list[int] = []
+    for first, last in spec:
+        a, b = (first + n_layers if first < 0 else first), (last + n_layers if last < 0 else last)
+        for index in (a, b):
+            if not 0 <= index < n_layers:
+                raise LayerIndexError(f"layer {first if index == a else last} is out of range for a model of "
+                                      f"{n_layers} layers (valid: 0..{n_layers - 1}, or -{n_layers}..-1)")
+        if b < a:
+            raise InterlayerError(f"layer range {first}-{last} runs backwards ({a} > {b})")
+        out.extend(i for i in range(a, b + 1) if i not in out)
+    return out
+
+
+def one_site(text: str) -> str:
+    """One full site such as ``resid_post.6`` (no list, no wildcard)."""
+    from .sites import check_site_syntax, wildcard_kind
+
+    name = str(text).strip()
+    if "," in name or wildcard_kind(name) is not None:
+        raise InterlayerError(f"{text!r} is not one site: give a full site such as resid_post.6 "
+                              "(lists and wildcards go to --sites)")
+    check_site_syntax([name])
+    return name
+
+
+def site_list(text: str) -> list[str]:
+    """Comma-separated sites, wildcards allowed (``resid_post.*,mlp_out.6``)."""
+    from .sites import check_site_syntax
+
+    return check_site_syntax(str(text))
 
 
 def check_value(field: dataclasses.Field, value: Any) -> None:
@@ -50,7 +197,12 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
     meta = field.metadata
     name = flag_name(field)
     if meta.get("choices") and value not in meta["choices"]:
-        raise InterlayerError(f"{name} {value!r} is not a valid choice; valid choices: {choices(meta['choices'])}")
+        raise InterlayerError(f"{name} {value!r} is not a valid choice; valid choices: {choices_(meta['choices'])}")
+    if meta.get("parse") is not None and isinstance(value, str):
+        try:
+            meta["parse"](value)
+        except InterlayerError as err:
+            raise InterlayerError(f"{name} {err}") from None
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if meta.get("min") is not None and numeric and value < meta["min"]:
         raise InterlayerError(f"{name} must be at least {meta['min']:g}, got {value!r}")
@@ -61,7 +213,7 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
 
         if Path(value).suffix.lower() not in meta["suffixes"]:
             raise InterlayerError(f"{name} {value!r}: unknown extension {Path(value).suffix or '(none)'!r}; "
-                                  f"valid choices: {choices(meta['suffixes'])}")
+                                  f"valid choices: {choices_(meta['suffixes'])}")
 
 
 def check_options(config: Any) -> None:
@@ -73,14 +225,22 @@ def check_options(config: Any) -> None:
 def check_required(config: Any) -> None:
     """Raise naming the first required field that is unset (``None``)."""
     for field in dataclasses.fields(config):
-        if field.metadata.get("required") and getattr(config, field.name) is None:
+        if field.metadata.get("required") and getattr(config, field.name) in (None, []):
             raise InterlayerError(f"{flag_name(field)} is required: {field.metadata.get('help', '')}")
 
 
 def field_type(config: type, field: dataclasses.Field) -> type:
-    """The plain type of a field (``int`` for ``int | None``), from its resolved annotation."""
+    """The plain type of a field (``int`` for ``int | None``, ``str`` for ``list[str]``),
+    from its resolved annotation."""
     annotation = typing.get_type_hints(config)[field.name]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0]
+        annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0]
     return annotation
+
+
+def progress_wanted(no_progress: bool) -> bool:
+    """Whether a command shows progress bars: not with ``--no-progress``, and not when
+    standard error is not a terminal (a log file, a pipe, CI)."""
+    return not no_progress and sys.stderr.isatty()

@@ -1,58 +1,66 @@
-"""``interlayer lens ...`` commands."""
+"""``interlayer lens ...`` commands: ``logit``, ``tune``, ``latent``, ``saturation``, ``iks``,
+``generate`` and ``qa`` (the last three were top-level; those names still work, deprecated)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
-
-from interlayer.command_registry import command, emit_json, write_json_output
+from interlayer.command_registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
+                                         write_figure, write_json_output, write_table)
 from interlayer.config import LogitLensConfig
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable, write_atomic
+from interlayer.files import check_writable
 from interlayer.inputs import check_data_file
+from interlayer.options import as_list
 
 from .config import GenerateConfig, IKSConfig, LatentConfig, QAConfig, SaturationConfig, TuneConfig
 
-TABLE_SUFFIXES = (".csv", ".json")
+DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 
 
-def write_table(frame: pd.DataFrame, out: str) -> None:
-    """Write a DataFrame as .csv or .json (by the extension of ``out``), atomically."""
-    path = Path(out)
-    if path.suffix == ".csv":
-        write_atomic(path, frame.to_csv(index=False).encode())
-    elif path.suffix == ".json":
-        write_atomic(path, frame.to_json(orient="records", indent=2).encode())
-    else:
-        raise InterlayerError(f"--out {out!r}: unknown extension; valid choices: '.csv', '.json'")
-
-
-def _lens_for(model, path: str | None) -> Lens:
+def lens_for(model: Any, path: str | None) -> Lens:
+    """The lens ``--tuned-lens`` names, or the logit lens."""
     from .lenses import TunedLens
 
     return TunedLens.load(path, model) if path else LOGIT_LENS
 
 
-def _check_lens_dir(path: str | None) -> None:
+def check_lens_dir(path: str | None) -> None:
+    """A ``--tuned-lens`` directory is checked before the model loads."""
     if path is not None and not (Path(path) / "lens.safetensors").is_file():
         raise InterlayerError(f"--tuned-lens {path!r} is not a saved tuned lens (needs config.json and lens.safetensors)")
+
+
+def chat_prompts(model: Any, prompts: list[str], setting: str | bool) -> list[str]:
+    """``prompts`` through the model's chat template when ``--chat`` (auto, yes, no) says so."""
+    from .qa import use_chat
+
+    if not use_chat(model, setting):
+        return prompts
+    return [model.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                add_generation_prompt=True) for p in prompts]
 
 
 @command("lens logit", LogitLensConfig)
 def run_logit_lens(cfg: LogitLensConfig) -> int:
     from .logit_lens import logit_lens
 
-    if cfg.out:
-        check_writable(cfg.out, suffixes=TABLE_SUFFIXES)
-    if not cfg.prompt:
+    check_outputs(cfg.out, TABLE_SUFFIXES, cfg.figures)
+    prompts = as_list(cfg.prompt) or [DEFAULT_PROMPT]
+    if not all(p for p in prompts):
         raise InterlayerError("--prompt must not be empty")
+    check_lens_dir(cfg.tuned_lens)
     model = cfg.load()
-    result = logit_lens(model, cfg.prompt, top_k=cfg.top_k, memory_mb=cfg.memory_mb, progress=not cfg.no_progress)
-    print(result.table().to_string())
+    result = logit_lens(model, chat_prompts(model, prompts, cfg.chat), targets=as_list(cfg.targets),
+                        positions=cfg.positions, top_k=cfg.top_k, lens=lens_for(model, cfg.tuned_lens),
+                        memory_mb=cfg.memory_mb, progress=not cfg.no_progress)
+    frame = result.to_frame()
+    show("\n\n".join(result.table(i).to_string() for i in range(len(prompts))), frame.to_dict(orient="records"))
     if cfg.out:
-        write_table(result.to_frame(), cfg.out)
+        write_table(frame, cfg.out)
+    write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 
 
@@ -62,35 +70,36 @@ def run_tune(cfg: TuneConfig) -> int:
 
     check_writable(cfg.out, directory=True)
     if cfg.data is not None:
-        check_data_file(cfg.data)
+        check_data_file(cfg.data, text_field=cfg.text_field)
     lens, comparison = tune_lens(cfg.load(), cfg)
     frame = comparison.to_frame()
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
     worse = frame[(frame.layer.isin(lens.layers)) & (frame.kl_tuned >= frame.kl_logit)]
     if len(worse):
-        print(f"warning: the tuned lens does not beat the logit lens at layers {worse.layer.tolist()}")
-    print(f"saved {cfg.out}")
+        say(f"warning: the tuned lens does not beat the logit lens at layers {worse.layer.tolist()}")
+    say(f"saved {cfg.out}")
     return 0
 
 
 @command("lens latent", LatentConfig)
 def run_latent(cfg: LatentConfig) -> int:
     from .latent import check_task, latent_language
+    from .qa import use_chat
 
     latents = [l.strip() for l in cfg.latent.split(",") if l.strip()]
     check_task(cfg.task, cfg.src, cfg.tgt, latents)  # before loading the model
-    _check_lens_dir(cfg.tuned_lens)
-    if cfg.out:
-        check_writable(cfg.out, suffixes=(".json",))
+    check_lens_dir(cfg.tuned_lens)
+    check_outputs(cfg.out, (".json",), cfg.figures)
     model = cfg.load()
     result = latent_language(model, src=cfg.src, tgt=cfg.tgt, task=cfg.task, latents=latents, shots=cfg.shots,
-                             seed=cfg.seed, limit=cfg.limit, lens=_lens_for(model, cfg.tuned_lens),
-                             batch_size=cfg.batch_size, progress=not cfg.no_progress)
-    print(f"{result.n_words} words used; {result.n_missing} skipped (not in the tokenizer), "
-          f"{result.n_overlap} dropped (token sets overlap)")
-    print(result.to_frame()[["layer", "p_target", *[f"p_latent_{l}" for l in latents], "p_source", "entropy"]]
-          .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+                             seed=cfg.seed, limit=cfg.n, lens=lens_for(model, cfg.tuned_lens),
+                             batch_size=cfg.batch_size, chat=use_chat(model, cfg.chat), progress=not cfg.no_progress)
+    say(f"{result.n_words} words used; {result.n_missing} skipped (not in the tokenizer), "
+        f"{result.n_overlap} dropped (token sets overlap)")
+    show(result.to_frame()[["layer", "p_target", *[f"p_latent_{l}" for l in latents], "p_source", "entropy"]]
+         .to_string(index=False, float_format=lambda v: f"{v:.4f}"), result.to_json())
     write_json_output(cfg.out, result.to_json())
+    write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 
 
@@ -101,91 +110,95 @@ def run_saturation(cfg: SaturationConfig) -> int:
     from .saturation import saturation
 
     if cfg.data is not None:
-        check_data_file(cfg.data)
-    _check_lens_dir(cfg.tuned_lens)
-    if cfg.out:
-        check_writable(cfg.out, suffixes=TABLE_SUFFIXES)
+        check_data_file(cfg.data, text_field=cfg.text_field)
+    check_lens_dir(cfg.tuned_lens)
+    check_outputs(cfg.out, TABLE_SUFFIXES, cfg.figures)
     model = cfg.load()
     result = saturation(model, cfg.data or str(SAMPLE_TEXT), tokens=cfg.tokens, context_length=cfg.context_length,
-                        lens=_lens_for(model, cfg.tuned_lens), progress=not cfg.no_progress)
+                        batch_size=cfg.batch_size, text_field=cfg.text_field, lens=lens_for(model, cfg.tuned_lens),
+                        progress=not cfg.no_progress)
     frame = result.to_frame()
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
     if cfg.out:
         write_table(frame, cfg.out)
+    write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 
 
-@command("iks", IKSConfig)
+@command("lens iks", IKSConfig, aliases=("iks",))
 def run_iks(cfg: IKSConfig) -> int:
     from .knowledge_runs import iks_on_data
     from .qa_data import load_qa
 
-    for path, suffix in ((cfg.out, ".json"), (cfg.figure, ".html")):
-        if path:
-            check_writable(path, suffixes=(suffix,))
-    loaded = load_qa(cfg.data, cfg.n)  # bad data fails before the model loads
+    check_outputs(cfg.out, (".json",), cfg.figures)
+    loaded = load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
     if cfg.passage and not any(r.passage for r in loaded.records):
-        raise InterlayerError(f"--data {cfg.data!r} has no passages; use --no-passage")
+        raise InterlayerError(f"--dataset {cfg.dataset!r} has no passages; use --no-passage")
+    check_lens_dir(cfg.tuned_lens)
     model = cfg.load()
-    result = iks_on_data(model, cfg.data, cfg.n, passage=cfg.passage, chat=cfg.chat, candidates=cfg.candidates,
+    result = iks_on_data(model, cfg.dataset, cfg.n, passage=cfg.passage, chat=cfg.chat, candidates=cfg.candidates,
                          metric=cfg.metric, select=cfg.select, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, progress=not cfg.no_progress)
-    print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"l* = {result.layer} (candidates {result.candidates}); chosen per {result.select}: {result.histogram}"
-          + (f"; {loaded.skipped} records without an answer skipped" if loaded.skipped else ""))
+                         batch_size=cfg.batch_size, lens=lens_for(model, cfg.tuned_lens), progress=not cfg.no_progress)
+    show(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"), result.to_json())
+    say(f"l* = {result.layer} (candidates {result.candidates}); chosen per {result.select}: {result.histogram}"
+        + (f"; {loaded.skipped} records without an answer skipped" if loaded.skipped else ""))
     write_json_output(cfg.out, result.to_json())
-    if cfg.figure:
-        write_atomic(Path(cfg.figure), result.plot().to_html(include_plotlyjs=True).encode())
-        print(f"wrote {cfg.figure}")
+    write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 
 
-@command("generate", GenerateConfig)
+@command("lens generate", GenerateConfig, aliases=("generate",))
 def run_generate(cfg: GenerateConfig) -> int:
     from .fused_decoding import generate
-    from .qa import use_chat
 
-    if not cfg.prompt:
-        raise InterlayerError("give a prompt, e.g. interlayer generate --decoding lfd \"The capital of France is\"")
+    prompts = as_list(cfg.prompt)
+    if not prompts or not all(prompts):
+        raise InterlayerError('give a prompt, e.g. interlayer lens generate --decoding lfd --prompt "The capital of '
+                              'France is"')
     options = cfg.decoding_options(cfg.decoding)
+    check_lens_dir(cfg.tuned_lens)
     model = cfg.load()
-    prompt = cfg.prompt
-    if use_chat(model, cfg.chat):
-        prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                     add_generation_prompt=True)
-    gen = generate(model, prompt, options, max_new_tokens=cfg.max_new_tokens, progress=False)
-    if cfg.json:
-        emit_json({"model": model.name, "prompt": cfg.prompt, **gen.to_json()})
-        return 0
-    print(gen.text)
-    if cfg.decoding != "greedy":
-        what = "premature layer" if cfg.decoding == "dola" else "fusion layer"
-        pieces = model.token_strings([s.token for s in gen.steps])
-        print(f"\nstep  token            {what}")
-        for i, (step, piece) in enumerate(zip(gen.steps, pieces)):
-            print(f"{i:>4}  {piece!r:<16} {step.layer}")
+    gens = generate(model, chat_prompts(model, prompts, cfg.chat), options, max_new_tokens=cfg.max_new_tokens,
+                    batch_size=cfg.batch_size, lens=lens_for(model, cfg.tuned_lens), progress=False)
+    lines = []
+    for prompt, gen in zip(prompts, gens):
+        lines.append(gen.text)
+        if cfg.decoding != "greedy":
+            what = "premature layer" if cfg.decoding == "dola" else "fusion layer"
+            pieces = model.token_strings([s.token for s in gen.steps])
+            lines.append(f"\nstep  token            {what}")
+            lines.extend(f"{i:>4}  {piece!r:<16} {step.layer}" for i, (step, piece) in enumerate(zip(gen.steps, pieces)))
+    payload = [{"model": model.name, "prompt": p, **g.to_json()} for p, g in zip(prompts, gens)]
+    show("\n".join(lines), payload[0] if len(payload) == 1 else payload)
     return 0
 
 
-@command("qa", QAConfig)
+@command("lens qa", QAConfig, aliases=("qa",))
 def run_qa(cfg: QAConfig) -> int:
-    from .qa import check_decodings, evaluate_qa, write_result
+    from .qa import QAResult, check_decodings, evaluate_qa, write_result
     from .qa_data import load_qa
 
-    if cfg.out:
-        check_writable(cfg.out, suffixes=(".json",))
+    check_outputs(cfg.out, (".json",), cfg.figures)
+    if cfg.figures and not hasattr(QAResult, "plot"):
+        raise InterlayerError("--figures: the QA result has no figure yet; leave --figures out")
     decodings = check_decodings(cfg.decoding)
     options = cfg.decoding_options()
-    loaded = load_qa(cfg.data, cfg.n)  # bad data fails before the model loads
+    loaded = load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
+    check_lens_dir(cfg.tuned_lens)
+    if not cfg.out:
+        note(NO_JOURNAL)
     model = cfg.load()
     progress_file = f"{cfg.out}.progress.jsonl" if cfg.out else None
-    result = evaluate_qa(model, cfg.data, cfg.n, decodings=decodings, options=options, noise_docs=cfg.noise_docs,
+    result = evaluate_qa(model, cfg.dataset, cfg.n, decodings=decodings, options=options, noise_docs=cfg.noise_docs,
                          chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-                         progress_file=progress_file, progress=not cfg.no_progress)
-    print(result.table())
+                         progress_file=progress_file, lens=lens_for(model, cfg.tuned_lens),
+                         progress=not cfg.no_progress)
+    show(result.table(), result.to_json())
     if loaded.skipped:
-        print(f"{loaded.skipped} records without an answer skipped")
+        say(f"{loaded.skipped} records without an answer skipped")
     if cfg.out:
         write_result(result, cfg.out, progress_file)
-        print(f"wrote {cfg.out}")
+        say(f"wrote {cfg.out}")
+    write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
+

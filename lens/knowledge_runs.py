@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from interlayer.adapter import ModelAdapter
+from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 
 from .fused_decoding import DecodingOptions, generate
@@ -19,7 +20,7 @@ from .qa_data import QARecord, load_qa
 
 def measure_iks(model: ModelAdapter, prompts: Sequence[Any], *, candidates: Sequence[int] | str | None = None,
                 metric: str = "jsd", select: str = "step", max_new_tokens: int = 8, batch_size: int = 8,
-                progress: bool = True) -> IKSResult:
+                lens: Lens = LOGIT_LENS, progress: bool = True) -> IKSResult:
     """IKS of every layer while the model answers ``prompts`` greedily: at every decoding
     step (``select="step"``) or only at the prompt's last position (``"example"``); the
     fusion layer of each step is the candidate with the lowest IKS."""
@@ -30,7 +31,8 @@ def measure_iks(model: ModelAdapter, prompts: Sequence[Any], *, candidates: Sequ
     layers = list(range(model.n_layers))
     opts = DecodingOptions(decoding="greedy", metric=metric, record=layers)
     steps = 1 if select == "example" else max_new_tokens
-    gens = generate(model, list(prompts), opts, max_new_tokens=steps, batch_size=batch_size, progress=progress)
+    gens = generate(model, list(prompts), opts, max_new_tokens=steps, batch_size=batch_size, lens=lens,
+                    progress=progress)
     rows = [[step.scores[l] for l in layers] for g in gens for step in g.steps]
     if not rows:
         raise InterlayerError("no decoding steps were recorded (every prompt ended at once)")

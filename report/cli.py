@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interlayer.command_registry import command
+from interlayer.command_registry import command, say, show
 from interlayer.errors import InterlayerError
 from interlayer.files import check_writable
 
@@ -34,9 +34,12 @@ def run_report(cfg: ReportConfig) -> int:
     files = build_report(model, cfg.out, only=cfg.only, skip=cfg.skip, sae=cfg.sae, profile=cfg.profile,
                          progress=not cfg.no_progress, **kwargs)
     failed = [n for n, r in files.results.items() if r.status != "ok"]
-    for name, result in files.results.items():
-        print(f"{name:<12} {result.status:<7} {result.seconds:7.1f} s  {result.forward_calls:6d} forward calls")
-    print(f"wrote {files.html} ({files.json.name}, tables in {files.tables.name}/)")
+    rows = [{"section": name, "status": r.status, "seconds": r.seconds, "forward_calls": r.forward_calls}
+            for name, r in files.results.items()]
+    show("\n".join(f"{r['section']:<12} {r['status']:<7} {r['seconds']:7.1f} s  {r['forward_calls']:6d} forward calls"
+                   for r in rows), {"html": str(files.html), "json": str(files.json), "sections": rows})
+    say(f"wrote {files.html} ({files.json.name}, tables in {files.tables.name}/)")
     if failed:
-        print(f"failed sections: {', '.join(failed)} (see the report)")
+        say(f"failed sections: {', '.join(failed)} (see the report)")
+        return 3  # finished, with failed parts
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.config import ModelOptions, option
+from interlayer.config import ModelOptions, option, tuned_lens_option
 
 
 @dataclass
@@ -13,11 +13,11 @@ class ReportConfig(ModelOptions):
 
     out: str = option("report.html", "the HTML file NAME.html; NAME.json (the numbers), NAME.tables/*.csv and "
                       "NAME.parts/ (to resume) go next to it, and a file there the report did not write is refused",
-                      suffixes=(".html",))
-    only: str | None = option(None, "comma-separated sections to run (default: all)")
+                      suffixes=(".html",), short="-o", group="output")
+    only: str | None = option(None, "comma-separated sections to run (default: all)", group="method")
     skip: str | None = option(None, "comma-separated sections to leave out")
     sae: str | None = option(None, "a saved interlayer SAE directory: adds the SAE panel")
-    tuned_lens: str | None = option(None, "decode with this saved tuned lens instead of the logit lens")
+    tuned_lens: str | None = tuned_lens_option()
     profile: str = option("quick", "quick (minutes on a CPU) or full (the README findings' sizes)",
                           choices=("quick", "full"))
     no_progress: bool = option(False, "hide the progress bar")

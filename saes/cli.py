@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from interlayer.command_registry import command
+from interlayer.command_registry import command, say, show
 from interlayer.config import check_required
 from interlayer.distributed import World, broadcast_object, device_of, join, leave, split_evenly
 from interlayer.errors import InterlayerError
@@ -16,7 +16,7 @@ from interlayer.inputs import check_data_file
 from interlayer.loading import SAMPLE_TEXT
 from interlayer.sites import check_site_syntax
 
-from .config import SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
+from .config import LATENTS_PER_D_MODEL, SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
 from .evaluation import evaluate_sae
 from .records import describe, metrics_record, save_trained, train_options, write_figures
 from .sae import SAE, SAEConfig
@@ -58,7 +58,7 @@ def run_train(cfg: SAETrainConfig) -> Any:
         return train_sites(cfg, options, world)
     model, source = _train_source(cfg, options, world)
     model_name = broadcast_object(model.name if model is not None else None, what="sharing the model name")
-    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=16 * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch,
+    sae_cfg = SAEConfig(d_in=source.d_in, d_sae=LATENTS_PER_D_MODEL * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch,
                         k=cfg.k, normalization=cfg.normalization, afa_form=cfg.afa_form,
                         authors_exact=cfg.authors_exact, model=model_name, site=source.site)
     out = Path(cfg.out)
@@ -81,7 +81,7 @@ def _check_train_inputs(cfg: SAETrainConfig, world: World) -> None:
         raise InterlayerError(f"{cfg.out} already holds a finished SAE (metrics.json); use another --out or remove it")
     for flag, path in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
         if path is not None:
-            check_data_file(path, flag)
+            check_data_file(path, flag, text_field=cfg.text_field)
     if cfg.activations is not None and not (Path(cfg.activations) / "manifest.json").is_file():
         raise InterlayerError(f"--activations {cfg.activations!r} is not an activation cache (no manifest.json); "
                               "write one with `interlayer cache`")
@@ -89,7 +89,7 @@ def _check_train_inputs(cfg: SAETrainConfig, world: World) -> None:
         check_site_syntax([s.strip() for s in cfg.sites.split(",") if s.strip()])
         return  # layer-parallel: every rank trains whole batches of its own sites
     check_site_syntax([cfg.site])
-    split_evenly(cfg.batch_size, world, "--batch-size (the global batch)")
+    split_evenly(cfg.batch_size, world, "--tokens-per-step (the global batch)")
 
 
 def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any, Any]:
@@ -102,7 +102,7 @@ def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any,
     if cfg.activations is None:
         return model, StreamedSource(model, cfg.data, model.site(cfg.site).name, options.batch_size, seed=options.seed,
                                      context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
-                                     memory_mb=cfg.memory_mb, device=model.device)
+                                     memory_mb=cfg.memory_mb, text_field=cfg.text_field, device=model.device)
     from interlayer.activation_cache import ActivationStore
     from interlayer.distributed_cache import verify_on_every_rank
 
@@ -127,12 +127,12 @@ def _train(cfg: SAETrainConfig) -> int:
     if isinstance(metrics, list):  # --sites: one row per site
         import pandas as pd
 
-        print(pd.DataFrame(metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"wrote {cfg.out}/<site>/ for {len(metrics)} site(s) and {cfg.out}/sites.csv")
+        show(pd.DataFrame(metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}"), metrics)
+        say(f"wrote {cfg.out}/<site>/ for {len(metrics)} site(s) and {cfg.out}/sites.csv")
         return 0
-    for key in REQUIRED_METRICS:
-        print(f"{key:>20}: {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{key:>20}: {metrics[key]}")
-    print(f"wrote {cfg.out}/sae.safetensors, cfg.json, metrics.json, history.csv, figures.html")
+    show("\n".join(f"{key:>20}: {metrics[key]:.4g}" if isinstance(metrics[key], float) else f"{key:>20}: {metrics[key]}"
+                   for key in REQUIRED_METRICS), metrics)
+    say(f"wrote {cfg.out}/sae.safetensors, cfg.json, metrics.json, history.csv, figures.html")
     return 0
 
 
@@ -151,7 +151,7 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
     check_required(cfg)
     _check_sae_dir(cfg.sae)
     if cfg.data is not None:
-        check_data_file(cfg.data)
+        check_data_file(cfg.data, text_field=cfg.text_field)
     check_writable(cfg.out, suffixes=(".json",))
     if cfg.figures:
         check_writable(cfg.figures, flag="--figures", suffixes=(".html",))
@@ -161,7 +161,8 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
     model = cfg.load()
     data = cfg.data or str(SAMPLE_TEXT)
     evaluation = evaluate_sae(sae, model, data, cfg.site, tokens=cfg.tokens, context_length=cfg.context_length,
-                              batch_size=cfg.batch_size, label=Path(cfg.sae).name, progress=not cfg.no_progress)
+                              batch_size=cfg.batch_size, text_field=cfg.text_field, label=Path(cfg.sae).name,
+                              progress=not cfg.no_progress)
     metrics = metrics_record(evaluation, sae=str(cfg.sae), site=cfg.site or sae.cfg.site, data=str(data), **describe(sae.cfg))
     write_json_atomic(Path(cfg.out), metrics)
     if cfg.figures:
@@ -172,10 +173,9 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
 @command("sae eval", SAEEvalConfig)
 def _eval(cfg: SAEEvalConfig) -> int:
     metrics = run_eval(cfg)
-    for key in ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "ce_loss_recovered", "kl_sae",
-                "eps_lbo_median"):
-        print(f"{key:>20}: {metrics[key]:.4g}")
-    print(f"wrote {cfg.out}")
+    keys = ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "ce_loss_recovered", "kl_sae", "eps_lbo_median")
+    show("\n".join(f"{key:>20}: {metrics[key]:.4g}" for key in keys), metrics)
+    say(f"wrote {cfg.out}")
     return 0
 
 
@@ -186,12 +186,13 @@ def _sweep(cfg: SAESweepConfig) -> int:
     result = run_sweep(cfg)
     shown = result.table[["member", "l0", "explained_variance", "nmse", "ce_loss_recovered", "mse_standardized",
                           "pareto_ev"]]
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"trained {len(result.trained)}, reused {len(result.reused)}, failed {len(result.failed)}")
+    show(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+         {"members": result.table.to_dict(orient="records"), "failed": dict(result.failed)})
+    say(f"trained {len(result.trained)}, reused {len(result.reused)}, failed {len(result.failed)}")
     for name, error in result.failed.items():
-        print(f"failed: {name}: {error}")
-    print(f"wrote {result.out}/pareto.csv, pareto.html, sweep.json and one directory per member")
-    return 1 if result.failed else 0
+        say(f"failed: {name}: {error}")
+    say(f"wrote {result.out}/pareto.csv, pareto.html, sweep.json and one directory per member")
+    return 3 if result.failed else 0  # finished, with failed members
 
 
 @command("sae convert", SAEExportConfig)
@@ -204,7 +205,7 @@ def _convert(cfg: SAEExportConfig) -> int:
         saelens.to_saelens(SAE.load(cfg.sae), cfg.out)
     else:
         saelens.from_saelens(cfg.sae).save(cfg.out)
-    print(f"wrote {cfg.out}")
+    show(f"wrote {cfg.out}", {"out": str(cfg.out), "to": cfg.to})
     return 0
 
 

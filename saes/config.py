@@ -4,36 +4,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.config import ModelOptions, option
+from interlayer.config import ModelOptions, data_option, figures_option, option, out_option, text_field_option
 from interlayer.distributed import DEFAULT_TIMEOUT_S
+from interlayer.options import one_site, site_list
 
-from .activations import AFA_FORMS, SAE_ARCHITECTURES
+from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES
 from .normalization import NORMALIZATIONS
 from .training import TrainOptions
+
+
+LATENTS_PER_D_MODEL = 8
+"""The default number of latents of ``sae train`` and ``sae sweep``: 8 x d_model (5,120 on
+Gemma 3 270M, the size of the README's sweep)."""
+
+DEFAULT_K = 32
+"""The default k of the TopK and BatchTopK architectures (the README's best TopK member)."""
 
 
 @dataclass
 class SAETrainConfig(ModelOptions, TrainOptions):
     """Train a sparse autoencoder on one hook site (streamed from --data, or from cached --activations)."""
 
-    site: str = option("resid_post.6", "the hook site the SAE reads, e.g. resid_post.6")
+    data: str | None = data_option("training text, streamed through the model: a .txt (one document per line), "
+                                   ".jsonl or .parquet file, or a folder of them")
+    text_field: str = text_field_option()
+    activations: str | None = option(None, "a directory written by `interlayer cache` (instead of --data)", group="data")
+    site: str = option("resid_post.6", "the hook site the SAE reads, e.g. resid_post.6", parse=one_site, group="data")
     sites: str | None = option(None, "train one SAE per site, all at once (one model pass or cache read per batch; "
                                      "spread over the ranks under torchrun): comma-separated names or wildcards such "
-                                     "as resid_post.*; each SAE goes to <out>/<site>/ (replaces --site)")
-    arch: str = option("topafa", "SAE architecture", choices=SAE_ARCHITECTURES)
-    latents: int | None = option(None, "number of latents h (default: 16 x d_model)", min=1)
-    k: int | None = option(None, "latents per token (topk; the batch mean for batchtopk)", min=1)
+                                     "as resid_post.*; each SAE goes to <out>/<site>/ (replaces --site)",
+                               parse=site_list, group="data")
+    arch: str = option("topk", "SAE architecture (TopK dominates top-AFA in the README's sweep)",
+                       choices=SAE_ARCHITECTURES)
+    latents: int | None = option(None, f"number of latents h (default: {LATENTS_PER_D_MODEL} x d_model)", min=1)
+    k: int | None = option(None, f"latents per token (topk; the batch mean for batchtopk; default: {DEFAULT_K} for "
+                                 "those two)", min=1)
     afa_form: str | None = option(None, "top-AFA's AFA loss: 'centred' (||f|| -> ||x - b_dec||, b_dec from the data "
                                         "mean; the default) or 'authors' (||f|| -> ||x||, b_dec from zeros)",
                                   choices=AFA_FORMS)
     authors_exact: bool = option(False, "top-AFA exactly as its authors' code: no b_enc, k = h excluded, constant lr, "
                                         "AuxK residual not detached, decoder renormalised before the step")
-    data: str | None = option(None, "training text, streamed through the model: .txt (one document per line), .jsonl or .parquet")
-    activations: str | None = option(None, "a directory written by `interlayer cache` (instead of --data)")
-    out: str = option(None, "output directory: sae.safetensors, cfg.json, metrics.json (a run there is resumed)", required=True)
+    out: str = out_option("output directory: sae.safetensors, cfg.json, metrics.json, history.csv, figures.html "
+                          "(a run there is resumed)", required=True)
     normalization: str = option("standardize", "input normalisation", choices=NORMALIZATIONS)
     context_length: int = option(128, "tokens per packed context when streaming, BOS included", min=2)
-    forward_batch_size: int = option(8, "contexts per model forward pass when streaming", min=1)
+    forward_batch_size: int = option(8, "sequences (packed contexts) per model forward pass when streaming", min=1,
+                                     flag="--batch-size", group="method")
     memory_mb: float = option(256.0, "activation chunk size when streaming, MiB", above=0)
     eval_data: str | None = option(None, "text for the final evaluation (default: --data, else the packaged sample)")
     eval_tokens: int = option(8192, "tokens of the final evaluation", min=1)
@@ -41,19 +57,26 @@ class SAETrainConfig(ModelOptions, TrainOptions):
     dist_timeout: float = option(DEFAULT_TIMEOUT_S, "under torchrun: seconds a rank waits at a collective before "
                                                     "every rank stops", above=0)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.k is None and self.arch in ("topk", "batchtopk"):
+            self.k = DEFAULT_K
+
 
 @dataclass
 class SAEEvalConfig(ModelOptions):
     """Evaluate a saved SAE: reconstruction, sparsity, eps_LBO, and CE loss recovered when spliced in."""
 
     sae: str = option(None, "directory of a saved SAE (sae.safetensors + cfg.json), or of a SAELens SAE", required=True)
-    data: str | None = option(None, "evaluation text: .txt, .jsonl or .parquet (default: the packaged sample)")
-    out: str = option(None, "write the metrics JSON here", required=True, suffixes=(".json",))
-    site: str | None = option(None, "hook site (default: the one in the SAE's config)")
+    data: str | None = data_option("evaluation text: a .txt, .jsonl or .parquet file, or a folder of them "
+                                   "(default: the packaged sample)")
+    text_field: str = text_field_option()
+    site: str | None = option(None, "hook site (default: the one in the SAE's config)", parse=one_site, group="data")
     tokens: int = option(8192, "evaluation tokens", min=1)
     context_length: int = option(128, "tokens per packed context, BOS included", min=2)
-    batch_size: int = option(2, "contexts per forward pass", min=1)
-    figures: str | None = option(None, "also write the ZF plot, eps_LBO and firing histograms to this HTML file", suffixes=(".html",))
+    batch_size: int = option(2, "sequences (packed contexts) per forward pass", min=1)
+    out: str = out_option("write the metrics JSON here", required=True, suffixes=(".json",))
+    figures: str | None = figures_option("the ZF plot, eps_LBO and firing histograms")
     no_progress: bool = option(False, "hide the progress bar")
 
 
@@ -61,9 +84,9 @@ class SAEEvalConfig(ModelOptions):
 class SAEExportConfig:
     """Convert a saved SAE to the SAELens on-disk format, or a SAELens SAE to ours."""
 
-    sae: str = option(None, "directory of the SAE to convert", required=True)
-    out: str = option(None, "output directory", required=True)
+    sae: str = option(None, "directory of the SAE to convert", required=True, group="data")
     to: str = option("saelens", "target format", choices=("saelens", "interlayer"))
+    out: str = out_option("output directory", required=True)
 
 
 @dataclass
@@ -71,21 +94,23 @@ class SAESweepConfig(ModelOptions, TrainOptions):
     """Train a grid of SAEs on the same cached activations and compare them: L0 against explained variance, NMSE and CE loss recovered."""
 
     activations: str = option(None, "a directory written by `interlayer cache` (read once per step for every member)",
-                              required=True)
-    out: str = option(None, "sweep directory: one subdirectory per member, pareto.csv, pareto.html, sweep.json "
-                            "(finished members are reused)", required=True)
+                              required=True, group="data")
+    site: str | None = option(None, "the cached site to train on (default: the cache's only site)", parse=one_site,
+                              group="data")
     arch: str = option("topk,batchtopk,jumprelu,relu,topafa", "architectures to sweep, comma-separated")
     grid: str | None = option(None, "values per architecture, e.g. 'topk=16,32;relu=0.003;topafa=authors:1/32,centred:1/64' "
                                     "(default: the documented grid)")
-    site: str | None = option(None, "the cached site to train on (default: the cache's only site)")
-    latents: int | None = option(None, "latents per SAE (default: 8 x d_model)", min=1)
+    latents: int | None = option(None, f"latents per SAE (default: {LATENTS_PER_D_MODEL} x d_model)", min=1)
     normalization: str = option("standardize", "input normalisation", choices=NORMALIZATIONS)
     eval_data: str | None = option(None, "held-out text for the evaluation (default: the packaged sample)")
     eval_tokens: int = option(8192, "evaluation tokens", min=1)
     context_length: int = option(128, "tokens per evaluation context, BOS included", min=2)
-    eval_batch_size: int = option(8, "evaluation contexts per forward pass", min=1)
+    eval_batch_size: int = option(8, "evaluation sequences (contexts) per forward pass", min=1, flag="--batch-size",
+                                  group="method")
     members_per_pass: int = option(0, "members trained together on each batch (0: as many as --train-memory-mb allows)",
                                    min=0)
     train_memory_mb: float = option(8192.0, "memory for the weights and Adam state of the members trained together, MiB",
                                     above=0)
+    out: str = out_option("sweep directory: one subdirectory per member, pareto.csv, pareto.html, sweep.json "
+                          "(finished members are reused)", required=True)
     no_progress: bool = option(False, "hide the progress bars")

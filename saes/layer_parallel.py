@@ -28,6 +28,7 @@ from interlayer.distributed import SINGLE, World, all_reduce, comm_device, gathe
 from interlayer.errors import InterlayerError, choices
 from interlayer.seeding import epoch_permutation
 
+from .config import LATENTS_PER_D_MODEL
 from .sources import SourceBatch, StreamedSource
 
 def owned_sites(sites: list[str], world: World = SINGLE) -> list[str]:
@@ -206,13 +207,14 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
     else:
         streamed = StreamedSource(model, cfg.data, sites, options.batch_size, seed=options.seed,
                                   context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
-                                  memory_mb=cfg.memory_mb, device=model.device)
+                                  memory_mb=cfg.memory_mb, text_field=getattr(cfg, "text_field", "text"),
+                                  device=model.device)
         source = ScatteredSource(streamed, world) if world.distributed else streamed
     out = Path(cfg.out)
     done = [s for s in own if (out / s / "metrics.json").exists() and not (out / s / CHECKPOINT).exists()]
     raise_together(InterlayerError(f"{out / done[0]} already holds a finished SAE (metrics.json); use another --out")
                    if done else None, "checking the output directories")
-    members = [TrainMember(SAEConfig(d_in=model.d_model, d_sae=cfg.latents or 16 * model.d_model, arch=cfg.arch, k=cfg.k,
+    members = [TrainMember(SAEConfig(d_in=model.d_model, d_sae=cfg.latents or LATENTS_PER_D_MODEL * model.d_model, arch=cfg.arch, k=cfg.k,
                                      normalization=cfg.normalization, afa_form=cfg.afa_form,
                                      authors_exact=cfg.authors_exact, model=model.name, site=site),
                            options, out / site) for site in own]

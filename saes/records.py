@@ -48,7 +48,7 @@ def save_trained(cfg: Any, model: Any, result: Any, options: TrainOptions, out: 
     eval_data = cfg.eval_data or cfg.data or str(SAMPLE_TEXT)
     evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
                               context_length=cfg.context_length, label=f"{cfg.arch} {site}",
-                              progress=not cfg.no_progress)
+                              text_field=getattr(cfg, "text_field", "text"), progress=not cfg.no_progress)
     metrics = metrics_record(evaluation, tokens=result.tokens, seconds=result.seconds,
                              dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
     metrics.update(describe(result.sae.cfg))

@@ -76,8 +76,9 @@ class CheckpointMismatchError(InterlayerError):
 class TrainOptions:
     """How to train an SAE (shared by :func:`train_sae` and ``interlayer sae train``)."""
 
-    tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / batch_size) steps", min=1)
-    batch_size: int = option(4096, "tokens per optimizer step", min=1)
+    tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / tokens-per-step) steps", min=1)
+    batch_size: int = option(4096, "training tokens per optimizer step", min=1, flag="--tokens-per-step",
+                             group="training")
     lr: float = option(3e-4, "Adam learning rate after warmup", above=0)
     warmup_steps: int | None = option(None, "linear learning-rate warmup steps (default: 50; 0 in top-AFA's "
                                             "authors-exact mode)", min=0)

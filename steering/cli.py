@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from interlayer.command_registry import command, write_json_output
+from interlayer.command_registry import check_outputs, command, say, show, write_figure, write_json_output
 from interlayer.errors import InterlayerError
 from interlayer.files import check_writable
+from interlayer.options import as_list, number_list, resolve_layers
 
 from .config import SteerApplyConfig, SteerExportConfig, SteerSweepConfig, SteerTrainConfig
 from .datasets import dataset_path, load_pairs
 from .vectors import SteeringVector
 
 
-def parse_layers(text: str | None) -> list[int] | str | None:
-    """``"all"``, ``None`` or a list of layer indices from ``"3,6,9"``."""
+def chosen_layers(text: str | None, n_layers: int) -> list[int] | None:
+    """The block indices a ``--layers`` spec names (``None`` for 'all' or not given)."""
     if text is None or text.strip() == "all":
-        return text.strip() if text else None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InterlayerError(f"layers {text!r} must be comma-separated integers or 'all'") from None
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InterlayerError(f"{flag} {text!r} must be comma-separated numbers") from None
-    if not values:
-        raise InterlayerError(f"{flag} needs at least one value")
-    return values
+        return None
+    return resolve_layers(text, n_layers)
 
 
 def parse_positions(text: str) -> str | int:
@@ -56,76 +45,92 @@ def load_vector(path: str, model=None) -> SteeringVector:
 
 @command("steer train", SteerTrainConfig)
 def run_train(cfg: SteerTrainConfig) -> int:
+    from interlayer.lens.qa import use_chat
+
     from .vectors import train_vectors
 
-    layers = parse_layers(cfg.layers)
     load_pairs(cfg.dataset, "generate", cfg.n)  # bad data fails before the model loads
     check_writable(cfg.out, suffixes=(".safetensors",))
     model = cfg.load()
-    vector = train_vectors(model, cfg.dataset, layers, method=cfg.method, site=cfg.site, read=cfg.read,
-                           normalize=not cfg.raw, n=cfg.n, chat=cfg.chat, batch_size=cfg.batch_size,
-                           progress=not cfg.no_progress)
+    chat = use_chat(model, cfg.chat)
+    vector = train_vectors(model, cfg.dataset, chosen_layers(cfg.layers, model.n_layers) or "all", method=cfg.method,
+                           site=cfg.site_kind, read=cfg.read, normalize=not cfg.raw, n=cfg.n, chat=chat,
+                           batch_size=cfg.batch_size, progress=not cfg.no_progress)
+    vector.chat = chat  # recorded, so `steer apply --chat auto` asks the same way
     vector.extra["model_type"] = model.model_type
     vector.save(cfg.out)
-    print(vector.norms().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"wrote {cfg.out}: {cfg.method} vectors at {cfg.site} of layers {vector.layers} from {vector.n_pairs} pairs")
+    norms = vector.norms()
+    show(norms.to_string(index=False, float_format=lambda v: f"{v:.4f}"), norms.to_dict(orient="records"))
+    say(f"wrote {cfg.out}: {cfg.method} vectors at {cfg.site_kind} of layers {vector.layers} from {vector.n_pairs} pairs"
+        f"{' (chat template)' if chat else ''}")
     return 0
 
 
 @command("steer apply", SteerApplyConfig)
 def run_apply(cfg: SteerApplyConfig) -> int:
-    from .evaluation import generate
+    from interlayer.lens.qa import use_chat
+
+    from .evaluation import generate_text as generate
     from .inject import steer
+    from .vectors import prompt_text
 
     positions = parse_positions(cfg.positions)
-    layers = parse_layers(cfg.layer)
+    prompts = as_list(cfg.prompt)
+    if not prompts or not all(prompts):
+        raise InterlayerError('give a prompt, e.g. interlayer steer apply --vector V.safetensors --prompt "I think"')
+    if not math.isfinite(cfg.coef):
+        raise InterlayerError(f"--coef {cfg.coef}: give a finite number")
     if not Path(cfg.vector).is_file():
         raise InterlayerError(f"--vector {cfg.vector!r} does not exist")
     model = cfg.load()
     vector = load_vector(cfg.vector, model)
-    plain = generate(model, cfg.prompt, cfg.max_new_tokens)
-    with steer(model, vector, cfg.coef, layers=None if layers in (None, "all") else layers, positions=positions,
-               operator=cfg.operator, preserve_norm=cfg.preserve_norm):
-        steered = generate(model, cfg.prompt, cfg.max_new_tokens)
-    print(f"--- without steering\n{cfg.prompt}{plain}")
-    print(f"--- {cfg.operator} x {cfg.coef:g} at {vector.site} layers {layers or vector.layers}\n{cfg.prompt}{steered}")
+    recorded = getattr(vector, "chat", None)
+    chat = recorded if cfg.chat == "auto" and recorded is not None else use_chat(model, cfg.chat)
+    layers = chosen_layers(cfg.layers, model.n_layers)
+    runs = []
+    for prompt in prompts:
+        text = prompt_text(model, prompt, chat)
+        plain = generate(model, text, cfg.max_new_tokens)
+        with steer(model, vector, cfg.coef, layers=layers, positions=positions, operator=cfg.operator,
+                   preserve_norm=cfg.preserve_norm):
+            steered = generate(model, text, cfg.max_new_tokens)
+        runs.append({"prompt": prompt, "chat": chat, "plain": plain, "steered": steered})
+    where = f"{cfg.operator} x {cfg.coef:g} at {vector.site} layers {layers or vector.layers}"
+    show("\n".join(f"--- without steering\n{r['prompt']}{r['plain']}\n--- {where}\n{r['prompt']}{r['steered']}"
+                   for r in runs), runs[0] if len(runs) == 1 else runs)
     return 0
 
 
 @command("steer sweep", SteerSweepConfig)
 def run_sweep(cfg: SteerSweepConfig) -> int:
-    from interlayer.files import write_text_atomic
+    from interlayer.lens.qa import use_chat
 
     from .evaluation import sweep
     from .vectors import train_vectors
 
-    coefs = parse_floats(cfg.coefs, "--coefs")
-    layers = parse_layers(cfg.layers)
+    coefs = number_list(cfg.coefs)
     load_pairs(cfg.dataset, "test", cfg.n)
     dataset_path(cfg.dataset)
-    check_writable(cfg.out, suffixes=(".json",))
-    if cfg.figures:
-        check_writable(cfg.figures, flag="--figures", suffixes=(".html",))
+    check_outputs(cfg.out, (".json",), cfg.figures)
     if cfg.vector is not None and not Path(cfg.vector).is_file():
         raise InterlayerError(f"--vector {cfg.vector!r} does not exist")
     model = cfg.load()
+    chat = use_chat(model, cfg.chat)
+    layers = chosen_layers(cfg.layers, model.n_layers)
     if cfg.vector is not None:
         vector = load_vector(cfg.vector, model)
     else:
-        vector = train_vectors(model, cfg.dataset, "all" if layers in (None, "all") else layers, n=cfg.train_n,
-                               normalize=False, chat=cfg.chat, progress=not cfg.no_progress)
-    chosen = vector.layers if layers in (None, "all") else layers
-    result = sweep(model, vector, cfg.dataset, chosen, coefs, n=cfg.n, seed=cfg.seed,
-                   perplexity_tokens=cfg.perplexity_tokens, batch_size=cfg.batch_size, chat=cfg.chat,
+        vector = train_vectors(model, cfg.dataset, layers or "all", n=cfg.train_n, normalize=False, chat=chat,
+                               progress=not cfg.no_progress)
+    result = sweep(model, vector, cfg.dataset, layers or vector.layers, coefs, n=cfg.n, seed=cfg.seed,
+                   perplexity_tokens=cfg.perplexity_tokens, batch_size=cfg.batch_size, chat=chat,
                    progress=not cfg.no_progress)
-    print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    show(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"), result.to_json())
     best = result.best
-    print(f"base P(matching) {result.base:.3f}; best cell: layer {best['layer']}, coef {best['coef']:g} "
-          f"(shift {best['shift']:+.3f}, random {best['random_shift']:+.3f}, Δ perplexity {best['delta_perplexity']:+.2f})")
+    say(f"base P(matching) {result.base:.3f}; best cell: layer {best['layer']}, coef {best['coef']:g} "
+        f"(shift {best['shift']:+.3f}, random {best['random_shift']:+.3f}, Δ perplexity {best['delta_perplexity']:+.2f})")
     write_json_output(cfg.out, result.to_json())
-    if cfg.figures:
-        write_text_atomic(cfg.figures, result.plot().to_html(include_plotlyjs=True, full_html=True))
-        print(f"wrote {cfg.figures}")
+    write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 
 
@@ -133,17 +138,16 @@ def run_sweep(cfg: SteerSweepConfig) -> int:
 def run_export(cfg: SteerExportConfig) -> int:
     from .gguf_io import to_gguf
 
-    if (cfg.gguf is None) == (cfg.out is None):
-        raise InterlayerError("give exactly one of --gguf OUT.gguf (export) and --out OUT.safetensors (import a .gguf)")
+    check_writable(cfg.out, suffixes=(".gguf", ".safetensors"))
     if not Path(cfg.vector).is_file():
         raise InterlayerError(f"--vector {cfg.vector!r} does not exist")
     vector = load_vector(cfg.vector)
-    if cfg.gguf is not None:
-        check_writable(cfg.gguf, flag="--gguf", suffixes=(".gguf",))
-        to_gguf(vector, cfg.gguf, hint=cfg.model_hint)
-        print(f"wrote {cfg.gguf}: llama.cpp control vector, layers {[l + 1 for l in vector.layers]} (1-based)")
+    if Path(cfg.out).suffix.lower() == ".gguf":
+        to_gguf(vector, cfg.out, hint=cfg.model_hint)
+        show(f"wrote {cfg.out}: llama.cpp control vector, layers {[l + 1 for l in vector.layers]} (1-based)",
+             {"out": str(cfg.out), "layers": vector.layers, "format": "gguf"})
     else:
-        check_writable(cfg.out, suffixes=(".safetensors",))
         vector.save(cfg.out)
-        print(f"wrote {cfg.out}: layers {vector.layers}")
+        show(f"wrote {cfg.out}: layers {vector.layers}", {"out": str(cfg.out), "layers": vector.layers,
+                                                           "format": "safetensors"})
     return 0

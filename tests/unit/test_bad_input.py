@@ -124,10 +124,10 @@ def test_cache_options_object_equals_keywords(tmp_path):
     (["lens", "logit", "--model", NO_MODEL, "--out", "table.txt"], ["unknown extension", "'.csv', '.json'"]),
     (["lens", "latent", "--model", NO_MODEL, "--shots", "-1"], "--shots: must be at least 0"),
     (["cache", "--model", NO_MODEL, "--data", "d.txt", "--out", "o", "--batch-size", "0"], "--batch-size: must be at least 1"),
-    (["cache", "--model", NO_MODEL, "--out", "o"], "required: --data"),
+    (["cache", "--model", NO_MODEL, "--out", "o"], "--data is required"),
     (["consistency", "--model", NO_MODEL, "--n", "-1"], "--n: must be at least 2, got -1"),
     (["mexa", "--model", NO_MODEL, "--out", "scores.csv"], ["unknown extension", "'.json'"]),
-    (["sae", "eval", "--model", NO_MODEL, "--sae", "x"], "required: --out"),
+    (["sae", "eval", "--model", NO_MODEL, "--sae", "x"], "--out is required"),
     (["lens", "tune", "--model", NO_MODEL, "--steps", "0", "--out", "d"], "--steps: must be at least 1"),
 ])
 def test_bad_flags_fail_before_the_model_loads(capsys, argv, says):
@@ -144,7 +144,9 @@ def test_bad_files_and_sites_fail_before_the_model_loads(capsys, tmp_path, text)
     usage_error(capsys, *base, "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o", says="bad.jsonl:2 is not valid JSON")
     usage_error(capsys, *base, "--data", tmp_path / "num.jsonl", "--out", tmp_path / "o", says="field 'text' is int '123', not text")
     usage_error(capsys, *base, "--data", tmp_path / "latin1.txt", "--out", tmp_path / "o", says="byte 0xe9")
-    usage_error(capsys, *base, "--data", tmp_path, "--out", tmp_path / "o", says="is not a file")
+    (tmp_path / "no_data").mkdir()
+    usage_error(capsys, *base, "--data", tmp_path / "no_data", "--out", tmp_path / "o", says="is a folder without any")
+    usage_error(capsys, *base, "--data", tmp_path, "--out", tmp_path / "o", says="is not valid JSON")  # a folder: each file
     usage_error(capsys, *base, "--data", text, "--out", tmp_path / "file", says="is a file, not a directory")
     usage_error(capsys, *base, "--data", text, "--out", "/proc/interlayer-out", says="is not writable")
     usage_error(capsys, *base, "--data", text, "--out", tmp_path / "o", "--sites", "resid_psot.3",
@@ -161,7 +163,7 @@ def test_mexa_non_utf8_file_is_a_clear_error(capsys, tmp_path):
     for lang in ("eng_Latn", "fra_Latn"):
         (tmp_path / f"{lang}.txt").write_bytes((flores / f"{lang}.devtest").read_bytes())
     (tmp_path / "fra_Latn.txt").write_bytes("caf\xe9\n".encode("latin-1") * 100)
-    usage_error(capsys, "mexa", "--model", NO_MODEL, "--langs", "fra_Latn", "--data", tmp_path, "--n", "5",
+    usage_error(capsys, "probes", "mexa", "--model", NO_MODEL, "--langs", "fra_Latn", "--dataset", tmp_path, "--n", "5",
                 says=["fra_Latn.txt is not UTF-8 text", "byte 0xe9"])
 
 
@@ -229,7 +231,12 @@ def test_an_unreachable_hub_fails_at_once(monkeypatch):
 
 
 # ------------------------------------------------------ 10: lens progress
-def test_logit_lens_shows_progress_over_decoding(capsys, ckpt):
+def test_logit_lens_shows_progress_over_decoding(capsys, ckpt, monkeypatch):
+    code = cli.main(["lens", "logit", "--model", str(ckpt), "--prompt", "w5 w6 w7"])
+    assert code == 0 and "decode" not in capsys.readouterr().err  # stderr is no terminal here: no bars in logs
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code = cli.main(["lens", "logit", "--model", str(ckpt), "--prompt", "w5 w6 w7"])
     assert code == 0
     assert "decode" in capsys.readouterr().err

@@ -244,4 +244,4 @@ def test_cache_cli(tmp_path, capsys):
     assert store.n_rows == 200 and store.sites == ["attn_out.0", "resid_post.1"]
     assert store.load("resid_post.1").dtype == torch.bfloat16
     assert cli.main(["cache", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "x")]) == 2
-    assert "required: --data" in capsys.readouterr().err
+    assert "--data is required" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 
 from interlayer import cli
 from interlayer.config import InfoConfig, LogitLensConfig
+from interlayer.options import flag_name
 from tests.tiny_models import make_tiny, make_tokenizer
 
 
@@ -33,8 +34,7 @@ def test_every_command_has_help_listing_every_option(capsys):
             if not field.metadata.get("cli", True):  # Python-API-only fields
                 assert "--" + field.name.replace("_", "-") + " " not in text
                 continue
-            flag = field.name if field.metadata.get("positional") else "--" + field.name.replace("_", "-")
-            assert flag in text, (name, flag)
+            assert flag_name(field) in text, (name, flag_name(field))
             assert field.metadata["help"].split()[0] in text
 
 
@@ -55,16 +55,17 @@ def tiny_checkpoint(tmp_path):
 
 
 def test_info_on_a_checkpoint(capsys, tiny_checkpoint):
-    code, out, _ = _run(capsys, "info", str(tiny_checkpoint), "--json")
+    code, out, _ = _run(capsys, "info", "--model", str(tiny_checkpoint), "--json")
     info = json.loads(out)
     assert code == 0 and info["n_layers"] == 3 and info["d_model"] == 32 and info["final_logit_softcap"] == 2.0
     assert "resid_post.{0..2}" in info["sites"]
-    code, out, _ = _run(capsys, "info", str(tiny_checkpoint))
-    assert "layers       3" in out and "blocks.0.hook_resid_post" in out
+    code, out, err = _run(capsys, "info", str(tiny_checkpoint))  # the old positional still works, with a notice
+    assert code == 0 and "layers       3" in out and "blocks.0.hook_resid_post" in out
+    assert "deprecated" in err and "--model" in err
 
 
 def test_bad_model_is_a_clean_error(capsys):
-    code, out, err = _run(capsys, "info", "not-a-model")
+    code, out, err = _run(capsys, "info", "--model", "not-a-model")
     assert code == 2 and "gemma-3-270m" in err and "Traceback" not in err
 
 
@@ -77,6 +78,15 @@ def test_logit_lens_command(capsys, tiny_checkpoint, tmp_path):
     assert out.splitlines()[0].split()[:2] == ["0:<s>", "1:w5"]
 
 
+def test_logit_lens_takes_several_prompts_and_targets(capsys, tiny_checkpoint, tmp_path):
+    code, out, _ = _run(capsys, "lens", "logit", "--model", str(tiny_checkpoint), "--prompt", "w5 w6", "--prompt",
+                        "w7 w8 w9", "--targets", "w5", "--positions", "last", "--json")
+    rows = json.loads(out)
+    assert code == 0 and {r["prompt"] for r in rows} == {0, 1}
+    assert {(r["prompt"], r["position"]) for r in rows} == {(0, 2), (1, 3)}  # the last position of each (BOS first)
+    assert all(0 <= r["p[w5]"] <= 1 for r in rows)
+
+
 def test_configs_are_the_api_defaults():
     assert InfoConfig().model == "gemma-3-270m"
-    assert LogitLensConfig(prompt="x").top_k == 1
+    assert LogitLensConfig(prompt=["x"]).top_k == 1

@@ -238,38 +238,38 @@ def test_knowledge_commands(tmp_path, capsys):
     make_tokenizer(ckpt)
     data = str(_qa_file(tmp_path))
     out = tmp_path / "iks.json"
-    assert cli.main(["iks", "--model", str(ckpt), "--data", data, "--n", "4", "--candidates", "0,1,2",
-                     "--max-new-tokens", "2", "--out", str(out), "--figure", str(tmp_path / "iks.html"),
+    assert cli.main(["lens", "iks", "--model", str(ckpt), "--dataset", data, "--n", "4", "--candidates", "0,1,2",
+                     "--max-new-tokens", "2", "--out", str(out), "--figures", str(tmp_path / "iks.html"),
                      "--no-progress"]) == 0
     payload = json.loads(out.read_text())
     assert set(payload) >= {"model", "n", "iks", "layer", "candidates", "selected_histogram"}
     assert len(payload["iks"]) == 3 and payload["candidates"] == [0, 1, 2] and payload["n"] == 4
     assert payload["layer"] in (0, 1, 2) and sum(payload["selected_histogram"].values()) == payload["steps"]
     assert "<script" in (tmp_path / "iks.html").read_text()
-    assert cli.main(["iks", "--model", str(ckpt), "--data", data, "--n", "2", "--no-passage", "--select", "example",
+    assert cli.main(["lens", "iks", "--model", str(ckpt), "--dataset", data, "--n", "2", "--no-passage", "--select", "example",
                      "--out", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["steps"] == 2 and json.loads(out.read_text())["passage"] is False
     capsys.readouterr()
-    assert cli.main(["generate", "--model", str(ckpt), "--decoding", "lfd", "--candidates", "0,1,2", "--alpha", "1",
-                     "--max-new-tokens", "3", "--json", "w5 w6 w7"]) == 0
+    assert cli.main(["lens", "generate", "--model", str(ckpt), "--decoding", "lfd", "--candidates", "0,1,2", "--alpha", "1",
+                     "--max-new-tokens", "3", "--json", "--prompt", "w5 w6 w7"]) == 0
     gen = json.loads(capsys.readouterr().out)
     assert gen["decoding"] == "lfd" and all(s["layer"] in (0, 1, 2) for s in gen["steps"])
-    assert cli.main(["qa", "--model", str(ckpt), "--data", data, "--n", "3", "--decoding", "greedy,dola",
+    assert cli.main(["lens", "qa", "--model", str(ckpt), "--dataset", data, "--n", "3", "--decoding", "greedy,dola",
                      "--max-new-tokens", "2", "--out", str(tmp_path / "qa.json"), "--no-progress"]) == 0
     qa = json.loads((tmp_path / "qa.json").read_text())
     assert qa["decodings"] == ["greedy", "dola"] and len(qa["results"]) == 4 and qa["skipped"] == 0
     assert not (tmp_path / "qa.json.progress.jsonl").exists()
     capsys.readouterr()
     # bad input: one line, exit 2, before any model work
-    assert cli.main(["qa", "--model", str(ckpt), "--data", "trivia", "--n", "3"]) == 2
+    assert cli.main(["lens", "qa", "--model", str(ckpt), "--dataset", "trivia", "--n", "3"]) == 2
     assert "not one of 'nq', 'squad', 'known'" in capsys.readouterr().err
-    assert cli.main(["qa", "--model", str(ckpt), "--data", data, "--decoding", "greedy,beam"]) == 2
+    assert cli.main(["lens", "qa", "--model", str(ckpt), "--dataset", data, "--decoding", "greedy,beam"]) == 2
     assert "unknown decoding 'beam'" in capsys.readouterr().err
-    assert cli.main(["generate", "--model", str(ckpt), "--decoding", "lfd", "--beta", "0", "w5"]) == 2
+    assert cli.main(["lens", "generate", "--model", str(ckpt), "--decoding", "lfd", "--beta", "0", "--prompt", "w5"]) == 2
     assert "--beta" in capsys.readouterr().err
-    assert cli.main(["generate", "--model", str(ckpt), "--decoding", "lfd", "--layer", "9", "w5"]) == 2
+    assert cli.main(["lens", "generate", "--model", str(ckpt), "--decoding", "lfd", "--layer", "9", "--prompt", "w5"]) == 2
     assert "0..2" in capsys.readouterr().err
-    assert cli.main(["iks", "--model", str(ckpt), "--data", data, "--candidates", "", "--no-progress"]) == 2
+    assert cli.main(["lens", "iks", "--model", str(ckpt), "--dataset", data, "--candidates", "", "--no-progress"]) == 2
     assert "empty" in capsys.readouterr().err
 
 

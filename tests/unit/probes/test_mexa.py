@@ -124,10 +124,10 @@ def test_mexa_cli_schema(tmp_path, parallel, capsys):
     make_tiny("llama").save_pretrained(tmp_path / "ckpt")
     make_tokenizer(tmp_path / "ckpt")
     out = tmp_path / "m.json"
-    assert cli.main(["mexa", "--model", str(tmp_path / "ckpt"), "--langs", "all", "--n", "6", "--pooling", "last",
-                     "--data", str(d), "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["probes", "mexa", "--model", str(tmp_path / "ckpt"), "--langs", "all", "--n", "6", "--pooling",
+                     "last", "--dataset", str(d), "--out", str(out), "--no-progress"]) == 0
     payload = json.loads(out.read_text())
     assert payload["pooling"] == "last" and payload["n"] == 6 and payload["pivot"] == "eng_Latn"
     assert list(payload["scores"]) == ["fra_Latn"] and payload["layers"] == 4
-    assert cli.main(["mexa", "--model", str(tmp_path / "ckpt"), "--langs", "xxx_Latn", "--data", str(d)]) == 2
+    assert cli.main(["probes", "mexa", "--model", str(tmp_path / "ckpt"), "--langs", "xxx_Latn", "--dataset", str(d)]) == 2
     assert "available languages" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def test_train_streamed_then_eval_then_convert(capsys, tmp_path, checkpoint):
     ckpt, text = checkpoint
     out = tmp_path / "sae"
     code, stdout, err = _run(capsys, "sae", "train", "--model", ckpt, "--site", "resid_post.1", "--arch", "topk",
-                             "--latents", 64, "--k", 4, "--tokens", 64 * 30, "--batch-size", 64, "--data", text,
+                             "--latents", 64, "--k", 4, "--tokens", 64 * 30, "--tokens-per-step", 64, "--data", text,
                              "--out", out, "--eval-tokens", 60, "--checkpoint-every", 10, "--context-length", 16,
                              "--no-progress")
     assert code == 0, err
@@ -69,7 +69,7 @@ def test_train_from_cached_activations(capsys, tmp_path, checkpoint):
                         "--out", tmp_path / "acts", "--context-length", 16, "--no-progress")
     assert code == 0, err
     args = ["sae", "train", "--model", ckpt, "--site", "resid_post.0", "--arch", "topafa", "--latents", 64,
-            "--tokens", 64 * 20, "--batch-size", 64, "--activations", tmp_path / "acts", "--out", tmp_path / "s",
+            "--tokens", 64 * 20, "--tokens-per-step", 64, "--activations", tmp_path / "acts", "--out", tmp_path / "s",
             "--eval-tokens", 40, "--context-length", 16, "--no-progress"]
     code, stdout, err = _run(capsys, *args)
     assert code == 0, err
@@ -98,9 +98,12 @@ def test_bad_input_errors(capsys, tmp_path, checkpoint):
     code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", tmp_path / "missing.txt", "--out",
                         tmp_path / "o")
     assert code == 2 and "does not exist" in err
-    code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", text, "--arch", "topk", "--out",
+    code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", text, "--arch", "relu", "--k", 4, "--out",
                         tmp_path / "o")
-    assert code == 2 and "needs k" in err
+    assert code == 2 and "takes no k" in err
+    code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", text, "--site", "resid_post.*", "--out",
+                        tmp_path / "o")
+    assert code == 2 and "is not one site" in err and "--sites" in err  # --site is one full site
     code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", text, "--site", "resid_post.9", "--out",
                         tmp_path / "o")
     assert code == 2 and "resid_post.9" in err

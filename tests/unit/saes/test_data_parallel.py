@@ -27,7 +27,7 @@ def cached(tmp_path_factory):
 def _argv(root, out, arch, *extra):
     return ["sae", "train", "--model", root / "ckpt", "--activations", root / "acts", "--site", "resid_post.0",
             "--out", out, "--arch", arch, "--latents", 48, *(["--k", 4] if arch in ("topk", "batchtopk") else []),
-            "--tokens", 64 * 16, "--batch-size", 64,
+            "--tokens", 64 * 16, "--tokens-per-step", 64,
             "--lr", 3e-3, "--warmup-steps", 2, "--dead-after", 2, "--aux-k", 8, "--checkpoint-every", 4,
             "--eval-data", root / "t.txt", "--eval-tokens", 45, "--context-length", 16, "--no-progress", *extra]
 
@@ -90,9 +90,9 @@ def test_a_killed_rank_stops_the_other_and_the_rerun_is_exact(cached, tmp_path):
 
 def test_distributed_bad_input(cached, tmp_path):
     # a global batch the ranks cannot split
-    ranks = launch(_argv(cached, tmp_path / "odd", "topk", "--batch-size", 63))
+    ranks = launch(_argv(cached, tmp_path / "odd", "topk", "--tokens-per-step", 63))
     assert ranks.codes == [2, 2]
-    assert all("--batch-size (the global batch) of 63 does not split evenly over 2 ranks" in e for e in ranks.err)
+    assert all("--tokens-per-step (the global batch) of 63 does not split evenly over 2 ranks" in e for e in ranks.err)
     # ranks started with different options: named on every rank
     ranks = launch(_argv(cached, tmp_path / "differ", "topk"), env={"INTERLAYER_TEST_EXTRA": "1:--seed 1"})
     assert ranks.codes == [2, 2], ranks.err

@@ -35,8 +35,8 @@ def root(tmp_path_factory):
 def _argv(root, out, *source):
     return ["sae", "train", "--model", root / "ckpt", *(source or ("--data", root / "t.txt")), "--sites",
             "resid_post.0,mlp_out.1,resid_post.2", "--out", out, "--arch", "topk", "--k", 4, "--latents", 48,
-            "--tokens", 64 * 12, "--batch-size", 64, "--lr", 3e-3, "--warmup-steps", 2, "--checkpoint-every", 4,
-            "--context-length", 16, "--forward-batch-size", 4, "--memory-mb", 0.2, "--eval-data", root / "t.txt",
+            "--tokens", 64 * 12, "--tokens-per-step", 64, "--lr", 3e-3, "--warmup-steps", 2, "--checkpoint-every", 4,
+            "--context-length", 16, "--batch-size", 4, "--memory-mb", 0.2, "--eval-data", root / "t.txt",
             "--eval-tokens", 45, "--no-progress"]
 
 

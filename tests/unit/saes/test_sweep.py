@@ -133,7 +133,7 @@ def cache(tmp_path, capsys):
 
 def _sweep(capsys, ckpt, text, acts, out, *extra):
     argv = ["sae", "sweep", "--model", ckpt, "--activations", acts, "--out", out, "--latents", 48, "--tokens", 64 * 12,
-            "--batch-size", 64, "--eval-data", text, "--eval-tokens", 45, "--context-length", 16, "--checkpoint-every", 4,
+            "--tokens-per-step", 64, "--eval-data", text, "--eval-tokens", 45, "--context-length", 16, "--checkpoint-every", 4,
             "--no-progress", *extra]
     code = cli.main([str(a) for a in argv])
     captured = capsys.readouterr()

@@ -144,16 +144,16 @@ def test_steer_commands(tmp_path, capsys):
                      "--no-progress"]) == 0
     assert SteeringVector.load(vec).layers == [0, 1]
     assert cli.main(["steer", "apply", "--model", str(ckpt), "--vector", str(vec), "--coef", "6", "--max-new-tokens", "4",
-                     "w5 w6 w7"]) == 0
+                     "--prompt", "w5 w6 w7"]) == 0
     out = capsys.readouterr().out
     assert "--- without steering" in out and "--- add x 6 at resid_post layers [0, 1]" in out
     assert cli.main(["steer", "sweep", "--model", str(ckpt), "--dataset", str(data), "--vector", str(vec), "--layers", "1",
-                     "--coefs=-2,2", "--n", "6", "--perplexity-tokens", "64", "--out", str(tmp_path / "s.json"),
+                     "--coefs", "-2,2", "--n", "6", "--perplexity-tokens", "64", "--out", str(tmp_path / "s.json"),
                      "--figures", str(tmp_path / "s.html"), "--no-progress"]) == 0
     payload = json.loads((tmp_path / "s.json").read_text())
     assert payload["layers"] == [1] and payload["coefs"] == [-2.0, 2.0] and len(payload["shift"][0]) == 2
     assert (tmp_path / "s.html").read_text().count("<script") >= 1
-    assert cli.main(["steer", "export", "--vector", str(vec), "--gguf", str(tmp_path / "v.gguf")]) == 0
+    assert cli.main(["steer", "export", "--vector", str(vec), "--out", str(tmp_path / "v.gguf")]) == 0
     assert cli.main(["steer", "export", "--vector", str(tmp_path / "v.gguf"), "--out", str(tmp_path / "back.safetensors")]) == 0
     assert torch.equal(SteeringVector.load(tmp_path / "back.safetensors")[1], SteeringVector.load(vec)[1])
     capsys.readouterr()
@@ -161,6 +161,7 @@ def test_steer_commands(tmp_path, capsys):
     assert cli.main(["steer", "train", "--model", "no-such-model", "--dataset", "caa:kindness", "--out", str(vec)]) == 2
     assert "valid behaviours" in capsys.readouterr().err
     assert cli.main(["steer", "sweep", "--model", "no-such-model", "--coefs", "1,x", "--out", str(tmp_path / "x.json")]) == 2
-    assert "--coefs '1,x' must be comma-separated numbers" in capsys.readouterr().err
-    assert cli.main(["steer", "apply", "--model", str(ckpt), "--vector", str(vec), "--layer", "7", "w5"]) == 2
-    assert "this vector has no layer 7" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--coefs" in err and "'1,x' must be comma-separated numbers" in err
+    assert cli.main(["steer", "apply", "--model", str(ckpt), "--vector", str(vec), "--layers", "-1", "--prompt", "w5"]) == 2
+    assert "this vector has no layer 2" in capsys.readouterr().err
