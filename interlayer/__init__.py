@@ -7,6 +7,10 @@ Quick start::
     model = interlayer.load_model("gemma-3-270m")
     logits, acts = model.run(**model.tokenize("The capital of France is"), read=["resid_post.9"], logits=True)
     decoded = interlayer.LayerDecoder(model).decode(acts["resid_post.9"], top_k=5)
+
+Every result has ``to_frame()``, ``plot()``, ``save(path)``, ``load(path)`` and an HTML
+summary in Jupyter (:class:`Result`); intervals come from :mod:`interlayer.intervals`,
+layer numberings other than the block index are converted by :mod:`interlayer.layers`.
 """
 
 from .activation_cache import ActivationStore, CacheOptions, cache
@@ -24,6 +28,7 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .loading import DEFAULT_MODEL, EMBEDDED, load_model
+from .results import Result
 from .sites import SITE_KINDS, Site
 
 __version__ = "0.1.0"
@@ -51,6 +56,7 @@ __all__ = [
     "LayerDecoder",
     "LayerIndexError",
     "ModelAdapter",
+    "Result",
     "SITE_KINDS",
     "Site",
     "UnknownModelError",

@@ -34,16 +34,21 @@ averaged the divergences over the batch, so a row's choice depended on its batch
 from __future__ import annotations
 
 import contextlib
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
 from interlayer.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, LayerIndexError, choices
+from interlayer.layers import hidden_index_site, layer_from_hidden_index
+from interlayer.results import Result, require
 
 from .knowledge import IKS_METRICS, SELECTIONS, candidate_layers, check_metric, cosine_distance, jsd
 
@@ -138,8 +143,8 @@ def dola_layers(model: ModelAdapter, bucket: str | Sequence[int] = "high") -> li
 
 
 def dola_site(j: int) -> str:
-    """The hook site of DoLa layer ``j`` (blocks applied)."""
-    return "resid_pre.0" if j == 0 else f"resid_post.{j - 1}"
+    """The hook site of DoLa layer ``j`` (blocks applied: a hidden index, :mod:`interlayer.layers`)."""
+    return hidden_index_site(j)
 
 
 @dataclass
@@ -154,8 +159,11 @@ class Step:
 
 
 @dataclass
-class Generation:
-    """A generated continuation with, per step, the layer used and its scores."""
+class Generation(Result):
+    """A generated continuation with, per step, the layer used and its scores.
+
+    ``Step.layer`` is LFD's fusion block ``l*`` (a block index) or DoLa's premature layer
+    ``M`` (a hidden index, 0 = the embeddings); :meth:`to_frame` names both numberings."""
 
     prompt: Any
     tokens: list[int]
@@ -164,9 +172,50 @@ class Generation:
     decoding: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens": self.tokens, "decoding": self.decoding,
+        """What ``interlayer lens generate --json`` prints per prompt (and :meth:`save` writes)."""
+        return {"prompt": self.prompt, "text": self.text, "tokens": self.tokens, "decoding": self.decoding,
                 "steps": [{"token": s.token, "layer": s.layer, "scores": {str(k): v for k, v in s.scores.items()}}
                           for s in self.steps]}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "Generation":
+        """The generation :meth:`to_json` described (the CLI's per-prompt record)."""
+        require(payload, "text", "tokens", "decoding", "steps", what="Generation")
+        steps = [Step(int(s["token"]), None if s.get("layer") is None else int(s["layer"]),
+                      {int(k): float(v) for k, v in s.get("scores", {}).items()}) for s in payload["steps"]]
+        return cls(payload.get("prompt"), [int(t) for t in payload["tokens"]], payload["text"], steps,
+                   payload["decoding"])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per step: the token, the layer used as a block index (``layer``) and, for
+        DoLa, as the hidden index it was chosen by (``hidden_index``), and each score (``score[j]``)."""
+        rows = []
+        for i, s in enumerate(self.steps):
+            row: dict[str, Any] = {"step": i, "token": s.token}
+            if self.decoding == "dola" and s.layer is not None:
+                row["hidden_index"] = s.layer
+                row["layer"] = layer_from_hidden_index(s.layer)
+            else:
+                row["layer"] = s.layer
+            row.update({f"score[{k}]": v for k, v in s.scores.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def plot(self) -> go.Figure:
+        """The layer used at each step (LFD's fusion block or DoLa's premature hidden state)."""
+        frame = self.to_frame()
+        column = "hidden_index" if "hidden_index" in frame else "layer"
+        fig = go.Figure(go.Scatter(x=frame.step if len(frame) else [], y=frame[column] if column in frame else [],
+                                   mode="lines+markers", name=column))
+        fig.update_layout(title=html.escape(f"{self.decoding} decoding: {len(self.steps)} steps"), xaxis_title="step",
+                          yaxis_title="hidden state (0 = embeddings)" if column == "hidden_index" else "layer")
+        return fig
+
+    def headline(self) -> dict[str, Any]:
+        """The decoding, the text and the layers used."""
+        used = sorted({s.layer for s in self.steps if s.layer is not None})
+        return {"decoding": self.decoding, "steps": len(self.steps), "text": self.text,
+                "layers used": used}
 
 
 def head_mask(final_logits: torch.Tensor, beta: float) -> torch.Tensor:
@@ -222,7 +271,7 @@ class _StepProcessor:
         if self.opts.metric == "jsd":
             plan += [(f"resid_mid.{l}", l) for l in self.iks_layers]
         plan += [(f"resid_post.{l}", l) for l in sorted(set(self.iks_layers) | set(self.fusion_layers))]
-        plan += [(dola_site(j), j - 1 if j > 0 else None) for j in self.dola]
+        plan += [(dola_site(j), layer_from_hidden_index(j, self.model.n_layers)) for j in self.dola]
         return list(dict.fromkeys(plan))
 
     def sites(self) -> list[str]:

@@ -39,6 +39,8 @@ from plotly.subplots import make_subplots
 from interlayer.adapter import ModelAdapter
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError, LayerIndexError
+from interlayer.intervals import LEVEL, mean_interval
+from interlayer.results import Result, decode_array, encode_array, require
 
 IKS_METRICS: tuple[str, ...] = ("jsd", "cosine")
 SELECTIONS: tuple[str, ...] = ("step", "example")
@@ -127,7 +129,7 @@ def check_metric(metric: str) -> None:
 
 # ------------------------------------------------------------------- results
 @dataclass
-class IKSResult:
+class IKSResult(Result):
     """IKS per layer over many decoding steps (or examples), and the fusion layers chosen."""
 
     model: str
@@ -159,17 +161,48 @@ class IKSResult:
         counts = Counter(self.chosen)
         return {layer: int(counts.get(layer, 0)) for layer in self.candidates}
 
+    def interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """95% percentile-bootstrap interval of the mean IKS per layer, over the recorded steps."""
+        return mean_interval(self.values, bounds=(0.0, math.inf))
+
     def to_json(self) -> dict[str, Any]:
         """The schema of ``interlayer iks --out``; ``iks`` has one mean per layer (all
-        layers of the model, in order)."""
+        layers of the model, in order) with its interval (``iks_low``, ``iks_high``);
+        ``values`` and ``chosen`` are the per-step data :meth:`load` rebuilds from."""
+        low, high = self.interval()
         return {"model": self.model, "n": self.n, "iks": [float(x) for x in self.mean], "layer": self.layer,
+                "iks_low": low.tolist(), "iks_high": high.tolist(), "level": LEVEL,
                 "candidates": self.candidates, "selected_histogram": {str(k): v for k, v in self.histogram.items()},
                 "metric": self.metric, "select": self.select, "steps": int(self.values.shape[0]),
-                "layers": self.layers, **self.extra}
+                "layers": self.layers, "values": encode_array(self.values), "chosen": list(self.chosen), **self.extra}
+
+    _OWN = frozenset({"model", "n", "iks", "layer", "iks_low", "iks_high", "level", "candidates",
+                      "selected_histogram", "metric", "select", "steps", "layers", "values", "chosen"})
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "IKSResult":
+        """The result :meth:`to_json` described; keys it does not know go back to ``extra``."""
+        require(payload, "model", "n", "layers", "candidates", "values", "chosen", what="IKSResult")
+        return cls(model=payload["model"], n=int(payload["n"]), layers=[int(x) for x in payload["layers"]],
+                   candidates=[int(x) for x in payload["candidates"]], values=decode_array(payload["values"]),
+                   chosen=[int(x) for x in payload["chosen"]], metric=payload.get("metric", "jsd"),
+                   select=payload.get("select", "step"),
+                   extra={k: v for k, v in payload.items() if k not in cls._OWN})
+
+    def headline(self) -> dict[str, Any]:
+        """l*, the metric and the counts."""
+        star = self.layers.index(self.layer)
+        low, high = self.interval()
+        return {"model": self.model, "examples": self.n, f"{self.select}s": int(self.values.shape[0]),
+                "metric": self.metric, "l*": self.layer,
+                "IKS at l*": f"{self.mean[star]:.4f} [{low[star]:.4f}, {high[star]:.4f}]",
+                "candidates": self.candidates}
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"layer": self.layers, "iks": self.mean, "sd": self.values.std(0),
-                             "candidate": [l in self.candidates for l in self.layers]})
+        """Per layer: mean IKS, its 95% interval, the standard deviation over steps, and whether it is a candidate."""
+        low, high = self.interval()
+        return pd.DataFrame({"layer": self.layers, "iks": self.mean, "iks_low": low, "iks_high": high,
+                             "sd": self.values.std(0), "candidate": [l in self.candidates for l in self.layers]})
 
     def plot(self) -> go.Figure:
         """IKS per layer (candidates shaded, l* marked) and the histogram of per-step choices."""
@@ -177,9 +210,10 @@ class IKSResult:
                             subplot_titles=(f"IKS per layer ({self.metric})", f"fusion layer per {self.select}"))
         for c in self.candidates:
             fig.add_vrect(x0=c - 0.5, x1=c + 0.5, fillcolor="LightGreen", opacity=0.3, line_width=0, row=1, col=1)
-        sd = self.values.std(0)
-        fig.add_trace(go.Scatter(x=self.layers, y=self.mean, mode="lines+markers", name="mean IKS",
-                                 error_y={"type": "data", "array": sd, "visible": True, "thickness": 1}), 1, 1)
+        low, high = self.interval()
+        fig.add_trace(go.Scatter(x=self.layers, y=self.mean, mode="lines+markers", name="mean IKS (95% interval)",
+                                 error_y={"type": "data", "symmetric": False, "array": high - self.mean,
+                                          "arrayminus": self.mean - low, "visible": True, "thickness": 1}), 1, 1)
         star = self.layers.index(self.layer)
         fig.add_trace(go.Scatter(x=[self.layer], y=[self.mean[star]], mode="markers", name=f"l* = {self.layer}",
                                  marker={"symbol": "star", "size": 16, "color": "black"}), 1, 1)
@@ -210,7 +244,7 @@ def without_answer_sentence(passage: str, answers: Sequence[str]) -> str | None:
 
 
 @dataclass
-class SimHiddenResult:
+class SimHiddenResult(Result):
     """SimHidden per layer: cosine of ``mlp_out.l`` with and without the answer-bearing sentence."""
 
     model: str
@@ -224,16 +258,43 @@ class SimHiddenResult:
     def mean(self) -> np.ndarray:
         return self.values.mean(0)
 
+    def interval(self) -> tuple[np.ndarray, np.ndarray]:
+        """95% percentile-bootstrap interval of the mean cosine per layer, over examples (within [-1, 1])."""
+        return mean_interval(self.values, bounds=(-1.0, 1.0))
+
     def to_json(self) -> dict[str, Any]:
+        """Per-layer means with their 95% intervals, and the per-example ``values``."""
+        low, high = self.interval()
         return {"model": self.model, "n": int(self.values.shape[0]), "skipped": self.skipped, "layers": self.layers,
-                "sim_hidden": [float(x) for x in self.mean], "sd": [float(x) for x in self.values.std(0)]}
+                "sim_hidden": [float(x) for x in self.mean], "sd": [float(x) for x in self.values.std(0)],
+                "sim_hidden_low": low.tolist(), "sim_hidden_high": high.tolist(), "level": LEVEL,
+                "values": encode_array(self.values)}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "SimHiddenResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "layers", "values", what="SimHiddenResult")
+        return cls(model=payload["model"], layers=[int(x) for x in payload["layers"]],
+                   values=decode_array(payload["values"]), skipped=int(payload.get("skipped", 0)))
+
+    def headline(self) -> dict[str, Any]:
+        """Counts and the layer of lowest similarity."""
+        i = int(np.argmin(self.mean))
+        return {"model": self.model, "examples": int(self.values.shape[0]), "skipped": self.skipped,
+                "lowest SimHidden": f"{self.mean[i]:.4f} at layer {self.layers[i]}"}
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"layer": self.layers, "sim_hidden": self.mean, "sd": self.values.std(0)})
+        """Per layer: mean cosine, its 95% interval and the standard deviation over examples."""
+        low, high = self.interval()
+        return pd.DataFrame({"layer": self.layers, "sim_hidden": self.mean, "sim_hidden_low": low,
+                             "sim_hidden_high": high, "sd": self.values.std(0)})
 
     def plot(self) -> go.Figure:
-        fig = go.Figure(go.Scatter(x=self.layers, y=self.mean, mode="lines+markers", name="SimHidden",
-                                   error_y={"type": "data", "array": self.values.std(0), "visible": True}))
+        """Mean cosine per layer with 95% bootstrap intervals over examples."""
+        low, high = self.interval()
+        fig = go.Figure(go.Scatter(x=self.layers, y=self.mean, mode="lines+markers", name="SimHidden (95% interval)",
+                                   error_y={"type": "data", "symmetric": False, "array": high - self.mean,
+                                            "arrayminus": self.mean - low, "visible": True}))
         fig.update_layout(title=html.escape(f"SimHidden: cosine of FFN outputs with vs without the answer sentence "
                                             f"({self.model}, n={self.values.shape[0]})"),
                           xaxis_title="layer", yaxis_title="cos(mlp_out with, mlp_out without)")

@@ -40,6 +40,8 @@ from interlayer.activations import collect
 from interlayer.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
+from interlayer.intervals import LEVEL, PROBABILITY, mean_interval
+from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 
 from .prefixes import PrefixIndex
 
@@ -85,8 +87,8 @@ def check_task(task: str, src: str, tgt: str, latents: list[str]) -> tuple[str, 
 
 
 @dataclass
-class LatentResult:
-    """Per-word, per-layer probabilities; summaries are means over words with 95% CIs."""
+class LatentResult(Result):
+    """Per-word, per-layer probabilities; summaries are means over words with 95% bootstrap intervals."""
 
     model: str
     lens: str
@@ -113,30 +115,61 @@ class LatentResult:
         return int(self.p_target.shape[0])
 
     @staticmethod
-    def _mean_ci(values: np.ndarray) -> tuple[list[float], list[float], list[float]]:
-        from scipy import stats
-
-        n = values.shape[0]
-        mean = values.mean(0)
-        if n < 2:
-            return mean.tolist(), mean.tolist(), mean.tolist()
-        half = stats.t.ppf(0.975, n - 1) * values.std(0, ddof=1) / math.sqrt(n)
-        return mean.tolist(), (mean - half).tolist(), (mean + half).tolist()
+    def _mean_ci(values: np.ndarray, bounds: tuple[float, float] | None = PROBABILITY
+                 ) -> tuple[list[float], list[float], list[float]]:
+        """Mean over words and its 95% percentile-bootstrap interval (seeded), per layer;
+        probabilities' intervals stay in [0, 1] (:func:`interlayer.intervals.mean_interval`)."""
+        low, high = mean_interval(values, bounds=bounds)
+        return values.mean(0).tolist(), low.tolist(), high.tolist()
 
     def to_json(self) -> dict[str, Any]:
-        """The schema of ``interlayer lens latent --out``: one value per decoder layer."""
-        series = {"p_target": self.p_target, "p_source": self.p_source, "entropy": self.entropy}
+        """The schema of ``interlayer lens latent --out``: one mean per decoder layer with its
+        95% bootstrap interval, and (under ``per_word``) the per-word values they come from,
+        so that :meth:`load` rebuilds the result."""
+        series = {"p_target": self.p_target, "p_source": self.p_source}
         means = {k: self._mean_ci(v) for k, v in series.items()}
+        means["entropy"] = self._mean_ci(self.entropy, (0.0, math.inf))
         latent = {lang: self._mean_ci(v) for lang, v in self.p_latent.items()}
         ci = {k: {"low": v[1], "high": v[2]} for k, v in means.items()}
         ci["p_latent"] = {lang: {"low": v[1], "high": v[2]} for lang, v in latent.items()}
-        ci["level"] = 0.95
+        ci["level"] = LEVEL
+        ci["method"] = "percentile bootstrap over words"
         return {
-            "model": self.model, "task": self.task, "src": self.src, "tgt": self.tgt, "n_words": self.n_words,
-            "layers": self.layers, "p_target": means["p_target"][0],
+            "model": self.model, "lens": self.lens, "task": self.task, "src": self.src, "tgt": self.tgt,
+            "n_words": self.n_words, "layers": self.layers, "p_target": means["p_target"][0],
             "p_latent": {lang: v[0] for lang, v in latent.items()}, "p_source": means["p_source"][0],
-            "entropy": means["entropy"][0], "ci": ci,
+            "entropy": means["entropy"][0], "ci": ci, "n_missing": self.n_missing, "n_overlap": self.n_overlap,
+            "skipped": list(self.skipped),
+            "per_word": {"words": encode_frame(self.words), "p_target": encode_array(self.p_target),
+                         "p_source": encode_array(self.p_source), "entropy": encode_array(self.entropy),
+                         "latents": list(self.p_latent),
+                         "p_latent": {lang: encode_array(v) for lang, v in self.p_latent.items()}},
         }
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "LatentResult":
+        """The result :meth:`to_json` described (its ``per_word`` part)."""
+        require(payload, "model", "task", "src", "tgt", "layers", "per_word", what="LatentResult")
+        words = payload["per_word"]
+        return cls(model=payload["model"], lens=payload.get("lens", "logit"), task=payload["task"], src=payload["src"],
+                   tgt=payload["tgt"], layers=[int(x) for x in payload["layers"]], words=decode_frame(words["words"]),
+                   p_target=decode_array(words["p_target"]), p_source=decode_array(words["p_source"]),
+                   entropy=decode_array(words["entropy"]),
+                   p_latent={lang: decode_array(words["p_latent"][lang]) for lang in words.get("latents", words["p_latent"])},
+                   n_missing=int(payload.get("n_missing", 0)), n_overlap=int(payload.get("n_overlap", 0)),
+                   skipped=list(payload.get("skipped", [])))
+
+    def headline(self) -> dict[str, Any]:
+        """The task, the word count, and the peak of each series with its layer."""
+        payload = self.to_json()
+        out: dict[str, Any] = {"model": self.model, "lens": self.lens, "task": f"{self.task} {self.src}->{self.tgt}",
+                               "words": self.n_words}
+        peaks = [(f"target ({self.tgt})", payload["p_target"])]
+        peaks += [(f"latent ({lang})", v) for lang, v in payload["p_latent"].items()]
+        for name, values in peaks:
+            i = int(np.argmax(values))
+            out[f"peak p {name}"] = f"{values[i]:.3f} at layer {self.layers[i]}"
+        return out
 
     def to_frame(self) -> pd.DataFrame:
         """Per layer: mean and CI of each series."""
@@ -147,6 +180,8 @@ class LatentResult:
             frame[f"p_latent_{lang}"] = values
         for key in ("p_target", "p_source", "entropy"):
             frame[f"{key}_low"], frame[f"{key}_high"] = payload["ci"][key]["low"], payload["ci"][key]["high"]
+        for lang, band in payload["ci"]["p_latent"].items():
+            frame[f"p_latent_{lang}_low"], frame[f"p_latent_{lang}_high"] = band["low"], band["high"]
         return frame
 
     def plot(self) -> go.Figure:
@@ -231,7 +266,7 @@ def _word_table(task: str, tgt: str, words: pd.DataFrame | None, limit: int | No
 def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", task: str = "translation",
                     latents: list[str] | None = None, shots: int = 4, seed: int = 0, limit: int | None = None,
                     lens: Lens = LOGIT_LENS, batch_size: int = 8, words: pd.DataFrame | None = None,
-                    progress: bool = True) -> LatentResult:
+                    chat: bool = False, progress: bool = True) -> LatentResult:
     """Run the latent-language analysis; see the module docstring.
 
     Args:
@@ -260,6 +295,9 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
     for i, row in enumerate(keep):
         others = [k for j, k in enumerate(keep) if j != i]
         prompts.append(build_prompt(task, src, tgt, row, rng.sample(others, shots), cloze))
+    if chat:  # each few-shot prompt as one user turn; the answer starts the assistant's turn
+        prompts = [model.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                       add_generation_prompt=True) for p in prompts]
 
     sites = [f"resid_post.{layer}" for layer in range(model.n_layers)]
     acts = collect(model, prompts, sites, select="last", batch_size=batch_size, progress=progress)

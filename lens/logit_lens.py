@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,10 +18,12 @@ from interlayer.adapter import ModelAdapter
 from interlayer.activations import collect
 from interlayer.decoding import DEFAULT_MEMORY_MB, LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
+from interlayer.intervals import PROBABILITY, mean_interval
+from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 
 
 @dataclass
-class LogitLensResult:
+class LogitLensResult(Result):
     """Per-layer decoding of prompts at every position (or the last).
 
     Rows are (prompt, position) pairs. ``top_ids``/``top_probs`` are
@@ -48,6 +51,42 @@ class LogitLensResult:
     @property
     def input_tokens(self) -> list[str]:
         return self.rows.input_token.tolist()
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, tensors as ``{"dtype", "shape", "values"}``: what :meth:`save` writes."""
+        return {
+            "model": self.model, "lens": self.lens, "prompts": self.prompts, "rows": encode_frame(self.rows),
+            "layers": self.layers, "top_ids": encode_array(self.top_ids), "top_probs": encode_array(self.top_probs),
+            "top_tokens": self.top_tokens, "entropy": encode_array(self.entropy),
+            "kl_to_final": encode_array(self.kl_to_final), "targets": self.targets, "target_ids": self.target_ids,
+            "target_probs": encode_array(self.target_probs), "target_ranks": encode_array(self.target_ranks),
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "LogitLensResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "lens", "prompts", "rows", "layers", "top_ids", "kl_to_final", what="LogitLensResult")
+        return cls(
+            model=payload["model"], lens=payload["lens"], prompts=list(payload["prompts"]),
+            rows=decode_frame(payload["rows"]), layers=[int(x) for x in payload["layers"]],
+            top_ids=decode_array(payload["top_ids"], "torch"), top_probs=decode_array(payload["top_probs"], "torch"),
+            top_tokens=payload["top_tokens"], entropy=decode_array(payload["entropy"], "torch"),
+            kl_to_final=decode_array(payload["kl_to_final"], "torch"), targets=list(payload["targets"]),
+            target_ids=[int(x) for x in payload["target_ids"]],
+            target_probs=decode_array(payload["target_probs"], "torch"),
+            target_ranks=decode_array(payload["target_ranks"], "torch"),
+        )
+
+    def headline(self) -> dict[str, Any]:
+        """Model, lens, sizes, and the last layer's top-1 at the last position of prompt 0."""
+        last = max(r for r, p in enumerate(self.rows.prompt) if p == 0)
+        out: dict[str, Any] = {"model": self.model, "lens": self.lens, "prompts": len(self.prompts),
+                               "positions": len(self.rows), "layers": len(self.layers),
+                               "final top-1 (prompt 0, last position)": self.top_tokens[-1][last][0],
+                               "mean KL to final at layer 0 (nats)": float(self.kl_to_final[0].mean())}
+        for t, name in enumerate(self.targets):
+            out[f"final p({name})"] = float(self.target_probs[-1, last, t])
+        return out
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per (layer, prompt, position, rank); target columns
@@ -99,14 +138,19 @@ class LogitLensResult:
         return fig
 
     def plot_curves(self) -> go.Figure:
-        """Per-layer curves averaged over the decoded positions: entropy, KL to the
-        final layer, and each target's probability."""
+        """Per-layer curves averaged over the decoded positions, with 95% bootstrap
+        intervals over the positions: entropy, KL to the final layer, and each target's probability."""
         fig = make_subplots(rows=1, cols=3, subplot_titles=("entropy (nats)", "KL to final (nats)", "target probability"))
-        fig.add_trace(go.Scatter(x=self.layers, y=self.entropy.mean(1).tolist(), name="entropy"), 1, 1)
-        fig.add_trace(go.Scatter(x=self.layers, y=self.kl_to_final.mean(1).tolist(), name="KL"), 1, 2)
-        for t, name in enumerate(self.targets):
-            fig.add_trace(go.Scatter(x=self.layers, y=self.target_probs[:, :, t].mean(1).tolist(),
-                                     name=f"p({html.escape(name)})"), 1, 3)
+        series = [("entropy", self.entropy, None, 1), ("KL", self.kl_to_final, None, 2)]
+        series += [(f"p({html.escape(name)})", self.target_probs[:, :, t], PROBABILITY, 3)
+                   for t, name in enumerate(self.targets)]
+        for name, values, bounds, col in series:
+            per_row = values.double().numpy().T  # [rows, layers]
+            low, high = mean_interval(per_row, bounds=bounds)
+            mean = per_row.mean(0)
+            fig.add_trace(go.Scatter(x=self.layers, y=mean.tolist(), name=name, error_y={
+                "type": "data", "symmetric": False, "array": (high - mean).tolist(),
+                "arrayminus": (mean - low).tolist()}), 1, col)
         fig.update_xaxes(title_text="layer")
         fig.update_layout(title=f"{self.lens.capitalize()} lens by layer: {html.escape(self.model)}")
         return fig

@@ -15,30 +15,34 @@ same settings resumes from it, and it is removed when the result is written.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
-import re
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from interlayer.adapter import ModelAdapter
+from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_json_atomic
+from interlayer.results import Result, require
 
 from .fused_decoding import DECODINGS, DecodingOptions, generate
 from .qa_data import QARecord, load_qa, noise_passages, with_passages
 from .qa_metrics import SETTINGS, MethodScore, first_answer_span, score
 
+log = logging.getLogger(__name__)
+
 CHAT_CHOICES: tuple[str, ...] = ("auto", "yes", "no")
 _INSTRUCT = re.compile(r"instruct|chat|(^|[-_])it($|[-_])", re.IGNORECASE)
 
-
-log = logging.getLogger(__name__)
 
 def use_chat(model: ModelAdapter, chat: str | bool = "auto") -> bool:
     """Whether prompts go through the chat template: ``auto`` when the tokenizer has one
@@ -69,7 +73,7 @@ def qa_prompt(model: ModelAdapter, record: QARecord, passages: Sequence[str] | N
 
 
 @dataclass
-class QAResult:
+class QAResult(Result):
     """Scores per decoding and setting, with every prediction."""
 
     model: str
@@ -83,15 +87,55 @@ class QAResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The schema of ``interlayer lens qa --out``; the settings are top-level keys."""
         return {"model": self.model, "data": self.data, "n": self.n, "skipped": self.skipped,
                 "noise_docs": self.noise_docs, "decodings": self.decodings,
                 "results": [s.to_json() for s in self.scores], **self.settings, "examples": self.examples}
+
+    _OWN = frozenset({"model", "data", "n", "skipped", "noise_docs", "decodings", "results", "examples"})
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "QAResult":
+        """The result :meth:`to_json` described; other top-level keys are the settings."""
+        require(payload, "model", "data", "n", "decodings", "results", what="QAResult")
+        return cls(model=payload["model"], data=payload["data"], n=int(payload["n"]),
+                   skipped=int(payload.get("skipped", 0)), noise_docs=int(payload.get("noise_docs", 0)),
+                   decodings=list(payload["decodings"]),
+                   scores=[MethodScore.from_json(r) for r in payload["results"]],
+                   examples=list(payload.get("examples", [])),
+                   settings={k: v for k, v in payload.items() if k not in cls._OWN})
+
+    def headline(self) -> dict[str, Any]:
+        """Exact match of every (decoding, setting) with its Wilson interval."""
+        out: dict[str, Any] = {"model": self.model, "data": self.data, "questions": self.n, "skipped": self.skipped}
+        for s in self.scores:
+            out[f"EM {s.method}, {s.setting}"] = (f"{100 * s.exact_match:.1f}% [{100 * s.exact_match_ci[0]:.1f}, "
+                                                  f"{100 * s.exact_match_ci[1]:.1f}]")
+        return out
+
+    def plot(self) -> go.Figure:
+        """Exact match and containment per decoding and setting, with 95% Wilson intervals."""
+        fig = go.Figure()
+        for metric, label in (("exact_match", "exact match"), ("contained", "answer contained")):
+            for setting in dict.fromkeys(s.setting for s in self.scores):
+                rows = [s for s in self.scores if s.setting == setting]
+                values = [getattr(s, metric) for s in rows]
+                bounds = [getattr(s, f"{metric}_ci") for s in rows]
+                fig.add_trace(go.Bar(x=[html.escape(s.method) for s in rows], y=values,
+                                     name=html.escape(f"{label}, {setting}"), error_y={
+                                         "type": "data", "symmetric": False,
+                                         "array": [b[1] - v for b, v in zip(bounds, values)],
+                                         "arrayminus": [v - b[0] for b, v in zip(bounds, values)]}))
+        fig.update_layout(barmode="group", yaxis={"title": "rate", "range": [0, 1]}, xaxis_title="decoding",
+                          title=html.escape(f"QA: {self.model} on {self.data} (n={self.n})"))
+        return fig
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (decoding, setting): exact match and contained with their intervals."""
         return pd.DataFrame([{k: v for k, v in s.to_json().items()} for s in self.scores])
 
     def table(self) -> str:
+        """One line per (decoding, setting)."""
         rows = []
         for s in self.scores:
             rows.append(f"{s.method:<11} {s.setting:<12} n={s.n:<4} EM {100 * s.exact_match:5.1f} "
@@ -115,7 +159,8 @@ def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
                 decodings: Sequence[str] | str = ("greedy", "lfd", "dola", "lfd-random"),
                 options: DecodingOptions | None = None, noise_docs: int = 0, settings: Sequence[str] = SETTINGS,
                 chat: str | bool = "auto", max_new_tokens: int = 16, batch_size: int = 8, seed: int = 0,
-                start: int = 0, progress_file: str | Path | None = None, progress: bool = True) -> QAResult:
+                start: int = 0, progress_file: str | Path | None = None, lens: Lens = LOGIT_LENS,
+                progress: bool = True) -> QAResult:
     """Answer ``n`` questions of ``data`` with each decoding, closed and open book (see the
     module docstring). ``options`` carries the LFD/DoLa settings (its ``decoding`` is
     replaced per method). ``start``: skip the first records (e.g. a held-out split at the
@@ -132,16 +177,23 @@ def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
     records = loaded.records[start:]
     if not records:
         raise InterlayerError(f"{data!r} has {len(loaded.records)} usable records; start={start} leaves none")
+    if loaded.skipped:
+        log.warning("%s: %d record(s) skipped: each needs a non-empty 'question' and 'answers' (or 'answer'); "
+                    "%d usable record(s) read", data, loaded.skipped, len(loaded.records))
+    if n is not None and len(records) < n:
+        log.warning("%s: %d question(s) asked for, %d available", data, n, len(records))
+    if progress_file is not None:
+        Path(progress_file).parent.mkdir(parents=True, exist_ok=True)  # as the result's writer does
     cloze = data == "known"
     has_passages = not cloze and any(r.passage for r in records)
     wanted = [s for s in settings if s == "closed_book" or has_passages]  # no passages: closed book only
-        """One line per (decoding, setting)."""
     if not wanted:
         raise InterlayerError(f"{data!r} has no passages, so there is no open-book setting; ask for closed_book")
     base = options or DecodingOptions()
     chat_on = use_chat(model, chat)
     prompts = {s: _prompts(model, records, s, noise_docs, seed, chat_on, cloze) for s in wanted}
-    key = _run_key(model, data, start, len(records), methods, base, noise_docs, chat_on, max_new_tokens, seed)
+    key = _run_key(model, data, start, len(records), methods, base, noise_docs, chat_on, max_new_tokens, seed,
+                   *([] if lens is LOGIT_LENS else [repr(lens)]))
     done = _load_progress(progress_file, key)
     jobs = [(m, s) for m in methods for s in wanted]
     bar = tqdm(total=len(jobs) * len(records), unit="answer", desc="qa", disable=not progress)
@@ -153,7 +205,7 @@ def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
                 if tag not in done:
                     gens = generate(model, prompts[setting][start:start + batch_size], opts,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size, stop_at_newline=True,
-                                    progress=False)
+                                    lens=lens, progress=False)
                     done[tag] = [{"text": g.text, "layers": [s.layer for s in g.steps]} for g in gens]
                     _append_progress(progress_file, key, tag, done[tag])
                 bar.update(len(done[tag]))
@@ -177,13 +229,6 @@ def _prompts(model: ModelAdapter, records: list[QARecord], setting: str, noise_d
         out.append(qa_prompt(model, record, passages, chat=chat, cloze=cloze))
     return out
 
-    if loaded.skipped:
-        log.warning("%s: %d record(s) skipped: each needs a non-empty 'question' and 'answers' (or 'answer'); "
-                    "%d usable record(s) read", data, loaded.skipped, len(loaded.records))
-    if n is not None and len(records) < n:
-        log.warning("%s: %d question(s) asked for, %d available", data, n, len(records))
-    if progress_file is not None:
-        Path(progress_file).parent.mkdir(parents=True, exist_ok=True)  # as the result's writer does
 
 def _score(records: list[QARecord], methods: list[str], settings: list[str], done: dict[str, list[dict[str, Any]]],
            batch_size: int) -> tuple[list[MethodScore], list[dict[str, Any]]]:

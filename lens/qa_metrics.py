@@ -21,10 +21,10 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from interlayer.errors import InterlayerError, choices
+from interlayer.intervals import proportion_interval
 
 if TYPE_CHECKING:
     from .qa_data import QARecord
@@ -78,29 +78,12 @@ def first_answer_span(generation: str) -> str:
 
 
 def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval for a binomial proportion ``successes / n``.
-
-    With p = successes / n and z the standard normal quantile at 1 - (1 - level) / 2::
-
-        centre = (p + z^2 / (2n)) / (1 + z^2 / n)
-        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
-
-    the interval is centre -/+ half. Unlike the normal (Wald) interval it stays inside
+    """The Wilson score interval for a binomial proportion ``successes / n``: the toolkit's
+    one :func:`interlayer.intervals.proportion_interval` (on scipy). It stays inside
     [0, 1] and does not collapse to a point at 0 or n successes, which matters for the small
     accuracies of small models. ``n == 0`` gives ``(nan, nan)``.
     """
-    if not 0 < level < 1:
-        raise InterlayerError(f"confidence level must be between 0 and 1 (exclusive), got {level}")
-    if n < 0 or not 0 <= successes <= n:
-        raise InterlayerError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    if n == 0:
-        return (math.nan, math.nan)
-    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return proportion_interval(successes, n, level)
 
 
 def _plain(value: float) -> float | None:
@@ -120,6 +103,17 @@ class MethodScore:
     exact_match_ci: tuple[float, float]
     contained: float
     contained_ci: tuple[float, float]
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "MethodScore":
+        """The score :meth:`to_json` described (null back to NaN)."""
+
+        def num(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        return cls(payload["method"], payload["setting"], int(payload["n"]), num(payload["exact_match"]),
+                   tuple(num(v) for v in payload["exact_match_ci"]), num(payload["contained"]),
+                   tuple(num(v) for v in payload["contained_ci"]))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: plain floats and lists (NaN as null)."""

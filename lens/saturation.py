@@ -22,12 +22,14 @@ from interlayer.adapter import ModelAdapter
 from interlayer.activations import collect
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
+from interlayer.intervals import proportion_interval
+from interlayer.results import Result, decode_array, encode_array, require
 
 from .tuning import stacked_resid
 
 
 @dataclass
-class SaturationResult:
+class SaturationResult(Result):
     """Per-layer agreement with the final top-1 and with the true next token."""
 
     model: str
@@ -45,16 +47,49 @@ class SaturationResult:
         return int(self.top1.shape[1])
 
     def to_frame(self) -> pd.DataFrame:
-        """Per layer: ``match_final``, ``match_next`` (over tokens with a next token) and ``exit_fraction``."""
+        """Per layer: ``match_final``, ``match_next`` (over tokens with a next token) and
+        ``exit_fraction``, each with its 95% Wilson interval over tokens (``*_low``, ``*_high``)."""
         final = self.top1[-1]
         has_next = self.next_token >= 0
-        counts = torch.bincount(self.exit_layer, minlength=len(self.layers)).float()
-        return pd.DataFrame({
+        n_next = int(has_next.sum())
+        counts = torch.bincount(self.exit_layer, minlength=len(self.layers))
+        frame = pd.DataFrame({
             "layer": self.layers,
             "match_final": (self.top1 == final).float().mean(1).numpy(),
             "match_next": (self.top1[:, has_next] == self.next_token[has_next]).float().mean(1).numpy(),
-            "exit_fraction": (counts / self.n_tokens).numpy(),
+            "exit_fraction": (counts.float() / self.n_tokens).numpy(),
         })
+        hits = {"match_final": ((self.top1 == final).sum(1).tolist(), self.n_tokens),
+                "match_next": ((self.top1[:, has_next] == self.next_token[has_next]).sum(1).tolist(), n_next),
+                "exit_fraction": (counts.tolist(), self.n_tokens)}
+        for name, (successes, n) in hits.items():
+            bounds = [proportion_interval(int(k), n) for k in successes]
+            frame[f"{name}_low"] = [b[0] for b in bounds]
+            frame[f"{name}_high"] = [b[1] for b in bounds]
+        return frame
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-layer table (``by_layer``) and the per-token tensors it comes from."""
+        return {"model": self.model, "lens": self.lens, "layers": self.layers, "n_tokens": self.n_tokens,
+                "by_layer": self.to_frame().to_dict(orient="list"), "top1": encode_array(self.top1),
+                "next_token": encode_array(self.next_token), "exit_layer": encode_array(self.exit_layer)}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "SaturationResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "lens", "layers", "top1", "next_token", "exit_layer", what="SaturationResult")
+        return cls(model=payload["model"], lens=payload["lens"], layers=[int(x) for x in payload["layers"]],
+                   top1=decode_array(payload["top1"], "torch"), next_token=decode_array(payload["next_token"], "torch"),
+                   exit_layer=decode_array(payload["exit_layer"], "torch"))
+
+    def headline(self) -> dict[str, Any]:
+        """Tokens, and the agreement at the first layer and halfway."""
+        frame = self.to_frame()
+        mid = len(self.layers) // 2
+        return {"model": self.model, "lens": self.lens, "tokens": self.n_tokens, "layers": len(self.layers),
+                f"match_final at layer {self.layers[0]}": float(frame.match_final[0]),
+                f"match_final at layer {self.layers[mid]}": float(frame.match_final[mid]),
+                f"match_next at layer {self.layers[-1]}": float(frame.match_next.iloc[-1])}
 
     def exit_histogram(self) -> pd.DataFrame:
         """Number of tokens exiting at each layer."""
@@ -62,10 +97,13 @@ class SaturationResult:
         return pd.DataFrame({"exit_layer": self.layers, "tokens": counts.numpy()})
 
     def plot(self) -> go.Figure:
+        """Top-1 agreement by layer with 95% Wilson intervals, and the exit-layer histogram."""
         frame = self.to_frame()
         fig = make_subplots(rows=1, cols=2, subplot_titles=("top-1 agreement by layer", "exit-layer histogram"))
-        fig.add_trace(go.Scatter(x=frame.layer, y=frame.match_final, name="= final top-1"), 1, 1)
-        fig.add_trace(go.Scatter(x=frame.layer, y=frame.match_next, name="= true next token"), 1, 1)
+        for key, name in (("match_final", "= final top-1"), ("match_next", "= true next token")):
+            fig.add_trace(go.Scatter(x=frame.layer, y=frame[key], name=name, error_y={
+                "type": "data", "symmetric": False, "array": frame[f"{key}_high"] - frame[key],
+                "arrayminus": frame[key] - frame[f"{key}_low"]}), 1, 1)
         fig.add_trace(go.Bar(x=frame.layer, y=self.exit_histogram().tokens, name="tokens exiting"), 1, 2)
         fig.update_xaxes(title_text="layer")
         fig.update_layout(title=html.escape(f"Saturation: {self.model}, {self.lens} lens, {self.n_tokens} tokens"))

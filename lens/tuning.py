@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -26,6 +27,8 @@ from interlayer.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.files import write_atomic, write_json_atomic
+from interlayer.intervals import mean_interval
+from interlayer.results import Result, require
 from interlayer.seeding import epoch_permutation
 
 from .config import TuneConfig
@@ -143,9 +146,10 @@ def _load_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, options: 
 
 # --------------------------------------------------------------- evaluation
 @dataclass
-class LensComparison:
+class LensComparison(Result):
     """Per-layer KL to the final layer and next-token cross-entropy (nats), for the
-    logit lens and a tuned lens, on held-out tokens."""
+    logit lens and a tuned lens, on held-out tokens; ``intervals`` holds each series'
+    95% bootstrap interval over tokens (``{"kl_logit": [[low, high], ...], ...}``)."""
 
     model: str
     layers: list[int]
@@ -154,19 +158,52 @@ class LensComparison:
     ce_logit: list[float]
     ce_tuned: list[float]
     n_tokens: int
+    intervals: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    SERIES = ("kl_logit", "kl_tuned", "ce_logit", "ce_tuned")
 
     def to_frame(self) -> pd.DataFrame:
+        """Per layer: each series, its interval (``*_low``, ``*_high``) and the reductions."""
         frame = pd.DataFrame({"layer": self.layers, "kl_logit": self.kl_logit, "kl_tuned": self.kl_tuned,
                               "ce_logit": self.ce_logit, "ce_tuned": self.ce_tuned})
         frame["kl_reduction"] = frame.kl_logit - frame.kl_tuned
         frame["ce_reduction"] = frame.ce_logit - frame.ce_tuned
+        for name in (n for n in self.SERIES if n in self.intervals):
+            bounds = self.intervals[name]
+            frame[f"{name}_low"], frame[f"{name}_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
         return frame
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field: what :meth:`save` writes."""
+        return {"model": self.model, "layers": self.layers, "kl_logit": self.kl_logit, "kl_tuned": self.kl_tuned,
+                "ce_logit": self.ce_logit, "ce_tuned": self.ce_tuned, "n_tokens": self.n_tokens,
+                "intervals": self.intervals}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "LensComparison":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "layers", *cls.SERIES, "n_tokens", what="LensComparison")
+        return cls(payload["model"], [int(x) for x in payload["layers"]], *(list(payload[k]) for k in cls.SERIES),
+                   int(payload["n_tokens"]), dict(payload.get("intervals", {})))
+
+    def headline(self) -> dict[str, Any]:
+        """Tokens and the mean KL of each lens over the layers."""
+        return {"model": self.model, "tokens": self.n_tokens, "layers": len(self.layers),
+                "mean KL, logit lens (nats)": sum(self.kl_logit) / len(self.kl_logit),
+                "mean KL, tuned lens (nats)": sum(self.kl_tuned) / len(self.kl_tuned)}
+
     def plot(self) -> go.Figure:
+        """KL and CE by layer for both lenses, with 95% bootstrap intervals over tokens."""
         fig = go.Figure()
-        for name, values, dash in (("KL logit lens", self.kl_logit, "dot"), ("KL tuned lens", self.kl_tuned, "solid"),
-                                   ("CE logit lens", self.ce_logit, "dot"), ("CE tuned lens", self.ce_tuned, "solid")):
-            fig.add_trace(go.Scatter(x=self.layers, y=values, name=name, line={"dash": dash}))
+        for key, name, dash in (("kl_logit", "KL logit lens", "dot"), ("kl_tuned", "KL tuned lens", "solid"),
+                                ("ce_logit", "CE logit lens", "dot"), ("ce_tuned", "CE tuned lens", "solid")):
+            values = getattr(self, key)
+            error = None
+            if key in self.intervals:
+                error = {"type": "data", "symmetric": False,
+                         "array": [b[1] - v for b, v in zip(self.intervals[key], values)],
+                         "arrayminus": [v - b[0] for b, v in zip(self.intervals[key], values)]}
+            fig.add_trace(go.Scatter(x=self.layers, y=values, name=name, line={"dash": dash}, error_y=error))
         fig.update_layout(title=f"Tuned vs logit lens on held-out text ({self.n_tokens} tokens)",
                           xaxis_title="layer", yaxis_title="nats")
         return fig
@@ -182,13 +219,17 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     hidden = stacked[layers]
     results = {}
+    intervals: dict[str, list[list[float]]] = {}
     for name, decoder in (("logit", LayerDecoder(model, memory_mb)), ("tuned", LayerDecoder(model, memory_mb, lens=lens))):
         out = decoder.decode(hidden, reference=stacked[-1], targets=targets, layers=layers)
         kl = out.kl_to_final.mean(-1)
         ce = -(out.target_logprobs[:, has_next]).mean(-1)
         results[name] = (kl.tolist(), ce.tolist())
+        for series, per_token in ((f"kl_{name}", out.kl_to_final), (f"ce_{name}", -out.target_logprobs[:, has_next])):
+            low, high = mean_interval(per_token.double().numpy().T, bounds=(0.0, math.inf), n_resamples=500)
+            intervals[series] = [[float(a), float(b)] for a, b in zip(low, high)]
     return LensComparison(model.name, layers, results["logit"][0], results["tuned"][0], results["logit"][1],
-                          results["tuned"][1], int(hidden.shape[1]))
+                          results["tuned"][1], int(hidden.shape[1]), intervals)
 
 
 def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComparison]:

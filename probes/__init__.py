@@ -6,10 +6,11 @@
 """
 
 from .config import ConsistencyConfig, MexaConfig
-from .consistency import ConsistencyResult, calibrate, consistency_scores, internal_consistency, weighted_vote
+from .consistency import (ConsistencyResult, calibrate_label_scores, consistency_scores, internal_consistency,
+                          weighted_vote)
 from .linear import ProbeResult, probe_features, probe_layers
 from .mexa import MexaResult, alignment_scores, mexa, mutual_nearest_hits, sentence_embeddings
 
-__all__ = ["ConsistencyConfig", "ConsistencyResult", "calibrate", "consistency_scores", "internal_consistency",
+__all__ = ["ConsistencyConfig", "ConsistencyResult", "calibrate_label_scores", "consistency_scores", "internal_consistency",
            "weighted_vote", "MexaConfig", "MexaResult", "ProbeResult", "alignment_scores", "mexa", "mutual_nearest_hits",
            "probe_features", "probe_layers", "sentence_embeddings"]

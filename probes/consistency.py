@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -38,6 +39,9 @@ from interlayer.activations import collect
 from interlayer.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
+from interlayer.intervals import PROBABILITY, bootstrap_interval, proportion_interval
+from interlayer.layers import hidden_index, hidden_index_layers
+from interlayer.results import Result, decode_array, encode_array, require
 
 DATASETS: tuple[str, ...] = ("coinflip", "prontoqa", "proofwriter", "boolq")
 LABELS: dict[str, tuple[str, ...]] = {"coinflip": ("yes", "no"), "boolq": ("yes", "no"),
@@ -125,13 +129,20 @@ def reasoning_up_to_answer(generated: str, trigger: str = TRIGGER) -> str:
     return generated.rstrip() + " " + trigger
 
 
-def calibrate(probs: torch.Tensor) -> torch.Tensor:
+def calibrate_label_scores(probs: torch.Tensor) -> torch.Tensor:
     """``[n, layers, K]`` label probabilities -> calibrated scores ``s_{l,k}``:
-    1 above the (K-1)/K quantile of that layer and label over the dataset, 1/K at it, else 0."""
+    1 above the (K-1)/K quantile of that layer and label over the dataset, 1/K at it, else 0.
+    (Named apart from :func:`interlayer.steering.calibrate_strength`.)"""
     k = probs.shape[-1]
     tau = torch.quantile(probs.double(), (k - 1) / k, dim=0, keepdim=True)
     p = probs.double()
     return (p > tau).double() + (p == tau).double() / k
+
+
+def calibrate(probs: torch.Tensor) -> torch.Tensor:
+    """Deprecated name of :func:`calibrate_label_scores` (one release; it clashed with the steering strength search)."""
+    warnings.warn("interlayer.probes.calibrate is renamed calibrate_label_scores", DeprecationWarning, stacklevel=2)
+    return calibrate_label_scores(probs)
 
 
 def consistency_scores(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,15 +162,20 @@ def weighted_vote(answers: Sequence[int], weights: Sequence[float], n_labels: in
 
 
 @dataclass
-class ConsistencyResult:
-    """Accuracies against the number of paths, IC's AUROC and the per-layer agreement."""
+class ConsistencyResult(Result):
+    """Accuracies against the number of paths (with 95% Wilson intervals over questions),
+    IC's AUROC (with a 95% bootstrap interval over paths) and the per-layer agreement.
+
+    The label probabilities are read at every hidden state 0..L: ``layers`` holds the
+    block index of each (``None`` for the embeddings; :mod:`interlayer.layers`). A
+    count of hidden states is accepted and made into that list."""
 
     model: str
     dataset: str
     labels: tuple[str, ...]
     n: int
     paths: int
-    layers: int
+    layers: list[int | None]
     greedy_accuracy: float
     sc_accuracy: list[float]
     """Self-consistency accuracy with the first 1..paths sampled paths."""
@@ -174,31 +190,86 @@ class ConsistencyResult:
     agreement_correct: list[float]
     agreement_incorrect: list[float]
     texts: list[list[str]] = field(default_factory=list)
+    auroc_ci: tuple[float, float] | None = None
+    """95% percentile-bootstrap interval of the AUROC over sampled paths (None when undefined)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, int):
+            self.layers = hidden_index_layers(self.layers)
+
+    def _wilson(self, accuracy: float) -> tuple[float, float]:
+        return proportion_interval(round(accuracy * self.n), self.n)
 
     def to_json(self) -> dict[str, Any]:
+        """The schema of ``interlayer probes consistency --out``, with the per-path arrays
+        (``ic``, ``correct``) and texts that :meth:`load` rebuilds from."""
         return {
             "model": self.model, "dataset": self.dataset, "labels": list(self.labels), "n": self.n,
-            "paths": self.paths, "layers": self.layers, "greedy_accuracy": self.greedy_accuracy,
+            "paths": self.paths, "layers": self.layers, "hidden_index": [hidden_index(l) for l in self.layers],
+            "greedy_accuracy": self.greedy_accuracy, "greedy_accuracy_ci": list(self._wilson(self.greedy_accuracy)),
             "self_consistency_accuracy": self.sc_accuracy, "ic_weighted_accuracy": self.ic_accuracy,
             "auroc": None if math.isnan(self.auroc) else self.auroc,
-            "ic_mean": float(self.ic.mean()), "ic_normalised_mean": float(self.ic.mean() / self.layers),
+            "auroc_ci": None if self.auroc_ci is None or math.isnan(self.auroc_ci[0]) else list(self.auroc_ci),
+            "ic_mean": float(self.ic.mean()), "ic_normalised_mean": float(self.ic.mean() / len(self.layers)),
             "ic_mean_correct": float(self.ic[self.correct].mean()) if self.correct.any() else None,
             "ic_mean_incorrect": float(self.ic[~self.correct].mean()) if (~self.correct).any() else None,
             "path_accuracy": float(self.correct.mean()),
             "agreement": {"correct": self.agreement_correct, "incorrect": self.agreement_incorrect},
+            "ic": encode_array(self.ic), "correct": encode_array(self.correct), "texts": self.texts,
         }
 
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "ConsistencyResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "dataset", "labels", "n", "paths", "layers", "greedy_accuracy", "ic", "correct",
+                what="ConsistencyResult")
+        auroc, ci = payload.get("auroc"), payload.get("auroc_ci")
+        return cls(model=payload["model"], dataset=payload["dataset"], labels=tuple(payload["labels"]),
+                   n=int(payload["n"]), paths=int(payload["paths"]), layers=payload["layers"],
+                   greedy_accuracy=float(payload["greedy_accuracy"]),
+                   sc_accuracy=[float(v) for v in payload["self_consistency_accuracy"]],
+                   ic_accuracy=[float(v) for v in payload["ic_weighted_accuracy"]],
+                   auroc=math.nan if auroc is None else float(auroc), ic=decode_array(payload["ic"]),
+                   correct=decode_array(payload["correct"]),
+                   agreement_correct=list(payload["agreement"]["correct"]),
+                   agreement_incorrect=list(payload["agreement"]["incorrect"]),
+                   texts=[list(t) for t in payload.get("texts", [])], auroc_ci=None if ci is None else tuple(ci))
+
+    def headline(self) -> dict[str, Any]:
+        """Questions, paths, the three accuracies and the AUROC with their intervals."""
+        def cell(value: float, ci: Sequence[float] | None) -> str:
+            return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None and not math.isnan(ci[0]) else "")
+
+        return {"model": self.model, "dataset": self.dataset, "questions": self.n, "paths": self.paths,
+                "greedy accuracy": cell(self.greedy_accuracy, self._wilson(self.greedy_accuracy)),
+                "self-consistency": cell(self.sc_accuracy[-1], self._wilson(self.sc_accuracy[-1])),
+                "IC-weighted": cell(self.ic_accuracy[-1], self._wilson(self.ic_accuracy[-1])),
+                "AUROC": "undefined" if math.isnan(self.auroc) else cell(self.auroc, self.auroc_ci)}
+
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"paths": range(1, self.paths + 1), "self_consistency": self.sc_accuracy,
-                             "ic_weighted": self.ic_accuracy, "greedy": [self.greedy_accuracy] * self.paths})
+        """Per number of paths: the three accuracies and their 95% Wilson intervals over questions."""
+        frame = pd.DataFrame({"paths": range(1, self.paths + 1), "self_consistency": self.sc_accuracy,
+                              "ic_weighted": self.ic_accuracy, "greedy": [self.greedy_accuracy] * self.paths})
+        for column in ("self_consistency", "ic_weighted", "greedy"):
+            bounds = [self._wilson(v) for v in frame[column]]
+            frame[f"{column}_low"], frame[f"{column}_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+        return frame
 
     def plot(self) -> go.Figure:
+        """Accuracy against paths (95% Wilson intervals) and the per-hidden-state agreement."""
         fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy vs paths", "per-layer agreement with the answer"))
         frame = self.to_frame()
         for column in ("greedy", "self_consistency", "ic_weighted"):
-            fig.add_trace(go.Scatter(x=frame.paths, y=frame[column], name=column), 1, 1)
-        fig.add_trace(go.Scatter(y=self.agreement_correct, name="correct paths"), 1, 2)
-        fig.add_trace(go.Scatter(y=self.agreement_incorrect, name="incorrect paths"), 1, 2)
+            fig.add_trace(go.Scatter(x=frame.paths, y=frame[column], name=column, error_y={
+                "type": "data", "symmetric": False, "array": frame[f"{column}_high"] - frame[column],
+                "arrayminus": frame[column] - frame[f"{column}_low"]}), 1, 1)
+        index = [hidden_index(l) for l in self.layers]
+        fig.add_trace(go.Scatter(x=index[:len(self.agreement_correct)], y=self.agreement_correct,
+                                 name="correct paths"), 1, 2)
+        fig.add_trace(go.Scatter(x=index[:len(self.agreement_incorrect)], y=self.agreement_incorrect,
+                                 name="incorrect paths"), 1, 2)
+        fig.update_xaxes(title_text="paths", row=1, col=1)
+        fig.update_xaxes(title_text="hidden state (0 = embeddings)", row=1, col=2)
         fig.update_layout(title=html.escape(f"Internal consistency: {self.model} on {self.dataset} (n={self.n})"))
         return fig
 
@@ -262,6 +333,9 @@ def _append_journal(journal: str | None, settings: dict[str, Any], key: str, pat
 
     if journal is None:
         return
+    from pathlib import Path
+
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)  # an --out in a new folder, as the result's writer
     with open(journal, "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"settings": settings, "key": key, "paths": paths}, ensure_ascii=False) + "\n")
         handle.flush()
@@ -301,7 +375,7 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
         generated.append([greedy, *sampled])
         texts.extend(example.prompt + reasoning_up_to_answer(g, trigger) for g in [greedy, *sampled])
     probs = label_probabilities(model, texts, label_ids, lens=lens)  # [n*(1+paths), L+1, K]
-    scores = calibrate(probs)
+    scores = calibrate_label_scores(probs)
     y_hat, ic = consistency_scores(scores)
     n, per = len(examples), 1 + paths
     y_hat, ic = y_hat.view(n, per), ic.view(n, per)
@@ -318,6 +392,12 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
 
     flat_correct, flat_ic = sampled_correct.reshape(-1), sampled_ic.reshape(-1)
     auroc = float(roc_auc_score(flat_correct, flat_ic)) if 0 < flat_correct.sum() < flat_correct.size else float("nan")
+
+    def paired_auroc(y: np.ndarray, s: np.ndarray) -> float:
+        return float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else float("nan")
+
+    auroc_ci = None if math.isnan(auroc) else bootstrap_interval(paired_auroc, (flat_correct, flat_ic),
+                                                                 bounds=PROBABILITY, n_resamples=1000)
     per_layer = scores.gather(2, y_hat.view(-1)[:, None, None].expand(-1, scores.shape[1], 1))[..., 0]  # [n*per, L+1]
     sampled_rows = torch.ones(n, per, dtype=torch.bool)
     sampled_rows[:, 0] = False
@@ -325,11 +405,8 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
     mask_wrong = ~torch.from_numpy(correct.reshape(-1)) & sampled_rows.view(-1)
     agree = lambda m: per_layer[m].mean(0).tolist() if m.any() else []  # noqa: E731
     return ConsistencyResult(
-        model=model.name, dataset=dataset, labels=tuple(labels), n=n, paths=paths, layers=int(scores.shape[1]),
-    from pathlib import Path
-
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)  # an --out in a new folder, as the result's writer
+        model=model.name, dataset=dataset, labels=tuple(labels), n=n, paths=paths, layers=hidden_index_layers(int(scores.shape[1])),
         greedy_accuracy=float(correct[:, 0].mean()), sc_accuracy=sc, ic_accuracy=weighted, auroc=auroc,
         ic=sampled_ic, correct=sampled_correct, agreement_correct=agree(mask_correct),
-        agreement_incorrect=agree(mask_wrong), texts=generated,
+        agreement_incorrect=agree(mask_wrong), texts=generated, auroc_ci=auroc_ci,
     )

@@ -10,7 +10,6 @@ real signal. Selectivity = accuracy - control accuracy.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +22,14 @@ import torch
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 from interlayer.activations import collect
+from interlayer.intervals import LEVEL, proportion_interval
+from interlayer.results import Result, require
 
 
 @dataclass
-class ProbeResult:
-    """Cross-validated accuracy per layer, its 95% CI over folds, and the control."""
+class ProbeResult(Result):
+    """Cross-validated accuracy per layer with its 95% Wilson interval (every example is
+    tested once, so the accuracy is a proportion of ``n_examples``), and the control."""
 
     sites: list[str]
     accuracy: list[float]
@@ -44,10 +46,36 @@ class ProbeResult:
         return [a - c for a, c in zip(self.accuracy, self.control)]
 
     def to_frame(self) -> pd.DataFrame:
+        """Per site: accuracy, its interval, the control accuracy and the selectivity."""
         return pd.DataFrame({"site": self.sites, "accuracy": self.accuracy, "ci_low": self.ci_low,
                              "ci_high": self.ci_high, "control": self.control, "selectivity": self.selectivity})
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field: what :meth:`save` writes."""
+        return {"sites": self.sites, "accuracy": self.accuracy, "ci_low": self.ci_low, "ci_high": self.ci_high,
+                "control": self.control, "folds": self.folds, "n_examples": self.n_examples,
+                "n_classes": self.n_classes, "chance": self.chance, "level": LEVEL}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "ProbeResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "sites", "accuracy", "ci_low", "ci_high", "control", "folds", "n_examples", "n_classes",
+                "chance", what="ProbeResult")
+        return cls(list(payload["sites"]), [float(v) for v in payload["accuracy"]],
+                   [float(v) for v in payload["ci_low"]], [float(v) for v in payload["ci_high"]],
+                   [float(v) for v in payload["control"]], int(payload["folds"]), int(payload["n_examples"]),
+                   int(payload["n_classes"]), float(payload["chance"]))
+
+    def headline(self) -> dict[str, Any]:
+        """Examples, classes and the best site with its interval."""
+        best = int(np.argmax(self.accuracy))
+        return {"examples": self.n_examples, "classes": self.n_classes, "folds": self.folds, "chance": self.chance,
+                "best site": self.sites[best],
+                "best accuracy": f"{self.accuracy[best]:.3f} [{self.ci_low[best]:.3f}, {self.ci_high[best]:.3f}]",
+                "control there": self.control[best]}
+
     def plot(self) -> go.Figure:
+        """Accuracy per site with its 95% Wilson band, the control and chance."""
         frame = self.to_frame()
         x = [html.escape(s) for s in self.sites]
         fig = go.Figure([
@@ -58,17 +86,15 @@ class ProbeResult:
             go.Scatter(x=x, y=[self.chance] * len(x), name="chance", line={"dash": "dot"}),
         ])
         fig.update_layout(title=f"Linear probes: {self.n_examples} examples, {self.n_classes} classes, {self.folds}-fold CV",
-                          xaxis_title="site", yaxis={"title": "accuracy", "range": [0, 1.02]})
+                          xaxis_title="site", yaxis={"title": "accuracy", "range": [0, 1]})
         return fig
 
 
-def _fold_ci(scores: np.ndarray) -> tuple[float, float]:
-    from scipy import stats
-
-    if len(scores) < 2:
-        return float(scores.mean()), float(scores.mean())
-    half = stats.t.ppf(0.975, len(scores) - 1) * scores.std(ddof=1) / math.sqrt(len(scores))
-    return float(scores.mean() - half), float(scores.mean() + half)
+def _accuracy_interval(scores: np.ndarray, test_sizes: list[int]) -> tuple[float, float]:
+    """The 95% Wilson interval of the cross-validated accuracy: every example is tested
+    once, so the folds' correct predictions sum to a count out of all examples."""
+    correct = round(sum(float(s) * n for s, n in zip(scores, test_sizes)))
+    return proportion_interval(correct, int(sum(test_sizes)))
 
 
 def probe_features(features: dict[str, torch.Tensor] | Sequence[torch.Tensor], labels: Sequence[Any], *,
@@ -93,6 +119,7 @@ def probe_features(features: dict[str, torch.Tensor] | Sequence[torch.Tensor], l
     shuffled = rng.permutation(y)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     out = {"accuracy": [], "ci_low": [], "ci_high": [], "control": []}
+    test_sizes = [len(test) for _, test in splitter.split(np.zeros((len(y), 1)), y)]
     for name, x in features.items():
         x = x.float().cpu().numpy()
         if x.shape[0] != len(y):
@@ -100,7 +127,7 @@ def probe_features(features: dict[str, torch.Tensor] | Sequence[torch.Tensor], l
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, C=c))
         scores = cross_val_score(probe, x, y, cv=splitter)
         control = cross_val_score(probe, x, shuffled, cv=splitter)
-        low, high = _fold_ci(scores)
+        low, high = _accuracy_interval(scores, test_sizes)
         out["accuracy"].append(float(scores.mean()))
         out["ci_low"].append(low)
         out["ci_high"].append(high)

@@ -28,6 +28,9 @@ import torch
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError, choices
 from interlayer.activations import collect
+from interlayer.intervals import proportion_interval
+from interlayer.layers import hidden_index, hidden_index_layers, hidden_index_site
+from interlayer.results import Result, require
 
 POOLINGS = {"weighted": "weighted_mean", "last": "last"}
 SUFFIXES = (".devtest", ".txt")
@@ -81,8 +84,9 @@ def load_parallel(langs: Sequence[str], n: int, data_dir: str | Path | None = No
 
 def hidden_state_sites(model: ModelAdapter) -> list[str]:
     """The L+1 sites matching Hugging Face's ``hidden_states``: the embedding output,
-    every block output but the last, then the last after the final norm."""
-    return ["resid_pre.0"] + [f"resid_post.{l}" for l in range(model.n_layers - 1)] + ["ln_final"]
+    every block output but the last, then the last after the final norm (hidden index
+    ``i`` is ``resid_post.(i-1)``; :mod:`interlayer.layers`)."""
+    return [hidden_index_site(i) for i in range(model.n_layers)] + ["ln_final"]
 
 
 def sentence_embeddings(model: ModelAdapter, sentences: Sequence[str], pooling: str = "weighted",
@@ -121,15 +125,35 @@ def alignment_scores(pivot: torch.Tensor, other: torch.Tensor) -> list[float]:
 
 
 @dataclass
-class MexaResult:
-    """Per-language, per-layer alignment scores (hits / N)."""
+class MexaResult(Result):
+    """Per-language alignment scores (hits / N) at every hidden state.
+
+    MEXA reads the hidden states 0..L (``output_hidden_states``): ``layers`` holds the
+    block index of each (:mod:`interlayer.layers`; ``None`` for the embeddings) and
+    :attr:`hidden_index` their hidden index. A count of hidden states is accepted for
+    ``layers`` and made into that list.
+    """
 
     model: str
     pooling: str
     n: int
     pivot: str
-    layers: int
+    layers: list[int | None]
     scores: dict[str, list[float]]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, int):
+            self.layers = hidden_index_layers(self.layers)
+
+    @property
+    def hidden_index(self) -> list[int]:
+        """The hidden index (0 = embeddings) of each entry of :attr:`layers`."""
+        return [hidden_index(layer) for layer in self.layers]
+
+    def interval(self, lang: str) -> tuple[list[float], list[float]]:
+        """95% Wilson intervals of one language's scores (each a proportion of ``n`` sentences)."""
+        bounds = [proportion_interval(round(score * self.n), self.n) for score in self.scores[lang]]
+        return [b[0] for b in bounds], [b[1] for b in bounds]
 
     @property
     def mean(self) -> dict[str, float]:
@@ -140,14 +164,38 @@ class MexaResult:
         return {lang: max(v) for lang, v in self.scores.items()}
 
     def to_json(self) -> dict[str, Any]:
-        """The schema of ``interlayer mexa --out``."""
+        """The schema of ``interlayer mexa --out``: ``layers`` (block index, null for the
+        embeddings) and ``hidden_index`` name each score's position."""
         return {"model": self.model, "pooling": self.pooling, "n": self.n, "pivot": self.pivot, "layers": self.layers,
-                "scores": self.scores, "mean": self.mean, "max": self.max}
+                "hidden_index": self.hidden_index, "languages": list(self.scores), "scores": self.scores,
+                "mean": self.mean, "max": self.max,
+                "ci": {lang: dict(zip(("low", "high"), self.interval(lang))) for lang in self.scores}}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "MexaResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "model", "pooling", "n", "pivot", "layers", "scores", what="MexaResult")
+        return cls(payload["model"], payload["pooling"], int(payload["n"]), payload["pivot"], payload["layers"],
+                   {lang: [float(v) for v in payload["scores"][lang]]
+                    for lang in payload.get("languages", payload["scores"])})
+
+    def headline(self) -> dict[str, Any]:
+        """Languages, sentences and the best and least aligned language."""
+        frame = self.summary()
+        return {"model": self.model, "pivot": self.pivot, "pooling": self.pooling, "sentences": self.n,
+                "languages": len(self.scores), "hidden states": len(self.layers),
+                "best aligned (mean)": f"{frame.language[0]} ({frame['mean'][0]:.3f})",
+                "least aligned (mean)": f"{frame.language.iloc[-1]} ({frame['mean'].iloc[-1]:.3f})"}
 
     def to_frame(self) -> pd.DataFrame:
-        """Long format: language, layer, score."""
-        return pd.DataFrame([{"language": lang, "layer": layer, "score": score}
-                             for lang, values in self.scores.items() for layer, score in enumerate(values)])
+        """Long format: language, layer (block index; empty for the embeddings), hidden_index, score, its interval."""
+        rows = []
+        for lang, values in self.scores.items():
+            low, high = self.interval(lang)
+            for i, score in enumerate(values):
+                rows.append({"language": lang, "layer": self.layers[i], "hidden_index": self.hidden_index[i],
+                             "score": score, "score_low": low[i], "score_high": high[i]})
+        return pd.DataFrame(rows)
 
     def summary(self) -> pd.DataFrame:
         """Mean and max over layers per language, best first."""
@@ -155,11 +203,17 @@ class MexaResult:
                              "max": list(self.max.values())}).sort_values("mean", ascending=False, ignore_index=True)
 
     def plot(self) -> go.Figure:
-        """Languages x layers heatmap (hidden state 0 is the embedding output)."""
+        """Languages x hidden states heatmap (hidden state 0 is the embedding output); the hover
+        text gives each score's 95% Wilson interval."""
         langs = list(self.summary().language)
-        fig = go.Figure(go.Heatmap(z=[self.scores[l] for l in langs], x=list(range(self.layers)),
+        hover = []
+        for lang in langs:
+            low, high = self.interval(lang)
+            hover.append([f"{html.escape(lang)}, hidden state {i}: {v:.3f} [{a:.3f}, {b:.3f}]"
+                          for i, (v, a, b) in enumerate(zip(self.scores[lang], low, high))])
+        fig = go.Figure(go.Heatmap(z=[self.scores[l] for l in langs], x=self.hidden_index,
                                    y=[html.escape(l) for l in langs], zmin=0, zmax=1, colorscale="Viridis",
-                                   colorbar={"title": "MEXA"}))
+                                   hovertext=hover, hoverinfo="text", colorbar={"title": "MEXA"}))
         fig.update_layout(title=html.escape(f"MEXA alignment with {self.pivot}: {self.model} ({self.pooling}, n={self.n})"),
                           xaxis_title="hidden state (0 = embeddings)", yaxis_title="language",
                           height=max(400, 18 * len(langs)))
@@ -196,4 +250,4 @@ def mexa(model: ModelAdapter, langs: str | Sequence[str] = "all", *, n: int = 10
     scores = {}
     for lang in tqdm(langs, desc="mexa", disable=not progress):
         scores[lang] = alignment_scores(pivot_emb, sentence_embeddings(model, data[lang], pooling, batch_size))
-    return MexaResult(model.name, pooling, n, pivot, int(pivot_emb.shape[0]), scores)
+    return MexaResult(model.name, pooling, n, pivot, hidden_index_layers(int(pivot_emb.shape[0])), scores)

@@ -112,10 +112,13 @@ class ReportContext:
             self._shared[name] = compute()
         return self._shared[name]
 
-    def depth(self, layer: int, of: int | None = None) -> float:
-        """Relative depth of block ``layer`` (0 = the first block's output, 1 = the last's)."""
-        n = (of if of is not None else self.model.n_layers) - 1
-        return layer / n if n > 0 else 1.0
+    def depth(self, layer: int | None, of: int | None = None) -> float:
+        """Relative depth of block ``layer``: the fraction of blocks applied, ``(layer + 1) / L``
+        (``None``, the embeddings, at 0; the last block at 1), one axis for every method
+        (:func:`interlayer.layers.relative_depth`)."""
+        from interlayer.layers import relative_depth
+
+        return relative_depth(layer, of if of is not None else self.model.n_layers)
 
 
 @dataclass(frozen=True)

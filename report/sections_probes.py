@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from interlayer.layers import hidden_index_layers
+
 from .base import ReportContext, SectionResult
 
 PIVOT = "eng_Latn"
@@ -44,7 +46,7 @@ def mexa_section(ctx: ReportContext) -> SectionResult:
              f"least: {summary.language.iloc[-1]} (mean {summary['mean'].iloc[-1]:.2f}).",
              f"Over all languages and layers the mean score is {float(np.mean(mean_by_layer)):.2f}."]
     numbers = {**res.to_json(), "mean_by_layer": mean_by_layer.tolist(), "peak_hidden_state": peak}
-    depth = [i / hidden for i in range(hidden + 1)]
+    depth = [ctx.depth(layer) for layer in res.layers]  # hidden state i at i / L
     return SectionResult(numbers, prose, [res.plot(), res.plot_summary()], {"mexa": res.to_frame(), "mexa_summary": summary},
                          {"MEXA: mean alignment": (depth, mean_by_layer.tolist())})
 
@@ -74,7 +76,8 @@ def probes_section(ctx: ReportContext) -> SectionResult:
                "chance": res.chance, "folds": res.folds, "best_site": frame.site[best]}
     hidden = len(res.sites) - 1
     return SectionResult(numbers, prose, [res.plot()], {"probe_language_identity": frame},
-                         {"probe: language identity": ([i / hidden for i in range(hidden + 1)], res.accuracy)})
+                         {"probe: language identity": ([ctx.depth(layer) for layer in hidden_index_layers(hidden + 1)],
+                                                       res.accuracy)})
 
 
 def consistency_section(ctx: ReportContext) -> SectionResult:
@@ -99,7 +102,7 @@ def consistency_section(ctx: ReportContext) -> SectionResult:
     layers = len(res.agreement_correct)
     curve = {}
     if layers and np.isfinite(agree).all():
-        curve = {"consistency: agreement (correct paths)": ([i / max(1, layers - 1) for i in range(layers)],
+        curve = {"consistency: agreement (correct paths)": ([ctx.depth(layer) for layer in res.layers[:layers]],
                                                              agree.tolist())}
     return SectionResult({k: v for k, v in payload.items()}, prose, [res.plot()], {"consistency": res.to_frame()}, curve)
 

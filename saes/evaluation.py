@@ -69,12 +69,16 @@ from tqdm.auto import tqdm
 from interlayer.activations import Activations, Edit, stream_variants
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
+from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 from interlayer.sites import LN_FINAL
 
 from .normalization import STD_EPS
 from .sae import SAE
 
 DENSE_FREQUENCY = 0.1
+
+SPLICED_KEYS = ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "eval_positions")
+"""The numbers of a spliced evaluation (:func:`evaluate_saes`)."""
 
 
 def eps_lbo_form(sae: SAE) -> str:
@@ -167,7 +171,7 @@ class _Accumulator:
 
 
 @dataclass
-class SAEEvaluation:
+class SAEEvaluation(Result):
     """Metrics of one SAE on some tokens, with the per-token and per-latent data behind them."""
 
     metrics: dict[str, float]
@@ -182,6 +186,41 @@ class SAEEvaluation:
     def to_frame(self) -> pd.DataFrame:
         """The metrics as a one-row DataFrame."""
         return pd.DataFrame([{**self.metrics, **self.spliced}], index=[self.label or "sae"])
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat record ``interlayer sae eval --out`` writes (metrics and spliced numbers,
+        ``tokens`` as ``eval_tokens``), plus ``d_sae``, ``label``, ``spliced_keys`` and the
+        per-token and per-latent data under ``per_token`` and ``firing_frequency``."""
+        record: dict[str, Any] = {**self.metrics, **self.spliced}
+        if "tokens" in record:
+            record["eval_tokens"] = record.pop("tokens")
+        return {**record, "d_sae": self.d_sae, "label": self.label, "spliced_keys": list(self.spliced),
+                "metric_keys": list(self.metrics), "per_token": encode_frame(self.per_token),
+                "firing_frequency": encode_array(self.firing_frequency)}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "SAEEvaluation":
+        """The evaluation :meth:`to_json` described. A ``metrics.json`` of ``sae eval`` or
+        ``sae train`` (no per-token data in it) loads with its metrics, and empty per-token data."""
+        require(payload, "eval_tokens", what="SAEEvaluation")
+        spliced_keys = payload.get("spliced_keys", [k for k in SPLICED_KEYS if k in payload])
+        metric_keys = payload.get("metric_keys")
+        if metric_keys is None:  # a CLI metrics.json: its numbers and the eps_lbo form, less the spliced ones
+            metric_keys = [k for k, v in payload.items() if k == "eps_lbo_form" or (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and k not in spliced_keys)]
+        metrics = {k: payload["eval_tokens" if k == "tokens" else k] for k in
+                   ("tokens" if k == "eval_tokens" else k for k in metric_keys)}
+        spliced = {k: payload[k] for k in spliced_keys}
+        frame = decode_frame(payload["per_token"]) if payload.get("per_token") else pd.DataFrame()
+        freq = decode_array(payload.get("firing_frequency")) if payload.get("firing_frequency") else np.zeros(0)
+        return cls(metrics, frame, freq, int(payload.get("d_sae", payload.get("latents", len(freq)))),
+                   str(payload.get("label", "")), spliced)
+
+    def headline(self) -> dict[str, Any]:
+        """The label, the latent count and the main metrics."""
+        keys = ("tokens", "l0", "explained_variance", "nmse", "dead_frac", "ce_loss_score", "delta_ce")
+        return {"label": self.label or "sae", "latents": self.d_sae,
+                **{k: v for k, v in {**self.metrics, **self.spliced}.items() if k in keys}}
 
     def zf_plot(self, quantiles: tuple[float, ...] = (0.5, 0.9)) -> go.Figure:
         """``||f~|| / ||z||`` per token against ``||z||``, with the quasi-orthogonality bands
@@ -220,6 +259,7 @@ class SAEEvaluation:
         return fig
 
     def plot(self) -> go.Figure:
+        """The ZF plot (:meth:`zf_plot`)."""
         return self.zf_plot()
 
 

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_atomic, write_json_atomic
 
-from .activations import AFA_FORMS, SAE_ARCHITECTURES, Code, EncodeContext, make_activation
+from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES, Code, EncodeContext, make_activation
 from .formats import CONFIG, FORMAT, WEIGHTS, is_interlayer_dir, is_saelens_dir, read_config
 from .normalization import check_normalization, denormalize, normalize
 

@@ -41,8 +41,10 @@ from plotly.subplots import make_subplots
 
 from interlayer.errors import InterlayerError, choices
 from interlayer.files import write_json_atomic
+from interlayer.results import Result, decode_frame, encode_frame, require
 
-from .activations import SAE_ARCHITECTURES
+from .activation_functions import SAE_ARCHITECTURES
+from .config import LATENTS_PER_D_MODEL
 from .records import describe, metrics_record, train_options, write_figures
 from .sae import SAE, SAEConfig
 from .training import CHECKPOINT, TrainMember, TrainOptions, TrainResult, config_identity, identity_differences
@@ -305,8 +307,11 @@ def pareto_figure(table: pd.DataFrame, title: str = "SAE sweep") -> go.Figure:
 
 # ------------------------------------------------------------------ the run
 @dataclass
-class SweepResult:
-    """A finished sweep: its table, figure and where it was written."""
+class SAESweepResult(Result):
+    """A finished sweep: its table, figure and where it was written.
+
+    :meth:`load` reads either a :meth:`save` file or the sweep's own ``--out`` directory
+    (its ``pareto.csv`` and ``sweep.json``)."""
 
     table: pd.DataFrame
     out: Path
@@ -314,8 +319,43 @@ class SweepResult:
     reused: list[str]
     failed: dict[str, str]
 
+    def to_frame(self) -> pd.DataFrame:
+        """The Pareto table: one row per member (:func:`pareto_table`)."""
+        return self.table
+
     def plot(self) -> go.Figure:
+        """The Pareto figure (:func:`pareto_figure`)."""
         return pareto_figure(self.table)
+
+    def to_json(self) -> dict[str, Any]:
+        """The table (``{column: values}``), the directory and which members were trained, reused or failed."""
+        return {"table": encode_frame(self.table), "out": str(self.out), "trained": self.trained,
+                "reused": self.reused, "failed": self.failed}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "SAESweepResult":
+        """The result :meth:`to_json` described."""
+        require(payload, "table", "out", what="SAESweepResult")
+        return cls(decode_frame(payload["table"]), Path(payload["out"]), list(payload.get("trained", [])),
+                   list(payload.get("reused", [])), dict(payload.get("failed", {})))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SAESweepResult":
+        """A :meth:`save` file, or a sweep's ``--out`` directory (``pareto.csv`` and ``sweep.json``)."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            return super().load(path)
+        if not (path / "pareto.csv").is_file() or not (path / "sweep.json").is_file():
+            raise InterlayerError(f"{path} is not a finished SAE sweep (no pareto.csv and sweep.json)")
+        info = json.loads((path / "sweep.json").read_text())
+        failed = dict(info.get("failed", {}))
+        return cls(pd.read_csv(path / "pareto.csv"), path, [m for m in info.get("finished", []) if m not in failed],
+                   [], failed)
+
+    def headline(self) -> dict[str, Any]:
+        """Members, failures and where the sweep lives."""
+        return {"members": len(self.table), "trained now": len(self.trained), "reused": len(self.reused),
+                "failed": len(self.failed), "out": str(self.out)}
 
     def matched_l0(self, metric: str = "explained_variance", l0s: list[float] | None = None) -> pd.DataFrame:
         """Each architecture's ``metric`` at matched L0 (:func:`matched_l0`)."""
@@ -402,7 +442,7 @@ def _evaluate(cfg: Any, plans: list[tuple], trained: dict[str, tuple[SAE, TrainR
         (directory / CHECKPOINT).unlink(missing_ok=True)  # ours; the member is finished and saved
 
 
-def run_sweep(cfg: Any) -> SweepResult:
+def run_sweep(cfg: Any) -> SAESweepResult:
     """``interlayer sae sweep`` as a function (``cfg``: :class:`~interlayer.saes.config.SAESweepConfig`)."""
     from interlayer.activation_cache import ActivationStore
     from interlayer.config import check_required
@@ -424,7 +464,7 @@ def run_sweep(cfg: Any) -> SweepResult:
         raise InterlayerError(f"{cfg.activations} holds several sites {store.sites}; choose one with --site")
     site = store.check_site(cfg.site or store.sites[0])
     d_in = int(store.manifest["d_model"])
-    latents = cfg.latents or 8 * d_in
+    latents = cfg.latents or LATENTS_PER_D_MODEL * d_in
     members = parse_grid(cfg.grid, archs, latents)
     check_writable(cfg.out, directory=True)
     if cfg.eval_data is not None:
@@ -465,8 +505,11 @@ def run_sweep(cfg: Any) -> SweepResult:
         "eval_data": cfg.eval_data or str(SAMPLE_TEXT), "eval_tokens": cfg.eval_tokens,
         "train_options": base.identity(), "columns": list(TABLE_COLUMNS)})
     reused = [p[0].name for p in plans if p[4] == "finished"]
-    return SweepResult(table, out, list(trained), reused, failed)
+    return SAESweepResult(table, out, list(trained), reused, failed)
 
+
+SweepResult = SAESweepResult
+"""Deprecated name of :class:`SAESweepResult` (one release; it clashed with the steering sweep's)."""
 
 __all__ = ["GridMember", "DEFAULT_GRID", "TABLE_COLUMNS", "parse_grid", "pareto_table", "pareto_figure", "matched_l0",
-           "member_identity", "member_state", "SweepResult", "run_sweep"]
+           "member_identity", "member_state", "SAESweepResult", "run_sweep"]

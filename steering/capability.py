@@ -11,7 +11,7 @@ paper's strength calibration.
 * **Stability** (Handa et al. 2025): each Δ normalised by its benchmark's range;
   consistency = 1 / (1 + Var(Δ)), disruption = 1 / (1 + mean |Δ|), stability = their product.
 * **Calibration**: the paper searches the strength maximising trait shift subject to
-  fluency >= 0.9; :func:`calibrate` does it on a grid, then once more between the best
+  fluency >= 0.9; :func:`calibrate_strength` does it on a grid, then once more between the best
   grid point's neighbours.
 """
 
@@ -19,21 +19,25 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 
 from interlayer.activations import collect
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
+from interlayer.intervals import mean_interval
+from interlayer.results import Result, require
 
 from .datasets import ContrastPair, load_pairs
-from .evaluation import answer_prompts, generate, p_matching, p_matching_variants
+from .evaluation import answer_prompts, generate_text, p_matching, p_matching_variants
 from .inject import steer
 from .vectors import SteeringVector
 
@@ -103,7 +107,7 @@ def text_perplexity(model: ModelAdapter, texts: Sequence[str], prompts: Sequence
 def plain_fluency_baseline(model: ModelAdapter, prompts: Sequence[str] = NEUTRAL_PROMPTS,
                            max_new_tokens: int = 24) -> float:
     """Perplexity of the unsteered model's own greedy continuations: fluency's reference."""
-    return text_perplexity(model, [generate(model, p, max_new_tokens) for p in prompts], prompts)
+    return text_perplexity(model, [generate_text(model, p, max_new_tokens) for p in prompts], prompts)
 
 
 def fluency(model: ModelAdapter, vector: SteeringVector, coef: float, layers: Sequence[int] | None = None, *,
@@ -114,7 +118,7 @@ def fluency(model: ModelAdapter, vector: SteeringVector, coef: float, layers: Se
     ``baseline``: the plain perplexity when already known (:func:`plain_fluency_baseline`)."""
     ppl_plain = baseline if baseline is not None else plain_fluency_baseline(model, prompts, max_new_tokens)
     with steer(model, vector, coef, layers=layers):
-        steered = [generate(model, p, max_new_tokens) for p in prompts]
+        steered = [generate_text(model, p, max_new_tokens) for p in prompts]
     ppl_steered = text_perplexity(model, steered, prompts)
     return {"ppl_plain": ppl_plain, "ppl_steered": ppl_steered, "fluency": min(1.0, ppl_plain / ppl_steered)}
 
@@ -151,8 +155,9 @@ def stability(deltas: Sequence[float], ranges: Sequence[float]) -> dict[str, flo
 
 
 @dataclass
-class Calibration:
-    """The strengths tried, their shift and fluency, and the one chosen."""
+class Calibration(Result):
+    """The strengths tried, their shift in P(matching) (with its 95% bootstrap interval
+    over prompts, ``shift_ci``) and fluency, and the one chosen."""
 
     layer: int
     strengths: list[float]
@@ -160,14 +165,57 @@ class Calibration:
     fluency: list[float]
     bound: float
     chosen: float
+    shift_ci: list[list[float]] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"strength": self.strengths, "shift": self.shift, "fluency": self.fluency})
+        """One row per strength tried: shift (and its interval when known) and fluency."""
+        frame = pd.DataFrame({"strength": self.strengths, "shift": self.shift, "fluency": self.fluency})
+        if self.shift_ci:
+            frame["shift_low"], frame["shift_high"] = [b[0] for b in self.shift_ci], [b[1] for b in self.shift_ci]
+        frame["chosen"] = [s == self.chosen for s in self.strengths]
+        return frame
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field: what :meth:`save` writes."""
+        return {"layer": self.layer, "strengths": self.strengths, "shift": self.shift, "fluency": self.fluency,
+                "bound": self.bound, "chosen": self.chosen, "shift_ci": self.shift_ci}
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "Calibration":
+        """The result :meth:`to_json` described."""
+        require(payload, "layer", "strengths", "shift", "fluency", "bound", "chosen", what="Calibration")
+        return cls(int(payload["layer"]), [float(v) for v in payload["strengths"]], [float(v) for v in payload["shift"]],
+                   [float(v) for v in payload["fluency"]], float(payload["bound"]), float(payload["chosen"]),
+                   [list(map(float, b)) for b in payload.get("shift_ci", [])])
+
+    def headline(self) -> dict[str, Any]:
+        """The layer, the bound and the chosen strength with its shift and fluency."""
+        out: dict[str, Any] = {"layer": self.layer, "fluency bound": self.bound, "strengths tried": len(self.strengths),
+                               "chosen strength": self.chosen}
+        if self.chosen in self.strengths:
+            i = self.strengths.index(self.chosen)
+            out["shift there"], out["fluency there"] = self.shift[i], self.fluency[i]
+        return out
+
+    def plot(self) -> go.Figure:
+        """Shift in P(matching) (95% intervals) and fluency against the strength; the bound dotted."""
+        frame = self.to_frame()
+        error = None
+        if self.shift_ci:
+            error = {"type": "data", "symmetric": False, "array": frame.shift_high - frame["shift"],
+                     "arrayminus": frame["shift"] - frame.shift_low}
+        fig = go.Figure([go.Scatter(x=frame.strength, y=frame["shift"], mode="lines+markers", name="shift in P(matching)",
+                                    error_y=error),
+                         go.Scatter(x=frame.strength, y=frame.fluency, mode="lines+markers", name="fluency")])
+        fig.add_hline(y=self.bound, line_dash="dot", annotation_text="fluency bound")
+        fig.add_vline(x=self.chosen, line_dash="dash", annotation_text=f"chosen {self.chosen:g}")
+        fig.update_layout(title=f"Steering strength calibration at layer {self.layer}", xaxis_title="strength")
+        return fig
 
 
-def calibrate(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layer: int, *,
-              strengths: Sequence[float] = (-8, -4, -2, -1, 1, 2, 4, 8), bound: float = 0.9, n: int | None = 50,
-              chat: bool = False, batch_size: int = 8) -> Calibration:
+def calibrate_strength(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layer: int, *,
+                       strengths: Sequence[float] = (-8, -4, -2, -1, 1, 2, 4, 8), bound: float = 0.9,
+                       n: int | None = 50, chat: bool = False, batch_size: int = 8) -> Calibration:
     """The strength with the largest shift in P(matching) whose fluency stays at or above
     ``bound`` (Handa et al. 2025 search [-300, 300] on Gemma-2-2B with fluency >= 0.9). A grid
     first, then the midpoints next to the best admissible grid point."""
@@ -176,6 +224,7 @@ def calibrate(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequen
     prompts = answer_prompts(model, pairs, chat)
     reference = plain_fluency_baseline(model)
     tried: dict[float, tuple[float, float]] = {}
+    bands: dict[float, list[float]] = {}
     grid = sorted(float(s) for s in strengths)
     # the grid's shifts in one store pass (clean prefix shared); fluency needs generation
     edits = [steer(model, vector, s, layers=[layer]).edits() for s in grid]
@@ -186,6 +235,8 @@ def calibrate(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequen
             if probs is None:
                 probs = p_matching(model, prompts, steer(model, vector, strength, layers=[layer]).edits(), batch_size)
             shift = float(np.mean(probs - base))
+            low, high = mean_interval(np.asarray(probs - base, dtype=float), bounds=(-1.0, 1.0))
+            bands[strength] = [float(low), float(high)]
             tried[strength] = (shift, fluency(model, vector, strength, [layer], baseline=reference)["fluency"])
         return tried[strength]
 
@@ -205,4 +256,11 @@ def calibrate(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequen
         best = best_admissible()
     chosen = best if best is not None else 0.0
     order = sorted(tried)
-    return Calibration(layer, order, [tried[s][0] for s in order], [tried[s][1] for s in order], bound, chosen)
+    return Calibration(layer, order, [tried[s][0] for s in order], [tried[s][1] for s in order], bound, chosen,
+                       [bands[s] for s in order])
+
+
+def calibrate(*args: Any, **kwargs: Any) -> Calibration:
+    """Deprecated name of :func:`calibrate_strength` (one release; it clashed with the probes' calibration)."""
+    warnings.warn("interlayer.steering.calibrate is renamed calibrate_strength", DeprecationWarning, stacklevel=2)
+    return calibrate_strength(*args, **kwargs)

@@ -26,6 +26,7 @@ import torch
 from interlayer.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 from interlayer.files import WriteError, temporary_file
+from interlayer.layers import gguf_direction, layer_from_gguf_direction
 
 from .vectors import _LAYER_NAME, SteeringFileError, SteeringVector, from_metadata
 
@@ -59,7 +60,7 @@ def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -
         writer.add_uint32(f"{ARCH}.layer_count", len(vector.layers))
         writer.add_string("interlayer.metadata", json.dumps(vector.metadata()))
         for layer, direction in vector.directions.items():
-            writer.add_tensor(f"direction.{layer + 1}", direction.numpy().astype(np.float32))
+            writer.add_tensor(f"direction.{gguf_direction(layer)}", direction.numpy().astype(np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -108,7 +109,7 @@ def _directions(reader, path: Path, width: int | None = None) -> dict[int, torch
             expected = f"[{width}]" if width is not None else "[d_model]"
             raise SteeringFileError(f"{path}: {tensor.name} has shape {list(data.shape)}; llama.cpp control vectors "
                                     f"hold one [n_embd] vector per layer (expected shape {expected})")
-        directions[number - 1] = torch.from_numpy(data.astype(np.float32))
+        directions[layer_from_gguf_direction(number)] = torch.from_numpy(data.astype(np.float32))
     return directions
 
 

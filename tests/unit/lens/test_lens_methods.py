@@ -116,8 +116,9 @@ def test_latent_probabilities_equal_a_direct_computation(model, monkeypatch):
             entropy = float(-(logp.exp() * logp).sum())
             assert result.entropy[i, layer] == pytest.approx(entropy, abs=1e-5)
     payload = result.to_json()
-    assert set(payload) == {"model", "task", "src", "tgt", "n_words", "layers", "p_target", "p_latent", "p_source",
-                            "entropy", "ci"}
+    assert set(payload) == {"model", "lens", "task", "src", "tgt", "n_words", "layers", "p_target", "p_latent",
+                            "p_source", "entropy", "ci", "n_missing", "n_overlap", "skipped", "per_word"}
+    assert (np.array(payload["ci"]["p_target"]["low"]) >= 0).all() and (np.array(payload["ci"]["p_target"]["high"]) <= 1).all()
     assert len(payload["p_target"]) == len(payload["layers"]) == model.n_layers
     assert payload["p_target"] == pytest.approx(result.p_target.mean(0).tolist())
     low, high = np.array(payload["ci"]["p_target"]["low"]), np.array(payload["ci"]["p_target"]["high"])

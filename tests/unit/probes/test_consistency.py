@@ -6,7 +6,7 @@ import torch
 
 import interlayer
 from interlayer.errors import InterlayerError
-from interlayer.probes import calibrate, consistency_scores, internal_consistency, weighted_vote
+from interlayer.probes import calibrate_label_scores as calibrate, consistency_scores, internal_consistency, weighted_vote
 from interlayer.probes.consistency import (DATASETS, LABELS, TRIGGER, Example, label_probabilities, load_examples,
                                            reasoning_up_to_answer)
 from tests.tiny_models import make_tiny, make_tokenizer
@@ -70,11 +70,11 @@ def test_protocol_end_to_end_on_a_tiny_model(tmp_path):
     examples = [Example(f"w{5 + i} w{6 + i} w7 A:", "w10" if i % 2 else "w11") for i in range(6)]
     result = internal_consistency(model, examples, ["w10", "w11"], paths=3, max_new_tokens=6, trigger="w12 w13",
                                   progress=False)
-    assert result.n == 6 and result.paths == 3 and result.layers == model.n_layers + 1
-    assert result.ic.shape == (6, 3) and ((0 <= result.ic) & (result.ic <= result.layers)).all()
+    assert result.n == 6 and result.paths == 3 and result.layers == [None, *range(model.n_layers)]
+    assert result.ic.shape == (6, 3) and ((0 <= result.ic) & (result.ic <= len(result.layers))).all()
     assert len(result.sc_accuracy) == len(result.ic_accuracy) == 3
     payload = result.to_json()
-    assert payload["ic_normalised_mean"] == pytest.approx(result.ic.mean() / result.layers)
+    assert payload["ic_normalised_mean"] == pytest.approx(result.ic.mean() / len(result.layers))
     # The last hidden state's label probabilities are the model's own, renormalised over the labels.
     text = examples[0].prompt + reasoning_up_to_answer(result.texts[0][1], "w12 w13")
     probs = label_probabilities(model, [text], [10, 11])

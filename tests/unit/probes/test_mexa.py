@@ -59,8 +59,13 @@ def test_scores_equal_the_reference(model, parallel, pooling):
     result = mexa(model, ["fra_Latn"], n=6, pooling=pooling, data_dir=d, batch_size=4, progress=False)
     assert result.scores["fra_Latn"] == mexa_reference(model, eng, fra, pooling)
     payload = result.to_json()
-    assert set(payload) == {"model", "pooling", "n", "pivot", "layers", "scores", "mean", "max"}
-    assert payload["layers"] == model.n_layers + 1 and len(payload["scores"]["fra_Latn"]) == model.n_layers + 1
+    assert set(payload) == {"model", "pooling", "n", "pivot", "layers", "hidden_index", "languages", "scores", "mean",
+                            "max", "ci"}
+    assert payload["layers"] == [None, *range(model.n_layers)]  # block index; hidden state 0 is the embeddings
+    assert payload["hidden_index"] == list(range(model.n_layers + 1))
+    assert len(payload["scores"]["fra_Latn"]) == model.n_layers + 1
+    ci = payload["ci"]["fra_Latn"]
+    assert all(0 <= lo <= s <= hi <= 1 for lo, s, hi in zip(ci["low"], payload["scores"]["fra_Latn"], ci["high"]))
     assert payload["mean"]["fra_Latn"] == pytest.approx(np.mean(payload["scores"]["fra_Latn"]))
     assert payload["max"]["fra_Latn"] == max(payload["scores"]["fra_Latn"])
     assert result.plot().data[0].z is not None and len(result.plot_summary().data) == 2
@@ -128,6 +133,6 @@ def test_mexa_cli_schema(tmp_path, parallel, capsys):
                      "last", "--dataset", str(d), "--out", str(out), "--no-progress"]) == 0
     payload = json.loads(out.read_text())
     assert payload["pooling"] == "last" and payload["n"] == 6 and payload["pivot"] == "eng_Latn"
-    assert list(payload["scores"]) == ["fra_Latn"] and payload["layers"] == 4
+    assert list(payload["scores"]) == ["fra_Latn"] and payload["layers"] == [None, 0, 1, 2]
     assert cli.main(["probes", "mexa", "--model", str(tmp_path / "ckpt"), "--langs", "xxx_Latn", "--dataset", str(d)]) == 2
     assert "available languages" in capsys.readouterr().err

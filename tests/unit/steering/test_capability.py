@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import interlayer
-from interlayer.steering import ContrastPair, SteeringVector, calibrate, choice_accuracy, stability, train_vectors
+from interlayer.steering import ContrastPair, SteeringVector, calibrate_strength, choice_accuracy, stability, train_vectors
 from interlayer.steering.capability import fluency, load_swag, text_perplexity
 from tests.tiny_models import make_tiny, make_tokenizer
 
@@ -69,7 +69,7 @@ def test_calibration_picks_the_largest_admissible_shift(model):
     pairs = [ContrastPair(f"w{5 + i} w{20 + i}", "w10 w12" if i % 2 else "w11 w13", "w11 w13" if i % 2 else "w10 w12")
              for i in range(10)]
     v = train_vectors(model, pairs, [1], progress=False)
-    result = calibrate(model, v, pairs, 1, strengths=(-4, -1, 1, 4), bound=0.5, n=None)
+    result = calibrate_strength(model, v, pairs, 1, strengths=(-4, -1, 1, 4), bound=0.5, n=None)
     frame = result.to_frame()
     admissible = frame[frame.fluency >= 0.5]
     assert result.chosen == float(admissible.loc[admissible["shift"].idxmax(), "strength"])
