@@ -92,7 +92,7 @@ def test_logit_lens_final_row_is_the_models_prediction(gemma):
 def test_info_cli(gemma, capsys):
     from interlayer import cli
 
-    assert cli.main(["info", "gemma-3-270m", "--json"]) == 0
+    assert cli.main(["info", "--model", "gemma-3-270m", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_layers"] == 18 and info["d_model"] == 640 and info["vocab_size"] == 262144
     assert "resid_mid.{0..17}" in info["sites"]

@@ -70,7 +70,7 @@ def test_spliced_ce_on_gemma_equals_a_direct_hooked_computation(gemma):
 def test_sae_train_cli_streams_gemma_and_writes_the_outputs(tmp_path, capsys, gemma):
     out = tmp_path / "sae"
     code = cli.main(["sae", "train", "--model", "gemma-3-270m", "--site", "resid_post.6", "--arch", "topafa",
-                     "--latents", "1280", "--tokens", "4096", "--batch-size", "256", "--data", str(SAMPLE_TEXT),
+                     "--latents", "1280", "--tokens", "4096", "--tokens-per-step", "256", "--data", str(SAMPLE_TEXT),
                      "--out", str(out), "--eval-tokens", "256", "--checkpoint-every", "8", "--no-progress",
                      "--device", "cpu", "--memory-mb", "8"])  # streamed in small chunks: no more text than needed
     captured = capsys.readouterr()
