@@ -34,7 +34,7 @@ def iks_section(ctx: ReportContext) -> SectionResult:
              f"Among the fusion candidates {res.candidates}, l* = {res.layer} (mean IKS {mean[res.layer]:.4f}); per step "
              f"the choice falls most often on layer {mode} ({hist[mode]} of {sum(hist.values())} steps).",
              "This is the project's reading of LFD's internal knowledge score (see the README)."]
-    payload = res.to_json()
+    payload = {k: v for k, v in res.to_json().items() if k not in ("values", "chosen")}  # per-step data stay out
     top = max(float(mean.max()), 1e-12)
     depth = [ctx.depth(l) for l in res.layers]
     return SectionResult(payload, prose, [res.plot()], {"iks": res.to_frame()},

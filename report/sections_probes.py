@@ -104,7 +104,8 @@ def consistency_section(ctx: ReportContext) -> SectionResult:
     if layers and np.isfinite(agree).all():
         curve = {"consistency: agreement (correct paths)": ([ctx.depth(layer) for layer in res.layers[:layers]],
                                                              agree.tolist())}
-    return SectionResult({k: v for k, v in payload.items()}, prose, [res.plot()], {"consistency": res.to_frame()}, curve)
+    numbers = {k: v for k, v in payload.items() if k not in ("ic", "correct", "texts")}  # per-path data stay out
+    return SectionResult(numbers, prose, [res.plot()], {"consistency": res.to_frame()}, curve)
 
 
 __all__ = ["consistency_section", "flores_embeddings", "mexa_section", "probes_section"]
