@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 def test_consistency_on_coinflip(gemma):
     examples = load_examples("coinflip", 3)
     result = internal_consistency(gemma, examples, LABELS["coinflip"], paths=2, max_new_tokens=40, progress=False)
-    assert result.layers == 19 and result.ic.shape == (3, 2)
+    assert len(result.layers) == 19 and result.ic.shape == (3, 2)
     text = examples[0].prompt + reasoning_up_to_answer(result.texts[0][0])
     ids = label_token_ids(gemma, LABELS["coinflip"])
     probs = label_probabilities(gemma, [text], ids)

@@ -123,7 +123,7 @@ def test_saes_notebook_runs(gemma):
 def test_probes_notebook_runs(gemma):
     ns = _run_notebook("probes.ipynb")
     alignment = ns["alignment"]
-    assert set(alignment.scores) == set(ns["LANGS"]) and alignment.layers == 19
+    assert set(alignment.scores) == set(ns["LANGS"]) and len(alignment.layers) == 19
     assert all(len(v) == 19 and all(0 <= s <= 1 for s in v) for v in alignment.scores.values())
     assert len(alignment.summary()) == len(ns["LANGS"]) and isinstance(alignment.plot(), go.Figure)
     for probe in (ns["probe"], ns["probe_last"]):
