@@ -104,10 +104,10 @@ def _run(cmd: Command, args: argparse.Namespace) -> int:
     RUN.computing = False
     try:
         config = cmd.config(**values)
-        check_required(config)
-        if args.print_config:
+        if args.print_config:  # a template too: required options may still be unset
             print(json.dumps(config_values(config), indent=2) if args.json else to_toml(config_values(config)))
             return 0
+        check_required(config)
         if hasattr(config, "no_progress") and not progress_wanted(config.no_progress):
             config.no_progress = True  # no progress bars in logs, pipes and CI
         return int(cmd.run(config) or 0)

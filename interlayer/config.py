@@ -56,9 +56,9 @@ def data_option(help: str = "input text: a .txt (one document per line), .jsonl 
     return option(None, help, required=required, group="data")
 
 
-def text_field_option() -> Any:
+def text_field_option(of: str = "--data") -> Any:
     """The ``--text-field`` field that goes with every ``--data``."""
-    return option("text", "JSON field or parquet column holding the text of --data", group="data")
+    return option("text", f"JSON field or parquet column holding the text of {of}", group="data")
 
 
 @dataclass

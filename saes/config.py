@@ -27,7 +27,7 @@ class SAETrainConfig(ModelOptions, TrainOptions):
 
     data: str | None = data_option("training text, streamed through the model: a .txt (one document per line), "
                                    ".jsonl or .parquet file, or a folder of them")
-    text_field: str = text_field_option()
+    text_field: str = text_field_option("--data and --eval-data")
     activations: str | None = option(None, "a directory written by `interlayer cache` (instead of --data)", group="data")
     site: str = option("resid_post.6", "the hook site the SAE reads, e.g. resid_post.6", parse=one_site, group="data")
     sites: str | None = option(None, "train one SAE per site, all at once (one model pass or cache read per batch; "
@@ -102,7 +102,9 @@ class SAESweepConfig(ModelOptions, TrainOptions):
                                     "(default: the documented grid)")
     latents: int | None = option(None, f"latents per SAE (default: {LATENTS_PER_D_MODEL} x d_model)", min=1)
     normalization: str = option("standardize", "input normalisation", choices=NORMALIZATIONS)
-    eval_data: str | None = option(None, "held-out text for the evaluation (default: the packaged sample)")
+    eval_data: str | None = option(None, "held-out text for the evaluation: a .txt, .jsonl or .parquet file, or a "
+                                         "folder of them (default: the packaged sample)")
+    text_field: str = text_field_option("--eval-data")
     eval_tokens: int = option(8192, "evaluation tokens", min=1)
     context_length: int = option(128, "tokens per evaluation context, BOS included", min=2)
     eval_batch_size: int = option(8, "evaluation sequences (contexts) per forward pass", min=1, flag="--batch-size",

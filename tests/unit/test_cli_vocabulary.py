@@ -78,7 +78,7 @@ def test_the_vocabulary(name):
         assert chat is not None and tuple(chat.choices) == ("auto", "yes", "no") and chat.default == "auto", name
     if name in LENS_TAKING:
         assert "--tuned-lens" in options, name
-    if "data" in fields:  # input text comes with the field holding it
+    if {"data", "eval_data"} & set(fields):  # input text comes with the field holding it
         assert "--text-field" in options, name
     assert not OLD_SPELLINGS & set(options), (name, OLD_SPELLINGS & set(options))
     for field_name, field in fields.items():
