@@ -27,6 +27,7 @@ from interlayer.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.files import write_atomic, write_json_atomic
+from interlayer.options import resolve_layers
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
 from interlayer.seeding import epoch_permutation
@@ -247,13 +248,13 @@ def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComp
     n_eval = math.ceil(cfg.eval_tokens / per_context)
     data = cfg.data or str(SAMPLE_TEXT)
     acts = collect(model, data, "resid_post.*", context_length=cfg.context_length, limit=n_train + n_eval,
-                   progress=not cfg.no_progress)
+                   text_field=getattr(cfg, "text_field", "text"), progress=not cfg.no_progress)
     train = acts.rows(acts.meta["sequence"] < n_train)
     held_out = acts.rows(acts.meta["sequence"] >= n_train)
     if len(held_out) == 0:
         raise InterlayerError(f"{data} has too little text for {cfg.tokens} training and {cfg.eval_tokens} held-out tokens")
     hidden = stacked_resid(train, model.n_layers)[:, : cfg.tokens]
-    layers = None if cfg.layers == "all" else [int(x) for x in cfg.layers.split(",") if x.strip()]
+    layers = None if cfg.layers == "all" else resolve_layers(cfg.layers, model.n_layers)
     out = Path(cfg.out) if cfg.out else None
     lens = train_tuned_lens(model, hidden, layers=layers, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             warmup=cfg.warmup, seed=cfg.seed, checkpoint_dir=out / "checkpoint" if out else None,

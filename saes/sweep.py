@@ -426,7 +426,7 @@ def _evaluate(cfg: Any, plans: list[tuple], trained: dict[str, tuple[SAE, TrainR
     eval_data = cfg.eval_data or str(SAMPLE_TEXT)
     evaluations = evaluate_saes([trained[n][0] for n in names], model, eval_data, site, tokens=cfg.eval_tokens,
                                 context_length=cfg.context_length, batch_size=cfg.eval_batch_size, labels=names,
-                                progress=progress)
+                                text_field=getattr(cfg, "text_field", "text"), progress=progress)
     for member, sae_cfg, options, identity, _ in plans:
         if member.name not in trained:
             continue
@@ -468,7 +468,7 @@ def run_sweep(cfg: Any) -> SAESweepResult:
     members = parse_grid(cfg.grid, archs, latents)
     check_writable(cfg.out, directory=True)
     if cfg.eval_data is not None:
-        check_data_file(cfg.eval_data, "--eval-data")
+        check_data_file(cfg.eval_data, "--eval-data", text_field=getattr(cfg, "text_field", "text"))
     base = train_options(cfg)
     base.progress = not cfg.no_progress
     out = Path(cfg.out)

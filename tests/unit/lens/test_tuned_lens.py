@@ -106,7 +106,7 @@ def test_tune_cli(tmp_path, text, capsys):
     make_tiny("llama").save_pretrained(tmp_path / "ckpt")
     make_tokenizer(tmp_path / "ckpt")
     code = cli.main(["lens", "tune", "--model", str(tmp_path / "ckpt"), "--data", text, "--out", str(tmp_path / "lens"),
-                     "--tokens", "600", "--eval-tokens", "200", "--steps", "40", "--tokens-per-step", "32", "--lr", "0.01",
+                     "--tokens", "600", "--eval-tokens", "200", "--steps", "40", "--tokens-per-step", "32", "--layers", "0-1", "--lr", "0.01",
                      "--context-length", "32", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "kl_tuned" in out
