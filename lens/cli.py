@@ -58,8 +58,8 @@ def run_logit_lens(cfg: LogitLensConfig) -> int:
                         memory_mb=cfg.memory_mb, progress=not cfg.no_progress)
     frame = result.to_frame()
     show("\n\n".join(result.table(i).to_string() for i in range(len(prompts))), frame.to_dict(orient="records"))
-    if cfg.out:
-        write_table(frame, cfg.out)
+    if cfg.out:  # .json: the whole result, which Result.load reads back; .csv: the table
+        result.save(cfg.out) if cfg.out.endswith(".json") else write_table(frame, cfg.out)
     write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 
@@ -119,8 +119,8 @@ def run_saturation(cfg: SaturationConfig) -> int:
                         progress=not cfg.no_progress)
     frame = result.to_frame()
     show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
-    if cfg.out:
-        write_table(frame, cfg.out)
+    if cfg.out:  # .json: the whole result, which Result.load reads back; .csv: the table
+        result.save(cfg.out) if cfg.out.endswith(".json") else write_table(frame, cfg.out)
     write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0
 

@@ -103,7 +103,7 @@ def run_linear(cfg: LinearProbeConfig) -> int:
     frame = result.to_frame()
     show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
     say(f"{result.n_examples} examples, {result.n_classes} classes, chance {result.chance:.3f}, {result.folds}-fold CV")
-    if cfg.out:
-        write_table(frame, cfg.out)
+    if cfg.out:  # .json: the whole result, which Result.load reads back; .csv: the table
+        result.save(cfg.out) if cfg.out.endswith(".json") else write_table(frame, cfg.out)
     write_figure(cfg.figures, result.plot() if cfg.figures else None)
     return 0

@@ -73,8 +73,10 @@ def test_logit_lens_command(capsys, tiny_checkpoint, tmp_path):
     code, out, _ = _run(capsys, "lens", "logit", "--model", str(tiny_checkpoint), "--prompt", "w5 w6 w7",
                         "--top-k", "2", "--out", str(tmp_path / "t.json"))
     assert code == 0
-    rows = json.loads((tmp_path / "t.json").read_text())
-    assert len(rows) == 3 * 4 * 2  # layers x positions (BOS + 3) x top-k
+    from interlayer.lens import LogitLensResult
+
+    result = LogitLensResult.load(tmp_path / "t.json")  # what the command wrote opens in Python
+    assert len(result.to_frame()) == 3 * 4 * 2  # layers x positions (BOS + 3) x top-k
     assert out.splitlines()[0].split()[:2] == ["0:<s>", "1:w5"]
 
 

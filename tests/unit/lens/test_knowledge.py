@@ -258,6 +258,9 @@ def test_knowledge_commands(tmp_path, capsys):
                      "--max-new-tokens", "2", "--out", str(tmp_path / "qa.json"), "--no-progress"]) == 0
     qa = json.loads((tmp_path / "qa.json").read_text())
     assert qa["decodings"] == ["greedy", "dola"] and len(qa["results"]) == 4 and qa["skipped"] == 0
+    from interlayer.lens import QAResult
+
+    assert QAResult.load(tmp_path / "qa.json").to_json() == qa  # what the command wrote opens in Python
     assert not (tmp_path / "qa.json.progress.jsonl").exists()
     capsys.readouterr()
     # bad input: one line, exit 2, before any model work

@@ -195,6 +195,8 @@ def test_latent_cli_writes_the_schema(tmp_path, capsys, monkeypatch):
     assert payload["src"] == "fr" and payload["tgt"] == "zh" and payload["n_words"] == 10
     assert len(payload["layers"]) == len(payload["p_target"]) == len(payload["p_latent"]["en"]) == 3
     assert len(payload["p_source"]) == len(payload["entropy"]) == 3 and "p_target" in payload["ci"]
+    loaded = latent.LatentResult.load(tmp_path / "r.json")  # what the command wrote opens in Python
+    assert loaded.n_words == 10 and loaded.to_json()["p_target"] == payload["p_target"]
     assert "10 words used; 0 skipped" in capsys.readouterr().out
     # a usage error: exit status 2, the valid tasks listed, no traceback
     assert cli.main(["lens", "latent", "--model", str(tmp_path / "ckpt"), "--task", "poem"]) == 2
