@@ -8,7 +8,7 @@ import torch
 
 import interlayer
 from interlayer.errors import InterlayerError
-from interlayer.probes import mexa, mutual_nearest_hits
+from interlayer.probes import MexaResult, mexa, mutual_nearest_hits
 from interlayer.probes.mexa import available_languages, load_parallel, packaged_data_dir, sentence_embeddings
 from interlayer.probes.reference import (mexa_reference, mexa_reference_languages, mexa_rule_reference,
                                         reference_embeddings)
@@ -134,5 +134,6 @@ def test_mexa_cli_schema(tmp_path, parallel, capsys):
     payload = json.loads(out.read_text())
     assert payload["pooling"] == "last" and payload["n"] == 6 and payload["pivot"] == "eng_Latn"
     assert list(payload["scores"]) == ["fra_Latn"] and payload["layers"] == [None, 0, 1, 2]
+    assert MexaResult.load(out).to_json() == payload  # what the command wrote opens in Python
     assert cli.main(["probes", "mexa", "--model", str(tmp_path / "ckpt"), "--langs", "xxx_Latn", "--dataset", str(d)]) == 2
     assert "available languages" in capsys.readouterr().err

@@ -152,6 +152,10 @@ def test_steer_commands(tmp_path, capsys):
                      "--figures", str(tmp_path / "s.html"), "--no-progress"]) == 0
     payload = json.loads((tmp_path / "s.json").read_text())
     assert payload["layers"] == [1] and payload["coefs"] == [-2.0, 2.0] and len(payload["shift"][0]) == 2
+    from interlayer.steering import SteeringSweepResult
+
+    loaded = SteeringSweepResult.load(tmp_path / "s.json")  # what the command wrote opens in Python
+    assert loaded.to_json() == payload and (loaded.shift_low <= loaded.shift + 1e-12).all()
     assert (tmp_path / "s.html").read_text().count("<script") >= 1
     assert cli.main(["steer", "export", "--vector", str(vec), "--out", str(tmp_path / "v.gguf")]) == 0
     assert cli.main(["steer", "export", "--vector", str(tmp_path / "v.gguf"), "--out", str(tmp_path / "back.safetensors")]) == 0
