@@ -230,7 +230,8 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
             _add_command(top, words[0], cmd)
         else:
             if words[0] not in groups:
-                group = _new_parser(top, words[0], help=f"{words[0]} commands", description=f"{words[0]} commands")
+                members = ", ".join(n.split()[1] for n in sorted(commands) if n.split()[0] == words[0])
+                group = _new_parser(top, words[0], help=f"{members}", description=f"interlayer {words[0]}: {members}")
                 _global_flags(group, argparse.SUPPRESS)
                 groups[words[0]] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
             _add_command(groups[words[0]], words[1], cmd)

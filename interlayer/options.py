@@ -110,7 +110,8 @@ def number_list(text: str) -> list[float]:
         except ValueError:
             raise InterlayerError(f"{text!r} must be comma-separated numbers, e.g. -4,-2,2,4") from None
         if not math.isfinite(value):
-            raise InterlayerError(f"{text!r} holds {part.strip()!r}; every value must be a finite number")
+            where = "" if part.strip() == str(text).strip() else f" in {text!r}"
+            raise InterlayerError(f"{part.strip()!r}{where} is not finite; every value must be a finite number")
         values.append(value)
     if not values:
         raise InterlayerError(f"{text!r} is empty: give at least one number")
