@@ -114,7 +114,9 @@ class LogitLensConfig(ModelOptions):
     tuned_lens: str | None = tuned_lens_option()
     top_k: int = option(1, "tokens shown per cell", min=1)
     memory_mb: float = option(256.0, "bound on decoding working memory, MiB", above=0)
-    out: str | None = out_option("also write the table as CSV (.csv) or JSON (.json) here", suffixes=(".csv", ".json"))
+    out: str | None = out_option("also write the table as .csv, "
+                                 "or the whole result as .json (LogitLensResult.load reads it)",
+                                 suffixes=(".csv", ".json"))
     figures: str | None = figures_option("the heatmap of the first prompt")
     no_progress: bool = option(False, "hide the progress bar")
 

@@ -62,7 +62,9 @@ class SaturationConfig(ModelOptions):
     context_length: int = option(128, "tokens per packed context, BOS included", min=2)
     batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
     tuned_lens: str | None = tuned_lens_option()
-    out: str | None = out_option("write the per-layer table as .csv or .json", suffixes=(".csv", ".json"))
+    out: str | None = out_option("write the per-layer table as .csv, "
+                                 "or the whole result as .json (SaturationResult.load reads it)",
+                                 suffixes=(".csv", ".json"))
     figures: str | None = figures_option("the saturation curves")
     no_progress: bool = option(False, "hide the progress bar")
 

@@ -57,6 +57,8 @@ class LinearProbeConfig(ModelOptions):
     folds: int = option(5, "cross-validation folds", min=2)
     seed: int = option(0, "seed of the folds and of the control task's shuffled labels")
     batch_size: int = option(16, "texts per forward pass", min=1)
-    out: str | None = out_option("write the per-site table as .csv or .json", suffixes=(".csv", ".json"))
+    out: str | None = out_option("write the per-site table as .csv, "
+                                 "or the whole result as .json (ProbeResult.load reads it)",
+                                 suffixes=(".csv", ".json"))
     figures: str | None = figures_option("the accuracy, control and chance per site")
     no_progress: bool = option(False, "hide the progress bar")
