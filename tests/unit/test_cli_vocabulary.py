@@ -73,7 +73,7 @@ def test_the_vocabulary(name):
         assert "--model" in options, name
     if name not in PRINT_ONLY:
         assert {"-o", "--out"} <= set(options) and options["-o"] is options["--out"], name
-    if name in PROMPTING:
+    if name in PROMPTING or "prompt" in fields:
         chat = options.get("--chat")
         assert chat is not None and tuple(chat.choices) == ("auto", "yes", "no") and chat.default == "auto", name
     if name in LENS_TAKING:
@@ -236,6 +236,11 @@ def test_a_config_file_sets_options_and_flags_override_it(capsys, tmp_path):
     assert code == 0 and out2 == out
     code, out, _ = _run(capsys, "steer", "sweep", "--config", file, "--print-config", "--json")
     assert json.loads(out)["n"] == 7 and json.loads(out)["coefs"] == "-4,4"
+    train = tmp_path / "train.toml"  # keys are the flags' names, also where the field is named otherwise
+    train.write_text("tokens_per_step = 64\nbatch-size = 4\nwarmup_steps = 3\n")
+    code, out, _ = _run(capsys, "sae", "train", "--config", train, "--print-config", "--json")
+    values = json.loads(out)
+    assert code == 0 and (values["tokens_per_step"], values["batch_size"], values["warmup_steps"]) == (64, 4, 3)
 
 
 def test_config_file_errors_are_one_line(capsys, tmp_path, monkeypatch):

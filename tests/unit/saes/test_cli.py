@@ -1,6 +1,7 @@
 """``interlayer sae train / eval / convert`` on a tiny checkpoint."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -107,3 +108,17 @@ def test_bad_input_errors(capsys, tmp_path, checkpoint):
     code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--data", text, "--site", "resid_post.9", "--out",
                         tmp_path / "o")
     assert code == 2 and "resid_post.9" in err
+
+
+def test_a_sweep_with_failed_members_exits_3(capsys, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from interlayer.saes import sweep
+
+    table = pd.DataFrame([{"member": "topk_k16", "l0": 16.0, "explained_variance": 0.9, "nmse": 0.1,
+                           "ce_loss_recovered": 0.8, "mse_standardized": 0.1, "pareto_ev": True}])
+    result = SimpleNamespace(table=table, trained=["topk_k16"], reused=[], failed={"relu_0.01": "loss became NaN"},
+                             out=tmp_path)
+    monkeypatch.setattr(sweep, "run_sweep", lambda cfg: result)
+    code, stdout, _ = _run(capsys, "sae", "sweep", "--activations", tmp_path, "-o", tmp_path / "s", "--json")
+    assert code == 3 and json.loads(stdout)["failed"] == {"relu_0.01": "loss became NaN"}
