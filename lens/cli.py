@@ -33,11 +33,20 @@ def check_lens_dir(path: str | None) -> None:
         raise InterlayerError(f"--tuned-lens {path!r} is not a saved tuned lens (needs config.json and lens.safetensors)")
 
 
-def chat_prompts(model: Any, prompts: list[str], setting: str | bool) -> list[str]:
-    """``prompts`` through the model's chat template when ``--chat`` (auto, yes, no) says so."""
+def chat_wanted(model: Any, setting: str | bool) -> bool:
+    """Whether ``--chat`` (auto, yes, no) puts prompts through the chat template; ``yes``
+    on a tokenizer without one is an error."""
     from .qa import use_chat
 
-    if not use_chat(model, setting):
+    wanted = use_chat(model, setting)
+    if wanted and not getattr(model.tokenizer, "chat_template", None):
+        raise InterlayerError(f"--chat {setting}: {model.name}'s tokenizer has no chat template; use --chat no")
+    return wanted
+
+
+def chat_prompts(model: Any, prompts: list[str], setting: str | bool) -> list[str]:
+    """``prompts`` through the model's chat template when ``--chat`` (auto, yes, no) says so."""
+    if not chat_wanted(model, setting):
         return prompts
     return [model.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                 add_generation_prompt=True) for p in prompts]
@@ -84,7 +93,6 @@ def run_tune(cfg: TuneConfig) -> int:
 @command("lens latent", LatentConfig)
 def run_latent(cfg: LatentConfig) -> int:
     from .latent import check_task, latent_language
-    from .qa import use_chat
 
     latents = [l.strip() for l in cfg.latent.split(",") if l.strip()]
     check_task(cfg.task, cfg.src, cfg.tgt, latents)  # before loading the model
@@ -93,7 +101,7 @@ def run_latent(cfg: LatentConfig) -> int:
     model = cfg.load()
     result = latent_language(model, src=cfg.src, tgt=cfg.tgt, task=cfg.task, latents=latents, shots=cfg.shots,
                              seed=cfg.seed, limit=cfg.n, lens=lens_for(model, cfg.tuned_lens),
-                             batch_size=cfg.batch_size, chat=use_chat(model, cfg.chat), progress=not cfg.no_progress)
+                             batch_size=cfg.batch_size, chat=chat_wanted(model, cfg.chat), progress=not cfg.no_progress)
     say(f"{result.n_words} words used; {result.n_missing} skipped (not in the tokenizer), "
         f"{result.n_overlap} dropped (token sets overlap)")
     show(result.to_frame()[["layer", "p_target", *[f"p_latent_{l}" for l in latents], "p_source", "entropy"]]
@@ -136,6 +144,7 @@ def run_iks(cfg: IKSConfig) -> int:
         raise InterlayerError(f"--dataset {cfg.dataset!r} has no passages; use --no-passage")
     check_lens_dir(cfg.tuned_lens)
     model = cfg.load()
+    chat_wanted(model, cfg.chat)  # --chat yes without a template: bad input, before any generation
     result = iks_on_data(model, cfg.dataset, cfg.n, passage=cfg.passage, chat=cfg.chat, candidates=cfg.candidates,
                          metric=cfg.metric, select=cfg.select, max_new_tokens=cfg.max_new_tokens,
                          batch_size=cfg.batch_size, lens=lens_for(model, cfg.tuned_lens), progress=not cfg.no_progress)
@@ -188,6 +197,7 @@ def run_qa(cfg: QAConfig) -> int:
     if not cfg.out:
         note(NO_JOURNAL)
     model = cfg.load()
+    chat_wanted(model, cfg.chat)
     progress_file = f"{cfg.out}.progress.jsonl" if cfg.out else None
     result = evaluate_qa(model, cfg.dataset, cfg.n, decodings=decodings, options=options, noise_docs=cfg.noise_docs,
                          chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -265,6 +265,11 @@ def test_config_file_errors_are_one_line(capsys, tmp_path, monkeypatch):
     assert code == 2 and "pip install pyyaml" in err and len(err.strip().splitlines()) == 1
 
 
+def test_chat_yes_without_a_template_is_bad_input(capsys, ckpt):
+    code, _, err = _run(capsys, "lens", "logit", "--model", ckpt, "--prompt", "w5", "--chat", "yes")
+    assert code == 2 and "has no chat template; use --chat no" in err
+
+
 def test_json_and_quiet_after_the_command(capsys, ckpt):
     code, out, _ = _run(capsys, "lens", "logit", "--model", ckpt, "--prompt", "w5 w6", "--quiet")
     assert code == 0 and out == ""
