@@ -4,7 +4,12 @@ A config field is declared once with :func:`option`: its ``help`` is both its
 documentation and its ``--help`` line, and its bounds and choices are checked the same
 way whether it came from the command line or from Python (:func:`check_options`, run
 by each config's ``__post_init__``), so bad values fail before any model loads.
-This module imports nothing of interlayer but its errors: every config may use it.
+A field also names its ``--help`` section (``group``), its spelling on the command line
+(``flag``, ``short``), and for text that holds a list or a spec the reader that checks
+it (``parse``): :func:`number_list` (``-4,4``; finite values only), :func:`int_list`,
+:func:`layer_spec` (``6-12``, ``all``, ``-1``), :func:`one_site` and :func:`site_list`.
+This module imports nothing of interlayer but its errors (and, inside the site readers,
+the site-name parser): every config may use it.
 """
 
 from __future__ import annotations
