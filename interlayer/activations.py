@@ -222,14 +222,19 @@ def _options(given: Mapping[str, Any]) -> CollectOptions:
         if not isinstance(options, CollectOptions):
             raise InterlayerError(f"options must be a CollectOptions, got {type(options).__name__}")
         defaults = CollectOptions()
-        changed = [n for n in names if n in given and given[n] is not getattr(defaults, n)
-                   and given[n] != getattr(defaults, n)]
+        changed = [n for n in names if n in given and _differs(given[n], getattr(defaults, n))]
         if changed or given.get("dtype") is not None:
             raise InterlayerError(f"give the options either as options=CollectOptions(...) or as keywords, not both "
                                   f"(also given: {choices(changed or ['dtype'])})")
         return options
     values = renamed_dtype({n: given[n] for n in names if n in given} | {"dtype": given.get("dtype")})
     return CollectOptions(**values)
+
+
+def _differs(value: Any, default: Any) -> bool:
+    """Whether a keyword was given other than its default (the defaults are scalars or None,
+    so a list or tensor is never compared elementwise)."""
+    return value is not default and (type(value) is not type(default) or value != default)
 
 
 def check_inputs(inputs: Any) -> None:
