@@ -166,6 +166,7 @@ def run_generate(cfg: GenerateConfig) -> int:
                               'France is"')
     options = cfg.decoding_options(cfg.decoding)
     check_lens_dir(cfg.tuned_lens)
+    check_outputs(cfg.out, (".json",))
     model = cfg.load()
     gens = generate(model, chat_prompts(model, prompts, cfg.chat), options, max_new_tokens=cfg.max_new_tokens,
                     batch_size=cfg.batch_size, lens=lens_for(model, cfg.tuned_lens), progress=False)
@@ -179,20 +180,20 @@ def run_generate(cfg: GenerateConfig) -> int:
             lines.extend(f"{i:>4}  {piece!r:<16} {step.layer}" for i, (step, piece) in enumerate(zip(gen.steps, pieces)))
     payload = [{"model": model.name, "prompt": p, **g.to_json()} for p, g in zip(prompts, gens)]
     show("\n".join(lines), payload[0] if len(payload) == 1 else payload)
+    # --out: what --json prints; one prompt loads with Generation.load, any number with Generation.load_all
+    write_json_output(cfg.out, payload[0] if len(payload) == 1 else payload)
     return 0
 
 
 @command("lens qa", QAConfig, aliases=("qa",))
 def run_qa(cfg: QAConfig) -> int:
-    from .qa import QAResult, check_decodings, evaluate_qa, write_result
+    from .qa import check_decodings, evaluate_qa, write_result
     from .qa_data import load_qa
 
     check_outputs(cfg.out, (".json",), cfg.figures)
-    if cfg.figures and not hasattr(QAResult, "plot"):
-        raise InterlayerError("--figures: the QA result has no figure yet; leave --figures out")
     decodings = check_decodings(cfg.decoding)
     options = cfg.decoding_options()
-    loaded = load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
+    load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
     check_lens_dir(cfg.tuned_lens)
     if not cfg.out:
         note(NO_JOURNAL)
@@ -203,9 +204,7 @@ def run_qa(cfg: QAConfig) -> int:
                          chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
                          progress_file=progress_file, lens=lens_for(model, cfg.tuned_lens),
                          progress=not cfg.no_progress)
-    show(result.table(), result.to_json())
-    if loaded.skipped:
-        say(f"{loaded.skipped} records without an answer skipped")
+    show(result.table(), result.to_json())  # records without an answer: evaluate_qa's warning on stderr says so
     if cfg.out:
         write_result(result, cfg.out, progress_file)
         say(f"wrote {cfg.out}")

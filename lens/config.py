@@ -117,6 +117,8 @@ class GenerateConfig(DecodingFlags, ModelOptions):
     chat: str = chat_option()
     tuned_lens: str | None = tuned_lens_option()
     batch_size: int = option(8, "prompts per forward pass", min=1)
+    out: str | None = out_option("write what --json prints here: one prompt's generation (Generation.load reads it) "
+                                 "or a list of them (Generation.load_all)", suffixes=(".json",))
 
 
 @dataclass

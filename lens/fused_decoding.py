@@ -186,6 +186,26 @@ class Generation(Result):
         return cls(payload.get("prompt"), [int(t) for t in payload["tokens"]], payload["text"], steps,
                    payload["decoding"])
 
+    @classmethod
+    def load_all(cls, path: Any) -> list["Generation"]:
+        """Every generation in ``path``: one that :meth:`save` (or ``interlayer lens generate
+        --out`` with one prompt) wrote, or the JSON list of :meth:`to_json` records that
+        ``lens generate --out`` writes for several prompts."""
+        import json
+        from pathlib import Path
+
+        file = Path(path).expanduser()
+        try:
+            payload = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            payload = None
+        if not isinstance(payload, list):
+            return [cls.load(file)]  # one generation, or load's one-line error
+        try:
+            return [cls.from_json(record) for record in payload]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise InterlayerError(f"{file} is not a list of saved Generations ({type(err).__name__}: {err})") from err
+
     def to_frame(self) -> pd.DataFrame:
         """One row per step: the token, the layer used as a block index (``layer``) and, for
         DoLa, as the hidden index it was chosen by (``hidden_index``), and each score (``score[j]``)."""

@@ -147,7 +147,8 @@ def load_any(path: str | Path) -> SAE:
 
 
 def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
-    """``interlayer sae eval`` as a function; returns the metrics it writes."""
+    """``interlayer sae eval`` as a function; returns the metrics (``--out`` holds them and
+    the whole evaluation, which :meth:`SAEEvaluation.load` reads back)."""
     check_required(cfg)
     _check_sae_dir(cfg.sae)
     if cfg.data is not None:
@@ -164,7 +165,8 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
                               batch_size=cfg.batch_size, text_field=cfg.text_field, label=Path(cfg.sae).name,
                               progress=not cfg.no_progress)
     metrics = metrics_record(evaluation, sae=str(cfg.sae), site=cfg.site or sae.cfg.site, data=str(data), **describe(sae.cfg))
-    write_json_atomic(Path(cfg.out), metrics)
+    # the metrics and the whole evaluation (per-token data): SAEEvaluation.load reads it back
+    write_json_atomic(Path(cfg.out), {**metrics, **evaluation.to_json()})
     if cfg.figures:
         write_figures(Path(cfg.figures), [evaluation.zf_plot(), evaluation.eps_histogram(), evaluation.firing_histogram()])
     return metrics

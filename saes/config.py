@@ -75,7 +75,8 @@ class SAEEvalConfig(ModelOptions):
     tokens: int = option(8192, "evaluation tokens", min=1)
     context_length: int = option(128, "tokens per packed context, BOS included", min=2)
     batch_size: int = option(2, "sequences (packed contexts) per forward pass", min=1)
-    out: str = out_option("write the metrics JSON here", required=True, suffixes=(".json",))
+    out: str = out_option("write the metrics and the whole evaluation (SAEEvaluation.load reads it) here",
+                          required=True, suffixes=(".json",))
     figures: str | None = figures_option("the ZF plot, eps_LBO and firing histograms")
     no_progress: bool = option(False, "hide the progress bar")
 

@@ -21,7 +21,7 @@ from tests.tiny_models import make_tiny, make_tokenizer
 
 NO_MODEL = "no-such-model-dir"  # loading it would fail: an error about anything else proves it came first
 
-PRINT_ONLY = {"models", "info", "lens generate", "steer apply"}
+PRINT_ONLY = {"models", "info", "steer apply"}
 """Commands that only print (everything else writes, so takes -o/--out)."""
 
 PROMPTING = {"lens logit", "lens latent", "lens iks", "lens generate", "lens qa", "probes consistency", "steer train",
@@ -241,6 +241,29 @@ def test_a_config_file_sets_options_and_flags_override_it(capsys, tmp_path):
     code, out, _ = _run(capsys, "sae", "train", "--config", train, "--print-config", "--json")
     values = json.loads(out)
     assert code == 0 and (values["tokens_per_step"], values["batch_size"], values["warmup_steps"]) == (64, 4, 3)
+
+
+
+def test_a_yaml_config_file_sets_options_and_flags_override_it(capsys, tmp_path):
+    file = tmp_path / "sweep.yaml"
+    file.write_text("model: m\ncoefs: [-4, 4]\nlayers: 6-8\nn: 7\nno_progress: true\nout: s.json\n")
+    code, out, _ = _run(capsys, "steer", "sweep", "--config", file, "--n", "9", "--print-config", "--json")
+    values = json.loads(out)
+    assert code == 0
+    assert (values["model"], values["coefs"], values["layers"], values["n"], values["no_progress"], values["out"]) == \
+        ("m", "-4,4", "6-8", 9, True, "s.json")  # n: the flag beats the file
+    code, out, _ = _run(capsys, "steer", "sweep", "--config", file, "--print-config", "--json")
+    assert code == 0 and json.loads(out)["n"] == 7
+    listed = tmp_path / "g.yml"  # a repeatable flag: a YAML list, replaced by the command line's
+    listed.write_text("prompt:\n  - a\n  - b\nmax-new-tokens: 5\n")
+    code, out, _ = _run(capsys, "lens", "generate", "--config", listed, "--print-config", "--json")
+    assert code == 0 and json.loads(out)["prompt"] == ["a", "b"] and json.loads(out)["max_new_tokens"] == 5
+    code, out, _ = _run(capsys, "lens", "generate", "--config", listed, "--prompt", "c", "--print-config", "--json")
+    assert json.loads(out)["prompt"] == ["c"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("coef: 3\n")
+    code, _, err = _run(capsys, "steer", "sweep", "--config", bad)
+    assert code == 2 and "unknown key 'coef'" in err
 
 
 def test_config_file_errors_are_one_line(capsys, tmp_path, monkeypatch):

@@ -230,7 +230,7 @@ def test_evaluate_qa_scores_every_decoding_and_resumes(tmp_path):
     assert calls == [] and again.to_json()["results"] == result.to_json()["results"]
 
 
-def test_knowledge_commands(tmp_path, capsys):
+def test_knowledge_commands(tmp_path, capsys, caplog):
     from interlayer import cli
 
     ckpt = tmp_path / "ckpt"
@@ -254,6 +254,27 @@ def test_knowledge_commands(tmp_path, capsys):
                      "--max-new-tokens", "3", "--json", "--prompt", "w5 w6 w7"]) == 0
     gen = json.loads(capsys.readouterr().out)
     assert gen["decoding"] == "lfd" and all(s["layer"] in (0, 1, 2) for s in gen["steps"])
+    # --out writes what --json prints; one prompt loads as a Generation, several as a list of them
+    from interlayer.lens import Generation
+
+    one, two = tmp_path / "gen.json", tmp_path / "gens.json"
+    assert cli.main(["lens", "generate", "--model", str(ckpt), "--decoding", "lfd", "--candidates", "0,1,2", "--alpha", "1",
+                     "--max-new-tokens", "3", "--prompt", "w5 w6 w7", "--out", str(one)]) == 0
+    loaded = Generation.load(one)
+    assert (loaded.text, loaded.decoding, [s.layer for s in loaded.steps]) == \
+        (gen["text"], "lfd", [s["layer"] for s in gen["steps"]])
+    assert [g.to_json() for g in Generation.load_all(one)] == [loaded.to_json()]
+    capsys.readouterr()
+    assert cli.main(["lens", "generate", "--model", str(ckpt), "--decoding", "dola", "--max-new-tokens", "3", "--json",
+                     "--prompt", "w5 w6 w7", "--prompt", "w8 w9", "--out", str(two)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    both = Generation.load_all(two)
+    assert [g.text for g in both] == [p["text"] for p in printed] and len(both) == 2
+    assert [g.tokens for g in both] == [p["tokens"] for p in printed] and both[0].decoding == "dola"
+    with pytest.raises(InterlayerError, match="not a saved Generation"):
+        Generation.load(two)
+    assert cli.main(["lens", "generate", "--model", str(ckpt), "--prompt", "w5", "--out", str(tmp_path / "g.csv")]) == 2
+    assert "--out" in capsys.readouterr().err
     assert cli.main(["lens", "qa", "--model", str(ckpt), "--dataset", data, "--n", "3", "--decoding", "greedy,dola",
                      "--max-new-tokens", "2", "--out", str(tmp_path / "qa.json"), "--no-progress"]) == 0
     qa = json.loads((tmp_path / "qa.json").read_text())
@@ -263,6 +284,14 @@ def test_knowledge_commands(tmp_path, capsys):
     assert QAResult.load(tmp_path / "qa.json").to_json() == qa  # what the command wrote opens in Python
     assert not (tmp_path / "qa.json.progress.jsonl").exists()
     capsys.readouterr()
+    # --figures writes the QA figure; a record without an answer is said once (the warning on stderr)
+    caplog.clear()
+    assert cli.main(["lens", "qa", "--model", str(ckpt), "--dataset", data, "--n", "10", "--decoding", "greedy",
+                     "--max-new-tokens", "2", "--figures", str(tmp_path / "qa.html"), "--no-progress"]) == 0
+    assert "<script" in (tmp_path / "qa.html").read_text()
+    printed = capsys.readouterr()
+    assert "records without an answer skipped" not in printed.out + printed.err  # not a second line besides the warning
+    assert sum("skipped" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 1
     # bad input: one line, exit 2, before any model work
     assert cli.main(["lens", "qa", "--model", str(ckpt), "--dataset", "trivia", "--n", "3"]) == 2
     assert "not one of 'nq', 'squad', 'known'" in capsys.readouterr().err

@@ -3,11 +3,12 @@
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from interlayer import cli
-from interlayer.saes import SAE
+from interlayer.saes import SAE, SAEEvaluation
 from interlayer.saes.saelens import from_saelens
 from tests.tiny_models import make_tiny, make_tokenizer
 
@@ -53,6 +54,10 @@ def test_train_streamed_then_eval_then_convert(capsys, tmp_path, checkpoint):
     again = json.loads((tmp_path / "m.json").read_text())
     for key in ("nmse", "l0", "ce_loss_recovered", "eps_lbo_median"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-6), key
+    evaluation = SAEEvaluation.load(tmp_path / "m.json")  # --out holds the whole evaluation, per-token data too
+    assert len(evaluation.per_token) == again["eval_tokens"] and evaluation.firing_frequency.shape == (64,)
+    assert evaluation.metrics["l0"] == again["l0"] and evaluation.metrics["tokens"] == again["eval_tokens"]
+    assert float(np.median(evaluation.per_token.eps_lbo)) == pytest.approx(again["eps_lbo_median"], rel=1e-6)
 
     code, _, err = _run(capsys, "sae", "convert", "--sae", out, "--out", tmp_path / "lens")
     assert code == 0, err
