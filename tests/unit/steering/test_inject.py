@@ -145,6 +145,7 @@ def test_left_padded_generation_equals_one_at_a_time(setup):
     assert torch.equal(together, torch.stack(alone))
 
 
+@pytest.mark.peers
 def test_nnsight_and_transformer_lens_objects_steer_like_the_plain_model(tmp_path):
     from nnsight import LanguageModel
     from transformer_lens.model_bridge import TransformerBridge
