@@ -52,8 +52,12 @@ def test_two_processes_equal_one(cached, tmp_path, arch):
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=tolerance, atol=tolerance, msg=name)
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    # A top-AFA selection flip (above) moves the evaluation's metrics too (seen:
+    # ce_loss_recovered -0.13167 against -0.13186), so for top-AFA they are compared to
+    # 1e-2 relative; the weights' 1e-3 check above is what catches a real bug there.
+    metric_tolerance = dict(rel=1e-2, abs=1e-3) if arch == "topafa" else dict(rel=1e-3, abs=1e-6)
     for key in ("nmse", "explained_variance", "ce_loss_recovered", "dead_frac"):
-        assert m2[key] == pytest.approx(m1[key], rel=1e-3, abs=1e-6), key
+        assert m2[key] == pytest.approx(m1[key], **metric_tolerance), key
     # L0 is a count averaged over the 45 evaluation tokens: one top-AFA selection that flips
     # on a rounding difference moves it by exactly 1/45 (seen on another machine: 20.489
     # against 20.511). Two flips are allowed for top-AFA; a real bug (ranks training on
