@@ -161,7 +161,10 @@ def read_config_file(path: str, config: type) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise InterlayerError(f"--config {path!r} is not valid YAML: {str(err).splitlines()[0]}") from None
     else:
-        import tomllib
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+            import tomli as tomllib
 
         try:
             data = tomllib.loads(text)
