@@ -138,9 +138,10 @@ def test_probes_notebook_runs(gemma):
 def test_consistency_notebook_runs(gemma):
     ns = _run_notebook("consistency.ipynb")
     res = ns["res"]
-    assert (res.n, res.paths, res.layers) == (ns["N"], ns["PATHS"], 19)
+    # the embeddings (None) and every block's output: one list in block numbering
+    assert (res.n, res.paths, res.layers) == (ns["N"], ns["PATHS"], [None, *range(18)])
     assert res.ic.shape == res.correct.shape == (ns["N"], ns["PATHS"])
-    assert ((0 <= res.ic) & (res.ic <= res.layers)).all()
+    assert ((0 <= res.ic) & (res.ic <= len(res.layers))).all()
     assert len(res.to_frame()) == ns["PATHS"] and isinstance(res.plot(), go.Figure)
     assert math.isnan(res.auroc) or 0 <= res.auroc <= 1
     assert 0 <= res.greedy_accuracy <= 1 and len(res.texts) == ns["N"]
