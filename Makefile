@@ -57,7 +57,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(call install_torch,$(FLOOR_VENV))
-	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/torch-constraint.txt "$(TRANSFORMERS_FLOOR)" -e ".[test]"
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/torch-constraint.txt "$(TRANSFORMERS_FLOOR)" -e ".[test,data]"
 	$(FLOOR_VENV)/bin/python -m pip check
 	touch $@
 
