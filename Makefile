@@ -17,8 +17,8 @@ SAELENS ?= sae-lens==6.54.12
 # The lowest transformers that pyproject.toml declares; `make test-floor` tests the core on it.
 TRANSFORMERS_FLOOR ?= transformers==5.0.0
 # The core unit tests that run at the floor (the adapter, loading, store, decoding, sites, cache).
-FLOOR_TESTS ?= tests/unit/test_adapter.py tests/unit/test_loading.py tests/unit/test_store.py \
-	tests/unit/test_decoding.py tests/unit/test_sites.py tests/unit/test_cache.py tests/unit/test_interventions.py
+FLOOR_TESTS ?= tests/unit/model/test_adapter.py tests/unit/model/test_loading.py tests/unit/store/test_collect.py \
+	tests/unit/test_decoding.py tests/unit/model/test_sites.py tests/unit/store/test_cache.py tests/unit/store/test_capture.py
 PROMPT ?= The Eiffel Tower is in the city of
 
 .PHONY: demo test test-unit test-floor install install-demo browser clean

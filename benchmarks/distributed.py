@@ -36,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank (or the one process): train and print the timing as JSON on rank 0."""
     import torch
 
-    from interlayer.activation_cache import ActivationStore
+    from interlayer.store.cache import ActivationStore
     from interlayer.distributed import init, leave
     from interlayer.saes import SAEConfig
     from interlayer.saes.sources import CachedSource

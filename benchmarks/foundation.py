@@ -27,7 +27,7 @@ import torch
 
 import interlayer
 from interlayer.decoding import LayerDecoder
-from interlayer.loading import EMBEDDED, ensure_converted
+from interlayer.model.loading import EMBEDDED, ensure_converted
 
 from common import Peak, write_result
 

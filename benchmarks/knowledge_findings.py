@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import interlayer
-from interlayer.files import write_json_atomic
+from interlayer.io.files import write_json_atomic
 from interlayer.lens.fused_decoding import DecodingOptions
 from interlayer.lens.knowledge_runs import iks_on_data, sim_hidden_on_data
 from interlayer.lens.qa import evaluate_qa

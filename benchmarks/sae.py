@@ -86,7 +86,7 @@ def main() -> None:
 
     # ---- selection: fast vs full sort, with and without the encoder matmul
     if args.sae:
-        from interlayer.activation_cache import ActivationStore
+        from interlayer.store.cache import ActivationStore
 
         sel_sae = SAE.load(args.sae, device=device).eval()
         if args.rows:

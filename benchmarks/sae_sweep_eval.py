@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_name, write_result  # noqa: E402
 import interlayer  # noqa: E402
-from interlayer.activations import LOGITS, Edit, stream  # noqa: E402
-from interlayer.loading import SAMPLE_TEXT  # noqa: E402
+from interlayer.store.collect import LOGITS, Edit, stream  # noqa: E402
+from interlayer.model.loading import SAMPLE_TEXT  # noqa: E402
 from interlayer.saes import SAE, SAEConfig  # noqa: E402
 from interlayer.saes.evaluation import evaluate_saes  # noqa: E402
 

@@ -50,9 +50,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import interlayer
-from interlayer.activations import stream
-from interlayer.capture import row_bytes
-from interlayer.loading import ensure_converted
+from interlayer.store.collect import stream
+from interlayer.store.capture import row_bytes
+from interlayer.model.loading import ensure_converted
 
 from common import Peak, device_name, relative_error, stand_in_tokenizer, write_result
 

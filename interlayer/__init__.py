@@ -13,11 +13,12 @@ summary in Jupyter (:class:`Result`); intervals come from :mod:`interlayer.inter
 layer numberings other than the block index are converted by :mod:`interlayer.layers`.
 """
 
-from .activation_cache import ActivationStore, CacheOptions, cache
-from .activations import Activations, CollectOptions, collect, collect_variants, stream, stream_variants
-from .adapter import ModelAdapter
-from .architectures import ARCHITECTURES, ArchSpec, supported_model_types
-from .capture import Edit
+from . import _moved
+from .store.cache import ActivationStore, CacheOptions, cache
+from .store.collect import Activations, CollectOptions, collect, collect_variants, stream, stream_variants
+from .model.adapter import ModelAdapter
+from .model.architectures import ARCHITECTURES, ArchSpec, supported_model_types
+from .store.capture import Edit
 from .decoding import DecodeResult, LayerDecoder, Lens, LogitLens
 from .errors import (
     CacheCorruptError,
@@ -27,9 +28,11 @@ from .errors import (
     UnknownSiteError,
     UnsupportedArchitectureError,
 )
-from .loading import DEFAULT_MODEL, EMBEDDED, load_model
+from .model.loading import DEFAULT_MODEL, EMBEDDED, load_model
 from .results import Result
-from .sites import SITE_KINDS, Site
+from .model.sites import SITE_KINDS, Site
+
+_moved.install()
 
 __version__ = "0.1.0"
 

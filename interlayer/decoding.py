@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-from .adapter import ModelAdapter
+from .model.adapter import ModelAdapter
 from .errors import InterlayerError
 
 DEFAULT_MEMORY_MB = 256.0

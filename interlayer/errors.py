@@ -15,7 +15,7 @@ class UnknownModelError(InterlayerError):
 
 
 class UnsupportedArchitectureError(InterlayerError):
-    """A model whose class has no entry in :mod:`interlayer.architectures`."""
+    """A model whose class has no entry in :mod:`interlayer.model.architectures`."""
 
 
 class LayerIndexError(InterlayerError, IndexError):

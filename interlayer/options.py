@@ -177,25 +177,6 @@ def resolve_layers(text: str, n_layers: int) -> list[int]:
     return out
 
 
-def one_site(text: str) -> str:
-    """One full site such as ``resid_post.6`` (no list, no wildcard)."""
-    from .sites import check_site_syntax, wildcard_kind
-
-    name = str(text).strip()
-    if "," in name or wildcard_kind(name) is not None:
-        raise InterlayerError(f"{text!r} is not one site: give a full site such as resid_post.6 "
-                              "(lists and wildcards go to --sites)")
-    check_site_syntax([name])
-    return name
-
-
-def site_list(text: str) -> list[str]:
-    """Comma-separated sites, wildcards allowed (``resid_post.*,mlp_out.6``)."""
-    from .sites import check_site_syntax
-
-    return check_site_syntax(str(text))
-
-
 def check_value(field: dataclasses.Field, value: Any) -> None:
     """Check one field's value against its declared bounds and choices."""
     if value is None:

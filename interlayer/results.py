@@ -53,7 +53,7 @@ class Result:
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_json` to ``path`` (a ``.json`` file) atomically, exactly as the
         CLI's ``--out`` does; returns the path. :meth:`load` reads it back."""
-        from .files import write_json_atomic
+        from .io.files import write_json_atomic
 
         path = Path(path).expanduser()
         if path.suffix != ".json":

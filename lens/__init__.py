@@ -8,7 +8,7 @@
   (:func:`iks_on_data`, :func:`measure_iks`), layer fused decoding and DoLa
   (:func:`generate`), retrieval-augmented QA (:func:`evaluate_qa`) and SimHidden.
 
-Every method reads activations from the activation store (:mod:`interlayer.activations`) and decodes through
+Every method reads activations from the activation store (:mod:`interlayer.store.collect`) and decodes through
 :class:`interlayer.decoding.LayerDecoder`.
 """
 

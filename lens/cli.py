@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from interlayer.command_registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
+from interlayer.cli.registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
                                          write_figure, write_json_output, write_table)
-from interlayer.config import LogitLensConfig
+from interlayer.cli.config import LogitLensConfig
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable
-from interlayer.inputs import check_data_file
+from interlayer.io.files import check_writable
+from interlayer.store.inputs import check_data_file
 from interlayer.options import as_list
 
 from .config import GenerateConfig, IKSConfig, LatentConfig, QAConfig, SaturationConfig, TuneConfig
@@ -113,7 +113,7 @@ def run_latent(cfg: LatentConfig) -> int:
 
 @command("lens saturation", SaturationConfig)
 def run_saturation(cfg: SaturationConfig) -> int:
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
 
     from .saturation import saturation
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from interlayer.config import (ModelOptions, chat_option, data_option, figures_option, option, out_option,
+from interlayer.cli.config import (ModelOptions, chat_option, data_option, figures_option, option, out_option,
                                text_field_option, tuned_lens_option)
 from interlayer.errors import InterlayerError
 from interlayer.options import int_list, layer_spec

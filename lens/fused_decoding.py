@@ -44,7 +44,7 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, LayerIndexError, choices
 from interlayer.layers import hidden_index_site, layer_from_hidden_index

@@ -36,7 +36,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError, LayerIndexError
 from interlayer.intervals import LEVEL, mean_interval
@@ -306,7 +306,7 @@ def sim_hidden(model: ModelAdapter, with_context: Sequence[Any], without_context
     """SimHidden per layer from paired prompts (token ids or text): each prompt with the
     full context and with its answer-bearing sentence removed; the cosine of every
     layer's ``mlp_out`` at the last position."""
-    from interlayer.activations import collect
+    from interlayer.store.collect import collect
 
     if len(with_context) != len(without_context) or not with_context:
         raise InterlayerError("sim_hidden needs as many prompts without the answer sentence as with it, at least one")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 

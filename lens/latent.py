@@ -36,8 +36,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interlayer.activations import collect
-from interlayer.adapter import ModelAdapter
+from interlayer.store.collect import collect
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.intervals import LEVEL, PROBABILITY, mean_interval

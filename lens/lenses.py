@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LogitLens
 from interlayer.errors import InterlayerError
-from interlayer.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_atomic, write_json_atomic
 
 __all__ = ["LogitLens", "TunedLens"]
 

@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from interlayer.adapter import ModelAdapter
-from interlayer.activations import collect
+from interlayer.model.adapter import ModelAdapter
+from interlayer.store.collect import collect
 from interlayer.decoding import DEFAULT_MEMORY_MB, LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
 from interlayer.intervals import PROBABILITY, mean_interval

@@ -28,10 +28,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import write_json_atomic
+from interlayer.io.files import write_json_atomic
 from interlayer.results import Result, require
 
 from .fused_decoding import DECODINGS, DecodingOptions, generate

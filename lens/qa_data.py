@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.json_records import decode_utf8, parse_records
+from interlayer.io.json_records import decode_utf8, parse_records
 
 QA_DATASETS: tuple[str, ...] = ("nq", "squad", "known")
 # packaged file of each name, under interlayer.lens's data/knowledge/

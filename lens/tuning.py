@@ -21,16 +21,16 @@ import torch
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from interlayer.activations import Activations
-from interlayer.adapter import ModelAdapter
-from interlayer.checkpointing import load_optimizer, optimizer_tensors
+from interlayer.store.collect import Activations
+from interlayer.model.adapter import ModelAdapter
+from interlayer.io.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
-from interlayer.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_atomic, write_json_atomic
 from interlayer.options import resolve_layers
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
-from interlayer.seeding import epoch_permutation
+from interlayer.io.seeding import epoch_permutation
 
 from .config import TuneConfig
 from .lenses import TunedLens
@@ -236,8 +236,8 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
 def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComparison]:
     """Collect activations with the store, train a tuned lens, save it to ``cfg.out``
     (if given) and compare it with the logit lens on the held-out tokens."""
-    from interlayer.activations import collect
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.store.collect import collect
+    from interlayer.model.loading import SAMPLE_TEXT
 
     if cfg.tokens < cfg.batch_size:
         raise InterlayerError(f"--tokens {cfg.tokens} is fewer than one batch of {cfg.batch_size}")

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from interlayer.command_registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
+from interlayer.cli.registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
                                          write_figure, write_json_output, write_table)
 from interlayer.errors import InterlayerError, choices
 
@@ -90,7 +90,7 @@ def load_records(path: str, text_field: str, label_field: str, n: int | None = N
 
 @command("probes linear", LinearProbeConfig)
 def run_linear(cfg: LinearProbeConfig) -> int:
-    from interlayer.sites import check_site_syntax
+    from interlayer.model.sites import check_site_syntax
 
     from .linear import probe_layers
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.config import ModelOptions, chat_option, figures_option, option, out_option, tuned_lens_option
-from interlayer.options import site_list
+from interlayer.cli.config import ModelOptions, chat_option, figures_option, option, out_option, tuned_lens_option
+from interlayer.model.sites import site_list
 
 
 @dataclass

@@ -35,8 +35,8 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from interlayer.activations import collect
-from interlayer.adapter import ModelAdapter
+from interlayer.store.collect import collect
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.intervals import PROBABILITY, bootstrap_interval, proportion_interval

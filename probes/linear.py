@@ -19,9 +19,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
-from interlayer.activations import collect
+from interlayer.store.collect import collect
 from interlayer.intervals import LEVEL, proportion_interval
 from interlayer.results import Result, require
 

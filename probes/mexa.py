@@ -25,9 +25,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError, choices
-from interlayer.activations import collect
+from interlayer.store.collect import collect
 from interlayer.intervals import proportion_interval
 from interlayer.layers import hidden_index, hidden_index_layers, hidden_index_site
 from interlayer.results import Result, require

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 
 
 def reference_embeddings(model: ModelAdapter, sentence: str, pooling: str) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 

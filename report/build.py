@@ -25,10 +25,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import check_writable, write_json_atomic, write_text_atomic
+from interlayer.io.files import check_writable, write_json_atomic, write_text_atomic
 
 from .base import Profile, ReportContext, Section, SectionResult, check_profile, settings_of
 from .render import numbers_json, render

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from interlayer.command_registry import command, say, show
+from interlayer.cli.registry import command, say, show
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable
+from interlayer.io.files import check_writable
 
 from .config import ReportConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.config import ModelOptions, option, tuned_lens_option
+from interlayer.cli.config import ModelOptions, option, tuned_lens_option
 
 
 @dataclass

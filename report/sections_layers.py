@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interlayer.activations import collect
+from interlayer.store.collect import collect
 from interlayer.decoding import LayerDecoder
 
 from .base import ReportContext, SectionResult, settings_of
@@ -50,7 +50,7 @@ def model_card(ctx: ReportContext) -> SectionResult:
 def sample_decoding(ctx: ReportContext) -> dict[str, Any]:
     """One store pass over the packaged sample text (``resid_post`` of every layer,
     packed contexts), decoded once: top-1, entropy and KL to the final layer per layer."""
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
 
     model = ctx.model
     tokens = ctx.profile.sample_tokens

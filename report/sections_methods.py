@@ -87,14 +87,14 @@ def check_sae_dir(path: str, model_name: str | None = None, d_model: int | None 
     if model_name is not None and cfg.get("model") and Path(str(cfg["model"])).name != Path(str(model_name)).name:
         raise InterlayerError(f"--sae {path!r} was trained on {cfg['model']!r}, not {model_name!r}")
     if n_layers is not None:
-        from interlayer.sites import parse_site
+        from interlayer.model.sites import parse_site
 
         parse_site(site, n_layers)
     return cfg
 
 
 def sae_section(ctx: ReportContext) -> SectionResult:
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
     from interlayer.saes import SAE, evaluate_sae
 
     if ctx.sae_dir is None:
@@ -119,8 +119,8 @@ def top_contexts(ctx: ReportContext, sae: Any, site: str, latents: int = 3, per_
                  window: int = 8) -> pd.DataFrame:
     """The strongest activations of the ``latents`` most active latents on sample text,
     each with the tokens around it (the activating token in [brackets])."""
-    from interlayer.activations import collect
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.store.collect import collect
+    from interlayer.model.loading import SAMPLE_TEXT
 
     length = min(128, ctx.model.max_positions)
     acts = collect(ctx.model, str(SAMPLE_TEXT), site, context_length=length,

@@ -7,14 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from interlayer.command_registry import command, say, show
-from interlayer.config import check_required
+from interlayer.cli.registry import command, say, show
+from interlayer.cli.config import check_required
 from interlayer.distributed import World, broadcast_object, device_of, join, leave, split_evenly
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable, write_json_atomic
-from interlayer.inputs import check_data_file
-from interlayer.loading import SAMPLE_TEXT
-from interlayer.sites import check_site_syntax
+from interlayer.io.files import check_writable, write_json_atomic
+from interlayer.store.inputs import check_data_file
+from interlayer.model.loading import SAMPLE_TEXT
+from interlayer.model.sites import check_site_syntax
 
 from .config import LATENTS_PER_D_MODEL, SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
 from .evaluation import evaluate_sae
@@ -103,8 +103,8 @@ def _train_source(cfg: SAETrainConfig, options: Any, world: World) -> tuple[Any,
         return model, StreamedSource(model, cfg.data, model.site(cfg.site).name, options.batch_size, seed=options.seed,
                                      context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
                                      memory_mb=cfg.memory_mb, text_field=cfg.text_field, device=model.device)
-    from interlayer.activation_cache import ActivationStore
-    from interlayer.distributed_cache import verify_on_every_rank
+    from interlayer.store.cache import ActivationStore
+    from interlayer.store.cache_ranks import verify_on_every_rank
 
     store = ActivationStore(cfg.activations, model=model)
     if world.distributed:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.config import ModelOptions, data_option, figures_option, option, out_option, text_field_option
+from interlayer.cli.config import ModelOptions, data_option, figures_option, option, out_option, text_field_option
 from interlayer.distributed import DEFAULT_TIMEOUT_S
-from interlayer.options import one_site, site_list
+from interlayer.model.sites import one_site, site_list
 
 from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES
 from .normalization import NORMALIZATIONS

@@ -66,11 +66,11 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from interlayer.activations import Activations, Edit, stream_variants
-from interlayer.adapter import ModelAdapter
+from interlayer.store.collect import Activations, Edit, stream_variants
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
-from interlayer.sites import LN_FINAL
+from interlayer.model.sites import LN_FINAL
 
 from .normalization import STD_EPS
 from .sae import SAE

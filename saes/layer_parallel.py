@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from interlayer.activations import stream
-from interlayer.capture import row_bytes
+from interlayer.store.collect import stream
+from interlayer.store.capture import row_bytes
 from interlayer.distributed import SINGLE, World, all_reduce, comm_device, gather, gather_objects
 from interlayer.errors import InterlayerError, choices
-from interlayer.seeding import epoch_permutation
+from interlayer.io.seeding import epoch_permutation
 
 from .config import LATENTS_PER_D_MODEL
 from .sources import SourceBatch, StreamedSource
@@ -187,10 +187,10 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
     import dataclasses
     from pathlib import Path
 
-    from interlayer.activation_cache import ActivationStore
+    from interlayer.store.cache import ActivationStore
     from interlayer.distributed import device_of, raise_together
-    from interlayer.distributed_cache import verify_on_every_rank
-    from interlayer.files import write_atomic
+    from interlayer.store.cache_ranks import verify_on_every_rank
+    from interlayer.io.files import write_atomic
 
     from .records import save_trained
     from .sae import SAEConfig

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from interlayer.files import write_atomic
+from interlayer.io.files import write_atomic
 
 from .evaluation import SAEEvaluation
 from .sae import SAEConfig
@@ -36,8 +36,8 @@ def save_trained(cfg: Any, model: Any, result: Any, options: TrainOptions, out: 
     """The end of ``sae train`` for one SAE: save it to ``out``, evaluate it on
     ``--eval-data`` (else ``--data``, else the packaged sample), write ``metrics.json``,
     ``history.csv`` and ``figures.html``, and remove the checkpoint (unless ``keep_checkpoint``)."""
-    from interlayer.files import write_json_atomic
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.io.files import write_json_atomic
+    from interlayer.model.loading import SAMPLE_TEXT
 
     from .evaluation import evaluate_sae
     from .training import CHECKPOINT

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_atomic, write_json_atomic
 
 from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES, Code, EncodeContext, make_activation
 from .formats import CONFIG, FORMAT, WEIGHTS, is_interlayer_dir, is_saelens_dir, read_config

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_atomic, write_json_atomic
 
 from .formats import SAELENS_CONFIG, SAELENS_WEIGHTS, is_saelens_dir
 from .sae import SAE, SAEConfig
@@ -43,7 +43,7 @@ _NORMALIZATION_IN = {"none": "none", "layer_norm": "standardize", "expected_aver
 def _hook_name(site: str | None) -> str | None:
     if site is None:
         return None
-    from interlayer.sites import parse_site
+    from interlayer.model.sites import parse_site
 
     try:
         parsed = parse_site(site, 10**6)

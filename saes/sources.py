@@ -21,13 +21,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from interlayer.activation_cache import ActivationStore
-from interlayer.activations import stream
-from interlayer.adapter import ModelAdapter
+from interlayer.store.cache import ActivationStore
+from interlayer.store.collect import stream
+from interlayer.model.adapter import ModelAdapter
 from interlayer.distributed import SINGLE, World, split_evenly
 from interlayer.errors import InterlayerError
-from interlayer.files import sha256_bytes
-from interlayer.seeding import epoch_permutation
+from interlayer.io.files import sha256_bytes
+from interlayer.io.seeding import epoch_permutation
 
 
 class SourceBatch(NamedTuple):
@@ -142,7 +142,7 @@ class StreamedSource:
         self.d_in = model.d_model
 
     def identity(self) -> dict[str, Any]:
-        from interlayer.inputs import data_fingerprint
+        from interlayer.store.inputs import data_fingerprint
 
         return {"kind": "streamed", "site": self.sites[0] if len(self.sites) == 1 else self.sites, "model": self.model.name,
                 "weights_sha256": self.model.weights_sha256(), "data_sha256": data_fingerprint(self.data),

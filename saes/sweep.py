@@ -40,7 +40,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import write_json_atomic
+from interlayer.io.files import write_json_atomic
 from interlayer.results import Result, decode_frame, encode_frame, require
 
 from .activation_functions import SAE_ARCHITECTURES
@@ -417,7 +417,7 @@ def _train(cfg: Any, plans: list[tuple], source: Any, device: Any,
 def _evaluate(cfg: Any, plans: list[tuple], trained: dict[str, tuple[SAE, TrainResult]], model: Any, site: str,
               progress: bool) -> None:
     """Evaluate the trained members together; write each one's metrics and figures."""
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
 
     from .evaluation import evaluate_saes
 
@@ -444,11 +444,11 @@ def _evaluate(cfg: Any, plans: list[tuple], trained: dict[str, tuple[SAE, TrainR
 
 def run_sweep(cfg: Any) -> SAESweepResult:
     """``interlayer sae sweep`` as a function (``cfg``: :class:`~interlayer.saes.config.SAESweepConfig`)."""
-    from interlayer.activation_cache import ActivationStore
-    from interlayer.config import check_required
-    from interlayer.files import check_writable, write_atomic
-    from interlayer.inputs import check_data_file
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.store.cache import ActivationStore
+    from interlayer.cli.config import check_required
+    from interlayer.io.files import check_writable, write_atomic
+    from interlayer.store.inputs import check_data_file
+    from interlayer.model.loading import SAMPLE_TEXT
 
     from .sources import CachedSource
 

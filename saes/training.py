@@ -50,10 +50,10 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from interlayer.checkpointing import load_optimizer, optimizer_tensors
+from interlayer.io.checkpointing import load_optimizer, optimizer_tensors
 from interlayer.distributed import SINGLE, World, all_reduce, average_gradients, broadcast_object, current, raise_together
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import write_atomic
+from interlayer.io.files import write_atomic
 from interlayer.options import check_options, option
 
 from .sae import SAE, SAEConfig

@@ -30,8 +30,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interlayer.activations import collect
-from interlayer.adapter import ModelAdapter
+from interlayer.store.collect import collect
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
@@ -128,7 +128,7 @@ def capability_cost(model: ModelAdapter, vector: SteeringVector, coef: float, la
     """Within-run capability deltas of one steering setting: perplexity of held-out text,
     SWAG accuracy and fluency, steered minus unsteered, and the stability score over the
     two benchmark deltas (perplexity normalised by the unsteered perplexity, accuracy by 1)."""
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
 
     from .evaluation import perplexities
 

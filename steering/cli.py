@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from interlayer.command_registry import check_outputs, command, say, show, write_figure, write_json_output
+from interlayer.cli.registry import check_outputs, command, say, show, write_figure, write_json_output
 from interlayer.errors import InterlayerError
-from interlayer.files import check_writable
+from interlayer.io.files import check_writable
 from interlayer.options import as_list, number_list, resolve_layers
 
 from .config import SteerApplyConfig, SteerExportConfig, SteerSweepConfig, SteerTrainConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.config import ModelOptions, chat_option, figures_option, option, out_option
+from interlayer.cli.config import ModelOptions, chat_option, figures_option, option, out_option
 from interlayer.options import layer_spec, number_list
 
 from .inject import OPERATORS

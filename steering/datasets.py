@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.json_records import decode_utf8, parse_records
+from interlayer.io.json_records import decode_utf8, parse_records
 
 CAA_BEHAVIOURS: tuple[str, ...] = ("coordinate-other-ais", "corrigible-neutral-HHH", "hallucination", "myopic-reward",
                                    "refusal", "survival-instinct", "sycophancy")

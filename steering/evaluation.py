@@ -28,13 +28,13 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from interlayer.activations import stream_variants
-from interlayer.adapter import ModelAdapter
+from interlayer.store.collect import stream_variants
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
-from interlayer.seeding import epoch_seed
-from interlayer.sites import LN_FINAL
+from interlayer.io.seeding import epoch_seed
+from interlayer.model.sites import LN_FINAL
 
 from .datasets import ContrastPair, load_pairs
 from .inject import steer
@@ -134,7 +134,7 @@ def check_perplexity_tokens(model: ModelAdapter, text: Any, tokens: int, context
     """Refuse, before any pass, a ``tokens`` request that ``text`` cannot fill: the scored
     tokens of its packed contexts (each context's last token has no target) are counted,
     tokenising at most what is asked for. Returns ``tokens``."""
-    from interlayer.inputs import Tokenized
+    from interlayer.store.inputs import Tokenized
 
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise InterlayerError(f"perplexity tokens must be a whole number of at least 1, got {tokens!r}")
@@ -267,7 +267,7 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
     per cell (see the module docstring). All cells go through one store pass over the
     prompts and one over the perplexity text (:func:`interlayer.stream_variants`): each batch
     runs its clean prefix once, and each cell only the blocks after its layer."""
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
 
     vector.check_model(model)
     if not layers or not coefs:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interlayer.adapter import ModelAdapter
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
-from interlayer.files import WriteError, temporary_file
+from interlayer.io.files import WriteError, temporary_file
 from interlayer.layers import gguf_direction, layer_from_gguf_direction
 
 from .vectors import _LAYER_NAME, SteeringFileError, SteeringVector, from_metadata

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from interlayer.adapter import ModelAdapter, PositionTracker
+from interlayer.model.adapter import ModelAdapter, PositionTracker
 from interlayer.errors import InterlayerError, choices
 
 from .vectors import SteeringVector

@@ -37,11 +37,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from interlayer.activations import collect
-from interlayer.adapter import ModelAdapter
+from interlayer.store.collect import collect
+from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError, choices
-from interlayer.files import write_atomic
-from interlayer.sites import SITE_KINDS
+from interlayer.io.files import write_atomic
+from interlayer.model.sites import SITE_KINDS
 
 from .datasets import ContrastPair, check_balance, load_pairs
 

@@ -68,7 +68,7 @@ def _arm(spec: str) -> None:
     if int(parts[0]) != int(os.environ["RANK"]):
         return
     if parts[1] == "shard":
-        from interlayer import cache_files
+        from interlayer.store import cache_files
 
         original_shard = cache_files.write_shard
         written = [0]
@@ -101,6 +101,6 @@ if __name__ == "__main__":
     extra = os.environ.get("INTERLAYER_TEST_EXTRA", "")  # "rank:--flag value": one rank gets other options
     if extra and int(extra.split(":", 1)[0]) == int(os.environ["RANK"]):
         argv += extra.split(":", 1)[1].split()
-    from interlayer.cli import main
+    from interlayer.cli.dispatch import main
 
     sys.exit(main(argv))

@@ -90,7 +90,7 @@ def test_logit_lens_final_row_is_the_models_prediction(gemma):
 
 
 def test_info_cli(gemma, capsys):
-    from interlayer import cli
+    from interlayer.cli import dispatch as cli
 
     assert cli.main(["info", "--model", "gemma-3-270m", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -7,7 +7,7 @@ from interlayer.decoding import LayerDecoder
 from interlayer.lens import TunedLens, compare_lenses, latent_language, train_tuned_lens
 from interlayer.lens.prefixes import PrefixIndex
 from interlayer.lens.tuning import stacked_resid
-from interlayer.loading import SAMPLE_TEXT
+from interlayer.model.loading import SAMPLE_TEXT
 from interlayer import collect
 
 pytestmark = pytest.mark.integration

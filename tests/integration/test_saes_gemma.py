@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from interlayer import cli
-from interlayer.loading import SAMPLE_TEXT
+from interlayer.cli import dispatch as cli
+from interlayer.model.loading import SAMPLE_TEXT
 from interlayer.saes import SAE, SAEConfig, topafa
 from interlayer.saes.evaluation import evaluate_sae
 from interlayer import collect
@@ -40,7 +40,7 @@ def test_spliced_ce_on_gemma_equals_a_direct_hooked_computation(gemma):
     with torch.no_grad():
         sae.b_dec.copy_(((acts - acts.mean(-1, keepdim=True)) / acts.std(-1, keepdim=True)).mean(0))
     ev = evaluate_sae(sae, gemma, str(SAMPLE_TEXT), "resid_post.5", tokens=126, context_length=64, progress=False)
-    from interlayer.inputs import Tokenized
+    from interlayer.store.inputs import Tokenized
 
     ids = torch.tensor([c.ids for c in Tokenized(gemma).packed(str(SAMPLE_TEXT), 64)][:2])
 

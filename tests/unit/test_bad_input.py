@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import interlayer
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from interlayer.errors import InterlayerError
 from tests.tiny_models import make_tiny, make_tokenizer
 

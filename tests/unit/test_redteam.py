@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save, save_file
 
 import interlayer
 from interlayer.errors import InterlayerError, LayerIndexError
-from interlayer.files import check_writable, write_atomic, write_json_atomic
+from interlayer.io.files import check_writable, write_atomic, write_json_atomic
 from interlayer.steering import SteeringVector, from_gguf, steer, to_gguf
 from interlayer.steering.inject import MAX_EDIT_RATIO, NonFiniteSteeringError, SteeringStrengthError
 from interlayer.steering.vectors import SteeringFileError, directions_sha256
@@ -66,7 +66,7 @@ def test_P2_report_does_not_overwrite_a_users_json(model, tmp_path):
 
 
 def test_P2_report_command_refuses_before_the_model_loads(tmp_path, capsys):
-    from interlayer import cli
+    from interlayer.cli import dispatch as cli
 
     mine = tmp_path / "gemma.json"
     mine.write_text('{"l_star": 7}')  # an earlier `iks --out gemma.json`
@@ -417,7 +417,7 @@ def test_Q7_qa_reports_the_records_it_skipped(tmp_path, caplog):
 
 # ------------------------------------------------------------------ packaging: the pyarrow guard
 def test_parquet_without_pyarrow_is_a_one_line_error(tmp_path, monkeypatch):
-    from interlayer.inputs import check_data_file
+    from interlayer.store.inputs import check_data_file
 
     path = tmp_path / "d.parquet"
     path.write_bytes(b"PAR1")

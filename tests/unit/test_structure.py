@@ -11,15 +11,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"interlayer": "interlayer", "interlayer.lens": "lens", "interlayer.saes": "saes",
             "interlayer.probes": "probes", "interlayer.steering": "steering", "interlayer.report": "report"}
 METHODS = ("interlayer.lens", "interlayer.saes", "interlayer.probes", "interlayer.steering", "interlayer.report")
-DISPATCHER = "interlayer.cli"
+DISPATCHER = "interlayer.cli.dispatch"
 
 
 def _modules() -> dict[str, Path]:
     out = {}
     for package, folder in PACKAGES.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            out[name] = path
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = path
     return out
 
 
@@ -91,3 +93,46 @@ def test_no_function_longer_than_80_lines():
                 if length > 80:
                     long.append(f"{name}.{node.name}: {length} lines")
     assert not long, long
+
+
+CORE_LEVELS: tuple[tuple[str, ...], ...] = (
+    ("interlayer.errors",),
+    ("interlayer.io",),
+    ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals",
+     "interlayer.layers", "interlayer._moved"),
+    ("interlayer.model",),
+    ("interlayer.store", "interlayer.decoding"),
+    ("interlayer.generation", "interlayer.prompts"),
+    ("interlayer.cli",),
+    ("interlayer", "interlayer.__main__"),
+)
+"""The core's folders from the bottom up: a module imports only from a lower level or
+from its own folder (``interlayer.store.cache`` may import ``interlayer.store.inputs``)."""
+
+
+def _core_place(name: str) -> tuple[int, str] | None:
+    """``(level, folder)`` of a core module, ``None`` for a method package's module."""
+    if name.startswith(METHODS):
+        return None
+    best = None
+    for level, prefixes in enumerate(CORE_LEVELS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[1])):
+                best = (level, prefix)
+    assert best is not None, f"{name} is in no level of CORE_LEVELS: add it there"
+    return best
+
+
+def test_the_core_folders_import_only_downwards():
+    upward = []
+    for name, targets in _graph().items():
+        place = _core_place(name)
+        if place is None or name == DISPATCHER:
+            continue
+        for target in targets:
+            there = _core_place(target)
+            if there is None or target == "interlayer":
+                continue
+            if there[0] > place[0] or (there[0] == place[0] and there[1] != place[1] and place[1] != "interlayer"):
+                upward.append(f"{name} (level {place[0]}) imports {target} (level {there[0]})")
+    assert not upward, upward

@@ -231,7 +231,7 @@ def test_evaluate_qa_scores_every_decoding_and_resumes(tmp_path):
 
 
 def test_knowledge_commands(tmp_path, capsys, caplog):
-    from interlayer import cli
+    from interlayer.cli import dispatch as cli
 
     ckpt = tmp_path / "ckpt"
     make_tiny("llama").save_pretrained(ckpt)

@@ -181,7 +181,7 @@ def test_saturation_matches_direct_top1(model, tmp_path):
 
 
 def test_latent_cli_writes_the_schema(tmp_path, capsys, monkeypatch):
-    from interlayer import cli
+    from interlayer.cli import dispatch as cli
     import interlayer.lens.latent as latent
 
     make_tiny("llama").save_pretrained(tmp_path / "ckpt")

@@ -101,7 +101,7 @@ def test_lens_needs_layers_to_decode(model):
 
 
 def test_tune_cli(tmp_path, text, capsys):
-    from interlayer import cli
+    from interlayer.cli import dispatch as cli
 
     make_tiny("llama").save_pretrained(tmp_path / "ckpt")
     make_tokenizer(tmp_path / "ckpt")

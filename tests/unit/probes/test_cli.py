@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from tests.tiny_models import make_tiny, make_tokenizer
 
 

@@ -123,7 +123,7 @@ def test_packaged_flores_subset():
 
 
 def test_mexa_cli_schema(tmp_path, parallel, capsys):
-    from interlayer import cli
+    from interlayer.cli import dispatch as cli
 
     d, _, _ = parallel
     make_tiny("llama").save_pretrained(tmp_path / "ckpt")

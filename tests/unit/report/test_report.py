@@ -9,7 +9,7 @@ import re
 import pytest
 
 import interlayer
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from interlayer.errors import InterlayerError
 from interlayer.report import Profile, build_report, select_sections
 from interlayer.report import sections_layers, sections_methods
@@ -49,7 +49,7 @@ def test_report_sections_numbers_escaping_and_resume(model, tmp_path, monkeypatc
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     # numbers equal the methods run on their own
     from interlayer.lens import saturation
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
     from interlayer.probes import mexa
 
     alone = saturation(model, str(SAMPLE_TEXT), tokens=64, context_length=64, progress=False).to_frame()
@@ -109,7 +109,7 @@ def test_report_bad_input(model, tmp_path, capsys):
 
 
 def test_report_sae_panel_equals_evaluate_sae(model, tmp_path):
-    from interlayer.loading import SAMPLE_TEXT
+    from interlayer.model.loading import SAMPLE_TEXT
     from interlayer.saes import SAE, SAEConfig, evaluate_sae
 
     import torch

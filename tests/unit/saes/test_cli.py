@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from interlayer.saes import SAE, SAEEvaluation
 from interlayer.saes.saelens import from_saelens
 from tests.tiny_models import make_tiny, make_tokenizer

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from tests.distributed_launch import launch
 from tests.tiny_models import tiny_checkpoint_and_text
 

@@ -72,7 +72,7 @@ def test_spliced_ce_and_kl_equal_a_direct_hooked_computation(tmp_path):
     ev = evaluate_sae(sae, model, text, "resid_post.1", tokens=40, context_length=11, batch_size=2, progress=False)
 
     # Direct: the same packed contexts, the HF model, a plain forward hook on layer 1.
-    contexts = [c.ids for c in interlayer.inputs.Tokenized(model).packed(text, 11)][:4]
+    contexts = [c.ids for c in interlayer.store.inputs.Tokenized(model).packed(text, 11)][:4]
     ids = torch.tensor(contexts)
 
     def run(replace):

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import interlayer
-from interlayer import cli
-from interlayer.adapter import ModelAdapter
+from interlayer.cli import dispatch as cli
+from interlayer.model.adapter import ModelAdapter
 from interlayer.saes import SAEConfig
 from interlayer.saes.sources import StreamedSource
 from interlayer.saes.training import TrainMember, TrainOptions, train_saes

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import interlayer
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from interlayer.saes import SAE, SAEConfig
 from interlayer.saes.evaluation import evaluate_sae, evaluate_saes
 from interlayer.saes.sources import TensorSource

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from interlayer.steering import SteeringVector
 from tests.tiny_models import make_tiny, make_tokenizer
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import interlayer
-from interlayer import cli
+from interlayer.cli import dispatch as cli
 from interlayer.errors import InterlayerError
 from interlayer.steering import ContrastPair, SteeringVector, answer_prompts, from_gguf, sweep, to_gguf, train_vectors
 from tests.tiny_models import make_tiny, make_tokenizer
@@ -54,7 +54,7 @@ def _p_matching_direct(model, pair, hook_layer=None, add=None):
 
 
 def _ppl_direct(model, layer=None, add=None, tokens=200, context=32):
-    contexts = [c.ids for c in interlayer.inputs.Tokenized(model).packed(TEXT, context)][: math.ceil(tokens / (context - 1))]
+    contexts = [c.ids for c in interlayer.store.inputs.Tokenized(model).packed(TEXT, context)][: math.ceil(tokens / (context - 1))]
     hf = model.model
     handle = _adding_hook(hf, layer, add)
     total, count = 0.0, 0

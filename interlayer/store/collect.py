@@ -1,0 +1,508 @@
+"""The activation store in memory: the one source of activations for every interlayer module.
+
+* :func:`collect` runs inputs through the model once and returns :class:`Activations`
+  for any number of hook sites, selected on the fly (see :mod:`interlayer.store.selection`),
+  and optionally the logits of the selected rows.
+* :func:`stream` yields the same in bounded chunks, for long runs.
+* ``edits={site: fn}`` runs the same passes with interventions (steering, SAE
+  splicing, ablations): every method reads clean and edited activations and logits
+  through this one path.
+
+One forward pass serves every site; it stops after the deepest requested read and
+unembeds nothing unless ``logits=True``. Rows are written straight into buffers
+preallocated on the model's device within ``memory_mb``. The on-disk cache is
+:mod:`interlayer.store.cache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import reprlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..model.adapter import ModelAdapter
+from .capture import LOGITS, Capture, Edit, check_edits, row_bytes
+from ..io.dtypes import dtype_name, parse_dtype
+from ..errors import InterlayerError, UnknownSiteError, choices
+from .inputs import Sequence_, Tokenized, batches_by_length, make_batch
+from .selection import POOLED, Selector, check_selection
+from ..model.sites import Site, parse_site
+
+OUTPUT_DEVICES = ("cpu", "model")
+"""Where :func:`stream` and :func:`collect` put the rows they return."""
+
+__all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class Activations:
+    """Activations of several sites for the same rows, with the rows' metadata.
+
+    ``acts["resid_post.6"]`` (or ``acts["blocks.6.hook_resid_post"]``) is a
+    ``[rows, d_model]`` tensor; ``acts["logits"]`` the ``[rows, vocab]`` logits when
+    they were asked for. ``meta`` holds one entry per row: ``sequence`` (which
+    input), and for token selections ``position`` (within the sequence, BOS = 0),
+    ``token_id`` and ``document``.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, torch.Tensor]
+    select: str
+    model: str
+    n_layers: int
+    n_sequences: int = 0
+    """How many input sequences (or packed contexts) these rows came from."""
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        if site in self.tensors:
+            return self.tensors[site]
+        if site != LOGITS:
+            try:
+                name = parse_site(site, self.n_layers).name
+            except InterlayerError:
+                name = None
+            if name in self.tensors:
+                return self.tensors[name]
+        raise UnknownSiteError(f"site {site!r} was not collected; collected: {choices(self.tensors)}")
+
+    def __contains__(self, site: str) -> bool:
+        try:
+            self[site]
+            return True
+        except InterlayerError:
+            return False
+
+    def __len__(self) -> int:
+        return int(next(iter(self.meta.values())).shape[0])
+
+    @property
+    def sites(self) -> list[str]:
+        return [s for s in self.tensors if s != LOGITS]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The row metadata as a DataFrame, one row per activation row."""
+        return pd.DataFrame({k: v.numpy() for k, v in self.meta.items()})
+
+    def rows(self, keep: torch.Tensor) -> "Activations":
+        """The subset of rows where ``keep`` (a bool mask or an index tensor) selects."""
+        return Activations({k: v[keep] for k, v in self.tensors.items()}, {k: v[keep] for k, v in self.meta.items()},
+                           self.select, self.model, self.n_layers, self.n_sequences)
+
+    def stack(self, sites: Sequence[str] | None = None) -> torch.Tensor:
+        """``[len(sites), rows, d]``: several sites stacked, e.g. every layer's resid_post."""
+        return torch.stack([self[s] for s in (sites or self.sites)])
+
+    def next_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For token rows: the id of each row's next token, and a mask of the rows that
+        have one (the next row is the next position of the same sequence)."""
+        if "position" not in self.meta:
+            raise InterlayerError(f"next tokens need token rows, not select={self.select!r}")
+        seq, pos, tok = self.meta["sequence"], self.meta["position"], self.meta["token_id"]
+        has_next = torch.zeros_like(seq, dtype=torch.bool)
+        has_next[:-1] = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
+        targets = torch.zeros_like(tok)
+        targets[:-1] = tok[1:]
+        return targets, has_next
+
+
+# ----------------------------------------------------------------- options
+@dataclass
+class CollectOptions:
+    """Options of :func:`collect` and :func:`stream`."""
+
+    select: str = "tokens"
+    """Which rows to keep: tokens, last, positions, mean or weighted_mean."""
+    positions: Sequence[Sequence[int]] | None = None
+    """For select='positions': the positions to keep in each input sequence."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    context_length: int | None = None
+    """Pack documents into contexts of this many tokens (BOS first); None keeps each input as one sequence."""
+    padding_side: str = "right"
+    """Pad on the 'left' or the 'right'; results are the same either way."""
+    storage_dtype: str = "float32"
+    """dtype the rows are stored in: float32, bfloat16 or float16 (or bf16, fp16)."""
+    memory_mb: float = 256.0
+    """Budget for the preallocated device buffers, MiB."""
+    output_device: str = "cpu"
+    """Where the yielded rows live: 'cpu' (copied out of the device buffers, which are
+    reused) or 'model' (left on the model's device, uncopied: each chunk takes its
+    buffers over, so up to two chunks' buffers live there at once). On a GPU, 'model'
+    spares a copy to the host and back for consumers that work on the GPU."""
+    max_length: int | None = None
+    """Truncate longer sequences (default: the model's context), with a warning."""
+    text_field: str = "text"
+    """Column or JSON field holding the text."""
+    logits: bool = False
+    """Also keep the final logits of the selected rows (not for pooled selections)."""
+    edits: Mapping[str, Any] | None = None
+    """Writes during the passes: ``{site: fn}`` (``fn([batch, seq, d]) -> replacement``) or
+    ``{site: Edit(fn, rows="tokens")}``; reads at or after an edited site see its effect."""
+    progress: bool = True
+    """Show a progress bar."""
+    limit: int | None = None
+    """Use at most this many input sequences (or packed contexts)."""
+    skip: int = 0
+    """Packed contexts only: skip this many contexts without running the model (to resume)."""
+    keep_batches: Callable[[int], bool] | None = None
+    """Packed contexts only: run only the batches ``j`` (contexts ``j * batch_size`` to
+    ``(j + 1) * batch_size - 1`` of the stream, counted before ``skip``) where this is
+    true; the others are tokenized but never run (a rank's share of a distributed cache)."""
+
+    def __post_init__(self) -> None:
+        check_selection(self.select)
+        parse_dtype(self.storage_dtype, "storage dtype")
+        if self.logits and self.select in POOLED:
+            raise InterlayerError(f"logits=True needs a token selection, not {self.select!r}")
+        if not self.memory_mb > 0:
+            raise InterlayerError(f"memory_mb must be positive, got {self.memory_mb}")
+        for name, low in (("batch_size", 1), ("limit", 1), ("skip", 0), ("max_length", 1), ("context_length", 2)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise InterlayerError(f"{name} must be an integer of at least {low}, got {value!r}")
+        if self.output_device not in OUTPUT_DEVICES:
+            raise InterlayerError(f"output_device={self.output_device!r}; valid choices: {choices(OUTPUT_DEVICES)}")
+        if self.padding_side not in ("left", "right"):
+            raise InterlayerError(f"padding_side={self.padding_side!r}; valid choices: 'left', 'right'")
+        if self.keep_batches is not None and (self.context_length is None or self.skip % self.batch_size):
+            raise InterlayerError("keep_batches needs packed contexts (context_length) and a skip that is a whole "
+                                  "number of batches")
+        if self.skip and self.context_length is None:
+            raise InterlayerError("skip needs packed contexts (context_length); for unpacked inputs pass the remaining inputs")
+
+    @property
+    def dtype(self) -> str:
+        """Deprecated name of :attr:`storage_dtype` (one release)."""
+        warnings.warn("CollectOptions.dtype is renamed storage_dtype", DeprecationWarning, stacklevel=2)
+        return self.storage_dtype
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any]) -> "CollectOptions":
+        """Options from keyword arguments; an unknown keyword names the valid ones.
+        ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
+        options = renamed_dtype(dict(options))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(options) - names
+        if unknown:
+            raise InterlayerError(f"unknown option(s) {choices(sorted(unknown))}; valid options: {choices(sorted(names))}")
+        return cls(**options)
+
+
+def renamed_dtype(options: dict[str, Any], stacklevel: int = 4) -> dict[str, Any]:
+    """``options`` with a deprecated ``dtype`` moved to ``storage_dtype`` (a DeprecationWarning);
+    both at once is an error."""
+    if options.get("dtype") is None:
+        options.pop("dtype", None)
+        return options
+    if options.get("storage_dtype") not in (None, "float32"):
+        raise InterlayerError("give storage_dtype= only (dtype= is its deprecated name), not both")
+    warnings.warn("dtype= is renamed storage_dtype= (the dtype the activations are stored in); "
+                  "the old keyword goes in the next release", DeprecationWarning, stacklevel=stacklevel)
+    options["storage_dtype"] = options.pop("dtype")
+    return options
+
+
+def _options(given: Mapping[str, Any]) -> CollectOptions:
+    """The :class:`CollectOptions` of a call: ``options=`` as given, or built from the
+    call's keyword arguments (the locals of :func:`collect` and friends)."""
+    names = [f.name for f in dataclasses.fields(CollectOptions)]
+    options = given.get("options")
+    if options is not None:
+        if not isinstance(options, CollectOptions):
+            raise InterlayerError(f"options must be a CollectOptions, got {type(options).__name__}")
+        defaults = CollectOptions()
+        changed = [n for n in names if n in given and _differs(given[n], getattr(defaults, n))]
+        if changed or given.get("dtype") is not None:
+            raise InterlayerError(f"give the options either as options=CollectOptions(...) or as keywords, not both "
+                                  f"(also given: {choices(changed or ['dtype'])})")
+        return options
+    values = renamed_dtype({n: given[n] for n in names if n in given} | {"dtype": given.get("dtype")})
+    return CollectOptions(**values)
+
+
+def _differs(value: Any, default: Any) -> bool:
+    """Whether a keyword was given other than its default (the defaults are scalars or None,
+    so a list or tensor is never compared elementwise)."""
+    return value is not default and (type(value) is not type(default) or value != default)
+
+
+def check_inputs(inputs: Any) -> None:
+    """Refuse, before any model pass, inputs that are not one of the accepted forms
+    (a ``None``, a dict, a number, a list holding ``None`` or dicts): a one-line
+    :class:`~interlayer.errors.InterlayerError` naming the problem and the valid forms."""
+    forms = "a list of strings, a list of token-id lists, a [n, seq] token tensor, a .txt/.jsonl/.parquet path or a datasets.Dataset"
+    if inputs is None:
+        raise InterlayerError(f"inputs is None; give {forms}")
+    if isinstance(inputs, Mapping):
+        raise InterlayerError(f"inputs is a {type(inputs).__name__} (its keys would be read as the texts); give {forms}")
+    if isinstance(inputs, (str, os.PathLike, torch.Tensor)) or hasattr(inputs, "column_names"):
+        return
+    if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):
+        raise InterlayerError(f"inputs of type {type(inputs).__name__} are not supported; give {forms}")
+    if isinstance(inputs, Sequence):
+        for number, item in enumerate(inputs):
+            if isinstance(item, str):
+                continue
+            if isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
+                bad = next((t for t in item if not isinstance(t, int) or isinstance(t, bool)), None)
+                if bad is None:
+                    continue
+                raise InterlayerError(f"input {number} holds {bad!r} of type {type(bad).__name__}; "
+                                      "token ids must be Python ints")
+            raise InterlayerError(f"input {number} is {reprlib.repr(item)} ({type(item).__name__}); each input must be "
+                                  "a string or a list of token ids")
+
+
+def check_sites(sites: Any, allow_empty: bool = False) -> None:
+    """Refuse a ``sites`` argument of the wrong type (``sites=3``, ``None``, a list holding
+    a number) with a one-line error naming the valid forms, before any model pass."""
+    forms = "a site name such as 'resid_post.6', a wildcard such as 'resid_post.*', or a list of them"
+    if isinstance(sites, (str, Site)):
+        return
+    if sites is None or isinstance(sites, Mapping) or not isinstance(sites, Sequence):
+        if allow_empty and sites is None:
+            return
+        raise InterlayerError(f"sites is {reprlib.repr(sites)} ({type(sites).__name__}); give {forms}")
+    for item in sites:
+        if not isinstance(item, (str, Site)):
+            raise InterlayerError(f"sites holds {item!r} of type {type(item).__name__}; give {forms}")
+
+
+
+# ----------------------------------------------------------------- passes
+def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[Sequence_]], int | None]:
+    """Batches of sequences, and the number of sequences when known up front (an
+    upper bound for packed contexts with a ``limit``)."""
+    tok = Tokenized(model, opts.max_length)
+    if opts.context_length is not None:
+        contexts = tok.packed(inputs, opts.context_length, opts.text_field)
+        if opts.skip or opts.limit is not None:
+            contexts = itertools.islice(contexts, opts.skip, None if opts.limit is None else opts.skip + opts.limit)
+
+        keep = opts.keep_batches or (lambda _: True)
+
+        def sequential() -> Iterator[list[Sequence_]]:
+            chunk: list[Sequence_] = []
+            number = opts.skip // opts.batch_size
+            for context in contexts:
+                chunk.append(context)
+                if len(chunk) == opts.batch_size:
+                    if keep(number):
+                        yield chunk
+                    chunk, number = [], number + 1
+            if chunk and keep(number):
+                yield chunk
+
+        return sequential(), opts.limit
+    sequences = tok.sequences(inputs, opts.text_field, opts.limit)
+    return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
+
+
+def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+           *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+           batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+           storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+           max_length: int | None = None, text_field: str = "text", logits: bool = False,
+           edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+           keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+           dtype: str | None = None) -> Iterator[Activations]:
+    """Yield :class:`Activations` chunk by chunk, each at most ``memory_mb`` of rows
+    (and at least one batch). Chunks hold whole batches, so their boundaries depend
+    only on the inputs and options.
+
+    Rows come in batch order (sequences sorted by length); ``meta['sequence']``
+    says which input each row belongs to. ``sites`` may be empty when ``logits=True``.
+    The keyword arguments are those of :func:`collect`.
+    """
+    opts = _options(locals())
+    _check_call(inputs, sites, opts)
+    return (chunks[0] for chunks in _passes(model, inputs, sites, opts, [opts.edits]))
+
+
+def _check_call(inputs: Any, sites: Any, opts: CollectOptions) -> None:
+    check_inputs(inputs)
+    check_sites(sites, allow_empty=opts.logits)
+
+
+def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+                    variants: Sequence[Mapping[str, Any] | None],
+                    *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+                    batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+                    storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+                    max_length: int | None = None, text_field: str = "text", logits: bool = False,
+                    edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+                    keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+                    dtype: str | None = None) -> Iterator[list[Activations]]:
+    """:func:`stream` under several interventions at once: ``variants`` is a list of
+    ``edits`` mappings (``{}`` or ``None``: no edit), and each chunk is a list with one
+    :class:`Activations` per variant, row for row the same inputs.
+
+    Each batch's clean prefix is computed once: a variant resumes right before its first
+    edited (or read) block from the clean pass's output there, so a sweep of
+    interventions at layer ``l`` costs the blocks after ``l`` only. Results equal
+    separate :func:`stream` calls with each variant's ``edits`` (to float rounding).
+    The keyword arguments are those of :func:`collect` (``edits`` excepted).
+    """
+    opts = _options(locals())
+    if opts.edits:
+        raise InterlayerError("give the edits of each variant in variants=[...], not edits=")
+    if isinstance(variants, Mapping) or not isinstance(variants, Sequence) or not variants:
+        raise InterlayerError("variants must be a non-empty list of edits mappings ({} for the clean pass)")
+    _check_call(inputs, sites, opts)
+    return _passes(model, inputs, sites, opts, list(variants))
+
+
+def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], opts: CollectOptions,
+            variants: list[Mapping[str, Any] | None]) -> Iterator[list[Activations]]:
+    site_list = model.expand_sites(sites) if (sites or not opts.logits) else []
+    edits = [check_edits(model, v) for v in variants]
+    dtype = parse_dtype(opts.storage_dtype, "storage dtype")
+    batches, n_sequences = _plan(model, inputs, opts)
+    per_row = row_bytes(model, len(site_list), dtype, opts.logits) * len(variants)
+    capacity = max(1, int(opts.memory_mb * 2**20 // per_row))
+    captures: list[Capture] = []
+    on_device = opts.output_device == "model"
+    bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
+    try:
+        for group in batches:
+            batch = make_batch(group, model.pad_token_id, opts.padding_side, model.bos_token_id)
+            selector = Selector(opts.select, batch, model.device, opts.positions)
+            if not captures:
+                # Never allocate more than the whole job needs.
+                rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
+                size = max(selector.n_rows, min(capacity, rows_hint))
+                captures = [Capture(model, site_list, dtype, size, opts.logits, e) for e in edits]
+            if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
+                yield [_chunk(c, model, opts.select, on_device) for c in captures]
+            _run_shared(model, captures, batch, selector)
+            bar.update(len(group))
+        if captures and captures[0].fill:
+            yield [_chunk(c, model, opts.select, on_device) for c in captures]
+    finally:
+        bar.close()
+
+
+def _run_shared(model: ModelAdapter, captures: list[Capture], batch: Any, selector: Selector) -> None:
+    """Run one batch through every capture; with several, the edited ones resume from
+    the clean prefix (recorded by the first unedited capture, or by a prefix-only pass)."""
+    if len(captures) == 1:
+        captures[0].run(batch, selector)
+        return
+    clean = next((c for c in captures if not c.edits), None)
+    resumers = [c for c in captures if c is not clean and c.resume_layer is not None]
+    needed = sorted({c.resume_layer for c in resumers})
+    if clean is not None:
+        recorded = clean.run(batch, selector, record=needed)
+    elif needed:
+        with model.record_outputs(needed) as recorded:
+            model.forward(batch.input_ids, batch.attention_mask, stop_after_layer=needed[-1])
+    for capture in captures:
+        if capture is clean:
+            continue
+        layer = capture.resume_layer
+        capture.run(batch, selector, resume=None if layer is None else (layer, recorded[layer]))
+
+
+def _chunk(capture: Capture, model: ModelAdapter, select: str, on_device: bool = False) -> Activations:
+    tensors, meta, sequences = capture.take(on_device=on_device)
+    return Activations(tensors, meta, select, model.name, model.n_layers, sequences)
+
+
+def _concat(chunks: list[Activations], model: ModelAdapter) -> Activations:
+    """Chunks joined into one :class:`Activations`, rows in input order."""
+    tensors = {k: torch.cat([c.tensors[k] for c in chunks]) for k in chunks[0].tensors}
+    meta = {k: torch.cat([c.meta[k] for c in chunks]) for k in chunks[0].meta}
+    if "position" in meta:
+        order = torch.argsort(meta["sequence"] * (int(meta["position"].max()) + 1) + meta["position"], stable=True)
+    else:
+        order = torch.argsort(meta["sequence"], stable=True)
+    if not torch.equal(order, torch.arange(order.numel())):
+        tensors = {k: v[order] for k, v in tensors.items()}
+        meta = {k: v[order] for k, v in meta.items()}
+    return Activations(tensors, meta, chunks[0].select, model.name, model.n_layers,
+                       sum(c.n_sequences for c in chunks))
+
+
+def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+            *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+            batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+            storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+            max_length: int | None = None, text_field: str = "text", logits: bool = False,
+            edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+            keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+            dtype: str | None = None) -> Activations:
+    """Collect activations at ``sites`` for ``inputs`` in one forward pass per batch.
+
+    Args:
+        model: a :class:`~interlayer.model.adapter.ModelAdapter` (see :func:`interlayer.load_model`).
+        inputs: strings, token ids, a ``.txt``/``.jsonl``/``.parquet`` path or a ``datasets.Dataset``.
+        sites: site names such as ``"resid_post.6"``, TransformerLens names, or
+            wildcards such as ``"resid_post.*"``.
+
+    Keyword arguments (the fields of :class:`CollectOptions`; or pass ``options=CollectOptions(...)``):
+        select: which rows to keep: ``"tokens"``, ``"last"``, ``"positions"``, ``"mean"`` or ``"weighted_mean"``.
+        positions: for ``select="positions"``, the positions to keep in each input sequence.
+        batch_size: sequences per forward pass.
+        context_length: pack documents into contexts of this many tokens (BOS first);
+            ``None`` keeps each input as one sequence.
+        padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
+        storage_dtype: the dtype rows are stored in: float32, bfloat16 or float16 (or bf16, fp16).
+        memory_mb: budget for the preallocated device buffers, MiB.
+        output_device: ``"cpu"`` (rows copied out) or ``"model"`` (left on the model's device).
+        max_length: truncate longer sequences (default: the model's context), with a warning.
+        text_field: column or JSON field holding the text.
+        logits: also keep the final logits of the selected rows (token selections only).
+        edits: writes during the passes, ``{site: fn}`` or ``{site: Edit(fn, rows="tokens")}``.
+        progress: show a progress bar.
+        limit: use at most this many input sequences (or packed contexts).
+        skip: packed contexts only: skip this many contexts without running the model.
+        keep_batches: packed contexts only: run only the batches ``j`` where this is true.
+        dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
+
+    Inputs and sites of the wrong type (``None``, a dict, ``sites=3``) raise a one-line
+    :class:`~interlayer.errors.InterlayerError` before any model pass.
+
+    Returns rows in input order: by sequence, then position.
+    """
+    chunks = list(stream(model, inputs, sites, options=_options(locals())))
+    if not chunks:
+        raise InterlayerError("the inputs produced no rows to collect")
+    return _concat(chunks, model)
+
+
+def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
+                     variants: Sequence[Mapping[str, Any] | None],
+                     *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
+                     batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
+                     storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
+                     max_length: int | None = None, text_field: str = "text", logits: bool = False,
+                     edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+                     keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
+                     dtype: str | None = None) -> list[Activations]:
+    """:func:`collect` under several interventions, sharing each batch's clean prefix
+    (see :func:`stream_variants`): one :class:`Activations` per variant, in order.
+    The keyword arguments are those of :func:`collect` (``edits`` excepted)."""
+    opts = _options(locals())
+    per_variant: list[list[Activations]] = [[] for _ in (variants or [])]
+    for chunks in stream_variants(model, inputs, sites, variants, options=opts):
+        for store, chunk in zip(per_variant, chunks):
+            store.append(chunk)
+    if not per_variant[0]:
+        raise InterlayerError("the inputs produced no rows to collect")
+    return [_concat(chunks, model) for chunks in per_variant]
+
+
+def storage_dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a storage dtype (``"bf16"`` -> ``"bfloat16"``)."""
+    return dtype_name(parse_dtype(dtype, "storage dtype"))
