@@ -101,8 +101,8 @@ CORE_LEVELS: tuple[tuple[str, ...], ...] = (
     ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals",
      "interlayer.layers", "interlayer._moved"),
     ("interlayer.model",),
-    ("interlayer.store", "interlayer.decoding"),
-    ("interlayer.generation", "interlayer.prompts"),
+    ("interlayer.store", "interlayer.decoding", "interlayer.prompts"),
+    ("interlayer.generation",),
     ("interlayer.cli",),
     ("interlayer", "interlayer.__main__"),
 )
