@@ -40,6 +40,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from interlayer.errors import InterlayerError, choices
+from interlayer.io.checkpointing import identity_differences
 from interlayer.io.files import write_json_atomic
 from interlayer.results import Result, decode_frame, encode_frame, require
 
@@ -47,7 +48,7 @@ from .activation_functions import SAE_ARCHITECTURES
 from .config import LATENTS_PER_D_MODEL
 from .records import describe, metrics_record, train_options, write_figures
 from .sae import SAE, SAEConfig
-from .training import CHECKPOINT, TrainMember, TrainOptions, TrainResult, config_identity, identity_differences
+from .training import CHECKPOINT, TrainMember, TrainOptions, TrainResult, config_identity
 
 FORMS = {"centred": ("centred", False), "authors": ("authors", False), "exact": ("authors", True)}
 """Top-AFA value prefixes: the AFA form and whether the authors-exact mode runs."""

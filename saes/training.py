@@ -50,7 +50,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from interlayer.io.checkpointing import load_optimizer, optimizer_tensors
+from interlayer.io.checkpointing import (CheckpointMismatchError, check_resume_identity, load_optimizer,
+                                        optimizer_tensors)
 from interlayer.distributed import SINGLE, World, all_reduce, average_gradients, broadcast_object, current, raise_together
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_atomic
@@ -66,10 +67,6 @@ AUXK_ARCHS = ("topk", "batchtopk", "topafa")
 
 class NonFiniteError(InterlayerError):
     """NaN or inf in the training activations or the loss; training stopped."""
-
-
-class CheckpointMismatchError(InterlayerError):
-    """A checkpoint written by a run with another architecture, config or data."""
 
 
 @dataclass
@@ -606,15 +603,6 @@ def _save_checkpoint(ckpt: Path, sae: SAE, optimizer: torch.optim.Optimizer, sta
     write_atomic(ckpt, save(tensors, metadata={"state": json.dumps(meta)}))
 
 
-def identity_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for key in sorted(set(saved) | set(now)):
-            out += identity_differences(saved.get(key), now.get(key), f"{prefix}{key}.")
-        return out
-    return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
-
-
 def _read_checkpoint(ckpt: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A checkpoint's metadata and tensors, refused when another run wrote it."""
     try:
@@ -623,11 +611,7 @@ def _read_checkpoint(ckpt: Path, identity: dict[str, Any]) -> tuple[dict[str, An
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as err:  # a truncated or foreign file
         raise CheckpointMismatchError(f"{ckpt} is not a readable SAE checkpoint ({err}); delete it or use another --out") from err
-    diffs = identity_differences(meta.get("identity", {}), identity)
-    if diffs:
-        raise CheckpointMismatchError(
-            f"{ckpt} was written by a different run and cannot be resumed: {'; '.join(diffs[:6])}"
-            f"{' ...' if len(diffs) > 6 else ''}. Use another --out directory, or the same options.")
+    check_resume_identity(meta.get("identity", {}), identity, what="SAE training run", path=ckpt)
     log.info("resuming SAE training from %s at step %d", ckpt, meta["step"])
     return meta, tensors
 
