@@ -167,6 +167,58 @@ class LayerDecoder:
         """float32 log-probabilities of ``hidden`` from ``layer``, unchunked (see :meth:`logits`)."""
         return torch.log_softmax(self.logits(hidden, layer, grad=grad), dim=-1)
 
+    def from_normed(self, normed: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        """float32 logits ``[..., vocab]`` of states ``[..., d_model]`` already through the final
+        norm (``ln_final``): the unembedding and the soft-cap ``c · tanh(z / c)``, no lens and
+        no norm. Rows go through the head ``rows_per_chunk()`` at a time; the result is on the
+        model's device. This is what a method calls instead of ``model.head``."""
+        lead = normed.shape[:-1]
+        flat = normed.reshape(-1, normed.shape[-1])
+        step = self.rows_per_chunk()
+        with torch.set_grad_enabled(grad):
+            chunks = [self.model.head(flat[start:start + step].to(self.model.device)).float()
+                      for start in range(0, max(1, flat.shape[0]), step)]  # one (empty) chunk at least
+        return torch.cat(chunks).reshape(*lead, -1)
+
+    def next_token_nll(self, hidden: torch.Tensor, targets: torch.Tensor, layer: int | None = None, *,
+                       normed: bool = False, mask: torch.Tensor | None = None,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Per-position negative log-likelihood ``-log softmax(logits)[target]`` (nats), in chunks.
+
+        Args:
+            hidden: ``[*lead, d_model]`` states; decoded through the lens for ``layer`` and
+                the model's head (as :meth:`logits`), or with ``normed`` already final-normed
+                (as :meth:`from_normed`).
+            targets: ``[*lead]`` token ids, one per state (e.g. the next token).
+            layer: the layer of the states, passed to the lens (``None``: the final state).
+            normed: the states are ``ln_final`` outputs: skip the lens and the norm.
+            mask: ``[*lead]`` booleans; only these positions are decoded, the rest are 0.
+            dtype: the float type of the log-softmax (the logits are float32 first);
+                ``torch.float64`` where a caller scores in double precision.
+
+        Returns ``[*lead]`` on the CPU in ``dtype``. At most ``rows_per_chunk()`` rows of
+        vocabulary-sized logits exist at once.
+        """
+        lead = hidden.shape[:-1]
+        if tuple(targets.shape) != tuple(lead):
+            raise InterlayerError(f"targets must have the leading shape of hidden {tuple(lead)}, "
+                                  f"got {tuple(targets.shape)}")
+        keep = torch.ones(lead, dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        if tuple(keep.shape) != tuple(lead):
+            raise InterlayerError(f"mask must have the leading shape of hidden {tuple(lead)}, got {tuple(keep.shape)}")
+        keep = keep.reshape(-1).cpu()
+        rows = hidden.reshape(-1, hidden.shape[-1])[keep.to(hidden.device)]
+        goal = self._check_ids(targets.reshape(-1)[keep.to(targets.device)], "targets")
+        out, picked = torch.zeros(keep.shape[0], dtype=dtype), torch.zeros(rows.shape[0], dtype=dtype)
+        step = self.rows_per_chunk()
+        with torch.no_grad():
+            for start in range(0, rows.shape[0], step):
+                chunk = rows[start:start + step]
+                logits = self.from_normed(chunk) if normed else self.logits(chunk, layer)
+                picked[start:start + step] = _target_nll(logits.to(dtype), goal[start:start + step]).cpu()
+        out[keep] = picked
+        return out.reshape(lead)
+
     def decode(
         self,
         hidden: torch.Tensor,
@@ -204,17 +256,11 @@ class LayerDecoder:
                 comparison per id and row: ask for it with few ids).
             progress: show a progress bar over the chunks.
         """
-        flat, lead, n = self._check_hidden(hidden, top_k)
+        flat, lead, n = self._check_hidden(hidden, top_k, reference)
         ids = self._check_ids(token_ids, "token ids")
         targets = self._check_ids(targets, "targets", n)
-        if reference is not None and tuple(reference.shape) != (n, hidden.shape[-1]):
-            raise InterlayerError(f"reference must have shape {(n, hidden.shape[-1])}, got {tuple(reference.shape)}")
         g = flat.shape[0]
-        layer_of: list[int | None] = [None] * g
-        if layers is not None:
-            layer_of = [self.model.check_layer(int(layer)) for layer in layers]
-            if len(layer_of) != g:
-                raise InterlayerError(f"layers has {len(layer_of)} entries but hidden holds {g} slices of [n, d]")
+        layer_of = self._check_layers(layers, g)
         out = _Outputs(g, n, top_k, entropy, reference is not None, ids, probs, self.model.vocab_size, targets, ranks)
         step = self.rows_per_chunk(with_reference=reference is not None)
         starts = range(0, n, step)
@@ -234,11 +280,20 @@ class LayerDecoder:
         result.n_chunks = len(starts) * g
         return result
 
+    def _check_layers(self, layers: Sequence[int] | None, g: int) -> list[int | None]:
+        if layers is None:
+            return [None] * g
+        layer_of: list[int | None] = [self.model.check_layer(int(layer)) for layer in layers]
+        if len(layer_of) != g:
+            raise InterlayerError(f"layers has {len(layer_of)} entries but hidden holds {g} slices of [n, d]")
+        return layer_of
+
     def _reference_log_probs(self, reference: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.log_softmax(self.model.unembed_resid(reference.to(self.model.device)).float(), -1)
 
-    def _check_hidden(self, hidden: torch.Tensor, top_k: int) -> tuple[torch.Tensor, list[int], int]:
+    def _check_hidden(self, hidden: torch.Tensor, top_k: int,
+                      reference: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int], int]:
         if hidden.dim() < 2:
             raise InterlayerError(f"hidden must be [..., n, d_model], got shape {tuple(hidden.shape)}")
         if hidden.shape[-1] != self.model.d_model:
@@ -248,6 +303,8 @@ class LayerDecoder:
         if not 0 <= top_k <= vocab:
             raise InterlayerError(f"top_k={top_k} is out of range; valid values are 0..{vocab}")
         *lead, n, _ = hidden.shape
+        if reference is not None and tuple(reference.shape) != (n, hidden.shape[-1]):
+            raise InterlayerError(f"reference must have shape {(n, hidden.shape[-1])}, got {tuple(reference.shape)}")
         return hidden.reshape(-1, n, hidden.shape[-1]), lead, n
 
     def _check_ids(self, ids: Any, what: str, count: int | None = None) -> torch.Tensor | None:
@@ -270,6 +327,16 @@ class _Reference:
     def __init__(self, logp: torch.Tensor) -> None:
         self.p = logp.exp()
         self.neg_entropy = _rowdot(self.p, logp)
+
+
+def _target_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``-log softmax(logits)[target]`` per row: the one next-token loss formula."""
+    return -_target_logprobs(torch.log_softmax(logits, dim=-1), targets)
+
+
+def _target_logprobs(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's log-probability of its own target id."""
+    return logp.gather(-1, targets[:, None])[:, 0]
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -311,7 +378,7 @@ class _Outputs:
                 self.token_ranks[index, start:stop, j] = (logp > picked[:, j : j + 1]).sum(-1).cpu()
             self.set_logprob[index, start:stop] = torch.logsumexp(picked, dim=-1).cpu()
         if self.targets is not None:
-            self.target_logprobs[index, start:stop] = logp.gather(1, self.targets[start:stop, None])[:, 0].cpu()
+            self.target_logprobs[index, start:stop] = _target_logprobs(logp, self.targets[start:stop]).cpu()
         if self.probs is not None:
             self.probs[index, start:stop] = (p if p is not None else logp.exp()).cpu()
 

@@ -148,3 +148,64 @@ def test_the_gradient_path_trains_through_the_frozen_head():
     loss = decoder.log_probs(hidden, 0, grad=True)[:, 5].sum()
     loss.backward()
     assert lens.translators["0"].weight.grad is not None and lens.translators["0"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_from_normed_is_the_head_with_its_soft_cap(arch):
+    model = interlayer.load_model(make_tiny(arch))
+    if arch == "gemma2":
+        assert model.logit_softcap is not None  # the soft-capped architecture
+    hidden = torch.randn(3, 7, model.d_model)
+    normed = model.final_norm(hidden)
+    direct = model.unembed_resid(hidden).detach().float()
+    for memory_mb in (0.001, 256.0):  # a chunk of one row, and all rows at once
+        got = LayerDecoder(model, memory_mb=memory_mb).from_normed(normed)
+        assert got.shape == (3, 7, model.vocab_size) and got.dtype == torch.float32
+        torch.testing.assert_close(got, direct, atol=1e-6, rtol=0)
+    if model.logit_softcap is not None:
+        assert LayerDecoder(model).from_normed(normed * 100).abs().max() <= model.logit_softcap
+    assert LayerDecoder(model).from_normed(normed).grad_fn is None
+    assert LayerDecoder(model).from_normed(normed.requires_grad_(), grad=True).grad_fn is not None
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+@pytest.mark.parametrize("memory_mb", [0.001, 256.0])
+def test_next_token_nll_matches_the_full_log_softmax(arch, memory_mb):
+    from interlayer.lens import TunedLens
+
+    model = interlayer.load_model(make_tiny(arch))
+    hidden = torch.randn(2, 6, model.d_model)
+    targets = torch.randint(0, model.vocab_size, (2, 6))
+    dec = LayerDecoder(model, memory_mb=memory_mb)
+
+    def direct(logits):
+        return -torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
+
+    plain = direct(model.unembed_resid(hidden).detach())
+    got = dec.next_token_nll(hidden, targets)
+    assert got.shape == (2, 6) and got.dtype == torch.float32
+    torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    # already final-normed states skip the norm, as from_normed
+    torch.testing.assert_close(dec.next_token_nll(model.final_norm(hidden).detach(), targets, normed=True), plain,
+                               atol=1e-5, rtol=0)
+    # a mask decodes only its positions; the others are 0
+    mask = torch.rand(2, 6) > 0.4
+    masked = dec.next_token_nll(hidden, targets, mask=mask)
+    torch.testing.assert_close(masked[mask], plain[mask], atol=1e-5, rtol=0)
+    assert torch.all(masked[~mask] == 0)
+    # double precision where a caller scores in it
+    double = dec.next_token_nll(hidden, targets, dtype=torch.float64)
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double, -torch.log_softmax(model.unembed_resid(hidden).detach().float().double(), -1)
+                               .gather(-1, targets[..., None])[..., 0], atol=1e-6, rtol=0)
+    # through a lens, for a layer
+    lens = TunedLens.for_model(model)
+    with torch.no_grad():
+        for translator in lens.translators.values():
+            translator.weight.normal_(0, 0.1)
+    moved = lens.transform(hidden, 1).detach()
+    tuned = LayerDecoder(model, memory_mb=memory_mb, lens=lens).next_token_nll(hidden, targets, 1)
+    torch.testing.assert_close(tuned, direct(model.unembed_resid(moved).detach()), atol=1e-5, rtol=0)
+    assert not torch.allclose(tuned, plain)
+    with pytest.raises(interlayer.InterlayerError, match="targets must have the leading shape"):
+        dec.next_token_nll(hidden, targets[0])
