@@ -18,7 +18,7 @@ from .knowledge import IKSResult, SimHiddenResult, candidate_layers, jsd, sim_hi
 from .knowledge_runs import iks_on_data, measure_iks, sim_hidden_on_data
 from .qa import QAResult, evaluate_qa
 from .qa_data import QARecord, load_qa
-from .lenses import LogitLens, TunedLens
+from .lenses import LogitLens, TunedLens, check_lens_dir, load_lens
 from .latent import LatentResult, latent_language
 from .logit_lens import LogitLensResult, logit_lens
 from .saturation import SaturationResult, saturation
@@ -55,7 +55,9 @@ __all__ = [
     "SaturationConfig",
     "TuneConfig",
     "TunedLens",
+    "check_lens_dir",
     "compare_lenses",
+    "load_lens",
     "logit_lens",
     "train_tuned_lens",
     "tune_lens",

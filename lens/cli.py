@@ -3,34 +3,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from interlayer.cli.registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
                                          write_figure, write_json_output, write_table)
 from interlayer.cli.config import LogitLensConfig
-from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError
 from interlayer.io.files import check_writable
 from interlayer.store.inputs import check_data_file
 from interlayer.options import as_list
 
+from .lenses import check_lens_dir, load_lens
 from .config import GenerateConfig, IKSConfig, LatentConfig, QAConfig, SaturationConfig, TuneConfig
 
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
-
-
-def lens_for(model: Any, path: str | None) -> Lens:
-    """The lens ``--tuned-lens`` names, or the logit lens."""
-    from .lenses import TunedLens
-
-    return TunedLens.load(path, model) if path else LOGIT_LENS
-
-
-def check_lens_dir(path: str | None) -> None:
-    """A ``--tuned-lens`` directory is checked before the model loads."""
-    if path is not None and not (Path(path) / "lens.safetensors").is_file():
-        raise InterlayerError(f"--tuned-lens {path!r} is not a saved tuned lens (needs config.json and lens.safetensors)")
 
 
 def chat_wanted(model: Any, setting: str | bool) -> bool:
@@ -63,7 +49,7 @@ def run_logit_lens(cfg: LogitLensConfig) -> int:
     check_lens_dir(cfg.tuned_lens)
     model = cfg.load()
     result = logit_lens(model, chat_prompts(model, prompts, cfg.chat), targets=as_list(cfg.targets),
-                        positions=cfg.positions, top_k=cfg.top_k, lens=lens_for(model, cfg.tuned_lens),
+                        positions=cfg.positions, top_k=cfg.top_k, lens=load_lens(cfg.tuned_lens, model),
                         memory_mb=cfg.memory_mb, progress=not cfg.no_progress)
     frame = result.to_frame()
     show("\n\n".join(result.table(i).to_string() for i in range(len(prompts))), frame.to_dict(orient="records"))
@@ -100,7 +86,7 @@ def run_latent(cfg: LatentConfig) -> int:
     check_outputs(cfg.out, (".json",), cfg.figures)
     model = cfg.load()
     result = latent_language(model, src=cfg.src, tgt=cfg.tgt, task=cfg.task, latents=latents, shots=cfg.shots,
-                             seed=cfg.seed, limit=cfg.n, lens=lens_for(model, cfg.tuned_lens),
+                             seed=cfg.seed, limit=cfg.n, lens=load_lens(cfg.tuned_lens, model),
                              batch_size=cfg.batch_size, chat=chat_wanted(model, cfg.chat), progress=not cfg.no_progress)
     say(f"{result.n_words} words used; {result.n_missing} skipped (not in the tokenizer), "
         f"{result.n_overlap} dropped (token sets overlap)")
@@ -123,7 +109,7 @@ def run_saturation(cfg: SaturationConfig) -> int:
     check_outputs(cfg.out, TABLE_SUFFIXES, cfg.figures)
     model = cfg.load()
     result = saturation(model, cfg.data or str(SAMPLE_TEXT), tokens=cfg.tokens, context_length=cfg.context_length,
-                        batch_size=cfg.batch_size, text_field=cfg.text_field, lens=lens_for(model, cfg.tuned_lens),
+                        batch_size=cfg.batch_size, text_field=cfg.text_field, lens=load_lens(cfg.tuned_lens, model),
                         progress=not cfg.no_progress)
     frame = result.to_frame()
     show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
@@ -147,7 +133,7 @@ def run_iks(cfg: IKSConfig) -> int:
     chat_wanted(model, cfg.chat)  # --chat yes without a template: bad input, before any generation
     result = iks_on_data(model, cfg.dataset, cfg.n, passage=cfg.passage, chat=cfg.chat, candidates=cfg.candidates,
                          metric=cfg.metric, select=cfg.select, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, lens=lens_for(model, cfg.tuned_lens), progress=not cfg.no_progress)
+                         batch_size=cfg.batch_size, lens=load_lens(cfg.tuned_lens, model), progress=not cfg.no_progress)
     show(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"), result.to_json())
     say(f"l* = {result.layer} (candidates {result.candidates}); chosen per {result.select}: {result.histogram}"
         + (f"; {loaded.skipped} records without an answer skipped" if loaded.skipped else ""))
@@ -169,7 +155,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     check_outputs(cfg.out, (".json",))
     model = cfg.load()
     gens = generate(model, chat_prompts(model, prompts, cfg.chat), options, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size, lens=lens_for(model, cfg.tuned_lens), progress=False)
+                    batch_size=cfg.batch_size, lens=load_lens(cfg.tuned_lens, model), progress=False)
     lines = []
     for prompt, gen in zip(prompts, gens):
         lines.append(gen.text)
@@ -202,7 +188,7 @@ def run_qa(cfg: QAConfig) -> int:
     progress_file = f"{cfg.out}.progress.jsonl" if cfg.out else None
     result = evaluate_qa(model, cfg.dataset, cfg.n, decodings=decodings, options=options, noise_docs=cfg.noise_docs,
                          chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-                         progress_file=progress_file, lens=lens_for(model, cfg.tuned_lens),
+                         progress_file=progress_file, lens=load_lens(cfg.tuned_lens, model),
                          progress=not cfg.no_progress)
     show(result.table(), result.to_json())  # records without an answer: evaluate_qa's warning on stderr says so
     if cfg.out:

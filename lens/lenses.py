@@ -20,11 +20,14 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from interlayer.model.adapter import ModelAdapter
-from interlayer.decoding import LogitLens
+from interlayer.decoding import LOGIT_LENS, Lens, LogitLens
 from interlayer.errors import InterlayerError
 from interlayer.io.files import write_atomic, write_json_atomic
 
-__all__ = ["LogitLens", "TunedLens"]
+__all__ = ["LogitLens", "TunedLens", "check_lens_dir", "load_lens"]
+
+LENS_FILES = ("config.json", "lens.safetensors")
+"""The files of a saved tuned lens (:meth:`TunedLens.save`)."""
 
 
 class TunedLens(nn.Module):
@@ -97,3 +100,24 @@ class TunedLens(nn.Module):
                 raise InterlayerError(f"{directory} was trained on {lens.model_name!r} with other weights than {model.name!r}")
             lens = lens.to(model.device)
         return lens
+
+
+def check_lens_dir(path: str | Path | None, what: str = "--tuned-lens") -> None:
+    """Refuse a tuned-lens directory without :data:`LENS_FILES` (cheap: a CLI calls it
+    before the model loads). ``None`` (the logit lens) passes. ``what`` names the option
+    in the message."""
+    if path is None:
+        return
+    missing = [name for name in LENS_FILES if not (Path(path) / name).is_file()]
+    if missing:
+        raise InterlayerError(f"{what} {str(path)!r} is not a saved tuned lens (needs config.json and "
+                              f"lens.safetensors; {', '.join(missing)} missing)")
+
+
+def load_lens(path: str | Path | None, model: ModelAdapter) -> Lens:
+    """The tuned lens saved in ``path`` (checked for ``model``'s weights), or the logit
+    lens when there is no path: what every ``--tuned-lens`` option means."""
+    if not path:
+        return LOGIT_LENS
+    check_lens_dir(path)
+    return TunedLens.load(path, model)

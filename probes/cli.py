@@ -35,7 +35,8 @@ def run_mexa(cfg: MexaConfig) -> int:
 
 @command("probes consistency", ConsistencyConfig, aliases=("consistency",))
 def run_consistency(cfg: ConsistencyConfig) -> int:
-    from interlayer.lens.cli import chat_prompts, check_lens_dir, lens_for
+    from interlayer.lens import check_lens_dir, load_lens
+    from interlayer.lens.cli import chat_prompts
 
     from .consistency import LABELS, internal_consistency, load_examples
 
@@ -48,7 +49,7 @@ def run_consistency(cfg: ConsistencyConfig) -> int:
     prompts = chat_prompts(model, [e.prompt for e in examples], cfg.chat)
     examples = [dataclasses.replace(e, prompt=p) for e, p in zip(examples, prompts)]
     result = internal_consistency(model, examples, LABELS[cfg.dataset], paths=cfg.paths, dataset=cfg.dataset,
-                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=lens_for(model, cfg.tuned_lens),
+                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=load_lens(cfg.tuned_lens, model),
                                   journal=f"{cfg.out}.paths.jsonl" if cfg.out else None,
                                   progress=not cfg.no_progress)
     payload = result.to_json()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from interlayer.cli.registry import command, say, show
-from interlayer.errors import InterlayerError
 from interlayer.io.files import check_writable
 
 from .config import ReportConfig
@@ -11,6 +10,8 @@ from .config import ReportConfig
 
 @command("report", ReportConfig)
 def run_report(cfg: ReportConfig) -> int:
+    from interlayer.lens import check_lens_dir, load_lens
+
     from .build import build_report, check_outputs, select_sections
     from .sections_methods import check_sae_dir
 
@@ -19,18 +20,9 @@ def run_report(cfg: ReportConfig) -> int:
     select_sections(cfg.only, cfg.skip, cfg.sae is not None)
     if cfg.sae is not None:
         check_sae_dir(cfg.sae)
-    if cfg.tuned_lens is not None:
-        from pathlib import Path
-
-        if not (Path(cfg.tuned_lens) / "lens.safetensors").is_file():
-            raise InterlayerError(f"--tuned-lens {cfg.tuned_lens!r} is not a saved tuned lens (needs lens.safetensors)")
+    check_lens_dir(cfg.tuned_lens)
     model = cfg.load()
-    lens = None
-    if cfg.tuned_lens is not None:
-        from interlayer.lens import TunedLens
-
-        lens = TunedLens.load(cfg.tuned_lens, model)
-    kwargs = {"lens": lens, "lens_source": cfg.tuned_lens} if lens is not None else {}
+    kwargs = {"lens": load_lens(cfg.tuned_lens, model), "lens_source": cfg.tuned_lens} if cfg.tuned_lens else {}
     files = build_report(model, cfg.out, only=cfg.only, skip=cfg.skip, sae=cfg.sae, profile=cfg.profile,
                          progress=not cfg.no_progress, **kwargs)
     failed = [n for n, r in files.results.items() if r.status != "ok"]

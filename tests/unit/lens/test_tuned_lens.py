@@ -94,6 +94,24 @@ def test_save_and_load_round_trip(model, text, tmp_path):
         TunedLens.for_model(model, layers=[2])
 
 
+def test_load_lens_is_the_tuned_lens_of_a_path_else_the_logit_lens(model, tmp_path):
+    from interlayer.lens import LogitLens, check_lens_dir, load_lens
+
+    assert isinstance(load_lens(None, model), LogitLens) and isinstance(load_lens("", model), LogitLens)
+    TunedLens.for_model(model, layers=[1]).save(tmp_path / "lens")
+    loaded = load_lens(str(tmp_path / "lens"), model)
+    assert isinstance(loaded, TunedLens) and loaded.layers == [1]
+    check_lens_dir(None)
+    check_lens_dir(tmp_path / "lens")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "lens.safetensors").write_bytes((tmp_path / "lens" / "lens.safetensors").read_bytes())
+    for bad in (tmp_path, tmp_path / "half", tmp_path / "absent"):
+        with pytest.raises(InterlayerError, match="--tuned-lens .* is not a saved tuned lens"):
+            check_lens_dir(bad)
+        with pytest.raises(InterlayerError, match="is not a saved tuned lens"):
+            load_lens(str(bad), model)
+
+
 def test_lens_needs_layers_to_decode(model):
     lens = TunedLens.for_model(model)
     with pytest.raises(ValueError, match="layers="):
