@@ -8,17 +8,16 @@ Prompts: ``Answer the question with a short answer.`` then the documents (open b
 of its chat template. ``known`` (ROME cloze facts) is closed book only: the prompt is the
 cloze sentence itself, to be completed. The first line of each generation is the answer.
 
-Progress is kept in ``OUT.progress.jsonl`` (one line per finished batch); a rerun with the
-same settings resumes from it, and it is removed when the result is written.
+Progress is kept in ``OUT.progress.jsonl``, a resume journal (:mod:`interlayer.io.journal`:
+a header naming the run's settings, then one line per finished batch); a rerun with the
+same settings resumes from it, one with other settings is refused, and it is removed when
+the result is written.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,34 +31,24 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_json_atomic
+from interlayer.io.journal import Journal
+from interlayer.prompts import CHAT_MODES, ChatMode, chat_turn, use_chat
 from interlayer.results import Result, require
 
 from .fused_decoding import DECODINGS, DecodingOptions, generate
-from .qa_data import QARecord, load_qa, noise_passages, with_passages
+from .qa_data import QALoad, QARecord, load_qa, noise_passages, with_passages
 from .qa_metrics import SETTINGS, MethodScore, first_answer_span, score
 
 log = logging.getLogger(__name__)
 
-CHAT_CHOICES: tuple[str, ...] = ("auto", "yes", "no")
-_INSTRUCT = re.compile(r"instruct|chat|(^|[-_])it($|[-_])", re.IGNORECASE)
-
-
-def use_chat(model: ModelAdapter, chat: str | bool = "auto") -> bool:
-    """Whether prompts go through the chat template: ``auto`` when the tokenizer has one
-    and the model's name says it is an instruct/chat model."""
-    if isinstance(chat, bool):
-        return chat
-    if chat not in CHAT_CHOICES:
-        raise InterlayerError(f"unknown chat setting {chat!r}; valid choices: {choices(CHAT_CHOICES)}")
-    if chat != "auto":
-        return chat == "yes"
-    has_template = bool(getattr(model.tokenizer, "chat_template", None))
-    return has_template and bool(_INSTRUCT.search(Path(str(model.name)).name))
+CHAT_CHOICES: tuple[str, ...] = CHAT_MODES
+"""The ``chat`` settings (:data:`interlayer.prompts.CHAT_MODES`; kept here for one release)."""
 
 
 def qa_prompt(model: ModelAdapter, record: QARecord, passages: Sequence[str] | None, *, chat: bool,
               cloze: bool = False) -> str:
-    """The prompt text of one question (see the module docstring)."""
+    """The prompt text of one question (see the module docstring); ``chat``: whether it goes
+    through the chat template (already resolved, :func:`interlayer.prompts.use_chat`)."""
     if cloze:
         return record.question
     parts = ["Answer the question with a short answer."]
@@ -68,8 +57,7 @@ def qa_prompt(model: ModelAdapter, record: QARecord, passages: Sequence[str] | N
     parts.append(f"Question: {record.question}")
     if not chat:
         return "\n\n".join(parts) + "\nAnswer:"
-    messages = [{"role": "user", "content": "\n\n".join(parts)}]
-    return model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return chat_turn(model, "\n\n".join(parts))
 
 
 @dataclass
@@ -158,32 +146,18 @@ def check_decodings(decodings: Sequence[str] | str) -> list[str]:
 def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
                 decodings: Sequence[str] | str = ("greedy", "lfd", "dola", "lfd-random"),
                 options: DecodingOptions | None = None, noise_docs: int = 0, settings: Sequence[str] = SETTINGS,
-                chat: str | bool = "auto", max_new_tokens: int = 16, batch_size: int = 8, seed: int = 0,
+                chat: ChatMode | bool = "auto", max_new_tokens: int = 16, batch_size: int = 8, seed: int = 0,
                 start: int = 0, progress_file: str | Path | None = None, lens: Lens = LOGIT_LENS,
                 progress: bool = True) -> QAResult:
     """Answer ``n`` questions of ``data`` with each decoding, closed and open book (see the
     module docstring). ``options`` carries the LFD/DoLa settings (its ``decoding`` is
     replaced per method). ``start``: skip the first records (e.g. a held-out split at the
-    end). ``progress_file``: a JSONL of finished batches to resume from."""
+    end). ``progress_file``: the run's resume journal (:class:`interlayer.io.journal.Journal`,
+    one record per finished batch); a journal of other settings is refused."""
     methods = check_decodings(decodings)
-    for s in settings:
-        if s not in SETTINGS:
-            raise InterlayerError(f"unknown setting {s!r}; valid choices: {choices(SETTINGS)}")
-    if not isinstance(noise_docs, int) or noise_docs < 0:
-        raise InterlayerError(f"noise_docs must be an integer >= 0, got {noise_docs!r}")
-    if not isinstance(start, int) or start < 0:
-        raise InterlayerError(f"start must be an integer >= 0, got {start!r}")
+    _check_arguments(settings, noise_docs, start)
     loaded = load_qa(data, None if n is None else start + n)
-    records = loaded.records[start:]
-    if not records:
-        raise InterlayerError(f"{data!r} has {len(loaded.records)} usable records; start={start} leaves none")
-    if loaded.skipped:
-        log.warning("%s: %d record(s) skipped: each needs a non-empty 'question' and 'answers' (or 'answer'); "
-                    "%d usable record(s) read", data, loaded.skipped, len(loaded.records))
-    if n is not None and len(records) < n:
-        log.warning("%s: %d question(s) asked for, %d available", data, n, len(records))
-    if progress_file is not None:
-        Path(progress_file).parent.mkdir(parents=True, exist_ok=True)  # as the result's writer does
+    records = _usable(loaded, data, n, start)
     cloze = data == "known"
     has_passages = not cloze and any(r.passage for r in records)
     wanted = [s for s in settings if s == "closed_book" or has_passages]  # no passages: closed book only
@@ -192,30 +166,69 @@ def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
     base = options or DecodingOptions()
     chat_on = use_chat(model, chat)
     prompts = {s: _prompts(model, records, s, noise_docs, seed, chat_on, cloze) for s in wanted}
-    key = _run_key(model, data, start, len(records), methods, base, noise_docs, chat_on, max_new_tokens, seed,
-                   *([] if lens is LOGIT_LENS else [repr(lens)]))
-    done = _load_progress(progress_file, key)
-    jobs = [(m, s) for m in methods for s in wanted]
-    bar = tqdm(total=len(jobs) * len(records), unit="answer", desc="qa", disable=not progress)
+    journal = None if progress_file is None else Journal(progress_file, {
+        "model": model.name, "data": data, "start": start, "n": len(records), "decodings": methods,
+        "options": asdict(base), "noise_docs": noise_docs, "chat": chat_on, "max_new_tokens": max_new_tokens,
+        "seed": seed, "batch_size": batch_size, "lens": None if lens is LOGIT_LENS else repr(lens)})
+    done = _answer(model, prompts, [(m, s) for m in methods for s in wanted], base, journal,
+                   max_new_tokens=max_new_tokens, batch_size=batch_size, lens=lens, progress=progress)
+    scores, examples = _score(records, methods, wanted, done, batch_size)
+    # the settings' "start" has always held the last batch's offset (a loop variable
+    # shadowed the argument); kept as it was, so results compare
+    last_batch = range(0, len(records), batch_size)[-1]
+    return QAResult(model.name, data, len(records), loaded.skipped, noise_docs, methods, scores, examples,
+                    {"chat": chat_on, "max_new_tokens": max_new_tokens, "seed": seed, "start": last_batch,
+                     "settings": wanted, "alpha": base.alpha, "beta": base.beta, "candidates": base.candidates,
+                     "fusion": base.fusion, "dola_layers": base.dola_layers})
+
+
+def _check_arguments(settings: Sequence[str], noise_docs: int, start: int) -> None:
+    for s in settings:
+        if s not in SETTINGS:
+            raise InterlayerError(f"unknown setting {s!r}; valid choices: {choices(SETTINGS)}")
+    if not isinstance(noise_docs, int) or noise_docs < 0:
+        raise InterlayerError(f"noise_docs must be an integer >= 0, got {noise_docs!r}")
+    if not isinstance(start, int) or start < 0:
+        raise InterlayerError(f"start must be an integer >= 0, got {start!r}")
+
+
+def _usable(loaded: QALoad, data: str, n: int | None, start: int) -> list[QARecord]:
+    """The records from ``start`` on, with a warning for those skipped or missing."""
+    records = loaded.records[start:]
+    if not records:
+        raise InterlayerError(f"{data!r} has {len(loaded.records)} usable records; start={start} leaves none")
+    if loaded.skipped:
+        log.warning("%s: %d record(s) skipped: each needs a non-empty 'question' and 'answers' (or 'answer'); "
+                    "%d usable record(s) read", data, loaded.skipped, len(loaded.records))
+    if n is not None and len(records) < n:
+        log.warning("%s: %d question(s) asked for, %d available", data, n, len(records))
+    return records
+
+
+def _answer(model: ModelAdapter, prompts: dict[str, list[str]], jobs: list[tuple[str, str]], base: DecodingOptions,
+            journal: Journal | None, *, max_new_tokens: int, batch_size: int, lens: Lens,
+            progress: bool) -> dict[str, list[dict[str, Any]]]:
+    """Every ``(decoding, setting)`` job's answers, batch by batch, as ``{"decoding|setting|offset":
+    [{"text", "layers"}, ...]}``; batches in the journal are reused, new ones journalled."""
+    done: dict[str, list[dict[str, Any]]] = {} if journal is None else journal.done()
+    total = sum(len(prompts[s]) for _, s in jobs)
+    bar = tqdm(total=total, unit="answer", desc="qa", disable=not progress)
     try:
         for method, setting in jobs:
             opts = DecodingOptions(**{**asdict(base), "decoding": method})
-            for start in range(0, len(records), batch_size):
-                tag = f"{method}|{setting}|{start}"
+            for first in range(0, len(prompts[setting]), batch_size):
+                tag = f"{method}|{setting}|{first}"
                 if tag not in done:
-                    gens = generate(model, prompts[setting][start:start + batch_size], opts,
+                    gens = generate(model, prompts[setting][first:first + batch_size], opts,
                                     max_new_tokens=max_new_tokens, batch_size=batch_size, stop_at_newline=True,
                                     lens=lens, progress=False)
                     done[tag] = [{"text": g.text, "layers": [s.layer for s in g.steps]} for g in gens]
-                    _append_progress(progress_file, key, tag, done[tag])
+                    if journal is not None:
+                        journal.append(tag, done[tag])
                 bar.update(len(done[tag]))
     finally:
         bar.close()
-    scores, examples = _score(records, methods, wanted, done, batch_size)
-    return QAResult(model.name, data, len(records), loaded.skipped, noise_docs, methods, scores, examples,
-                    {"chat": chat_on, "max_new_tokens": max_new_tokens, "seed": seed, "start": start, "settings": wanted,
-                     "alpha": base.alpha, "beta": base.beta, "candidates": base.candidates, "fusion": base.fusion,
-                     "dola_layers": base.dola_layers})
+    return done
 
 
 def _prompts(model: ModelAdapter, records: list[QARecord], setting: str, noise_docs: int, seed: int, chat: bool,
@@ -249,37 +262,8 @@ def _score(records: list[QARecord], methods: list[str], settings: list[str], don
     return scores, examples
 
 
-# ------------------------------------------------------------------ progress
-def _run_key(*parts: Any) -> str:
-    text = json.dumps([p if isinstance(p, (str, int, float, list, bool)) else repr(p) for p in parts], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _load_progress(path: str | Path | None, key: str) -> dict[str, list[dict[str, Any]]]:
-    """Finished batches of an earlier run with the same settings (others are ignored)."""
-    done: dict[str, list[dict[str, Any]]] = {}
-    if path is None or not Path(path).is_file():
-        return done
-    for line in Path(path).read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by an interruption
-        if item.get("key") == key:
-            done[item["tag"]] = item["outputs"]
-    return done
-
-
-def _append_progress(path: str | Path | None, key: str, tag: str, outputs: list[dict[str, Any]]) -> None:
-    if path is None:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"key": key, "tag": tag, "outputs": outputs}) + "\n")
-        f.flush()
-
-
 def write_result(result: QAResult, out: str | Path, progress_file: str | Path | None) -> None:
-    """Write the result atomically, then drop the progress file this run wrote."""
+    """Write the result atomically, then drop the run's resume journal."""
     write_json_atomic(Path(out), result.to_json())
     if progress_file is not None and Path(progress_file).is_file():
         Path(progress_file).unlink()

@@ -20,12 +20,10 @@ layer decoder.
 from __future__ import annotations
 
 import html
-import json
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -38,96 +36,13 @@ from tqdm.auto import tqdm
 from interlayer.store.collect import collect
 from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
-from interlayer.errors import InterlayerError, choices
+from interlayer.errors import InterlayerError
+from interlayer.io.journal import Journal
 from interlayer.intervals import PROBABILITY, bootstrap_interval, proportion_interval
 from interlayer.layers import hidden_index, hidden_index_layers
 from interlayer.results import Result, decode_array, encode_array, require
 
-DATASETS: tuple[str, ...] = ("coinflip", "prontoqa", "proofwriter", "boolq")
-LABELS: dict[str, tuple[str, ...]] = {"coinflip": ("yes", "no"), "boolq": ("yes", "no"),
-                                      "prontoqa": ("True", "False"), "proofwriter": ("True", "False")}
-TRIGGER = "So the answer is"
-
-# Few-shot chain-of-thought demonstrations, written for interlayer.
-_COINFLIP_SHOTS = [
-    ('A coin is heads up. Maria flips the coin. Tom does not flip the coin. Is the coin still heads up? '
-     'Note that "flip" here means "reverse".',
-     "The coin starts heads up. Maria flips it, so it is tails up. Tom does not flip it, so it stays tails up.", "no"),
-    ('A coin is heads up. Ken does not flip the coin. Lea flips the coin. Omar flips the coin. Is the coin still '
-     'heads up? Note that "flip" here means "reverse".',
-     "The coin starts heads up. Ken does not flip it, so it stays heads up. Lea flips it, so it is tails up. "
-     "Omar flips it, so it is heads up again.", "yes"),
-    ('A coin is heads up. Ivy does not flip the coin. Sam does not flip the coin. Is the coin still heads up? '
-     'Note that "flip" here means "reverse".',
-     "The coin starts heads up. Nobody flips it, so it stays heads up.", "yes"),
-]
-_BOOLQ_SHOTS = [
-    ("The Nile is a major north-flowing river in northeastern Africa. It flows into the Mediterranean Sea.",
-     "does the nile flow into the mediterranean sea",
-     "The passage says the Nile flows into the Mediterranean Sea.", "yes"),
-    ("Penguins are a group of aquatic flightless birds. They live almost exclusively in the Southern Hemisphere.",
-     "can penguins fly",
-     "The passage says penguins are flightless birds, so they cannot fly.", "no"),
-    ("A leap year has 366 days instead of 365, with February 29 added as the extra day.",
-     "does a leap year have 365 days",
-     "The passage says a leap year has 366 days, not 365.", "no"),
-]
-
-
-@dataclass
-class Example:
-    """One question: the few-shot prompt (ending with ``A:``) and its gold label."""
-
-    prompt: str
-    answer: str
-
-
-def _read_jsonl(name: str) -> list[dict[str, Any]]:
-    path = resources.files("interlayer.probes").joinpath(f"data/reasoning/{name}.jsonl")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def load_examples(dataset: str, n: int | None = None) -> list[Example]:
-    """The first ``n`` questions of a packaged dataset, as few-shot CoT prompts."""
-    if dataset not in DATASETS:
-        raise InterlayerError(f"unknown dataset {dataset!r}; valid datasets: {choices(DATASETS)}")
-    if n is not None and (not isinstance(n, int) or n < 2):
-        raise InterlayerError(f"n must be an integer of at least 2 (questions), got {n!r}")
-    rows = _read_jsonl(dataset)[:n]
-    out = []
-    for row in rows:
-        if row.get("answer") in (None, ""):
-            raise InterlayerError(f"{dataset} has an example without a label: {str(row)[:80]}")
-        if dataset == "coinflip":
-            shots = "".join(f"Q: {q}\nA: {r} {TRIGGER} {a}.\n\n" for q, r, a in _COINFLIP_SHOTS)
-            prompt = f"{shots}Q: {row['question']}\nA:"
-        elif dataset == "boolq":
-            shots = "".join(f"Passage: {p}\nQ: {q}?\nA: {r} {TRIGGER} {a}.\n\n" for p, q, r, a in _BOOLQ_SHOTS)
-            prompt = f"{shots}Passage: {row['passage']}\nQ: {row['question']}?\nA:"
-        else:
-            shots = "".join(f"Q: {e['question']} {e['query']}\nA: {' '.join(e['chain_of_thought'])} {TRIGGER} "
-                            f"{e['answer']}.\n\n" for e in row["examples"])
-            prompt = f"{shots}Q: {row['context']} {row['question']}\nA:"
-        out.append(Example(prompt, str(row["answer"])))
-    if len(out) < 2:
-        raise InterlayerError(f"{dataset}: need at least 2 examples, got {len(out)}")
-    return out
-
-
-def reasoning_up_to_answer(generated: str, trigger: str = TRIGGER) -> str:
-    """The reasoning of a sampled path, cut where the answer would start, ending in ``trigger``.
-
-    Paths that never say the trigger are cut at the end of their answer (a blank line
-    or a new ``Q:``) and the trigger is appended.
-    """
-    at = generated.find(trigger)
-    if at >= 0:
-        return generated[: at + len(trigger)]
-    for stop in ("\n\n", "\nQ:", "\nPassage:"):
-        if stop in generated:
-            generated = generated[: generated.index(stop)]
-    return generated.rstrip() + " " + trigger
-
+from .reasoning import DATASETS, LABELS, TRIGGER, Example, load_examples, reasoning_up_to_answer
 
 def calibrate_label_scores(probs: torch.Tensor) -> torch.Tensor:
     """``[n, layers, K]`` label probabilities -> calibrated scores ``s_{l,k}``:
@@ -311,46 +226,16 @@ def _generate(model: ModelAdapter, prompt: str, paths: int, max_new_tokens: int,
     return decode(greedy[0]), [decode(s) for s in sampled]
 
 
-def _read_journal(journal: str | None, settings: dict[str, Any]) -> dict[str, list[str]]:
-    """Sampled paths already in the journal for these settings (other settings are ignored)."""
-    from pathlib import Path
-
-    if journal is None or not Path(journal).is_file():
-        return {}
-    done = {}
-    for line in Path(journal).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interruption
-            continue
-        if record.get("settings") == settings:
-            done[record["key"]] = record["paths"]
-    return done
-
-
-def _append_journal(journal: str | None, settings: dict[str, Any], key: str, paths: list[str]) -> None:
-    import os
-
-    if journal is None:
-        return
-    from pathlib import Path
-
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)  # an --out in a new folder, as the result's writer
-    with open(journal, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"settings": settings, "key": key, "paths": paths}, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def internal_consistency(model: ModelAdapter, examples: Sequence[Example], labels: Sequence[str], *, paths: int = 5,
                          dataset: str = "custom", max_new_tokens: int = 96, temperature: float = 0.7,
                          top_p: float = 0.95, seed: int = 0, trigger: str = TRIGGER, lens: Lens = LOGIT_LENS,
                          journal: str | None = None, progress: bool = True) -> ConsistencyResult:
     """Run the whole protocol of the module docstring on ``examples``.
 
-    With ``journal`` (a ``.jsonl`` path), each question's sampled paths are appended
-    there as soon as they exist, and a rerun with the same settings reuses them, so an
-    interrupted run loses at most the question in progress.
+    With ``journal`` (a ``.jsonl`` path: a resume journal, :class:`interlayer.io.journal.Journal`),
+    each question's sampled paths are journalled as soon as they exist, and a rerun with the
+    same settings reuses them, so an interrupted run loses at most the question in progress;
+    a journal of other settings is refused.
     """
     if paths < 1:
         raise InterlayerError(f"paths must be at least 1, got {paths}")
@@ -363,17 +248,9 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
     label_ids = label_token_ids(model, labels)
     settings = {"model": model.name, "paths": paths, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "seed": seed}
-    done = _read_journal(journal, settings)
-    texts, generated = [], []
-    for i, example in enumerate(tqdm(examples, desc="sampling", disable=not progress)):
-        key = f"{i}:{example.prompt}"
-        if key in done:
-            greedy, *sampled = done[key]
-        else:
-            greedy, sampled = _generate(model, example.prompt, paths, max_new_tokens, temperature, top_p, seed + i)
-            _append_journal(journal, settings, key, [greedy, *sampled])
-        generated.append([greedy, *sampled])
-        texts.extend(example.prompt + reasoning_up_to_answer(g, trigger) for g in [greedy, *sampled])
+    generated = _sample_paths(model, examples, settings, None if journal is None else Journal(journal, settings),
+                              progress)
+    texts = [e.prompt + reasoning_up_to_answer(g, trigger) for e, path in zip(examples, generated) for g in path]
     probs = label_probabilities(model, texts, label_ids, lens=lens)  # [n*(1+paths), L+1, K]
     scores = calibrate_label_scores(probs)
     y_hat, ic = consistency_scores(scores)
@@ -388,25 +265,62 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
                                   for q in range(n)])))
         weighted.append(float(np.mean([weighted_vote(sampled_answers[q, :k], sampled_ic[q, :k], len(labels)) == gold[q]
                                         for q in range(n)])))
-    from sklearn.metrics import roc_auc_score
+    auroc, auroc_ci = _auroc(sampled_correct.reshape(-1), sampled_ic.reshape(-1))
+    agree_correct, agree_wrong = _agreement(scores, y_hat, correct)
+    return ConsistencyResult(
+        model=model.name, dataset=dataset, labels=tuple(labels), n=n, paths=paths,
+        layers=hidden_index_layers(int(scores.shape[1])), greedy_accuracy=float(correct[:, 0].mean()), sc_accuracy=sc,
+        ic_accuracy=weighted, auroc=auroc, ic=sampled_ic, correct=sampled_correct, agreement_correct=agree_correct,
+        agreement_incorrect=agree_wrong, texts=generated, auroc_ci=auroc_ci,
+    )
 
-    flat_correct, flat_ic = sampled_correct.reshape(-1), sampled_ic.reshape(-1)
-    auroc = float(roc_auc_score(flat_correct, flat_ic)) if 0 < flat_correct.sum() < flat_correct.size else float("nan")
+
+def _sample_paths(model: ModelAdapter, examples: Sequence[Example], settings: dict[str, Any],
+                  journal: Journal | None, progress: bool) -> list[list[str]]:
+    """Each question's greedy path then its sampled paths; those in ``journal`` are reused,
+    new ones journalled (keyed by the question's index and prompt)."""
+    done = {} if journal is None else journal.done()
+    generated = []
+    for i, example in enumerate(tqdm(examples, desc="sampling", disable=not progress)):
+        key = f"{i}:{example.prompt}"
+        if key in done:
+            greedy, *sampled = done[key]
+        else:
+            greedy, sampled = _generate(model, example.prompt, settings["paths"], settings["max_new_tokens"],
+                                        settings["temperature"], settings["top_p"], settings["seed"] + i)
+            if journal is not None:
+                journal.append(key, [greedy, *sampled])
+        generated.append([greedy, *sampled])
+    return generated
+
+
+def _auroc(correct: np.ndarray, ic: np.ndarray) -> tuple[float, tuple[float, float] | None]:
+    """AUROC of IC for telling correct paths from incorrect ones, with its 95% bootstrap
+    interval over paths (NaN and ``None`` when one class is empty)."""
+    from sklearn.metrics import roc_auc_score
 
     def paired_auroc(y: np.ndarray, s: np.ndarray) -> float:
         return float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else float("nan")
 
-    auroc_ci = None if math.isnan(auroc) else bootstrap_interval(paired_auroc, (flat_correct, flat_ic),
-                                                                 bounds=PROBABILITY, n_resamples=1000)
-    per_layer = scores.gather(2, y_hat.view(-1)[:, None, None].expand(-1, scores.shape[1], 1))[..., 0]  # [n*per, L+1]
+    auroc = paired_auroc(correct, ic)
+    if math.isnan(auroc):
+        return auroc, None
+    return auroc, bootstrap_interval(paired_auroc, (correct, ic), bounds=PROBABILITY, n_resamples=1000)
+
+
+def _agreement(scores: torch.Tensor, y_hat: torch.Tensor, correct: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per hidden state, the mean calibrated score of each sampled path's answer, over the
+    correct and over the incorrect paths (the greedy path of each question left out)."""
+    n, per = y_hat.shape
+    per_layer = scores.gather(2, y_hat.reshape(-1)[:, None, None].expand(-1, scores.shape[1], 1))[..., 0]  # [n*per, L+1]
     sampled_rows = torch.ones(n, per, dtype=torch.bool)
     sampled_rows[:, 0] = False
     mask_correct = torch.from_numpy(correct.reshape(-1)) & sampled_rows.view(-1)
     mask_wrong = ~torch.from_numpy(correct.reshape(-1)) & sampled_rows.view(-1)
     agree = lambda m: per_layer[m].mean(0).tolist() if m.any() else []  # noqa: E731
-    return ConsistencyResult(
-        model=model.name, dataset=dataset, labels=tuple(labels), n=n, paths=paths, layers=hidden_index_layers(int(scores.shape[1])),
-        greedy_accuracy=float(correct[:, 0].mean()), sc_accuracy=sc, ic_accuracy=weighted, auroc=auroc,
-        ic=sampled_ic, correct=sampled_correct, agreement_correct=agree(mask_correct),
-        agreement_incorrect=agree(mask_wrong), texts=generated, auroc_ci=auroc_ci,
-    )
+    return agree(mask_correct), agree(mask_wrong)
+
+
+__all__ = ["DATASETS", "LABELS", "TRIGGER", "ConsistencyResult", "Example", "calibrate", "calibrate_label_scores",
+           "consistency_scores", "internal_consistency", "label_probabilities", "label_token_ids", "load_examples",
+           "reasoning_up_to_answer", "weighted_vote"]

@@ -1,9 +1,12 @@
 """Reading record files (a JSON list, or JSON lines): every item with the place it came
-from, and errors that name the file and line. Used by every dataset loader."""
+from, and errors that name the file and line. Every JSON-lines reader goes through
+:func:`json_lines`: the dataset loaders, the store's ``.jsonl`` inputs, the packaged data
+and the resume journals (:mod:`interlayer.io.journal`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import InterlayerError
@@ -17,20 +20,25 @@ def decode_utf8(raw: bytes, where: str) -> str:
         raise InterlayerError(f"{where} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at {err.start})") from err
 
 
+def json_lines(lines: Iterable[str], where: str, *, hint: str = "") -> Iterator[tuple[str, Any]]:
+    """``(f"{where}:{line}", item)`` for every non-blank line of JSON lines, read lazily (a
+    file handle streams). A malformed line is an error naming ``{where}:{line}`` and the
+    column, followed by ``hint`` (what each line should hold)."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{where}:{number}", json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InterlayerError(f"{where}:{number} is not valid JSON ({err.msg} at column {err.colno}){hint}") from err
+
+
 def parse_records(text: str, where: str, *, lines: bool, expect: str) -> list[tuple[str, Any]]:
     """``(location, item)`` for every item of a JSON list (``lines=False``) or of JSON lines
     (blank lines skipped). A malformed line is named ``{where}:{line}``; a JSON file that is
     not a list says it ``must hold a JSON list of {expect}``."""
     if lines:
-        out = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{where}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise InterlayerError(f"{where}:{number} is not valid JSON ({err.msg})") from err
-        return out
+        return list(json_lines(text.splitlines(), where))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
