@@ -3,14 +3,16 @@
 On a text sample, for every layer: the fraction of tokens whose lens top-1 already
 equals the final layer's top-1, and the fraction whose lens top-1 is the true next
 token. Each token's *exit layer* is the first layer from which its top-1 stays equal
-to the final one through the last layer. (One seed paper reports that 54.4% of
+to the final one through the last layer. Optionally the same pass also gives each
+layer's entropy and KL(final || layer) per token, the logit-lens curves of a text sample.
+(One seed paper reports that 54.4% of
 tokens are already predicted correctly at the first layer of a 16-layer code model.)
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -41,6 +43,10 @@ class SaturationResult(Result):
     """``[tokens]`` the true next token (-1 where the context ends)."""
     exit_layer: torch.Tensor
     """``[tokens]`` first layer from which top-1 stays equal to the final top-1."""
+    entropy: torch.Tensor | None = field(default=None)
+    """``[layers, tokens]`` entropy of each layer's distribution in nats (``None`` unless asked for)."""
+    kl_to_final: torch.Tensor | None = field(default=None)
+    """``[layers, tokens]`` KL(final || layer) in nats (``None`` unless asked for)."""
 
     @property
     def n_tokens(self) -> int:
@@ -69,10 +75,15 @@ class SaturationResult(Result):
         return frame
 
     def to_json(self) -> dict[str, Any]:
-        """The per-layer table (``by_layer``) and the per-token tensors it comes from."""
-        return {"model": self.model, "lens": self.lens, "layers": self.layers, "n_tokens": self.n_tokens,
-                "by_layer": self.to_frame().to_dict(orient="list"), "top1": encode_array(self.top1),
-                "next_token": encode_array(self.next_token), "exit_layer": encode_array(self.exit_layer)}
+        """The per-layer table (``by_layer``) and the per-token tensors it comes from
+        (``entropy`` and ``kl_to_final`` only when they were decoded)."""
+        payload = {"model": self.model, "lens": self.lens, "layers": self.layers, "n_tokens": self.n_tokens,
+                   "by_layer": self.to_frame().to_dict(orient="list"), "top1": encode_array(self.top1),
+                   "next_token": encode_array(self.next_token), "exit_layer": encode_array(self.exit_layer)}
+        for name in ("entropy", "kl_to_final"):
+            if getattr(self, name) is not None:
+                payload[name] = encode_array(getattr(self, name))
+        return payload
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "SaturationResult":
@@ -80,7 +91,8 @@ class SaturationResult(Result):
         require(payload, "model", "lens", "layers", "top1", "next_token", "exit_layer", what="SaturationResult")
         return cls(model=payload["model"], lens=payload["lens"], layers=[int(x) for x in payload["layers"]],
                    top1=decode_array(payload["top1"], "torch"), next_token=decode_array(payload["next_token"], "torch"),
-                   exit_layer=decode_array(payload["exit_layer"], "torch"))
+                   exit_layer=decode_array(payload["exit_layer"], "torch"),
+                   **{name: decode_array(payload[name], "torch") for name in ("entropy", "kl_to_final") if name in payload})
 
     def headline(self) -> dict[str, Any]:
         """Tokens, and the agreement at the first layer and halfway."""
@@ -120,8 +132,12 @@ def exit_layers(top1: torch.Tensor) -> torch.Tensor:
 
 
 def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_length: int = 128, lens: Lens = LOGIT_LENS,
-               batch_size: int = 8, text_field: str = "text", progress: bool = True) -> SaturationResult:
-    """Measure saturation on ``tokens`` tokens of ``data`` (any store input)."""
+               batch_size: int = 8, text_field: str = "text", entropy_and_kl: bool = False,
+               progress: bool = True) -> SaturationResult:
+    """Measure saturation on ``tokens`` tokens of ``data`` (any store input): one store pass
+    (``resid_post`` of every layer, packed contexts of ``context_length``), decoded once.
+    With ``entropy_and_kl`` the same decoding also fills :attr:`SaturationResult.entropy`
+    and :attr:`SaturationResult.kl_to_final` (what the report's logit-lens curves show)."""
     if tokens < 1:
         raise InterlayerError(f"tokens must be at least 1, got {tokens}")
     contexts = -(-tokens // (context_length - 1))
@@ -131,7 +147,10 @@ def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_le
     hidden = stacked_resid(acts, model.n_layers)
     targets, has_next = acts.next_tokens()
     layers = list(range(model.n_layers))
-    decoded = LayerDecoder(model, lens=lens).decode(hidden, top_k=1, layers=layers, progress=progress)
+    decoded = LayerDecoder(model, lens=lens).decode(hidden, top_k=1, layers=layers, progress=progress,
+                                                    entropy=entropy_and_kl,
+                                                    reference=hidden[-1] if entropy_and_kl else None)
     top1 = decoded.top_ids[..., 0]
     return SaturationResult(model.name, lens.name, layers, top1,
-                            torch.where(has_next, targets, torch.full_like(targets, -1)), exit_layers(top1))
+                            torch.where(has_next, targets, torch.full_like(targets, -1)), exit_layers(top1),
+                            decoded.entropy, decoded.kl_to_final)

@@ -4,18 +4,16 @@ the packaged sample text, decoded once."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import torch
-
-from interlayer.store.collect import collect
-from interlayer.decoding import LayerDecoder
 
 from .base import ReportContext, SectionResult, settings_of
+
+if TYPE_CHECKING:
+    from interlayer.lens.saturation import SaturationResult
 
 EXAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
     ("The Eiffel Tower is in the city of", " Paris"),
@@ -47,24 +45,17 @@ def model_card(ctx: ReportContext) -> SectionResult:
 
 
 # ------------------------------------------------------------------ sample pass
-def sample_decoding(ctx: ReportContext) -> dict[str, Any]:
-    """One store pass over the packaged sample text (``resid_post`` of every layer,
-    packed contexts), decoded once: top-1, entropy and KL to the final layer per layer."""
+def sample_decoding(ctx: ReportContext) -> "SaturationResult":
+    """The saturation of the packaged sample text (:func:`interlayer.lens.saturation`
+    with entropy and KL to the final layer): one store pass, decoded once, shared by the
+    logit-lens curves and the saturation section."""
+    from interlayer.lens.saturation import saturation
     from interlayer.model.loading import SAMPLE_TEXT
 
     model = ctx.model
-    tokens = ctx.profile.sample_tokens
-    length = min(CONTEXT_LENGTH, model.max_positions)
-    acts = collect(model, str(SAMPLE_TEXT), "resid_post.*", context_length=length,
-                   limit=math.ceil(tokens / (length - 1)), progress=False)
-    acts = acts.rows(torch.arange(min(tokens, len(acts))))
-    layers = list(range(model.n_layers))
-    hidden = acts.stack([f"resid_post.{l}" for l in layers])
-    decoded = LayerDecoder(model, lens=ctx.lens).decode(hidden, top_k=1, entropy=True, reference=hidden[-1],
-                                                       layers=layers)
-    targets, has_next = acts.next_tokens()
-    return {"top1": decoded.top_ids[..., 0], "entropy": decoded.entropy, "kl": decoded.kl_to_final,
-            "next": torch.where(has_next, targets, torch.full_like(targets, -1)), "layers": layers}
+    return saturation(model, str(SAMPLE_TEXT), tokens=ctx.profile.sample_tokens,
+                      context_length=min(CONTEXT_LENGTH, model.max_positions), lens=ctx.lens, entropy_and_kl=True,
+                      progress=False)
 
 
 def _first(values: Any, test: Any) -> int | None:
@@ -82,8 +73,8 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
     probs = {pairs[i][1]: res.target_probs[:, r, i].tolist() for i, r in enumerate(last)}
     ranks = {pairs[i][1]: res.target_ranks[:, r, i].tolist() for i, r in enumerate(last)}
     sample = ctx.shared("sample", lambda: sample_decoding(ctx))
-    entropy = sample["entropy"].mean(1).tolist()
-    kl = sample["kl"].mean(1).tolist()
+    entropy = sample.entropy.mean(1).tolist()
+    kl = sample.kl_to_final.mean(1).tolist()
     first_top = {t: _first(r, lambda v: v == 0) for t, r in ranks.items()}
     fig = go.Figure([go.Scatter(x=res.layers, y=p, name=f"P({t!r}) after {pairs[i][0]!r}", mode="lines+markers")
                      for i, (t, p) in enumerate(probs.items())])
@@ -91,7 +82,7 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
                       xaxis_title="layer", yaxis={"title": "probability", "range": [0, 1]})
     curves = go.Figure([go.Scatter(x=res.layers, y=kl, name="KL(final ‖ layer), nats"),
                         go.Scatter(x=res.layers, y=entropy, name="entropy, nats", yaxis="y2")])
-    curves.update_layout(title=f"Logit lens over {sample['top1'].shape[1]} tokens of sample text",
+    curves.update_layout(title=f"Logit lens over {sample.n_tokens} tokens of sample text",
                          xaxis_title="layer", yaxis_title="KL to the final layer (nats)",
                          yaxis2={"title": "entropy (nats)", "overlaying": "y", "side": "right"})
     prose = []
@@ -103,7 +94,7 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
     prose.append(f"On sample text the mean KL to the final layer falls from {kl[0]:.2f} nats at layer 0 to "
                  + (f"below 1 nat at layer {below}." if below is not None else f"{kl[-2]:.2f} at the last-but-one layer."))
     numbers = {"prompts": [p for p, _ in pairs], "targets": [t for _, t in pairs], "target_probability": probs,
-               "target_rank": ranks, "first_layer_top1": first_top, "sample_tokens": int(sample["top1"].shape[1]),
+               "target_rank": ranks, "first_layer_top1": first_top, "sample_tokens": sample.n_tokens,
                "sample_entropy": entropy, "sample_kl_to_final": kl}
     depth = [ctx.depth(l) for l in res.layers]
     kl_max = max(max(kl), 1e-9)
@@ -113,11 +104,7 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
 
 
 def saturation_section(ctx: ReportContext) -> SectionResult:
-    from interlayer.lens.saturation import SaturationResult, exit_layers
-
-    sample = ctx.shared("sample", lambda: sample_decoding(ctx))
-    res = SaturationResult(ctx.model.name, ctx.lens.name, sample["layers"], sample["top1"], sample["next"],
-                           exit_layers(sample["top1"]))
+    res = ctx.shared("sample", lambda: sample_decoding(ctx))
     frame = res.to_frame()
     half = _first(frame.match_final, lambda v: v >= 0.5)
     best = int(frame.match_next.idxmax())

@@ -180,6 +180,27 @@ def test_saturation_matches_direct_top1(model, tmp_path):
     assert result.exit_histogram().tokens.sum() == 100 and len(result.plot().data) == 3
 
 
+def test_saturation_with_entropy_and_kl_decodes_them_in_the_same_pass(model, tmp_path):
+    from interlayer import collect
+    from interlayer.lens.saturation import SaturationResult
+
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join(" ".join(f"w{4 + (i * j) % 60}" for i in range(20)) for j in range(30)))
+    plain = saturation(model, str(path), tokens=100, context_length=16, progress=False)
+    assert plain.entropy is None and plain.kl_to_final is None and "entropy" not in plain.to_json()
+    full = saturation(model, str(path), tokens=100, context_length=16, entropy_and_kl=True, progress=False)
+    assert torch.equal(full.top1, plain.top1) and torch.equal(full.exit_layer, plain.exit_layer)
+    assert full.to_frame().equals(plain.to_frame())
+    acts = collect(model, str(path), "resid_post.*", context_length=16, limit=7, progress=False)
+    final = torch.log_softmax(model.unembed_resid(acts[f"resid_post.{model.n_layers - 1}"][:100]).float(), -1)
+    for layer in range(model.n_layers):
+        logp = torch.log_softmax(model.unembed_resid(acts[f"resid_post.{layer}"][:100]).float(), -1)
+        torch.testing.assert_close(full.entropy[layer], -(logp.exp() * logp).sum(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(full.kl_to_final[layer], (final.exp() * (final - logp)).sum(-1), atol=1e-5, rtol=0)
+    loaded = SaturationResult.from_json(full.to_json())
+    assert torch.equal(loaded.entropy, full.entropy) and torch.equal(loaded.kl_to_final, full.kl_to_final)
+
+
 def test_latent_cli_writes_the_schema(tmp_path, capsys, monkeypatch):
     from interlayer.cli import dispatch as cli
     import interlayer.lens.latent as latent
