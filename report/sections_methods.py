@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from interlayer.errors import InterlayerError
 
@@ -104,7 +103,7 @@ def sae_section(ctx: ReportContext) -> SectionResult:
     res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
                        context_length=min(128, ctx.model.max_positions), progress=False)
     m = {**res.metrics, **res.spliced}
-    contexts = top_contexts(ctx, sae, site)
+    contexts = _sample_contexts(ctx, sae, site)
     prose = [f"The SAE at {site} ({sae.cfg.arch}, {sae.d_sae} latents) keeps {m.get('l0', float('nan')):.1f} latents "
              f"per token and explains {m.get('explained_variance', float('nan')):.1%} of the variance "
              f"(NMSE {m.get('nmse', float('nan')):.3f}) on {int(m.get('tokens', 0))} tokens of sample text.",
@@ -117,28 +116,21 @@ def sae_section(ctx: ReportContext) -> SectionResult:
 
 def top_contexts(ctx: ReportContext, sae: Any, site: str, latents: int = 3, per_latent: int = 5,
                  window: int = 8) -> pd.DataFrame:
-    """The strongest activations of the ``latents`` most active latents on sample text,
-    each with the tokens around it (the activating token in [brackets])."""
-    from interlayer.store.collect import collect
-    from interlayer.model.loading import SAMPLE_TEXT
+    """Deprecated: :func:`interlayer.saes.top_contexts` on the sample text (one release)."""
+    import warnings
 
-    length = min(128, ctx.model.max_positions)
-    acts = collect(ctx.model, str(SAMPLE_TEXT), site, context_length=length,
-                   limit=max(1, ctx.profile.sae_tokens // (length - 1)), progress=False)
-    with torch.no_grad():
-        codes = sae.encode(acts[site].to(ctx.model.device)).float().cpu()
-    order = torch.argsort(codes.max(0).values, descending=True)[:latents]
-    meta = acts.meta
-    rows = []
-    for latent in order.tolist():
-        values, index = torch.topk(codes[:, latent], min(per_latent, codes.shape[0]))
-        for value, row in zip(values.tolist(), index.tolist()):
-            same = (meta["sequence"] == meta["sequence"][row]).nonzero()[:, 0]
-            lo, hi = max(int(same.min()), row - window), min(int(same.max()), row + window)
-            pieces = ctx.model.token_strings(meta["token_id"][lo:hi + 1].tolist())
-            pieces[row - lo] = f"[{pieces[row - lo]}]"
-            rows.append({"latent": latent, "activation": value, "context": "".join(pieces)})
-    return pd.DataFrame(rows)
+    warnings.warn("interlayer.report.sections_methods.top_contexts is deprecated; use interlayer.saes.top_contexts",
+                  DeprecationWarning, stacklevel=2)
+    return _sample_contexts(ctx, sae, site, latents=latents, per_latent=per_latent, window=window)
+
+
+def _sample_contexts(ctx: ReportContext, sae: Any, site: str, **options: int) -> pd.DataFrame:
+    """The SAE's top-activating contexts on the packaged sample text (:func:`interlayer.saes.top_contexts`)."""
+    from interlayer.model.loading import SAMPLE_TEXT
+    from interlayer.saes import top_contexts as saes_top_contexts
+
+    return saes_top_contexts(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
+                             context_length=min(128, ctx.model.max_positions), **options)
 
 
 __all__ = ["check_sae_dir", "iks_section", "sae_section", "steering_section", "top_contexts"]

@@ -6,7 +6,8 @@ SAEs on one pass with :func:`train_saes`), evaluation (:func:`evaluate_sae`,
 on-disk format (:func:`to_saelens`, :func:`from_saelens`)."""
 
 from . import topafa
-from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES
+from .archs import AFA_FORMS, SAE_ARCHITECTURES
+from .contexts import top_contexts
 from .evaluation import SAEEvaluation, evaluate_activations, evaluate_sae, evaluate_saes
 from .sae import SAE, SAEConfig, SAEOutput
 from .saelens import from_saelens, to_saelens
@@ -18,4 +19,4 @@ from .training import (CheckpointMismatchError, NonFiniteError, TrainMember, Tra
 __all__ = ["SAE_ARCHITECTURES", "AFA_FORMS", "SAE", "SAEConfig", "SAEOutput", "SAEEvaluation", "evaluate_activations",
            "evaluate_sae", "evaluate_saes", "from_saelens", "to_saelens", "CachedSource", "StreamedSource",
            "TensorSource", "CheckpointMismatchError", "NonFiniteError", "TrainMember", "TrainOptions", "TrainResult",
-           "train_sae", "train_saes", "topafa", "SAESweepResult", "run_sweep"]
+           "train_sae", "train_saes", "topafa", "SAESweepResult", "run_sweep", "top_contexts"]

@@ -129,6 +129,11 @@ def test_report_sae_panel_equals_evaluate_sae(model, tmp_path):
     assert panel.numbers["metrics"]["ce_loss_recovered"] == pytest.approx(direct.spliced["ce_loss_recovered"], rel=1e-5)
     contexts = panel.tables["sae_top_contexts"]
     assert len(contexts) > 0 and contexts.context.str.contains(r"\[").all()
+    from interlayer.saes import top_contexts
+
+    alone = top_contexts(SAE.load(tmp_path / "sae"), model, str(SAMPLE_TEXT), tokens=TINY.sae_tokens, context_length=64)
+    assert contexts.context.tolist() == alone.context.tolist() and contexts.latent.tolist() == alone.latent.tolist()
+    assert contexts.activation.tolist() == pytest.approx(alone.activation.tolist())
     # an SAE for a site this model lacks is refused before any computation
     SAE(SAEConfig(d_in=model.d_model, d_sae=8, arch="relu", site="resid_post.7")).save(tmp_path / "sae7")
     with pytest.raises(InterlayerError, match="out of range"):
