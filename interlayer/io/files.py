@@ -22,6 +22,11 @@ from ..errors import InterlayerError
 
 _CHUNK = 8 * 2**20
 
+MANIFEST = "manifest.json"
+"""The file name of every manifest the toolkit writes: an activation cache's
+(:mod:`interlayer.store.cache_files`) and a conversion-cache entry's
+(:mod:`interlayer.model.conversion_cache`)."""
+
 
 class WriteError(InterlayerError):
     """A file could not be written (no space, read-only filesystem, a directory in the way...)."""

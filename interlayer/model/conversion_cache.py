@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheCorruptError
-from ..io.files import sha256_file
+from ..io.files import MANIFEST, sha256_file, write_json_atomic
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "build_entry", "cache_root", "read_entry_manifest", "read_manifest", "verify_entry"]
 
 
 def cache_root() -> Path:
@@ -29,8 +29,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("INTERLAYER_CACHE") or Path.home() / ".cache" / "interlayer").expanduser()
 
 
-def read_manifest(entry: Path) -> dict[str, Any]:
-    """The manifest of a cache entry; :class:`CacheCorruptError` if missing or unreadable."""
+def read_entry_manifest(entry: Path) -> dict[str, Any]:
+    """The manifest of a conversion-cache entry; :class:`CacheCorruptError` if missing or
+    unreadable. (An activation cache's is :func:`interlayer.store.cache_files.read_cache_manifest`.)"""
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -40,13 +41,17 @@ def read_manifest(entry: Path) -> dict[str, Any]:
     return manifest
 
 
+read_manifest = read_entry_manifest
+"""The old name of :func:`read_entry_manifest` (one release)."""
+
+
 def verify_entry(entry: Path) -> dict[str, Any]:
     """Check every file of ``entry`` against its manifest checksum.
 
     Returns the manifest. Raises :class:`CacheCorruptError` naming the first file
     that is missing, of the wrong size, or has the wrong sha256.
     """
-    manifest = read_manifest(entry)
+    manifest = read_entry_manifest(entry)
     for name, record in manifest["files"].items():
         path = entry / name
         if not path.is_file():
@@ -75,9 +80,7 @@ def build_entry(entry: Path, write: Callable[[Path], None], meta: dict[str, Any]
             if path.is_file()
         }
         manifest = {**meta, "files": files}
-        manifest_tmp = tmp / (MANIFEST + ".part")
-        manifest_tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        os.replace(manifest_tmp, tmp / MANIFEST)
+        write_json_atomic(tmp / MANIFEST, manifest)
         if entry.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=entry.parent))
             os.replace(entry, trash / entry.name)

@@ -17,6 +17,7 @@ import torch
 from .adapter import ModelAdapter
 from .conversion_cache import build_entry, cache_root, verify_entry
 from ..io.dtypes import parse_dtype
+from ..io.files import MANIFEST
 from ..errors import CacheCorruptError, UnknownModelError, UnsupportedArchitectureError, choices
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def converted_dir(alias: str) -> Path:
 
 def is_cached(alias: str) -> bool:
     """Whether a converted checkpoint exists (not verified: see :func:`ensure_converted`)."""
-    return (converted_dir(alias) / "manifest.json").is_file()
+    return (converted_dir(alias) / MANIFEST).is_file()
 
 
 def _convert(embedded: EmbeddedModel, out: Path) -> None:

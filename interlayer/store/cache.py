@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +26,28 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .collect import check_inputs, check_sites, renamed_dtype, stream
-from ..model.adapter import ModelAdapter
-from .cache_files import IDENTITY_FIELDS, MANIFEST, STORE_FORMAT, read_manifest, remove_stale_shards, write_shard
-from .capture import row_bytes
-from ..distributed import current
-from ..io.dtypes import dtype_name, parse_dtype
+from ..distributed import World, current
 from ..errors import InterlayerError, UnknownSiteError, choices
+from ..io.dtypes import dtype_name, parse_dtype
 from ..io.files import check_writable, write_json_atomic
-from .inputs import data_fingerprint
-from ..options import check_options, option
 from ..io.seeding import epoch_permutation
-from .shards import read_shard
+from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
+from ..options import check_options, option
+from .cache_files import (IDENTITY_FIELDS, MANIFEST, cache_chunks, open_manifest, read_cache_manifest,
+                          remove_stale_shards, write_shard)
+from .cache_ranks import cache_on_ranks
+from .capture import row_bytes
+from .inputs import contexts_for_tokens, data_fingerprint
+from .options import KeywordOptions, check_inputs, check_sites
+from .shards import read_shard
 
 log = logging.getLogger(__name__)
 
 
 
 @dataclass
-class CacheOptions:
+class CacheOptions(KeywordOptions):
     """Options of :func:`cache` (the ``interlayer cache`` command adds the model, data, sites and output)."""
 
     tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
@@ -63,25 +64,10 @@ class CacheOptions:
         check_options(self)
         parse_dtype(self.storage_dtype, "storage dtype")
 
-    @property
-    def dtype(self) -> str:
-        """Deprecated name of :attr:`storage_dtype` (one release)."""
-        warnings.warn("CacheOptions.dtype is renamed storage_dtype", DeprecationWarning, stacklevel=2)
-        return self.storage_dtype
-
-    @classmethod
-    def from_kwargs(cls, options: Mapping[str, Any]) -> "CacheOptions":
-        """Options from keyword arguments; an unknown keyword names the valid ones.
-        ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
-        options = renamed_dtype(dict(options))
-        names = {f.name for f in fields(cls)}
-        unknown = set(options) - names
-        if unknown:
-            raise InterlayerError(f"unknown option(s) {choices(sorted(unknown))}; valid options: {choices(sorted(names))}")
-        return cls(**options)
-
     def shard_rows(self, model: ModelAdapter, n_sites: int) -> int:
-        """Rows per shard: the whole batches that fit in ``memory_mb``, at most what ``tokens`` needs."""
+        """Rows per shard: the whole batches that fit in ``memory_mb``, at most what ``tokens`` needs.
+        (Counted with ``context_length - 1`` rows per context whatever the model's BOS: this
+        value is part of a cache's identity, so it stays as caches already record it.)"""
         batch_rows = self.batch_size * (self.context_length - 1)
         one_row = row_bytes(model, n_sites, parse_dtype(self.storage_dtype), False)
         batches_per_shard = int(self.memory_mb * 2**20 // (one_row * batch_rows))
@@ -96,7 +82,7 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
           *, context_length: int = 128, batch_size: int = 8, storage_dtype: str = "float32", memory_mb: float = 256.0,
           disk_budget_mb: float | None = None, text_field: str = "text", seed: int = 0, progress: bool = True,
           options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
-          dtype: str | None = None) -> "ActivationStore":
+          dtype: str | None = None, world: World | None = None) -> ActivationStore | None:
     """Write the activations of ``tokens`` tokens at ``sites`` to shards in ``out``.
 
     Args:
@@ -116,54 +102,34 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
         options: all of the above as one :class:`CacheOptions` (then give none of them as keywords).
         on_shard: called with each shard's index once it is written.
         dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
+        world: the processes that write the cache together (default: the ambient one,
+            :func:`interlayer.distributed.current`; one process outside ``torchrun``).
 
     Documents are packed into contexts of ``context_length`` tokens (BOS, then text);
-    every token but the BOS is kept. In a process group (``torchrun``) the ranks split
-    the work and write one cache together (:mod:`interlayer.store.cache_ranks`); a rank
-    that does not see rank 0's directory (per-node disks) gets ``None``. The manifest is
-    rewritten atomically after every shard: a run that is interrupted resumes from
-    its last whole shard when called again with the same options, and ends with
-    exactly the shards an uninterrupted run writes.
+    every token but the BOS is kept. With several processes the ranks split the work and
+    write one cache together (:mod:`interlayer.store.cache_ranks`); a rank that does not
+    see rank 0's directory (per-node disks) gets ``None``. The manifest is rewritten
+    atomically after every shard: a run that is interrupted resumes from its last whole
+    shard when called again with the same options, and ends with exactly the shards an
+    uninterrupted run writes.
 
     A manifest written for other weights or other options is refused (unless it lists
     no shard yet); a shard whose checksum fails is named in the error; a non-empty
     directory that is not an activation cache is refused. Data and sites of the wrong
     type (``None``, a dict, ``sites=3``) raise a one-line error before any model pass.
     """
-    given = {"context_length": context_length, "batch_size": batch_size, "storage_dtype": storage_dtype,
-             "memory_mb": memory_mb, "disk_budget_mb": disk_budget_mb, "text_field": text_field, "seed": seed,
-             "progress": progress}
-    if options is None:
-        options = CacheOptions.from_kwargs({**given, "dtype": dtype, **({"tokens": tokens} if tokens is not None else {})})
-    else:
-        defaults = CacheOptions()
-        changed = [k for k, v in given.items() if v != getattr(defaults, k)]
-        changed += [k for k, v in (("tokens", tokens), ("dtype", dtype)) if v is not None]
-        if changed:
-            raise InterlayerError("give the cache options either as options=CacheOptions(...) or as keywords, not both "
-                                  f"(also given: {choices(changed)})")
-        if not isinstance(options, CacheOptions):
-            raise InterlayerError(f"options must be a CacheOptions, got {type(options).__name__}")
+    keywords = {k: v for k, v in locals().items() if not (k == "tokens" and v is None)}
+    options = CacheOptions.of_call(options, keywords)
     check_inputs(data)
     check_sites(sites)
     out = check_writable(out, flag="out", directory=True)
     site_list = model.expand_sites(sites)
-    shard_rows = options.shard_rows(model, len(site_list))
-    identity = {
-        "model": model.name, "weights_sha256": model.weights_sha256(), "sites": [s.name for s in site_list],
-        "select": "tokens", "dtype": dtype_name(parse_dtype(options.storage_dtype)), "context_length": options.context_length,
-        "batch_size": options.batch_size, "shard_rows": shard_rows, "tokens_target": int(options.tokens),
-        "data_sha256": data_fingerprint(data),
-        "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "text_field": options.text_field,
-        "d_model": model.d_model,
-    }
-    world = current()
+    identity = cache_identity(model, data, site_list, options)
+    world = current() if world is None else world
     if world.distributed:
-        from .cache_ranks import cache_on_ranks
-
         cache_on_ranks(model, data, site_list, out, identity, options, world, on_shard)
         if not (out / MANIFEST).is_file():  # a rank on another node: rank 0's directory is not here
-            return None  # type: ignore[return-value]
+            return None
         return ActivationStore(out)
     manifest = _open_manifest(out, identity)
     if not manifest.get("complete"):
@@ -171,20 +137,28 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
     return ActivationStore(out)
 
 
+def cache_identity(model: ModelAdapter, data: Any, sites: list[Site], options: CacheOptions) -> dict[str, Any]:
+    """What a cache's manifest records of the run that writes it (a resumed run must match)."""
+    return {
+        "model": model.name, "weights_sha256": model.weights_sha256(), "sites": [s.name for s in sites],
+        "select": "tokens", "dtype": dtype_name(parse_dtype(options.storage_dtype)), "context_length": options.context_length,
+        "batch_size": options.batch_size, "shard_rows": options.shard_rows(model, len(sites)),
+        "tokens_target": int(options.tokens), "data_sha256": data_fingerprint(data),
+        "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "text_field": options.text_field,
+        "d_model": model.d_model,
+    }
+
+
 def _write_shards(model: ModelAdapter, data: Any, sites: list[Site], out: Path, manifest: dict[str, Any],
                   options: CacheOptions, on_shard: Callable[[int], None] | None) -> None:
     done_rows = sum(s["rows"] for s in manifest["shards"])
     done_contexts = sum(s["contexts"] for s in manifest["shards"])
-    needed = math.ceil(options.tokens / (options.context_length - 1))  # contexts an uninterrupted run takes
+    needed = contexts_for_tokens(model, options.tokens, options.context_length)  # contexts an uninterrupted run takes
     bar = tqdm(total=options.tokens, initial=done_rows, unit="tok", unit_scale=True, disable=not options.progress,
                desc="cache")
     try:
         if done_rows < options.tokens and needed > done_contexts:
-            chunks = stream(model, data, sites, select="tokens", context_length=options.context_length,
-                            batch_size=options.batch_size, storage_dtype=options.storage_dtype, memory_mb=options.memory_mb,
-                            text_field=options.text_field, skip=done_contexts, limit=needed - done_contexts,
-                            progress=False)
-            for acts in chunks:
+            for acts in cache_chunks(model, data, sites, options, done_contexts, needed - done_contexts):
                 rows = write_shard(out, manifest, acts, options.tokens - done_rows, options.disk_budget_mb)
                 done_rows += rows
                 bar.update(rows)
@@ -204,39 +178,12 @@ def _write_shards(model: ModelAdapter, data: Any, sites: list[Site], out: Path, 
 
 
 def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """The manifest to continue: a new one, or a resumable one whose shards verify."""
-    path = out / MANIFEST
-    fresh = {"format": STORE_FORMAT, **identity, "shards": [], "n_rows": 0, "complete": False}
-    if not path.exists():
-        if out.exists():
-            foreign = sorted(p.name for p in out.iterdir())
-            if foreign:
-                raise InterlayerError(
-                    f"{out} is not empty and holds no activation cache ({len(foreign)} entries, e.g. "
-                    f"{choices(foreign[:3])}); give a new or empty directory")
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, fresh)
-        return fresh
-    manifest = read_manifest(out)
-    if manifest.get("ranks"):
-        raise InterlayerError(f"{path} belongs to a cache written by {manifest['ranks']} processes; run the same "
-                              f"command under `torchrun --nproc-per-node {manifest['ranks']}` to resume it (or read "
-                              "it with ActivationStore once complete), or use another --out directory")
-    if not manifest["shards"] and not manifest.get("complete"):
-        if any(manifest.get(k) != identity[k] for k in ("weights_sha256", *IDENTITY_FIELDS)):
-            log.info("replacing %s: it lists no shard yet", path)
-        remove_stale_shards(out, set())
-        write_json_atomic(path, fresh)
-        return fresh
-    if manifest.get("weights_sha256") != identity["weights_sha256"]:
-        raise InterlayerError(
-            f"{path} was written for model {manifest.get('model')!r} (weights sha256 "
-            f"{str(manifest.get('weights_sha256'))[:12]}...), not {identity['model']!r} "
-            f"({identity['weights_sha256'][:12]}...); use another --out directory")
-    differing = [k for k in IDENTITY_FIELDS if manifest.get(k) != identity[k]]
-    if differing:
-        detail = "; ".join(f"{k}: {manifest.get(k)!r} there, {identity[k]!r} now" for k in differing)
-        raise InterlayerError(f"{path} was written with other options ({detail}); use another --out directory")
+    """The manifest to continue (:func:`~interlayer.store.cache_files.open_manifest`): a new
+    one, or a resumable one whose shards verify (shard files it does not list are removed)."""
+    manifest, fresh = open_manifest(out, identity, IDENTITY_FIELDS, "use another --out directory",
+                                    replace_unstarted=True)
+    if fresh:
+        return manifest
     remove_stale_shards(out, {s["file"] for s in manifest["shards"]})
     for shard in manifest["shards"]:
         read_shard(out / shard["file"], shard["sha256"])
@@ -258,7 +205,7 @@ class ActivationStore:
         if not (self.path / MANIFEST).is_file():
             raise InterlayerError(f"{self.path} is not an activation cache (no {MANIFEST}); write one with "
                                   "`interlayer cache` or interlayer.cache()")
-        self.manifest = read_manifest(self.path)
+        self.manifest = read_cache_manifest(self.path)
         if not self.manifest.get("complete"):
             raise InterlayerError(f"{self.path} is an unfinished cache ({len(self.manifest['shards'])} shard(s)); "
                                   "run the same cache command again to resume it")

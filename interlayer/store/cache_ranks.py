@@ -35,10 +35,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import cache_files as store_files
-from .collect import stream
+from .inputs import contexts_for_tokens, text_per_context
 from ..model.adapter import ModelAdapter
 from ..distributed import World, barrier, broadcast_object, gather_objects, raise_together
-from ..errors import CacheCorruptError, InterlayerError, choices
+from ..errors import CacheCorruptError, InterlayerError
 from ..io.files import write_json_atomic
 from ..io.seeding import epoch_permutation
 from .shards import read_shard
@@ -106,24 +106,9 @@ def verify_on_every_rank(store: Any) -> None:
 def _open_manifest(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """Rank 0: a new manifest (the directory must be new or empty), or the one of the
     same run to resume; a cache with other options or another rank count is refused."""
-    path = out / store_files.MANIFEST
-    fresh = {"format": store_files.STORE_FORMAT, **identity, "shards": [], "n_rows": 0, "complete": False}
-    if not path.exists():
-        foreign = sorted(p.name for p in out.iterdir()) if out.exists() else []
-        if foreign:
-            raise InterlayerError(f"{out} is not empty and holds no activation cache ({len(foreign)} entries, e.g. "
-                                  f"{choices(foreign[:3])}); give a new or empty directory")
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, fresh)
-        return fresh
-    manifest = store_files.read_manifest(out)
-    keys = ("weights_sha256", *store_files.IDENTITY_FIELDS, "ranks", "split_seed")
-    differing = [k for k in keys if manifest.get(k) != identity[k]]
-    if differing:
-        detail = "; ".join(f"{k}: {manifest.get(k)!r} there, {identity[k]!r} now" for k in differing)
-        raise InterlayerError(f"{path} was written with other options ({detail}); resume it with the same command and "
-                              "rank count, or use another --out directory")
-    return manifest
+    keys = (*store_files.IDENTITY_FIELDS, "ranks", "split_seed")
+    return store_files.open_manifest(out, identity, keys, "resume it with the same command and rank count, or use "
+                                     "another --out directory")[0]
 
 
 def _open_part(out: Path, world: World) -> dict[str, Any]:
@@ -146,9 +131,9 @@ def _open_part(out: Path, world: World) -> dict[str, Any]:
 
 def _write_part(model: ModelAdapter, data: Any, sites: list[Site], out: Path, part: dict[str, Any], options: Any,
                 world: World, on_shard: Callable[[int], None] | None) -> None:
-    first = 1 if model.bos_token_id is not None else 0  # the BOS row is never cached
-    per_context = options.context_length - first
-    needed = math.ceil(options.tokens / per_context)
+    per_context = text_per_context(model, options.context_length)
+    first = options.context_length - per_context  # the BOS row is never cached
+    needed = contexts_for_tokens(model, options.tokens, options.context_length)
     n_batches = math.ceil(needed / options.batch_size)
     owners = shard_owners(n_batches, world.size, options.seed)
     budget = None if options.disk_budget_mb is None else options.disk_budget_mb / world.size
@@ -158,10 +143,8 @@ def _write_part(model: ModelAdapter, data: Any, sites: list[Site], out: Path, pa
     try:
         if not part["complete"] and part["next_batch"] < n_batches:
             skip = part["next_batch"] * options.batch_size
-            chunks = stream(model, data, sites, select="tokens", context_length=options.context_length,
-                            batch_size=options.batch_size, storage_dtype=options.storage_dtype, memory_mb=options.memory_mb,
-                            text_field=options.text_field, skip=skip, limit=needed - skip, progress=False,
-                            keep_batches=lambda j: j < n_batches and owners[j] == world.rank)
+            chunks = store_files.cache_chunks(model, data, sites, options, skip, needed - skip,
+                                              keep_batches=lambda j: j < n_batches and owners[j] == world.rank)
             for acts in chunks:
                 row = acts.meta["sequence"] * per_context + acts.meta["position"] - first
                 if int(row.max()) >= options.tokens:

@@ -16,13 +16,9 @@ preallocated on the model's device within ``memory_mb``. The on-disk cache is
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import os
-import reprlib
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +26,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..model.adapter import ModelAdapter
-from .capture import LOGITS, Capture, Edit, check_edits, row_bytes
-from ..io.dtypes import dtype_name, parse_dtype
 from ..errors import InterlayerError, UnknownSiteError, choices
-from .inputs import Sequence_, Tokenized, batches_by_length, make_batch
-from .selection import POOLED, Selector, check_selection
+from ..io.dtypes import dtype_name, parse_dtype
+from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
-
-OUTPUT_DEVICES = ("cpu", "model")
-"""Where :func:`stream` and :func:`collect` put the rows they return."""
+from .capture import LOGITS, Capture, Edit, check_edits, row_bytes
+from .inputs import Sequence_, Tokenized, batches_by_length, contexts_for_tokens, make_batch
+from .options import CollectOptions, check_inputs, check_sites
+from .selection import Selector
 
 __all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
 
@@ -116,179 +110,18 @@ class Activations:
         return targets, has_next
 
 
-# ----------------------------------------------------------------- options
-@dataclass
-class CollectOptions:
-    """Options of :func:`collect` and :func:`stream`."""
-
-    select: str = "tokens"
-    """Which rows to keep: tokens, last, positions, mean or weighted_mean."""
-    positions: Sequence[Sequence[int]] | None = None
-    """For select='positions': the positions to keep in each input sequence."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    context_length: int | None = None
-    """Pack documents into contexts of this many tokens (BOS first); None keeps each input as one sequence."""
-    padding_side: str = "right"
-    """Pad on the 'left' or the 'right'; results are the same either way."""
-    storage_dtype: str = "float32"
-    """dtype the rows are stored in: float32, bfloat16 or float16 (or bf16, fp16)."""
-    memory_mb: float = 256.0
-    """Budget for the preallocated device buffers, MiB."""
-    output_device: str = "cpu"
-    """Where the yielded rows live: 'cpu' (copied out of the device buffers, which are
-    reused) or 'model' (left on the model's device, uncopied: each chunk takes its
-    buffers over, so up to two chunks' buffers live there at once). On a GPU, 'model'
-    spares a copy to the host and back for consumers that work on the GPU."""
-    max_length: int | None = None
-    """Truncate longer sequences (default: the model's context), with a warning."""
-    text_field: str = "text"
-    """Column or JSON field holding the text."""
-    logits: bool = False
-    """Also keep the final logits of the selected rows (not for pooled selections)."""
-    edits: Mapping[str, Any] | None = None
-    """Writes during the passes: ``{site: fn}`` (``fn([batch, seq, d]) -> replacement``) or
-    ``{site: Edit(fn, rows="tokens")}``; reads at or after an edited site see its effect."""
-    progress: bool = True
-    """Show a progress bar."""
-    limit: int | None = None
-    """Use at most this many input sequences (or packed contexts)."""
-    skip: int = 0
-    """Packed contexts only: skip this many contexts without running the model (to resume)."""
-    keep_batches: Callable[[int], bool] | None = None
-    """Packed contexts only: run only the batches ``j`` (contexts ``j * batch_size`` to
-    ``(j + 1) * batch_size - 1`` of the stream, counted before ``skip``) where this is
-    true; the others are tokenized but never run (a rank's share of a distributed cache)."""
-
-    def __post_init__(self) -> None:
-        check_selection(self.select)
-        parse_dtype(self.storage_dtype, "storage dtype")
-        if self.logits and self.select in POOLED:
-            raise InterlayerError(f"logits=True needs a token selection, not {self.select!r}")
-        if not self.memory_mb > 0:
-            raise InterlayerError(f"memory_mb must be positive, got {self.memory_mb}")
-        for name, low in (("batch_size", 1), ("limit", 1), ("skip", 0), ("max_length", 1), ("context_length", 2)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise InterlayerError(f"{name} must be an integer of at least {low}, got {value!r}")
-        if self.output_device not in OUTPUT_DEVICES:
-            raise InterlayerError(f"output_device={self.output_device!r}; valid choices: {choices(OUTPUT_DEVICES)}")
-        if self.padding_side not in ("left", "right"):
-            raise InterlayerError(f"padding_side={self.padding_side!r}; valid choices: 'left', 'right'")
-        if self.keep_batches is not None and (self.context_length is None or self.skip % self.batch_size):
-            raise InterlayerError("keep_batches needs packed contexts (context_length) and a skip that is a whole "
-                                  "number of batches")
-        if self.skip and self.context_length is None:
-            raise InterlayerError("skip needs packed contexts (context_length); for unpacked inputs pass the remaining inputs")
-
-    @property
-    def dtype(self) -> str:
-        """Deprecated name of :attr:`storage_dtype` (one release)."""
-        warnings.warn("CollectOptions.dtype is renamed storage_dtype", DeprecationWarning, stacklevel=2)
-        return self.storage_dtype
-
-    @classmethod
-    def from_kwargs(cls, options: Mapping[str, Any]) -> "CollectOptions":
-        """Options from keyword arguments; an unknown keyword names the valid ones.
-        ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
-        options = renamed_dtype(dict(options))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(options) - names
-        if unknown:
-            raise InterlayerError(f"unknown option(s) {choices(sorted(unknown))}; valid options: {choices(sorted(names))}")
-        return cls(**options)
-
-
-def renamed_dtype(options: dict[str, Any], stacklevel: int = 4) -> dict[str, Any]:
-    """``options`` with a deprecated ``dtype`` moved to ``storage_dtype`` (a DeprecationWarning);
-    both at once is an error."""
-    if options.get("dtype") is None:
-        options.pop("dtype", None)
-        return options
-    if options.get("storage_dtype") not in (None, "float32"):
-        raise InterlayerError("give storage_dtype= only (dtype= is its deprecated name), not both")
-    warnings.warn("dtype= is renamed storage_dtype= (the dtype the activations are stored in); "
-                  "the old keyword goes in the next release", DeprecationWarning, stacklevel=stacklevel)
-    options["storage_dtype"] = options.pop("dtype")
-    return options
-
-
-def _options(given: Mapping[str, Any]) -> CollectOptions:
-    """The :class:`CollectOptions` of a call: ``options=`` as given, or built from the
-    call's keyword arguments (the locals of :func:`collect` and friends)."""
-    names = [f.name for f in dataclasses.fields(CollectOptions)]
-    options = given.get("options")
-    if options is not None:
-        if not isinstance(options, CollectOptions):
-            raise InterlayerError(f"options must be a CollectOptions, got {type(options).__name__}")
-        defaults = CollectOptions()
-        changed = [n for n in names if n in given and _differs(given[n], getattr(defaults, n))]
-        if changed or given.get("dtype") is not None:
-            raise InterlayerError(f"give the options either as options=CollectOptions(...) or as keywords, not both "
-                                  f"(also given: {choices(changed or ['dtype'])})")
-        return options
-    values = renamed_dtype({n: given[n] for n in names if n in given} | {"dtype": given.get("dtype")})
-    return CollectOptions(**values)
-
-
-def _differs(value: Any, default: Any) -> bool:
-    """Whether a keyword was given other than its default (the defaults are scalars or None,
-    so a list or tensor is never compared elementwise)."""
-    return value is not default and (type(value) is not type(default) or value != default)
-
-
-def check_inputs(inputs: Any) -> None:
-    """Refuse, before any model pass, inputs that are not one of the accepted forms
-    (a ``None``, a dict, a number, a list holding ``None`` or dicts): a one-line
-    :class:`~interlayer.errors.InterlayerError` naming the problem and the valid forms."""
-    forms = "a list of strings, a list of token-id lists, a [n, seq] token tensor, a .txt/.jsonl/.parquet path or a datasets.Dataset"
-    if inputs is None:
-        raise InterlayerError(f"inputs is None; give {forms}")
-    if isinstance(inputs, Mapping):
-        raise InterlayerError(f"inputs is a {type(inputs).__name__} (its keys would be read as the texts); give {forms}")
-    if isinstance(inputs, (str, os.PathLike, torch.Tensor)) or hasattr(inputs, "column_names"):
-        return
-    if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):
-        raise InterlayerError(f"inputs of type {type(inputs).__name__} are not supported; give {forms}")
-    if isinstance(inputs, Sequence):
-        for number, item in enumerate(inputs):
-            if isinstance(item, str):
-                continue
-            if isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
-                bad = next((t for t in item if not isinstance(t, int) or isinstance(t, bool)), None)
-                if bad is None:
-                    continue
-                raise InterlayerError(f"input {number} holds {bad!r} of type {type(bad).__name__}; "
-                                      "token ids must be Python ints")
-            raise InterlayerError(f"input {number} is {reprlib.repr(item)} ({type(item).__name__}); each input must be "
-                                  "a string or a list of token ids")
-
-
-def check_sites(sites: Any, allow_empty: bool = False) -> None:
-    """Refuse a ``sites`` argument of the wrong type (``sites=3``, ``None``, a list holding
-    a number) with a one-line error naming the valid forms, before any model pass."""
-    forms = "a site name such as 'resid_post.6', a wildcard such as 'resid_post.*', or a list of them"
-    if isinstance(sites, (str, Site)):
-        return
-    if sites is None or isinstance(sites, Mapping) or not isinstance(sites, Sequence):
-        if allow_empty and sites is None:
-            return
-        raise InterlayerError(f"sites is {reprlib.repr(sites)} ({type(sites).__name__}); give {forms}")
-    for item in sites:
-        if not isinstance(item, (str, Site)):
-            raise InterlayerError(f"sites holds {item!r} of type {type(item).__name__}; give {forms}")
-
-
-
 # ----------------------------------------------------------------- passes
 def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[Sequence_]], int | None]:
     """Batches of sequences, and the number of sequences when known up front (an
-    upper bound for packed contexts with a ``limit``)."""
+    upper bound for packed contexts with a ``limit`` or ``tokens``)."""
     tok = Tokenized(model, opts.max_length)
     if opts.context_length is not None:
         contexts = tok.packed(inputs, opts.context_length, opts.text_field)
-        if opts.skip or opts.limit is not None:
-            contexts = itertools.islice(contexts, opts.skip, None if opts.limit is None else opts.skip + opts.limit)
+        limit = opts.limit
+        if opts.tokens is not None:  # the first contexts of the stream that hold them, less those skipped
+            limit = max(0, contexts_for_tokens(model, opts.tokens, opts.context_length) - opts.skip)
+        if opts.skip or limit is not None:
+            contexts = itertools.islice(contexts, opts.skip, None if limit is None else opts.skip + limit)
 
         keep = opts.keep_batches or (lambda _: True)
 
@@ -304,7 +137,7 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
             if chunk and keep(number):
                 yield chunk
 
-        return sequential(), opts.limit
+        return sequential(), limit
     sequences = tok.sequences(inputs, opts.text_field, opts.limit)
     return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
 
@@ -312,20 +145,21 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
 def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
            *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
            batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-           storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
-           max_length: int | None = None, text_field: str = "text", logits: bool = False,
-           edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+           storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+           output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
+           logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
+           limit: int | None = None, tokens: int | None = None, skip: int = 0,
            keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
            dtype: str | None = None) -> Iterator[Activations]:
     """Yield :class:`Activations` chunk by chunk, each at most ``memory_mb`` of rows
-    (and at least one batch). Chunks hold whole batches, so their boundaries depend
-    only on the inputs and options.
+    (or at most ``rows_per_chunk`` rows; and at least one batch). Chunks hold whole
+    batches, so their boundaries depend only on the inputs and options.
 
     Rows come in batch order (sequences sorted by length); ``meta['sequence']``
     says which input each row belongs to. ``sites`` may be empty when ``logits=True``.
     The keyword arguments are those of :func:`collect`.
     """
-    opts = _options(locals())
+    opts = CollectOptions.of_call(options, locals())
     _check_call(inputs, sites, opts)
     return (chunks[0] for chunks in _passes(model, inputs, sites, opts, [opts.edits]))
 
@@ -339,9 +173,10 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
                     variants: Sequence[Mapping[str, Any] | None],
                     *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
                     batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-                    storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
-                    max_length: int | None = None, text_field: str = "text", logits: bool = False,
-                    edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+                    storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+                    output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
+                    logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
+                    limit: int | None = None, tokens: int | None = None, skip: int = 0,
                     keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
                     dtype: str | None = None) -> Iterator[list[Activations]]:
     """:func:`stream` under several interventions at once: ``variants`` is a list of
@@ -354,7 +189,7 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
     separate :func:`stream` calls with each variant's ``edits`` (to float rounding).
     The keyword arguments are those of :func:`collect` (``edits`` excepted).
     """
-    opts = _options(locals())
+    opts = CollectOptions.of_call(options, locals())
     if opts.edits:
         raise InterlayerError("give the edits of each variant in variants=[...], not edits=")
     if isinstance(variants, Mapping) or not isinstance(variants, Sequence) or not variants:
@@ -370,7 +205,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
     dtype = parse_dtype(opts.storage_dtype, "storage dtype")
     batches, n_sequences = _plan(model, inputs, opts)
     per_row = row_bytes(model, len(site_list), dtype, opts.logits) * len(variants)
-    capacity = max(1, int(opts.memory_mb * 2**20 // per_row))
+    capacity = opts.rows_per_chunk or max(1, int(opts.memory_mb * 2**20 // per_row))
     captures: list[Capture] = []
     on_device = opts.output_device == "model"
     bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
@@ -437,9 +272,10 @@ def _concat(chunks: list[Activations], model: ModelAdapter) -> Activations:
 def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
             batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-            storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
-            max_length: int | None = None, text_field: str = "text", logits: bool = False,
-            edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+            storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+            output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
+            logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
+            limit: int | None = None, tokens: int | None = None, skip: int = 0,
             keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
             dtype: str | None = None) -> Activations:
     """Collect activations at ``sites`` for ``inputs`` in one forward pass per batch.
@@ -459,6 +295,8 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
         storage_dtype: the dtype rows are stored in: float32, bfloat16 or float16 (or bf16, fp16).
         memory_mb: budget for the preallocated device buffers, MiB.
+        rows_per_chunk: exactly this many rows per chunk of :func:`stream` (at least one
+            batch) instead of what ``memory_mb`` holds; e.g. whole batches of packed contexts.
         output_device: ``"cpu"`` (rows copied out) or ``"model"`` (left on the model's device).
         max_length: truncate longer sequences (default: the model's context), with a warning.
         text_field: column or JSON field holding the text.
@@ -466,6 +304,10 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         edits: writes during the passes, ``{site: fn}`` or ``{site: Edit(fn, rows="tokens")}``.
         progress: show a progress bar.
         limit: use at most this many input sequences (or packed contexts).
+        tokens: packed contexts only (instead of ``limit``): run the contexts that hold this
+            many tokens, counted with the store's BOS rule (:func:`contexts_for_tokens`:
+            ``ceil(tokens / (context_length - 1))`` with a BOS, ``/ context_length`` without).
+            The last context is whole, so the rows may hold a few more tokens.
         skip: packed contexts only: skip this many contexts without running the model.
         keep_batches: packed contexts only: run only the batches ``j`` where this is true.
         dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
@@ -475,7 +317,7 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
 
     Returns rows in input order: by sequence, then position.
     """
-    chunks = list(stream(model, inputs, sites, options=_options(locals())))
+    chunks = list(stream(model, inputs, sites, options=CollectOptions.of_call(options, locals())))
     if not chunks:
         raise InterlayerError("the inputs produced no rows to collect")
     return _concat(chunks, model)
@@ -485,15 +327,16 @@ def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str
                      variants: Sequence[Mapping[str, Any] | None],
                      *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
                      batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-                     storage_dtype: str = "float32", memory_mb: float = 256.0, output_device: str = "cpu",
-                     max_length: int | None = None, text_field: str = "text", logits: bool = False,
-                     edits: Mapping[str, Any] | None = None, progress: bool = True, limit: int | None = None, skip: int = 0,
+                     storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+                     output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
+                     logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
+                     limit: int | None = None, tokens: int | None = None, skip: int = 0,
                      keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
                      dtype: str | None = None) -> list[Activations]:
     """:func:`collect` under several interventions, sharing each batch's clean prefix
     (see :func:`stream_variants`): one :class:`Activations` per variant, in order.
     The keyword arguments are those of :func:`collect` (``edits`` excepted)."""
-    opts = _options(locals())
+    opts = CollectOptions.of_call(options, locals())
     per_variant: list[list[Activations]] = [[] for _ in (variants or [])]
     for chunks in stream_variants(model, inputs, sites, variants, options=opts):
         for store, chunk in zip(per_variant, chunks):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..model.adapter import ModelAdapter
+from ..model.padding import pad_rows, row_span
 from ..errors import InterlayerError, choices
 from ..io.files import sha256_file
 
@@ -58,6 +59,24 @@ class Batch:
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+
+def text_per_context(model: ModelAdapter, context_length: int) -> int:
+    """Text tokens in one full packed context (:meth:`Tokenized.packed`): ``context_length``,
+    less the leading BOS where the model has one."""
+    return context_length - (1 if model.bos_token_id is not None else 0)
+
+
+def contexts_for_tokens(model: ModelAdapter, tokens: int, context_length: int) -> int:
+    """How many packed contexts of ``context_length`` hold ``tokens`` text tokens, by the
+    store's packing rule (BOS first, then text): ``max(1, ceil(tokens / n))`` with
+    ``n = context_length - 1`` on a model with a BOS token, ``n = context_length`` without.
+    The one place this arithmetic lives (``collect(..., tokens=)`` uses it)."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise InterlayerError(f"tokens must be a whole number of at least 0, got {tokens!r}")
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
+        raise InterlayerError(f"context_length must be an integer of at least 2, got {context_length!r}")
+    return max(1, -(-tokens // text_per_context(model, context_length)))  # exact integer ceil
 
 
 def data_fingerprint(data: Any) -> str:
@@ -242,7 +261,7 @@ class Tokenized:
             raise InterlayerError(f"context_length {context_length} exceeds the model's {self.max_length} positions")
         eos = self.model.eos_token_id
         head = [self.bos_id] if self.bos_id is not None else []
-        body = context_length - len(head)
+        body = text_per_context(self.model, context_length)
         ids: list[int] = []
         docs: list[int] = []
         index = 0
@@ -268,22 +287,13 @@ class Tokenized:
 
 def make_batch(sequences: list[Sequence_], pad_id: int, padding_side: str, bos_id: int | None) -> Batch:
     """Pad sequences into a :class:`Batch` on the left or the right."""
-    if padding_side not in ("left", "right"):
-        raise InterlayerError(f"padding_side={padding_side!r}; valid choices: 'left', 'right'")
-    width = max(len(s.ids) for s in sequences)
-    b = len(sequences)
-    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    documents = torch.full((b, width), -1, dtype=torch.long)
-    bos = torch.zeros((b, width), dtype=torch.bool)
+    input_ids, mask = pad_rows([s.ids for s in sequences], pad_id, padding_side)
+    documents, _ = pad_rows([s.documents for s in sequences], -1, padding_side)
+    width = input_ids.shape[1]
+    bos = torch.zeros((len(sequences), width), dtype=torch.bool)
     for row, seq in enumerate(sequences):
-        n = len(seq.ids)
-        span = slice(0, n) if padding_side == "right" else slice(width - n, width)
-        input_ids[row, span] = torch.tensor(seq.ids)
-        mask[row, span] = 1
-        documents[row, span] = torch.tensor(seq.documents)
         if bos_id is not None and seq.ids[0] == bos_id:
-            bos[row, span.start] = True
+            bos[row, row_span(len(seq.ids), width, padding_side).start] = True
     index = torch.tensor([s.index for s in sequences], dtype=torch.long)
     return Batch(input_ids, mask, index, documents, bos)
 

@@ -321,3 +321,63 @@ def test_skip_drops_leading_packed_contexts_without_running_them(tiny_text_model
     assert torch.equal(skipped["resid_post.0"], full["resid_post.0"][keep])
     with pytest.raises(InterlayerError, match="skip needs packed contexts"):
         collect(tiny_text_model, texts, ["resid_post.0"], skip=1, progress=False)
+
+
+# ------------------------------------------------------------ tokens= and rows_per_chunk=
+@pytest.mark.parametrize("bos", [True, False])
+def test_tokens_runs_the_contexts_the_hand_formula_counted(bos):
+    """``tokens=N`` runs the contexts each caller computed by hand before: with a BOS
+    ``max(1, ceil(N / (L - 1)))`` (each context holds L - 1 text tokens), without one
+    ``ceil(N / L)``; the rows are those of ``limit=`` that many contexts."""
+    import math
+
+    from interlayer.store import contexts_for_tokens
+
+    hf = make_tiny("llama")
+    if not bos:
+        hf.config.bos_token_id = None
+    model = interlayer.load_model(hf)
+    assert (model.bos_token_id is not None) == bos
+    docs = [list(range(5, 5 + n)) for n in (7, 3, 11, 5, 9, 6)]  # 41 token ids, no EOS added to id lists
+    length = 5
+    for tokens in (1, 3, 4, 5, 8, 9, 17, 24):
+        hand = max(1, math.ceil(tokens / (length - 1))) if bos else math.ceil(tokens / length)
+        assert contexts_for_tokens(model, tokens, length) == hand
+        got = collect(model, docs, "resid_post.0", context_length=length, tokens=tokens, batch_size=2, progress=False)
+        want = collect(model, docs, "resid_post.0", context_length=length, limit=hand, batch_size=2, progress=False)
+        assert got.n_sequences == hand and len(got) >= tokens
+        assert torch.equal(got["resid_post.0"], want["resid_post.0"])
+        assert got.to_frame().equals(want.to_frame())
+    # with skip=, the same first contexts of the stream, less those skipped
+    skipped = collect(model, docs, "resid_post.0", context_length=length, tokens=17, skip=2, batch_size=2, progress=False)
+    assert skipped.meta["sequence"].unique().tolist() == list(range(2, contexts_for_tokens(model, 17, length)))
+    with pytest.raises(InterlayerError, match="tokens= needs packed contexts"):
+        collect(model, docs, "resid_post.0", tokens=8, progress=False)
+    with pytest.raises(InterlayerError, match="no limit="):
+        collect(model, docs, "resid_post.0", context_length=length, tokens=8, limit=2, progress=False)
+    with pytest.raises(InterlayerError, match="tokens must be an integer of at least 1, got 0"):
+        collect(model, docs, "resid_post.0", context_length=length, tokens=0, progress=False)
+
+
+def test_rows_per_chunk_cuts_chunks_of_exactly_that_many_rows():
+    """``rows_per_chunk=`` asks for the rows a ``memory_mb`` round trip used to encode
+    (rows -> MiB -> rows); the chunks are the same, and together equal one collect."""
+    from interlayer.store.capture import row_bytes
+
+    model = interlayer.load_model(make_tiny("llama"))
+    docs = [list(range(5, 5 + n)) for n in (7, 3, 11, 5, 9, 6, 13, 8)]
+    sites = ["resid_post.0", "resid_post.2"]
+    batch_rows = 2 * (5 - 1)  # two full contexts of 4 text tokens
+    kw = dict(context_length=5, batch_size=2, progress=False)
+    chunks = list(stream(model, docs, sites, rows_per_chunk=3 * batch_rows, **kw))
+    assert [len(c) for c in chunks[:-1]] == [3 * batch_rows] * (len(chunks) - 1) and len(chunks) > 1
+    as_mb = 3 * batch_rows * row_bytes(model, len(sites), torch.float32, False) / 2**20
+    same = list(stream(model, docs, sites, memory_mb=as_mb, **kw))
+    assert [len(c) for c in same] == [len(c) for c in chunks]
+    whole = collect(model, docs, sites, **kw)
+    for site in sites:
+        assert torch.equal(torch.cat([c[site] for c in chunks]), whole[site])
+    one_batch = list(stream(model, docs, sites, rows_per_chunk=1, **kw))  # never less than one batch
+    assert all(c.n_sequences == 2 for c in one_batch[:-1])
+    with pytest.raises(InterlayerError, match="rows_per_chunk must be an integer of at least 1"):
+        list(stream(model, docs, sites, rows_per_chunk=0, **kw))
