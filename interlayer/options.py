@@ -8,8 +8,11 @@ A field also names its ``--help`` section (``group``), its spelling on the comma
 (``flag``, ``short``), and for text that holds a list or a spec the reader that checks
 it (``parse``): :func:`number_list` (``-4,4``; finite values only), :func:`int_list`,
 :func:`layer_spec` (``6-12``, ``all``, ``-1``), :func:`one_site` and :func:`site_list`.
-This module imports nothing of interlayer but its errors (and, inside the site readers,
-the site-name parser): every config may use it.
+The option groups every command composes live here too (:class:`Options`, their base;
+:class:`TextOptions`, :class:`PassOptions`, :class:`RunOptions`; the model's
+:class:`~interlayer.model.options.ModelOptions` sits with the model), with the field
+helpers (:func:`out_option`, :func:`data_option`, ...) whose declaration a command reuses.
+This module imports nothing of interlayer but its errors: every config may use it.
 """
 
 from __future__ import annotations
@@ -225,6 +228,96 @@ def field_type(config: type, field: dataclasses.Field) -> type:
     if typing.get_origin(annotation) is list:
         return typing.get_args(annotation)[0]
     return annotation
+
+
+# ------------------------------------------------------------------ groups
+@dataclasses.dataclass
+class Options:
+    """The base of every option group and command config.
+
+    Making one checks every field's bounds and choices (:func:`check_options`), the
+    fields of every group it composes included, once. A config is composed by inheriting
+    the groups it takes, the first group's options last in its fields (dataclass order):
+    ``class SaturationConfig(RunOptions, LensOptions, PassOptions, TextOptions, ModelOptions)``.
+    A group or config with checks of its own overrides ``__post_init__`` and calls
+    ``super().__post_init__()`` first."""
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        after = getattr(super(), "__post_init__", None)  # a composed dataclass that is not an Options (yet)
+        if after is not None:
+            after()
+
+    @classmethod
+    def variant(cls, name: str, default: Any = dataclasses.MISSING, help: str | None = None, **meta: Any) -> Any:
+        """The field ``name`` as this group declares it (its bounds, choices, section,
+        flag), with another ``default``, ``help`` or metadata: for a command whose field
+        means the same thing in its own words (``--batch-size``: prompts per forward pass)."""
+        field = next(f for f in dataclasses.fields(cls) if f.name == name)
+        metadata = {**field.metadata, **({"help": help} if help is not None else {}), **meta}
+        return option(field.default if default is dataclasses.MISSING else default, **metadata)
+
+
+def out_option(help: str, *, required: bool = False, suffixes: tuple[str, ...] | None = None) -> Any:
+    """The ``-o/--out`` field of every command that writes."""
+    return option(None, help, short="-o", required=required, suffixes=suffixes, group="output")
+
+
+def figures_option(what: str = "the result's figure") -> Any:
+    """The ``--figures F.html`` field: a self-contained plotly page."""
+    return option(None, f"also write {what} to this HTML file", suffixes=(".html",), group="output")
+
+
+def tuned_lens_option() -> Any:
+    """The ``--tuned-lens DIR`` field of every command whose function takes ``lens=``
+    (``interlayer.lens.config.LensOptions`` holds it, with the lens it names)."""
+    return option(None, "decode with this saved tuned lens (a directory from `interlayer lens tune`) instead of the "
+                        "logit lens", group="method")
+
+
+DATA_HELP = ("input text: a .txt (one document per line), .jsonl or .parquet file, or a folder of them (default: the "
+             "packaged sample)")
+
+
+def data_option(help: str = DATA_HELP, *, required: bool = False) -> Any:
+    """The ``--data`` field: input text (with ``--text-field``)."""
+    return option(None, help, required=required, group="data")
+
+
+def text_field_option(of: str = "--data") -> Any:
+    """The ``--text-field`` field that goes with every ``--data``."""
+    return option("text", f"JSON field or parquet column holding the text of {of}", group="data")
+
+
+CONTEXT_LENGTH = 128
+"""Tokens per packed context, BOS included: the default wherever text is packed."""
+
+
+@dataclasses.dataclass
+class TextOptions(Options):
+    """Input text, packed into contexts: ``--data``, ``--text-field``, ``--tokens`` and
+    ``--context-length``."""
+
+    data: str | None = data_option()
+    text_field: str = text_field_option()
+    tokens: int = option(4096, "tokens to read from --data (BOS excluded)", min=1)
+    context_length: int = option(CONTEXT_LENGTH, "tokens per packed context, BOS included", min=2)
+
+
+@dataclasses.dataclass
+class PassOptions(Options):
+    """How the model is run: ``--batch-size`` (contexts per forward pass) and ``--memory-mb``."""
+
+    batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
+    memory_mb: float = option(256.0, "device buffer budget, MiB", above=0)
+
+
+@dataclasses.dataclass
+class RunOptions(Options):
+    """Where a command writes (``-o/--out``) and whether it shows progress bars."""
+
+    out: str | None = out_option("write the result here")
+    no_progress: bool = option(False, "hide the progress bar")
 
 
 def progress_wanted(no_progress: bool) -> bool:

@@ -7,14 +7,12 @@ from typing import Any
 
 from interlayer.cli.registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
                                          write_figure, write_json_output, write_table)
-from interlayer.cli.config import LogitLensConfig
 from interlayer.errors import InterlayerError
 from interlayer.io.files import check_writable
 from interlayer.store.inputs import check_data_file
 from interlayer.options import as_list
 
-from .lenses import check_lens_dir, load_lens
-from .config import GenerateConfig, IKSConfig, LatentConfig, QAConfig, SaturationConfig, TuneConfig
+from .config import GenerateConfig, IKSConfig, LatentConfig, LogitLensConfig, QAConfig, SaturationConfig, TuneConfig
 
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 
@@ -22,20 +20,19 @@ DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 def chat_wanted(model: Any, setting: str | bool) -> bool:
     """Whether ``--chat`` (auto, yes, no) puts prompts through the chat template; ``yes``
     on a tokenizer without one is an error."""
-    from .qa import use_chat
+    from interlayer.prompts import has_chat_template, use_chat
 
     wanted = use_chat(model, setting)
-    if wanted and not getattr(model.tokenizer, "chat_template", None):
+    if wanted and not has_chat_template(model):
         raise InterlayerError(f"--chat {setting}: {model.name}'s tokenizer has no chat template; use --chat no")
     return wanted
 
 
 def chat_prompts(model: Any, prompts: list[str], setting: str | bool) -> list[str]:
     """``prompts`` through the model's chat template when ``--chat`` (auto, yes, no) says so."""
-    if not chat_wanted(model, setting):
-        return prompts
-    return [model.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                add_generation_prompt=True) for p in prompts]
+    from interlayer.prompts import format_prompts
+
+    return format_prompts(model, prompts, "yes" if chat_wanted(model, setting) else "no")
 
 
 @command("lens logit", LogitLensConfig)
@@ -46,10 +43,10 @@ def run_logit_lens(cfg: LogitLensConfig) -> int:
     prompts = as_list(cfg.prompt) or [DEFAULT_PROMPT]
     if not all(p for p in prompts):
         raise InterlayerError("--prompt must not be empty")
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     model = cfg.load()
     result = logit_lens(model, chat_prompts(model, prompts, cfg.chat), targets=as_list(cfg.targets),
-                        positions=cfg.positions, top_k=cfg.top_k, lens=load_lens(cfg.tuned_lens, model),
+                        positions=cfg.positions, top_k=cfg.top_k, lens=cfg.build(model),
                         memory_mb=cfg.memory_mb, progress=not cfg.no_progress)
     frame = result.to_frame()
     show("\n\n".join(result.table(i).to_string() for i in range(len(prompts))), frame.to_dict(orient="records"))
@@ -82,11 +79,11 @@ def run_latent(cfg: LatentConfig) -> int:
 
     latents = [l.strip() for l in cfg.latent.split(",") if l.strip()]
     check_task(cfg.task, cfg.src, cfg.tgt, latents)  # before loading the model
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     check_outputs(cfg.out, (".json",), cfg.figures)
     model = cfg.load()
     result = latent_language(model, src=cfg.src, tgt=cfg.tgt, task=cfg.task, latents=latents, shots=cfg.shots,
-                             seed=cfg.seed, limit=cfg.n, lens=load_lens(cfg.tuned_lens, model),
+                             seed=cfg.seed, limit=cfg.n, lens=cfg.build(model),
                              batch_size=cfg.batch_size, chat=chat_wanted(model, cfg.chat), progress=not cfg.no_progress)
     say(f"{result.n_words} words used; {result.n_missing} skipped (not in the tokenizer), "
         f"{result.n_overlap} dropped (token sets overlap)")
@@ -105,11 +102,11 @@ def run_saturation(cfg: SaturationConfig) -> int:
 
     if cfg.data is not None:
         check_data_file(cfg.data, text_field=cfg.text_field)
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     check_outputs(cfg.out, TABLE_SUFFIXES, cfg.figures)
     model = cfg.load()
     result = saturation(model, cfg.data or str(SAMPLE_TEXT), tokens=cfg.tokens, context_length=cfg.context_length,
-                        batch_size=cfg.batch_size, text_field=cfg.text_field, lens=load_lens(cfg.tuned_lens, model),
+                        batch_size=cfg.batch_size, text_field=cfg.text_field, lens=cfg.build(model),
                         progress=not cfg.no_progress)
     frame = result.to_frame()
     show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
@@ -128,12 +125,12 @@ def run_iks(cfg: IKSConfig) -> int:
     loaded = load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
     if cfg.passage and not any(r.passage for r in loaded.records):
         raise InterlayerError(f"--dataset {cfg.dataset!r} has no passages; use --no-passage")
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     model = cfg.load()
     chat_wanted(model, cfg.chat)  # --chat yes without a template: bad input, before any generation
     result = iks_on_data(model, cfg.dataset, cfg.n, passage=cfg.passage, chat=cfg.chat, candidates=cfg.candidates,
                          metric=cfg.metric, select=cfg.select, max_new_tokens=cfg.max_new_tokens,
-                         batch_size=cfg.batch_size, lens=load_lens(cfg.tuned_lens, model), progress=not cfg.no_progress)
+                         batch_size=cfg.batch_size, lens=cfg.build(model), progress=not cfg.no_progress)
     show(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"), result.to_json())
     say(f"l* = {result.layer} (candidates {result.candidates}); chosen per {result.select}: {result.histogram}"
         + (f"; {loaded.skipped} records without an answer skipped" if loaded.skipped else ""))
@@ -151,11 +148,11 @@ def run_generate(cfg: GenerateConfig) -> int:
         raise InterlayerError('give a prompt, e.g. interlayer lens generate --decoding lfd --prompt "The capital of '
                               'France is"')
     options = cfg.decoding_options(cfg.decoding)
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     check_outputs(cfg.out, (".json",))
     model = cfg.load()
     gens = generate(model, chat_prompts(model, prompts, cfg.chat), options, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size, lens=load_lens(cfg.tuned_lens, model), progress=False)
+                    batch_size=cfg.batch_size, lens=cfg.build(model), progress=False)
     lines = []
     for prompt, gen in zip(prompts, gens):
         lines.append(gen.text)
@@ -180,7 +177,7 @@ def run_qa(cfg: QAConfig) -> int:
     decodings = check_decodings(cfg.decoding)
     options = cfg.decoding_options()
     load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     if not cfg.out:
         note(NO_JOURNAL)
     model = cfg.load()
@@ -188,7 +185,7 @@ def run_qa(cfg: QAConfig) -> int:
     progress_file = f"{cfg.out}.progress.jsonl" if cfg.out else None
     result = evaluate_qa(model, cfg.dataset, cfg.n, decodings=decodings, options=options, noise_docs=cfg.noise_docs,
                          chat=cfg.chat, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-                         progress_file=progress_file, lens=load_lens(cfg.tuned_lens, model),
+                         progress_file=progress_file, lens=cfg.build(model),
                          progress=not cfg.no_progress)
     show(result.table(), result.to_json())  # records without an answer: evaluate_qa's warning on stderr says so
     if cfg.out:

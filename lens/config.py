@@ -1,24 +1,70 @@
-"""Configs of the lens commands, shared by the CLI and the Python API."""
+"""Configs of the lens commands, shared by the CLI and the Python API, and the lens's
+option group :class:`LensOptions` (``--tuned-lens``, with the lens it names)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from interlayer.cli.config import (ModelOptions, chat_option, data_option, figures_option, option, out_option,
-                               text_field_option, tuned_lens_option)
+from interlayer.cli.config import chat_option
 from interlayer.errors import InterlayerError
-from interlayer.options import int_list, layer_spec
+from interlayer.model.options import ModelOptions
+from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, figures_option, int_list, layer_spec,
+                                option, out_option, tuned_lens_option)
+
+if TYPE_CHECKING:
+    from interlayer.decoding import Lens
+    from interlayer.model.adapter import ModelAdapter
 
 
 @dataclass
-class TuneConfig(ModelOptions):
+class LensOptions(Options):
+    """The lens a command decodes with: the tuned lens saved in ``--tuned-lens DIR``, else
+    the logit lens."""
+
+    tuned_lens: str | None = tuned_lens_option()
+
+    def check_lens(self) -> None:
+        """Refuse a ``--tuned-lens`` directory that holds no saved lens (before the model loads)."""
+        from .lenses import check_lens_dir
+
+        check_lens_dir(self.tuned_lens)
+
+    def build(self, model: "ModelAdapter") -> "Lens":
+        """The lens these options name, for ``model`` (:func:`~interlayer.lens.lenses.load_lens`)."""
+        from .lenses import load_lens
+
+        return load_lens(self.tuned_lens, model)
+
+
+PROMPTS_PER_PASS = "prompts per forward pass"
+
+
+@dataclass
+class LogitLensConfig(RunOptions, LensOptions, ModelOptions):
+    """Logit lens: the top tokens of every layer at every position of each prompt."""
+
+    prompt: list[str] | None = option(None, "a prompt to decode (default: 'The Eiffel Tower is in the city of')",
+                                      repeat=True)
+    targets: list[str] | None = option(None, "a string whose first token's probability and rank to report at every "
+                                             "layer, e.g. ' Paris'", repeat=True)
+    positions: str = option("all", "decode every position (BOS included) or only the last",
+                            choices=("all", "last"))
+    chat: str = chat_option()
+    top_k: int = option(1, "tokens shown per cell", min=1)
+    memory_mb: float = PassOptions.variant("memory_mb", help="bound on decoding working memory, MiB")
+    out: str | None = out_option("also write the table as .csv, "
+                                 "or the whole result as .json (LogitLensResult.load reads it)",
+                                 suffixes=(".csv", ".json"))
+    figures: str | None = figures_option("the heatmap of the first prompt")
+
+
+@dataclass
+class TuneConfig(RunOptions, TextOptions, ModelOptions):
     """Train a tuned lens (one affine translator per layer) on the model's own activations."""
 
-    data: str | None = data_option()
-    text_field: str = text_field_option()
     out: str | None = out_option("directory for lens.safetensors + config.json (and checkpoints)", required=True)
-    tokens: int = option(8192, "training tokens, taken from the start of --data", min=1)
+    tokens: int = TextOptions.variant("tokens", 8192, "training tokens, taken from the start of --data")
     eval_tokens: int = option(2048, "held-out tokens, taken from the text after the training tokens", min=1)
     layers: str = option("all", "layers to train: 'all' (every layer but the last), or indices and ranges such as "
                                 "0-8,-2 (negative: from the end)", parse=layer_spec, group="method")
@@ -27,14 +73,12 @@ class TuneConfig(ModelOptions):
                              group="training")
     lr: float = option(3e-4, "Adam learning rate (after linear warmup, decays linearly to 0)", above=0)
     warmup: int = option(20, "linear learning-rate warmup steps", min=0, flag="--warmup-steps", group="training")
-    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
     seed: int = option(0, "seed of the row order", group="training")
     checkpoint_every: int = option(50, "write a resumable checkpoint every N steps (0: never)", min=0)
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class LatentConfig(ModelOptions):
+class LatentConfig(RunOptions, LensOptions, ModelOptions):
     """Latent-language analysis: per-layer probability of the target, English and source words."""
 
     src: str = option("fr", "source language code")
@@ -45,32 +89,25 @@ class LatentConfig(ModelOptions):
     seed: int = option(0, "seed for choosing demonstrations", group="data")
     n: int | None = option(None, "use at most this many words (default: every usable word)", min=1)
     chat: str = chat_option()
-    tuned_lens: str | None = tuned_lens_option()
-    batch_size: int = option(8, "prompts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", help=PROMPTS_PER_PASS)
     out: str | None = out_option("write the result JSON here", suffixes=(".json",))
     figures: str | None = figures_option("the per-layer probabilities")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class SaturationConfig(ModelOptions):
+class SaturationConfig(RunOptions, LensOptions, TextOptions, ModelOptions):
     """Layer saturation and early exit: when does each layer's top-1 already match the final one?"""
 
-    data: str | None = data_option()
-    text_field: str = text_field_option()
-    tokens: int = option(4096, "tokens to analyse", min=1)
-    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
-    batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
-    tuned_lens: str | None = tuned_lens_option()
+    tokens: int = TextOptions.variant("tokens", help="tokens to analyse")
+    batch_size: int = PassOptions.variant("batch_size")
     out: str | None = out_option("write the per-layer table as .csv, "
                                  "or the whole result as .json (SaturationResult.load reads it)",
                                  suffixes=(".csv", ".json"))
     figures: str | None = figures_option("the saturation curves")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class DecodingFlags:
+class DecodingFlags(Options):
     """The LFD / DoLa settings shared by ``interlayer generate`` and ``interlayer qa``."""
 
     alpha: float = option(0.25, "LFD: weight of the fusion layer (z_L + alpha * z_l*)", min=0)
@@ -109,52 +146,47 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 @dataclass
-class GenerateConfig(DecodingFlags, ModelOptions):
+class GenerateConfig(LensOptions, DecodingFlags, ModelOptions):
     """Generate with greedy, LFD or DoLa decoding; prints the text and the layer used at each step."""
 
     prompt: list[str] | None = option(None, "a prompt", required=True, repeat=True)
     decoding: str = option("greedy", "how each next token is picked", choices=("greedy", "lfd", "dola", "lfd-random"))
     chat: str = chat_option()
-    tuned_lens: str | None = tuned_lens_option()
-    batch_size: int = option(8, "prompts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", help=PROMPTS_PER_PASS)
     out: str | None = out_option("write what --json prints here: one prompt's generation (Generation.load reads it) "
                                  "or a list of them (Generation.load_all)", suffixes=(".json",))
 
 
 @dataclass
-class IKSConfig(ModelOptions):
+class IKSConfig(RunOptions, LensOptions, ModelOptions):
     """IKS per layer while the model answers QA prompts, the fusion layer l* and the per-step choices."""
 
     dataset: str = option("nq", "nq, squad, known, or a .json/.jsonl QA records file")
     n: int = option(50, "questions", min=1)
     passage: bool = option(True, "put the gold passage in the prompt (--no-passage: closed book)")
-    candidates: str | None = option(None, "comma-separated candidate blocks (default: even blocks of the latter half)",
-                                    parse=int_list)
-    metric: str = option("jsd", "'jsd' of decoded distributions or 'cosine' distance of states", choices=("jsd", "cosine"))
-    select: str = option("step", "IKS at every decoding 'step', or once per 'example' (the prompt's last position)",
-                         choices=("step", "example"))
-    max_new_tokens: int = option(8, "decoding steps per question (select=step)", min=1)
+    candidates: str | None = DecodingFlags.variant("candidates", help="comma-separated candidate blocks (default: "
+                                                                      "even blocks of the latter half)")
+    metric: str = DecodingFlags.variant("metric", help="'jsd' of decoded distributions or 'cosine' distance of states")
+    select: str = DecodingFlags.variant("select", help="IKS at every decoding 'step', or once per 'example' (the "
+                                                       "prompt's last position)")
+    max_new_tokens: int = DecodingFlags.variant("max_new_tokens", 8, "decoding steps per question (select=step)")
     chat: str = chat_option()
-    tuned_lens: str | None = tuned_lens_option()
-    batch_size: int = option(4, "prompts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", 4, PROMPTS_PER_PASS)
     out: str | None = out_option("write the result JSON here", suffixes=(".json",))
     figures: str | None = figures_option("the IKS per layer and the histogram of choices")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class QAConfig(DecodingFlags, ModelOptions):
+class QAConfig(RunOptions, LensOptions, DecodingFlags, ModelOptions):
     """Closed- and open-book QA with greedy, LFD, DoLa and LFD-random decoding: exact match and answer-contained."""
 
     dataset: str = option("nq", "nq, squad, known, or a .json/.jsonl QA records file")
     n: int = option(100, "questions", min=1)
     decoding: str = option("greedy,lfd,dola,lfd-random", "comma-separated decodings")
     noise_docs: int = option(0, "passages of other questions added to the open-book context", min=0)
-    seed: int = option(0, "seed of lfd-random's layer choices and of the noise passages")
+    seed: int = DecodingFlags.variant("seed", help="seed of lfd-random's layer choices and of the noise passages")
     chat: str = chat_option()
-    tuned_lens: str | None = tuned_lens_option()
-    batch_size: int = option(8, "prompts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", help=PROMPTS_PER_PASS)
     out: str | None = out_option("write the result JSON here (finished batches are journalled to OUT.progress.jsonl; "
                                  "a rerun resumes)", suffixes=(".json",))
     figures: str | None = figures_option("the accuracy per decoding")
-    no_progress: bool = option(False, "hide the progress bar")

@@ -35,21 +35,20 @@ def run_mexa(cfg: MexaConfig) -> int:
 
 @command("probes consistency", ConsistencyConfig, aliases=("consistency",))
 def run_consistency(cfg: ConsistencyConfig) -> int:
-    from interlayer.lens import check_lens_dir, load_lens
     from interlayer.lens.cli import chat_prompts
 
     from .consistency import LABELS, internal_consistency, load_examples
 
     examples = load_examples(cfg.dataset, cfg.n)  # bad input fails before the model loads
     check_outputs(cfg.out, (".json",), cfg.figures)
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     if not cfg.out:
         note(NO_JOURNAL)
     model = cfg.load()
     prompts = chat_prompts(model, [e.prompt for e in examples], cfg.chat)
     examples = [dataclasses.replace(e, prompt=p) for e, p in zip(examples, prompts)]
     result = internal_consistency(model, examples, LABELS[cfg.dataset], paths=cfg.paths, dataset=cfg.dataset,
-                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=load_lens(cfg.tuned_lens, model),
+                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, lens=cfg.build(model),
                                   journal=f"{cfg.out}.paths.jsonl" if cfg.out else None,
                                   progress=not cfg.no_progress)
     payload = result.to_json()

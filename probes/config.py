@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.cli.config import ModelOptions, chat_option, figures_option, option, out_option, tuned_lens_option
+from interlayer.cli.config import chat_option
+from interlayer.lens.config import LensOptions
+from interlayer.model.options import ModelOptions
 from interlayer.model.sites import site_list
+from interlayer.options import PassOptions, RunOptions, figures_option, option, out_option
 
 
 @dataclass
-class MexaConfig(ModelOptions):
+class MexaConfig(RunOptions, ModelOptions):
     """MEXA: cross-lingual alignment of each layer's sentence embeddings with English."""
 
     dataset: str | None = option(None, "a folder of parallel <lang>.devtest or <lang>.txt files "
@@ -19,14 +22,13 @@ class MexaConfig(ModelOptions):
     pivot: str = option("eng_Latn", "the pivot language every other one is aligned with")
     n: int = option(100, "parallel sentences per language (the first n lines)", min=1)
     pooling: str = option("weighted", "sentence embedding: position-weighted mean or last token", choices=("weighted", "last"))
-    batch_size: int = option(16, "sentences per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", 16, "sentences per forward pass")
     out: str | None = out_option("write the result JSON here", suffixes=(".json",))
     figures: str | None = figures_option("the alignment per layer and language")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class ConsistencyConfig(ModelOptions):
+class ConsistencyConfig(RunOptions, LensOptions, ModelOptions):
     """Internal consistency of chain-of-thought answers across layers (Xie et al. 2024)."""
 
     dataset: str = option("coinflip", "packaged dataset", choices=("coinflip", "prontoqa", "proofwriter", "boolq"))
@@ -35,15 +37,13 @@ class ConsistencyConfig(ModelOptions):
     paths: int = option(5, "sampled chain-of-thought paths per question (temperature 0.7, top-p 0.95)", min=1)
     max_new_tokens: int = option(96, "tokens per sampled path", min=1)
     seed: int = option(0, "sampling seed")
-    tuned_lens: str | None = tuned_lens_option()
     out: str | None = out_option("write the result JSON here (sampled paths are journalled to OUT.paths.jsonl; "
                                  "a rerun resumes)", suffixes=(".json",))
     figures: str | None = figures_option("the consistency per layer")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class LinearProbeConfig(ModelOptions):
+class LinearProbeConfig(RunOptions, ModelOptions):
     """Linear probes per layer with a shuffled-label control task (Hewitt & Liang 2019)."""
 
     dataset: str = option(None, "a labelled records file: .jsonl, .json, .csv or .parquet with a text and a label "
@@ -56,9 +56,8 @@ class LinearProbeConfig(ModelOptions):
                          choices=("weighted_mean", "mean", "last"))
     folds: int = option(5, "cross-validation folds", min=2)
     seed: int = option(0, "seed of the folds and of the control task's shuffled labels")
-    batch_size: int = option(16, "texts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", 16, "texts per forward pass")
     out: str | None = out_option("write the per-site table as .csv, "
                                  "or the whole result as .json (ProbeResult.load reads it)",
                                  suffixes=(".csv", ".json"))
     figures: str | None = figures_option("the accuracy, control and chance per site")
-    no_progress: bool = option(False, "hide the progress bar")

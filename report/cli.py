@@ -10,8 +10,6 @@ from .config import ReportConfig
 
 @command("report", ReportConfig)
 def run_report(cfg: ReportConfig) -> int:
-    from interlayer.lens import check_lens_dir, load_lens
-
     from .build import build_report, check_outputs, select_sections
     from .sections_methods import check_sae_dir
 
@@ -20,9 +18,9 @@ def run_report(cfg: ReportConfig) -> int:
     select_sections(cfg.only, cfg.skip, cfg.sae is not None)
     if cfg.sae is not None:
         check_sae_dir(cfg.sae)
-    check_lens_dir(cfg.tuned_lens)
+    cfg.check_lens()
     model = cfg.load()
-    kwargs = {"lens": load_lens(cfg.tuned_lens, model), "lens_source": cfg.tuned_lens} if cfg.tuned_lens else {}
+    kwargs = {"lens": cfg.build(model), "lens_source": cfg.tuned_lens} if cfg.tuned_lens else {}
     files = build_report(model, cfg.out, only=cfg.only, skip=cfg.skip, sae=cfg.sae, profile=cfg.profile,
                          progress=not cfg.no_progress, **kwargs)
     failed = [n for n, r in files.results.items() if r.status != "ok"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.cli.config import ModelOptions, option, tuned_lens_option
+from interlayer.lens.config import LensOptions
+from interlayer.model.options import ModelOptions
+from interlayer.options import RunOptions, option
 
 
 @dataclass
-class ReportConfig(ModelOptions):
+class ReportConfig(RunOptions, LensOptions, ModelOptions):
     """One self-contained, layer-wise HTML report of a model: every method, one page."""
 
     out: str = option("report.html", "the HTML file NAME.html; NAME.json (the numbers), NAME.tables/*.csv and "
@@ -17,7 +19,5 @@ class ReportConfig(ModelOptions):
     only: str | None = option(None, "comma-separated sections to run (default: all)", group="method")
     skip: str | None = option(None, "comma-separated sections to leave out")
     sae: str | None = option(None, "a saved interlayer SAE directory: adds the SAE panel")
-    tuned_lens: str | None = tuned_lens_option()
     profile: str = option("quick", "quick (minutes on a CPU) or full (the README findings' sizes)",
                           choices=("quick", "full"))
-    no_progress: bool = option(False, "hide the progress bar")

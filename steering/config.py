@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.cli.config import ModelOptions, chat_option, figures_option, option, out_option
-from interlayer.options import layer_spec, number_list
+from interlayer.cli.config import chat_option
+from interlayer.model.options import ModelOptions
+from interlayer.model.sites import SITE_KINDS
+from interlayer.options import Options, PassOptions, RunOptions, figures_option, layer_spec, number_list, option, out_option
 
 from .inject import OPERATORS
 from .vectors import METHODS, READS
 
-SITE_CHOICES = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+SITE_CHOICES = SITE_KINDS
+"""The site kinds a vector is read and steered at (:data:`interlayer.model.sites.SITE_KINDS`)."""
 
 LAYERS_HELP = "'all', or layers and ranges such as 6-12,-1 (negative: from the end)"
 
 
 @dataclass
-class SteerTrainConfig(ModelOptions):
+class SteerTrainConfig(RunOptions, ModelOptions):
     """Steering vectors from contrastive pairs, at several layers from one store pass."""
 
     dataset: str = option("persona:agreeableness", "caa:<behaviour>, persona:<trait>, power-seeking, or a JSON/JSONL "
@@ -30,9 +33,8 @@ class SteerTrainConfig(ModelOptions):
     read: str = option("last", "where each text is read: last token, the answer's letter token, or mean over the answer",
                        choices=READS)
     raw: bool = option(False, "keep each direction's own length instead of normalising it to 1")
-    batch_size: int = option(8, "texts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", help="texts per forward pass")
     out: str = out_option("the vector file (.safetensors)", required=True, suffixes=(".safetensors",))
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class SteerApplyConfig(ModelOptions):
 
 
 @dataclass
-class SteerSweepConfig(ModelOptions):
+class SteerSweepConfig(RunOptions, ModelOptions):
     """Sweep layers x coefficients: behaviour shift, a random direction of the same norm, and Δ perplexity."""
 
     dataset: str = option("persona:agreeableness", "the evaluation pairs: its test split (CAA's own; otherwise every "
@@ -71,14 +73,13 @@ class SteerSweepConfig(ModelOptions):
                         parse=number_list)
     seed: int = option(0, "seed of the random directions")
     perplexity_tokens: int = option(512, "tokens of held-out text (the packaged sample) for the perplexity cost", min=16)
-    batch_size: int = option(8, "prompts per forward pass", min=1)
+    batch_size: int = PassOptions.variant("batch_size", help="prompts per forward pass")
     out: str = out_option("write the sweep JSON here", required=True, suffixes=(".json",))
     figures: str | None = figures_option("the heatmaps")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class SteerExportConfig:
+class SteerExportConfig(Options):
     """Convert a steering vector to a llama.cpp control vector (.gguf), or back (.safetensors)."""
 
     vector: str = option(None, "the vector to convert (.safetensors or .gguf)", required=True, group="data")

@@ -1,29 +1,32 @@
-"""Command configs: one dataclass per command, shared by the CLI and the Python API.
+"""Command configs of the core commands (``models``, ``info``, ``cache``), shared by the CLI
+and the Python API.
 
 Each field is declared with :func:`~interlayer.options.option`, whose ``help`` text is
 both the field's documentation and its ``--help`` line, and whose bounds are checked
-when the config is made, so an option exists in one place only. Commands that load a
-model share :class:`ModelOptions` and its :meth:`~ModelOptions.load`.
+when the config is made, so an option exists in one place only. Configs compose the
+option groups (:class:`~interlayer.model.options.ModelOptions`,
+:class:`~interlayer.options.TextOptions`, ...); this module re-exports the groups and
+field helpers under their old names.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..store.cache import CacheOptions
 from ..distributed import DEFAULT_TIMEOUT_S
 from ..io.dtypes import DTYPE_CHOICES
-from ..model.loading import DEFAULT_MODEL
+from ..model.options import ModelOptions
 from ..model.sites import site_list
-from ..options import check_options, check_required, option
+from ..options import (check_required, data_option, figures_option, option, out_option, text_field_option,
+                       tuned_lens_option)
 
-if TYPE_CHECKING:
-    from ..model.adapter import ModelAdapter
-
-__all__ = ["CHAT_CHOICES", "CacheConfig", "InfoConfig", "LogitLensConfig", "ModelOptions", "ModelsConfig", "chat_option",
+__all__ = ["CHAT_CHOICES", "CacheConfig", "InfoConfig", "ModelOptions", "ModelsConfig", "chat_option",
            "check_required", "data_option", "figures_option", "option", "out_option", "text_field_option",
-           "tuned_lens_option"]
+           "tuned_lens_option"]  # LogitLensConfig: see __getattr__
 
 
 CHAT_CHOICES = ("auto", "yes", "no")
@@ -35,57 +38,13 @@ def chat_option(help: str = "wrap each prompt in the model's chat template: auto
     return option("auto", help, choices=CHAT_CHOICES, group="data")
 
 
-def out_option(help: str, *, required: bool = False, suffixes: tuple[str, ...] | None = None) -> Any:
-    """The ``-o/--out`` field of every command that writes."""
-    return option(None, help, short="-o", required=required, suffixes=suffixes, group="output")
-
-
-def figures_option(what: str = "the result's figure") -> Any:
-    """The ``--figures F.html`` field: a self-contained plotly page."""
-    return option(None, f"also write {what} to this HTML file", suffixes=(".html",), group="output")
-
-
-def tuned_lens_option() -> Any:
-    """The ``--tuned-lens DIR`` field of every command whose function takes ``lens=``."""
-    return option(None, "decode with this saved tuned lens (a directory from `interlayer lens tune`) instead of the "
-                        "logit lens", group="method")
-
-
-def data_option(help: str = "input text: a .txt (one document per line), .jsonl or .parquet file, or a folder of "
-                            "them (default: the packaged sample)", *, required: bool = False) -> Any:
-    """The ``--data`` field: input text (with ``--text-field``)."""
-    return option(None, help, required=required, group="data")
-
-
-def text_field_option(of: str = "--data") -> Any:
-    """The ``--text-field`` field that goes with every ``--data``."""
-    return option("text", f"JSON field or parquet column holding the text of {of}", group="data")
-
-
-@dataclass
-class ModelOptions:
-    """Options every command that loads a model shares."""
-
-    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id")
-    device: str | None = option(None, "torch device (default: cuda if available, else cpu)")
-    dtype: str | None = option(None, "weights dtype (default: float32 on every device, so decoded numbers match the "
-                                     "model's own; bfloat16 or float16 halve the memory)", choices=DTYPE_CHOICES)
-    trust_remote_code: bool = option(False, "let transformers run code shipped with a checkpoint")
-
-    def __post_init__(self) -> None:
-        check_options(self)
-        parent = getattr(super(), "__post_init__", None)  # a config that also extends other options
-        if parent is not None:
-            parent()
-
-    def load(self) -> "ModelAdapter":
-        """Load the model these options name (see :func:`interlayer.load_model`)."""
-        from .registry import started_computing
-        from ..model.loading import load_model
-
-        model = load_model(self.model, device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
-        started_computing()
-        return model
+def __getattr__(name: str) -> Any:
+    """``LogitLensConfig`` moved to :mod:`interlayer.lens.config` (this name works for one release)."""
+    if name == "LogitLensConfig":
+        warnings.warn("interlayer.cli.config.LogitLensConfig moved to interlayer.lens.config.LogitLensConfig",
+                      DeprecationWarning, stacklevel=2)
+        return importlib.import_module("interlayer.lens.config").LogitLensConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -97,29 +56,8 @@ class ModelsConfig:
 class InfoConfig(ModelOptions):
     """Print a model's layers, dimensions and hook sites."""
 
-    model: str = option(DEFAULT_MODEL, "embedded alias, checkpoint directory or hub id (the positional MODEL "
-                                       "still works, deprecated)", deprecated_positional=True)
-
-
-@dataclass
-class LogitLensConfig(ModelOptions):
-    """Logit lens: the top tokens of every layer at every position of each prompt."""
-
-    prompt: list[str] | None = option(None, "a prompt to decode (default: 'The Eiffel Tower is in the city of')",
-                                      repeat=True)
-    targets: list[str] | None = option(None, "a string whose first token's probability and rank to report at every "
-                                             "layer, e.g. ' Paris'", repeat=True)
-    positions: str = option("all", "decode every position (BOS included) or only the last",
-                            choices=("all", "last"))
-    chat: str = chat_option()
-    tuned_lens: str | None = tuned_lens_option()
-    top_k: int = option(1, "tokens shown per cell", min=1)
-    memory_mb: float = option(256.0, "bound on decoding working memory, MiB", above=0)
-    out: str | None = out_option("also write the table as .csv, "
-                                 "or the whole result as .json (LogitLensResult.load reads it)",
-                                 suffixes=(".csv", ".json"))
-    figures: str | None = figures_option("the heatmap of the first prompt")
-    no_progress: bool = option(False, "hide the progress bar")
+    model: str = ModelOptions.variant("model", help="embedded alias, checkpoint directory or hub id (the positional "
+                                                    "MODEL still works, deprecated)", deprecated_positional=True)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InterlayerError
+from ..model.options import LOADED
 from ..options import GROUPS, check_value, config_key, field_type, flag_name, group_of
 
 __all__ = ["COMMANDS", "Command", "EXIT_CODES", "OUTPUT", "RUN", "build_parser", "command", "emit_json", "note", "say", "show",
@@ -85,6 +86,9 @@ RUN = RunState()
 def started_computing() -> None:
     """Mark the start of the computation (called once the model is loaded)."""
     RUN.computing = True
+
+
+LOADED.append(started_computing)  # every ModelOptions.load() starts the computation
 
 
 def say(text: str) -> None:

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from interlayer.cli import dispatch as cli
-from interlayer.cli.config import InfoConfig, LogitLensConfig
+from interlayer.cli.config import InfoConfig
+from interlayer.lens.config import LogitLensConfig
 from interlayer.options import flag_name
 from tests.tiny_models import make_tiny, make_tokenizer
 
