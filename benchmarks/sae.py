@@ -36,7 +36,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after an installed 
 from benchmarks.common import device_name, write_result  # noqa: E402
 from interlayer.saes import SAE, SAEConfig  # noqa: E402
 from interlayer.saes import topafa  # noqa: E402
-from interlayer.saes.activation_functions import candidates_for  # noqa: E402
+from interlayer.saes.archs import candidates_for  # noqa: E402
 from interlayer.saes.training import TrainOptions, batch_losses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -60,7 +60,8 @@ def run_train(cfg: SAETrainConfig) -> Any:
     model_name = broadcast_object(model.name if model is not None else None, what="sharing the model name")
     sae_cfg = SAEConfig(d_in=source.d_in, d_sae=LATENTS_PER_D_MODEL * source.d_in if cfg.latents is None else cfg.latents, arch=cfg.arch,
                         k=cfg.k, normalization=cfg.normalization, afa_form=cfg.afa_form,
-                        authors_exact=cfg.authors_exact, model=model_name, site=source.site)
+                        authors_exact=cfg.authors_exact, jumprelu_init_threshold=cfg.jumprelu_threshold,
+                        model=model_name, site=source.sites[0])
     out = Path(cfg.out)
     result = train_sae(source, sae_cfg, options, checkpoint_dir=out, device=device_of(world, cfg.device))
     leave()  # the ranks are done together; rank 0 alone saves and evaluates, with no collective left

@@ -8,7 +8,8 @@ from interlayer.cli.config import ModelOptions, data_option, figures_option, opt
 from interlayer.distributed import DEFAULT_TIMEOUT_S
 from interlayer.model.sites import one_site, site_list
 
-from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES
+from .archs import AFA_FORMS, DEFAULT_K, SAE_ARCHITECTURES, architecture
+from .archs.jumprelu import INITIAL_THRESHOLD
 from .normalization import NORMALIZATIONS
 from .training import TrainOptions
 
@@ -17,8 +18,11 @@ LATENTS_PER_D_MODEL = 8
 """The default number of latents of ``sae train`` and ``sae sweep``: 8 x d_model (5,120 on
 Gemma 3 270M, the size of the README's sweep)."""
 
-DEFAULT_K = 32
-"""The default k of the TopK and BatchTopK architectures (the README's best TopK member)."""
+
+def jumprelu_threshold_option() -> float:
+    """The ``--jumprelu-threshold`` option of ``sae train`` and ``sae sweep``."""
+    return option(INITIAL_THRESHOLD, "initial JumpReLU threshold theta (Rajamanoharan et al. 2024: 0.001); "
+                                     "log(theta) moves about lr per step, so in short runs it sets the L0", above=0)
 
 
 @dataclass
@@ -44,6 +48,8 @@ class SAETrainConfig(ModelOptions, TrainOptions):
                                   choices=AFA_FORMS)
     authors_exact: bool = option(False, "top-AFA exactly as its authors' code: no b_enc, k = h excluded, constant lr, "
                                         "AuxK residual not detached, decoder renormalised before the step")
+    jumprelu_threshold: float = jumprelu_threshold_option()
+    """Becomes the SAE's :attr:`~interlayer.saes.SAEConfig.jumprelu_init_threshold`."""
     out: str = out_option("output directory: sae.safetensors, cfg.json, metrics.json, history.csv, figures.html "
                           "(a run there is resumed)", required=True)
     normalization: str = option("standardize", "input normalisation", choices=NORMALIZATIONS)
@@ -59,8 +65,8 @@ class SAETrainConfig(ModelOptions, TrainOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.k is None and self.arch in ("topk", "batchtopk"):
-            self.k = DEFAULT_K
+        if self.k is None and architecture(self.arch).takes_k:
+            self.k = architecture(self.arch).default_k
 
 
 @dataclass
@@ -103,6 +109,8 @@ class SAESweepConfig(ModelOptions, TrainOptions):
                                     "(default: the documented grid)")
     latents: int | None = option(None, f"latents per SAE (default: {LATENTS_PER_D_MODEL} x d_model)", min=1)
     normalization: str = option("standardize", "input normalisation", choices=NORMALIZATIONS)
+    jumprelu_threshold: float = jumprelu_threshold_option()
+    """Becomes the SAE's :attr:`~interlayer.saes.SAEConfig.jumprelu_init_threshold`."""
     eval_data: str | None = option(None, "held-out text for the evaluation: a .txt, .jsonl or .parquet file, or a "
                                          "folder of them (default: the packaged sample)")
     text_field: str = text_field_option("--eval-data")

@@ -22,14 +22,15 @@ from typing import Any
 
 import torch
 
+from interlayer.store import text_per_context
 from interlayer.store.collect import stream
 from interlayer.store.capture import row_bytes
-from interlayer.distributed import SINGLE, World, all_reduce, comm_device, gather, gather_objects
+from interlayer.distributed import SINGLE, World, comm_device, gather, gather_objects
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.seeding import epoch_permutation
 
 from .config import LATENTS_PER_D_MODEL
-from .sources import SourceBatch, StreamedSource
+from .sources import Placement, Source, SourceBatch, StreamedSource
 
 def owned_sites(sites: list[str], world: World = SINGLE) -> list[str]:
     """The sites rank ``world.rank`` trains: site ``i`` goes to rank ``i % ranks``."""
@@ -39,49 +40,36 @@ def owned_sites(sites: list[str], world: World = SINGLE) -> list[str]:
     return sites[world.rank::world.size]
 
 
-class ScatteredSource:
+class ScatteredSource(Source):
     """Streamed activations for layer-parallel training on several ranks, the model pass
     shared: every rank runs the model on its share of each chunk's forward batches
     (batch ``j`` on rank ``j % ranks``) for every site, and each rank gathers from all
     of them the rows of the sites it owns. The chunks, their row order and the seeded
     shuffle are those of :class:`~interlayer.saes.sources.StreamedSource` on one process,
     so every rank serves ``[n_own, batch, d]`` batches equal to that source's rows at its
-    sites (tested)."""
-
-    collective = True
-    """Every rank must read every batch (the trainer keeps them in lockstep)."""
+    sites (tested). Its placement is collective: every rank reads every batch, and the
+    trainer keeps the ranks in lockstep."""
 
     def __init__(self, inner: StreamedSource, world: World) -> None:
-        self.inner, self.team = inner, world  # not `world`: the trainer reads that as data-parallel
+        self.inner, self.world = inner, world
+        self.placement = Placement(world, collective=True)
         self.all_sites = list(inner.sites)
         self.sites = owned_sites(self.all_sites, world)
-        self.site = ",".join(self.sites)
         self.batch_size, self.d_in, self.device, self.seed = inner.batch_size, inner.d_in, inner.device, inner.seed
         model = inner.model
         contexts = inner.forward_batch_size
-        self.batch_rows = contexts * (inner.context_length - (1 if model.bos_token_id is not None else 0))
+        self.batch_rows = contexts * text_per_context(model, inner.context_length)
         self.per_chunk = max(1, chunk_rows(model, len(self.all_sites), inner.memory_mb) // self.batch_rows)
         """Forward batches per chunk: as :func:`interlayer.stream` cuts a one-process stream."""
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
 
-    def align(self, position: int, state: dict[str, int] | None) -> tuple[int, dict[str, int] | None]:
-        """The earliest ``(position, source state)`` over the ranks: where every rank starts."""
-        offers = gather_objects((position, state), "agreeing where to resume")
-        return min(offers, key=lambda o: o[0])
-
-    def any_active(self, mine: bool) -> bool:
-        """Whether any rank still trains an SAE (then every rank keeps reading batches)."""
-        flag = torch.tensor([1 if mine else 0], device=comm_device())
-        return bool(all_reduce(flag, "max", "checking whether any rank still trains"))
-
     def _my_batches(self, skip: int) -> Iterator[tuple[int, torch.Tensor, int]]:
         """This rank's forward batches from context ``skip`` on: ``(j, [n_sites, rows, d], contexts)``."""
-        inner, rank, ranks = self.inner, self.team.rank, self.team.size
-        one_batch = chunk_rows_to_mb(inner.model, len(self.all_sites), self.batch_rows)
+        inner, rank, ranks = self.inner, self.world.rank, self.world.size
         for acts in stream(inner.model, inner.data, self.all_sites, select="tokens", context_length=inner.context_length,
-                           batch_size=inner.forward_batch_size, memory_mb=one_batch, text_field=inner.text_field,
+                           batch_size=inner.forward_batch_size, rows_per_chunk=self.batch_rows, text_field=inner.text_field,
                            skip=skip, keep_batches=lambda j: j % ranks == rank, progress=False):
             j = int(acts.meta["sequence"][0]) // inner.forward_batch_size
             yield j, acts.stack(self.all_sites), acts.n_sequences
@@ -108,7 +96,7 @@ class ScatteredSource:
 
     def _exchange(self, have: list[Any], counts: list[Any], batches: list[Any]) -> torch.Tensor:
         """Every rank's batches of this chunk, at this rank's sites, in batch order."""
-        where, ranks, width = comm_device(), self.team.size, max(len(part) for part in counts)
+        where, ranks, width = comm_device(), self.world.size, max(len(part) for part in counts)
         index = {s: i for i, s in enumerate(self.all_sites)}
         received = None
         for owner in range(ranks):
@@ -116,7 +104,7 @@ class ScatteredSource:
             block = torch.zeros(width, len(theirs), self.batch_rows, self.d_in, device=where)
             for k, (_, x, _) in enumerate(have):
                 block[k, :, : x.shape[1]] = x[theirs].to(where, torch.float32)
-            parts = [torch.empty_like(block) for _ in range(ranks)] if owner == self.team.rank else None
+            parts = [torch.empty_like(block) for _ in range(ranks)] if owner == self.world.rank else None
             gather(block, parts, owner, f"sending rank {owner} its sites' activations")
             if parts is not None:
                 received = parts
@@ -153,11 +141,6 @@ class ScatteredSource:
 def chunk_rows(model: Any, n_sites: int, memory_mb: float) -> int:
     """Rows in one chunk of :func:`interlayer.stream` at ``memory_mb`` (float32 rows)."""
     return max(1, int(memory_mb * 2**20 // row_bytes(model, n_sites, torch.float32, False)))
-
-
-def chunk_rows_to_mb(model: Any, n_sites: int, rows: int) -> float:
-    """The ``memory_mb`` whose chunks hold exactly ``rows`` float32 rows."""
-    return rows * row_bytes(model, n_sites, torch.float32, False) / 2**20
 
 
 def expand_cached_sites(pattern: str, model: Any, cached: list[str] | None) -> list[str]:
@@ -216,7 +199,8 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
                    if done else None, "checking the output directories")
     members = [TrainMember(SAEConfig(d_in=model.d_model, d_sae=cfg.latents or LATENTS_PER_D_MODEL * model.d_model, arch=cfg.arch, k=cfg.k,
                                      normalization=cfg.normalization, afa_form=cfg.afa_form,
-                                     authors_exact=cfg.authors_exact, model=model.name, site=site),
+                                     authors_exact=cfg.authors_exact, jumprelu_init_threshold=cfg.jumprelu_threshold,
+                                     model=model.name, site=site),
                            options, out / site) for site in own]
     rows = []
     for site, result in zip(own, train_saes(source, members, device=model.device)):

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_atomic, write_json_atomic
 
-from .activation_functions import AFA_FORMS, SAE_ARCHITECTURES, Code, EncodeContext, make_activation
+from .archs import REGISTRY, Code, EncodeContext, architecture
+from .archs.jumprelu import BANDWIDTH, INITIAL_THRESHOLD
 from .formats import CONFIG, FORMAT, WEIGHTS, is_interlayer_dir, is_saelens_dir, read_config
 from .normalization import check_normalization, denormalize, normalize
 
@@ -54,9 +55,10 @@ class SAEConfig:
     ``b_enc`` in the encoder, ``k = h`` excluded from the selection (their ``1e8``
     sentinel), their full sort and dense decode (bit for bit their numbers, slower than the
     fast selection), and their trainer (see :mod:`interlayer.saes.training`)."""
-    jumprelu_init_threshold: float = 0.001
-    """Initial JumpReLU threshold (in the normalised space)."""
-    jumprelu_bandwidth: float = 0.001
+    jumprelu_init_threshold: float = INITIAL_THRESHOLD
+    """Initial JumpReLU threshold theta (in the normalised space; the one the SAE trained from,
+    ``--jumprelu-threshold``)."""
+    jumprelu_bandwidth: float = BANDWIDTH
     """Width of the JumpReLU straight-through rectangle kernel."""
     model: str | None = None
     """The model the SAE was trained on (informational)."""
@@ -64,36 +66,24 @@ class SAEConfig:
     """The hook site it reads, e.g. resid_post.6 (informational)."""
 
     def __post_init__(self) -> None:
-        if self.arch not in SAE_ARCHITECTURES:
-            raise InterlayerError(f"unknown SAE architecture {self.arch!r}; valid choices: {choices(SAE_ARCHITECTURES)}")
+        spec = architecture(self.arch)  # an unknown name is refused, naming the registered ones
         if self.d_in < 1 or self.d_sae < 1:
             raise InterlayerError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if self.arch in ("topk", "batchtopk"):
+        if spec.takes_k:
             if self.k is None:
-                raise InterlayerError(f"architecture {self.arch!r} needs k (latents per token), e.g. --k 32")
+                raise InterlayerError(f"architecture {self.arch!r} needs k (latents per token), e.g. --k {spec.default_k}")
             if not 1 <= self.k <= self.d_sae:
                 raise InterlayerError(f"k must be between 1 and d_sae={self.d_sae}, got {self.k}")
         elif self.k is not None:
-            raise InterlayerError(f"architecture {self.arch!r} takes no k (got k={self.k}); only 'topk' and "
-                                  "'batchtopk' have a fixed k")
-        self._check_afa()
+            fixed = [n for n, a in REGISTRY.items() if a.takes_k]
+            raise InterlayerError(f"architecture {self.arch!r} takes no k (got k={self.k}); only "
+                                  f"{' and '.join(repr(n) for n in fixed)} have a fixed k")
+        spec.check(self)
         check_normalization(self.normalization)
         if not self.scale > 0:
             raise InterlayerError(f"scale must be positive, got {self.scale}")
-
-    def _check_afa(self) -> None:
-        if self.arch != "topafa":
-            if self.afa_form is not None or self.authors_exact:
-                raise InterlayerError(f"afa_form and authors_exact are options of the 'topafa' architecture, not "
-                                      f"{self.arch!r} (got afa_form={self.afa_form!r}, authors_exact={self.authors_exact})")
-            return
-        if self.afa_form is None:
-            self.afa_form = "authors" if self.authors_exact else "centred"
-        if self.afa_form not in AFA_FORMS:
-            raise InterlayerError(f"unknown AFA form {self.afa_form!r}; valid choices: {choices(AFA_FORMS)}")
-        if self.authors_exact and self.afa_form != "authors":
-            raise InterlayerError("authors_exact runs the authors' code, whose AFA loss is the 'authors' form; "
-                                  f"it cannot be combined with afa_form={self.afa_form!r}")
+        if self.arch == "jumprelu" and not self.jumprelu_init_threshold > 0:
+            raise InterlayerError(f"jumprelu_init_threshold must be positive, got {self.jumprelu_init_threshold}")
 
     @property
     def mode(self) -> str:
@@ -143,8 +133,7 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(w_enc.t() / w_enc.t().norm(dim=-1, keepdim=True))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.activation = make_activation(cfg.arch, cfg.d_sae, cfg.k, jumprelu_init_threshold=cfg.jumprelu_init_threshold,
-                                          jumprelu_bandwidth=cfg.jumprelu_bandwidth, sentinel=cfg.authors_exact)
+        self.activation = architecture(cfg.arch).activation(cfg)
 
     @property
     def d_in(self) -> int:

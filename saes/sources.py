@@ -11,20 +11,26 @@ Each batch comes with the source's position after it (``state``), a small dict t
 the trainer checkpoints; ``batches(state)`` resumes exactly there. A streamed source
 skips the contexts of finished chunks without running the model and recomputes only
 the chunk it was in.
+
+What the trainer reads of a source is declared by the :class:`Source` protocol, which
+every source class here (and :class:`~interlayer.saes.layer_parallel.ScatteredSource`)
+implements; how the ranks of a distributed run share its batches is its
+:class:`Placement`, given to it explicitly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
 from interlayer.store.cache import ActivationStore
 from interlayer.store.collect import stream
 from interlayer.model.adapter import ModelAdapter
-from interlayer.distributed import SINGLE, World, split_evenly
+from interlayer.distributed import SINGLE, World, all_reduce, comm_device, gather_objects, split_evenly
 from interlayer.errors import InterlayerError
 from interlayer.io.files import sha256_bytes
 from interlayer.io.seeding import epoch_permutation
@@ -40,7 +46,83 @@ class SourceBatch(NamedTuple):
     a tensor row, or a context and position)."""
 
 
-class TensorSource:
+@dataclass(frozen=True)
+class Placement:
+    """How the ranks of a training run share a source's batches, given explicitly to the
+    source that serves them (one process: the default)."""
+
+    world: World = SINGLE
+    """The processes training together."""
+    split: bool = False
+    """Each rank reads its own equal part of every global batch (data-parallel training:
+    the gradients, the fired latents and the loss terms are averaged over the ranks, and
+    rank 0 alone writes checkpoints)."""
+    collective: bool = False
+    """Every rank reads every batch, in lockstep (layer-parallel training: each rank trains
+    and writes its own SAEs, and the ranks start together at the earliest position any
+    rank's SAEs had reached)."""
+
+    def __post_init__(self) -> None:
+        if self.split and self.collective:
+            raise InterlayerError("a placement either splits each batch over the ranks (data-parallel) or has every "
+                                  "rank read every batch (collective), not both")
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether the ranks train one SAE together on their parts of each batch."""
+        return self.split and self.world.distributed
+
+    @property
+    def trainers(self) -> World:
+        """The world the SAEs' training spans: the ranks of a data-parallel run, else this process."""
+        return self.world if self.data_parallel else SINGLE
+
+    def part(self, batch_size: int) -> int:
+        """The rows of a global batch of ``batch_size`` this rank reads."""
+        return split_evenly(batch_size, self.world, "the global batch") if self.split else batch_size
+
+    def align(self, position: int, state: dict[str, int] | None) -> tuple[int, dict[str, int] | None]:
+        """The earliest ``(position, source state)`` over the ranks of a collective
+        placement (where every rank starts); this rank's own otherwise."""
+        if not (self.collective and self.world.distributed):
+            return position, state
+        offers = gather_objects((position, state), "agreeing where to resume")
+        return min(offers, key=lambda o: o[0])
+
+    def any_active(self, mine: bool) -> bool:
+        """Whether any rank of a collective placement still trains an SAE (then every rank
+        keeps reading batches); this rank's own flag otherwise."""
+        if not (self.collective and self.world.distributed):
+            return mine
+        flag = torch.tensor([1 if mine else 0], device=comm_device())
+        return bool(all_reduce(flag, "max", "checking whether any rank still trains"))
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the SAE trainer reads of a source of training activations."""
+
+    d_in: int
+    """The activations' width."""
+    batch_size: int
+    """Rows of each (global) batch."""
+    sites: list[str]
+    """The sites it serves: one (batches ``[batch_size, d_in]``) or several (``[n_sites,
+    batch_size, d_in]``, the same rows at each site)."""
+    placement: Placement
+    """How the ranks share its batches."""
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote its checkpoint."""
+        ...
+
+    def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
+        """Batches from position ``state`` (the start: ``None``) on; ``whole``: the global
+        batches even where this rank reads only its part (the trainer's initial statistics)."""
+        ...
+
+
+class TensorSource(Source):
     """Training batches from activations already in memory (e.g. ``collect(...)[site]``):
     seeded epoch-wise permutations, whole batches only."""
 
@@ -53,15 +135,17 @@ class TensorSource:
         self.rows = rows
         self.batch_size = batch_size
         self.seed = seed
-        self.site = site
+        self.sites = [site]
+        self.placement = Placement()
         self.device = device
         self.d_in = int(rows.shape[1])
 
     def identity(self) -> dict[str, Any]:
         digest = sha256_bytes(self.rows.detach().float().cpu().contiguous().numpy().tobytes())
-        return {"kind": "tensor", "site": self.site, "rows_sha256": digest, "seed": self.seed, "batch_size": self.batch_size}
+        return {"kind": "tensor", "site": self.sites[0], "rows_sha256": digest, "seed": self.seed,
+                "batch_size": self.batch_size}
 
-    def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
+    def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
         done = (state or {}).get("batches", 0)
         per_epoch = self.rows.shape[0] // self.batch_size
         while True:
@@ -73,26 +157,26 @@ class TensorSource:
                               lambda i, index=index: f"row {int(index[i])} of the tensor")
 
 
-class CachedSource:
+class CachedSource(Source):
     """Training batches from a cached :class:`~interlayer.ActivationStore`.
 
-    With a distributed ``world`` every rank reads only its own equal slice of each
-    global batch of ``batch_size`` rows (the slices are disjoint, so every row is read
-    once per epoch by one rank); ``batches(whole=True)`` serves the global batches
-    (the trainer's initial statistics, the same on every rank)."""
+    With a distributed ``world`` (data-parallel: ``Placement(world, split=True)``) every
+    rank reads only its own equal slice of each global batch of ``batch_size`` rows (the
+    slices are disjoint, so every row is read once per epoch by one rank);
+    ``batches(whole=True)`` serves the global batches (the trainer's initial statistics,
+    the same on every rank)."""
 
     def __init__(self, store: ActivationStore | str | Path, site: str | list[str], batch_size: int, seed: int = 0,
                  device: str | torch.device | None = None, world: World = SINGLE) -> None:
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         self.sites = [self.store.check_site(s) for s in ([site] if isinstance(site, str) else site)]
-        self.site = self.sites[0] if isinstance(site, str) else ",".join(self.sites)
         if world.distributed and len(self.sites) > 1:
             raise InterlayerError("data-parallel training reads one site; several sites are trained layer-parallel")
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
-        self.world = world
-        self.local_batch_size = split_evenly(batch_size, world, "the global batch")
+        self.placement = Placement(world, split=True)
+        self.local_batch_size = self.placement.part(batch_size)
         self.d_in = int(self.store.manifest["d_model"])
         if self.store.n_rows < batch_size:
             raise InterlayerError(f"{self.store.path} holds {self.store.n_rows} rows, fewer than one batch of {batch_size}")
@@ -105,7 +189,8 @@ class CachedSource:
 
     def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
         done = (state or {}).get("batches", 0)
-        part = (0, 1) if whole else (self.world.rank, self.world.size)
+        world = self.placement.world
+        part = (0, 1) if whole else (world.rank, world.size)
         read = self.sites[0] if len(self.sites) == 1 else self.sites  # several: [n_sites, batch, d], the same rows
         for epochs_batch in self.store.batches(read, self.batch_size, seed=self.seed, epochs=1 << 20, start=done,
                                                drop_last=True, device=self.device, with_index=True, part=part):
@@ -122,7 +207,7 @@ class CachedSource:
         return f"row {local} of shard {file} in {self.store.path}"
 
 
-class StreamedSource:
+class StreamedSource(Source):
     """Training batches computed on the fly from text by the activation store."""
 
     def __init__(self, model: ModelAdapter, data: Any, site: str | list[str], batch_size: int, seed: int = 0,
@@ -131,7 +216,7 @@ class StreamedSource:
         self.model = model
         self.data = data
         self.sites = [model.site(s).name for s in ([site] if isinstance(site, str) else site)]
-        self.site = self.sites[0] if isinstance(site, str) else ",".join(self.sites)
+        self.placement = Placement()
         self.batch_size = batch_size
         self.seed = seed
         self.context_length = context_length
@@ -157,7 +242,7 @@ class StreamedSource:
             rows = acts[self.sites[0]] if len(self.sites) == 1 else acts.stack(self.sites)
             yield rows, acts.meta, acts.n_sequences
 
-    def batches(self, state: dict[str, int] | None = None) -> Iterator[SourceBatch]:
+    def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
         state = dict(state or {"epoch": 0, "chunk": 0, "contexts": 0, "in_chunk": 0})
         while True:
             from_start, produced = state["contexts"] == 0, False

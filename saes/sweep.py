@@ -44,7 +44,8 @@ from interlayer.io.checkpointing import identity_differences
 from interlayer.io.files import write_json_atomic
 from interlayer.results import Result, decode_frame, encode_frame, require
 
-from .activation_functions import SAE_ARCHITECTURES
+from .archs import SAE_ARCHITECTURES
+from .archs.jumprelu import INITIAL_THRESHOLD
 from .config import LATENTS_PER_D_MODEL
 from .records import describe, metrics_record, train_options, write_figures
 from .sae import SAE, SAEConfig
@@ -100,10 +101,12 @@ class GridMember:
             return self.arch
         return "topafa (authors-exact)" if self.exact else f"topafa ({self.afa_form})"
 
-    def sae_config(self, d_in: int, d_sae: int, normalization: str, model: str | None, site: str | None) -> SAEConfig:
+    def sae_config(self, d_in: int, d_sae: int, normalization: str, model: str | None, site: str | None,
+                   jumprelu_threshold: float = INITIAL_THRESHOLD) -> SAEConfig:
         k = int(self.value) if self.arch in ("topk", "batchtopk") else None
         return SAEConfig(d_in=d_in, d_sae=d_sae, arch=self.arch, k=k, normalization=normalization,
-                         afa_form=self.afa_form, authors_exact=self.exact, model=model, site=site)
+                         afa_form=self.afa_form, authors_exact=self.exact, jumprelu_init_threshold=jumprelu_threshold,
+                         model=model, site=site)
 
     def train_options(self, base: TrainOptions) -> TrainOptions:
         """``base`` with this member's coefficient in place."""
@@ -476,7 +479,7 @@ def run_sweep(cfg: Any) -> SAESweepResult:
     source_identity = CachedSource(store, site, base.batch_size, seed=base.seed).identity()
     plans = []
     for member in members:
-        sae_cfg = member.sae_config(d_in, latents, cfg.normalization, store.manifest["model"], site)
+        sae_cfg = member.sae_config(d_in, latents, cfg.normalization, store.manifest["model"], site, cfg.jumprelu_threshold)
         options = member.train_options(base)
         options.check(sae_cfg)
         identity = member_identity(sae_cfg, options, source_identity)

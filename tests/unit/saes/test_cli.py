@@ -127,3 +127,14 @@ def test_a_sweep_with_failed_members_exits_3(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_sweep", lambda cfg: result)
     code, stdout, _ = _run(capsys, "sae", "sweep", "--activations", tmp_path, "-o", tmp_path / "s", "--json")
     assert code == 3 and json.loads(stdout)["failed"] == {"relu_0.01": "loss became NaN"}
+
+
+def test_train_jumprelu_records_the_threshold_it_trained_with(capsys, tmp_path, checkpoint):
+    ckpt, text = checkpoint
+    out = tmp_path / "jump"
+    code, _, err = _run(capsys, "sae", "train", "--model", ckpt, "--site", "resid_post.1", "--arch", "jumprelu",
+                        "--jumprelu-threshold", 0.01, "--latents", 32, "--tokens", 64 * 2, "--tokens-per-step", 64,
+                        "--data", text, "--out", out, "--eval-tokens", 30, "--context-length", 16, "--no-progress")
+    assert code == 0, err
+    assert json.loads((out / "cfg.json").read_text())["jumprelu_init_threshold"] == 0.01
+    assert json.loads((out / "metrics.json").read_text())["train_options"]["jumprelu_threshold"] == 0.01

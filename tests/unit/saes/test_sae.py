@@ -94,7 +94,7 @@ def test_loading_weights_of_another_architecture_is_refused(tmp_path):
 @pytest.mark.parametrize("arch,k", [("relu", None), ("topk", 4), ("batchtopk", 4), ("jumprelu", None), ("topafa", None)])
 @pytest.mark.parametrize("training", [True, False])
 def test_sparse_decode_equals_the_dense_product_with_gradients(arch, k, training):
-    from interlayer.saes.activation_functions import EncodeContext
+    from interlayer.saes.archs import EncodeContext
 
     torch.manual_seed(0)
     x = torch.randn(300, 16) * 2 + 1
