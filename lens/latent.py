@@ -38,6 +38,7 @@ import torch
 
 from interlayer.store.collect import collect
 from interlayer.model.adapter import ModelAdapter
+from interlayer.model.sites import Site
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.intervals import LEVEL, PROBABILITY, mean_interval
@@ -299,7 +300,7 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
         prompts = [model.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                        add_generation_prompt=True) for p in prompts]
 
-    sites = [f"resid_post.{layer}" for layer in range(model.n_layers)]
+    sites = [Site(layer, "resid_post").name for layer in range(model.n_layers)]
     acts = collect(model, prompts, sites, select="last", batch_size=batch_size, progress=progress)
     union = sorted(set().union(*(s for sets in id_sets for s in sets.values())))
     column = {token: c for c, token in enumerate(union)}

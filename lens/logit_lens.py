@@ -15,6 +15,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from interlayer.model.adapter import ModelAdapter
+from interlayer.model.sites import Site
 from interlayer.store.collect import collect
 from interlayer.decoding import DEFAULT_MEMORY_MB, LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
@@ -189,7 +190,7 @@ def logit_lens(model: ModelAdapter, prompts: str | Sequence[str], *, targets: Se
         if not ids:
             raise InterlayerError(f"target {name!r} has no tokens")
         target_ids.append(int(ids[0]))
-    sites = [f"resid_post.{layer}" for layer in range(model.n_layers)]
+    sites = [Site(layer, "resid_post").name for layer in range(model.n_layers)]
     if positions == "all":
         acts = collect(model, encoded, sites, select="positions", positions=[list(range(len(e))) for e in encoded],
                        batch_size=batch_size, progress=progress)

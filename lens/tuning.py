@@ -9,8 +9,10 @@ function of the step, and the optimizer and schedule state are saved.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from tqdm.auto import tqdm
 
 from interlayer.store.collect import Activations
 from interlayer.model.adapter import ModelAdapter
-from interlayer.io.checkpointing import load_optimizer, optimizer_tensors
+from interlayer.model.sites import Site
+from interlayer.io.checkpointing import check_resume_identity, load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.io.files import write_atomic, write_json_atomic
@@ -40,10 +43,11 @@ log = logging.getLogger(__name__)
 
 def stacked_resid(acts: Activations, n_layers: int) -> torch.Tensor:
     """``[n_layers, rows, d]``: resid_post of every layer from collected activations."""
-    missing = [l for l in range(n_layers) if f"resid_post.{l}" not in acts.tensors]
+    names = [Site(l, "resid_post").name for l in range(n_layers)]
+    missing = [l for l, name in zip(range(n_layers), names) if name not in acts.tensors]
     if missing:
         raise InterlayerError(f"the activations lack resid_post at layers {missing}; collect 'resid_post.*'")
-    return acts.stack([f"resid_post.{l}" for l in range(n_layers)])
+    return acts.stack(names)
 
 
 def _row_order(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -72,22 +76,15 @@ def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[
         raise InterlayerError(f"steps must be at least 1, got {steps}")
     lens = TunedLens.for_model(model, layers)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
-
-    def lr_factor(step: int) -> float:  # linear warmup, then linear decay to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (steps - step) / max(1, steps - warmup))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_decay(warmup, steps))
+    options = dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed, layers=lens.layers)
     start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / "state.json").is_file():
-        start = _load_checkpoint(ckpt, lens, optimizer, schedule, dict(steps=steps, batch_size=batch_size, lr=lr,
-                                                                          warmup=warmup, seed=seed, layers=lens.layers))
+        start = _load_checkpoint(ckpt, lens, optimizer, schedule, options)
     frozen = [p.requires_grad for p in model.model.parameters()]
     for p in model.model.parameters():
         p.requires_grad_(False)
-    final = hidden[-1]
     reference, translated = LayerDecoder(model), LayerDecoder(model, lens=lens)
     losses: list[float] = []
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="tuned lens")
@@ -95,23 +92,11 @@ def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[
         with torch.enable_grad():
             for step in bar:
                 rows = _row_order(n_rows, step, batch_size, seed)
-                target = reference.log_probs(final[rows], model.n_layers - 1)
-                target_p = target.exp()
-                optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for layer in lens.layers:  # one backward per layer keeps one [batch, vocab] graph alive
-                    logq = translated.log_probs(hidden[layer, rows], layer, grad=True)
-                    loss = (target_p * (target - logq)).sum(-1).mean()
-                    loss.backward()
-                    total += loss.detach().item()
-                optimizer.step()
+                losses.append(_train_step(reference, translated, hidden, rows, optimizer))
                 schedule.step()
-                losses.append(total / len(lens.layers))
                 bar.set_postfix(kl=f"{losses[-1]:.3f}")
                 if ckpt is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-                    _save_checkpoint(ckpt, lens, optimizer, schedule, step + 1,
-                                     dict(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, seed=seed,
-                                          layers=lens.layers))
+                    _save_checkpoint(ckpt, lens, optimizer, schedule, step + 1, options)
     finally:
         bar.close()
         for p, flag in zip(model.model.parameters(), frozen):
@@ -119,6 +104,35 @@ def train_tuned_lens(model: ModelAdapter, hidden: torch.Tensor, *, layers: list[
     lens.training_log = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "seed": seed,
                          "rows": n_rows, "mean_kl_last_10": sum(losses[-10:]) / max(1, len(losses[-10:]))}
     return lens.eval()
+
+
+def _warmup_then_decay(warmup: int, steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of a step: linear warmup over ``warmup`` steps, then linear
+    decay to zero at ``steps`` (a plain function, so the schedule's state holds no closure state)."""
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return lr_factor
+
+
+def _train_step(reference: LayerDecoder, translated: LayerDecoder, hidden: torch.Tensor, rows: torch.Tensor,
+                optimizer: torch.optim.Optimizer) -> float:
+    """One optimizer step on ``rows``: loss_l = mean KL(p_final || q_l) for every lens layer,
+    one backward per layer (one ``[batch, vocab]`` graph alive); returns the mean loss."""
+    lens = translated.lens
+    target = reference.log_probs(hidden[-1][rows], hidden.shape[0] - 1)
+    target_p = target.exp()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for layer in lens.layers:
+        logq = translated.log_probs(hidden[layer, rows], layer, grad=True)
+        loss = (target_p * (target - logq)).sum(-1).mean()
+        loss.backward()
+        total += loss.detach().item()
+    optimizer.step()
+    return total / len(lens.layers)
 
 
 def _save_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, step: int, options: dict) -> None:
@@ -131,12 +145,11 @@ def _save_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, step: int
 
 
 def _load_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, options: dict) -> int:
-    import json
-
+    """Restore the checkpoint in ``ckpt`` into the lens, optimizer and schedule, refusing one
+    written with other ``options`` (:func:`~interlayer.io.checkpointing.check_resume_identity`,
+    which names each differing option); returns the step to resume at."""
     meta = json.loads((ckpt / "state.json").read_text())
-    if meta["options"] != json.loads(json.dumps(options)):
-        raise InterlayerError(f"checkpoint in {ckpt} was written with other options ({meta['options']}); "
-                              "use another --out directory or the same options")
+    check_resume_identity(meta["options"], json.loads(json.dumps(options)), what="tuned-lens training run", path=ckpt)
     tensors = load_file(str(ckpt / "state.safetensors"))
     lens.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("lens.")})
     load_optimizer(optimizer, tensors, meta["param_groups"])
@@ -236,6 +249,7 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
 def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComparison]:
     """Collect activations with the store, train a tuned lens, save it to ``cfg.out``
     (if given) and compare it with the logit lens on the held-out tokens."""
+    from interlayer.store import contexts_for_tokens
     from interlayer.store.collect import collect
     from interlayer.model.loading import SAMPLE_TEXT
 
@@ -243,9 +257,8 @@ def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComp
         raise InterlayerError(f"--tokens {cfg.tokens} is fewer than one batch of {cfg.batch_size}")
     if cfg.eval_tokens < 1:
         raise InterlayerError(f"--eval-tokens must be at least 1, got {cfg.eval_tokens}")
-    per_context = cfg.context_length - 1
-    n_train = math.ceil(cfg.tokens / per_context)
-    n_eval = math.ceil(cfg.eval_tokens / per_context)
+    n_train = contexts_for_tokens(model, cfg.tokens, cfg.context_length)
+    n_eval = contexts_for_tokens(model, cfg.eval_tokens, cfg.context_length)
     data = cfg.data or str(SAMPLE_TEXT)
     acts = collect(model, data, "resid_post.*", context_length=cfg.context_length, limit=n_train + n_eval,
                    text_field=getattr(cfg, "text_field", "text"), progress=not cfg.no_progress)
