@@ -140,8 +140,7 @@ def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_le
     and :attr:`SaturationResult.kl_to_final` (what the report's logit-lens curves show)."""
     if tokens < 1:
         raise InterlayerError(f"tokens must be at least 1, got {tokens}")
-    contexts = -(-tokens // (context_length - 1))
-    acts = collect(model, data, "resid_post.*", context_length=context_length, limit=contexts,
+    acts = collect(model, data, "resid_post.*", context_length=context_length, tokens=tokens,
                    batch_size=batch_size, text_field=text_field, progress=progress)
     acts = acts.rows(torch.arange(min(tokens, len(acts))))
     hidden = stacked_resid(acts, model.n_layers)

@@ -14,6 +14,7 @@ import torch
 
 from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
+from interlayer.store import contexts_for_tokens
 from interlayer.store.collect import Activations, collect
 
 from .sae import SAE
@@ -48,7 +49,8 @@ def top_contexts(sae: SAE, model: ModelAdapter, data: Any, site: str | None = No
             raise InterlayerError(f"{name} must be at least 1, got {value}")
     if window < 0:
         raise InterlayerError(f"window must be at least 0, got {window}")
-    acts = collect(model, data, site, context_length=context_length, limit=max(1, tokens // (context_length - 1)),
+    limit = contexts_for_tokens(model, tokens, context_length, whole=True)
+    acts = collect(model, data, site, context_length=context_length, limit=limit,
                    batch_size=batch_size, text_field=text_field, progress=False)
     with torch.no_grad():
         codes = sae.encode(acts[site].to(model.device)).float().cpu()

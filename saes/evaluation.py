@@ -66,6 +66,7 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+from interlayer.store import contexts_for_tokens
 from interlayer.store.collect import Activations, Edit, stream_variants
 from interlayer.model.adapter import ModelAdapter
 from interlayer.errors import InterlayerError
@@ -363,7 +364,7 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
         raise InterlayerError(f"rows_per_step must be at least 1, got {rows_per_step}")
     saes = [sae.to(model.device) for sae in saes]
     context_length = min(context_length, model.max_positions)
-    n_contexts = max(1, math.ceil(tokens / (context_length - 1)))
+    n_contexts = contexts_for_tokens(model, tokens, context_length)
     variants: list[dict[str, Any]] = [{}] + [{site: Edit(sae.reconstruct, rows="tokens")} for sae in saes] + \
         [{site: Edit(torch.zeros_like, rows="tokens")}]
     accs = [_Accumulator(sae) for sae in saes]

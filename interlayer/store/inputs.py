@@ -67,16 +67,18 @@ def text_per_context(model: ModelAdapter, context_length: int) -> int:
     return context_length - (1 if model.bos_token_id is not None else 0)
 
 
-def contexts_for_tokens(model: ModelAdapter, tokens: int, context_length: int) -> int:
+def contexts_for_tokens(model: ModelAdapter, tokens: int, context_length: int, whole: bool = False) -> int:
     """How many packed contexts of ``context_length`` hold ``tokens`` text tokens, by the
     store's packing rule (BOS first, then text): ``max(1, ceil(tokens / n))`` with
-    ``n = context_length - 1`` on a model with a BOS token, ``n = context_length`` without.
+    ``n = context_length - 1`` on a model with a BOS token, ``n = context_length`` without;
+    with ``whole``, only the contexts the budget fills completely, ``max(1, tokens // n)``.
     The one place this arithmetic lives (``collect(..., tokens=)`` uses it)."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
         raise InterlayerError(f"tokens must be a whole number of at least 0, got {tokens!r}")
     if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
         raise InterlayerError(f"context_length must be an integer of at least 2, got {context_length!r}")
-    return max(1, -(-tokens // text_per_context(model, context_length)))  # exact integer ceil
+    per_context = text_per_context(model, context_length)
+    return max(1, tokens // per_context if whole else -(-tokens // per_context))  # exact integer floor / ceil
 
 
 def data_fingerprint(data: Any) -> str:

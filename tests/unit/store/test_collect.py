@@ -343,6 +343,8 @@ def test_tokens_runs_the_contexts_the_hand_formula_counted(bos):
     for tokens in (1, 3, 4, 5, 8, 9, 17, 24):
         hand = max(1, math.ceil(tokens / (length - 1))) if bos else math.ceil(tokens / length)
         assert contexts_for_tokens(model, tokens, length) == hand
+        floor = max(1, tokens // (length - 1)) if bos else max(1, tokens // length)  # saes.top_contexts' rule
+        assert contexts_for_tokens(model, tokens, length, whole=True) == floor
         got = collect(model, docs, "resid_post.0", context_length=length, tokens=tokens, batch_size=2, progress=False)
         want = collect(model, docs, "resid_post.0", context_length=length, limit=hand, batch_size=2, progress=False)
         assert got.n_sequences == hand and len(got) >= tokens
