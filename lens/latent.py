@@ -42,6 +42,7 @@ from interlayer.model.sites import Site
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.intervals import LEVEL, PROBABILITY, mean_interval
+from interlayer.prompts import chat_turn
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 
 from .prefixes import PrefixIndex
@@ -297,8 +298,7 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
         others = [k for j, k in enumerate(keep) if j != i]
         prompts.append(build_prompt(task, src, tgt, row, rng.sample(others, shots), cloze))
     if chat:  # each few-shot prompt as one user turn; the answer starts the assistant's turn
-        prompts = [model.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                       add_generation_prompt=True) for p in prompts]
+        prompts = [chat_turn(model, p) for p in prompts]
 
     sites = [Site(layer, "resid_post").name for layer in range(model.n_layers)]
     acts = collect(model, prompts, sites, select="last", batch_size=batch_size, progress=progress)

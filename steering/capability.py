@@ -17,7 +17,6 @@ paper's strength calibration.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -30,9 +29,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from interlayer.store.collect import collect
-from interlayer.model.adapter import ModelAdapter
+from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
+from interlayer.io.json_records import json_lines
+from interlayer.model.adapter import ModelAdapter
+from interlayer.model.sites import LN_FINAL
+from interlayer.prompts import ChatMode
+from interlayer.store.collect import collect
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
 
@@ -48,7 +51,7 @@ NEUTRAL_PROMPTS = ("The weather today is", "My favourite book is about", "In the
 def load_swag(n: int | None = 100) -> list[dict[str, Any]]:
     """The packaged SWAG subset: ``{"startphrase", "choices", "answer"}`` items."""
     text = resources.files("interlayer.steering").joinpath("data/swag.jsonl").read_text(encoding="utf-8")
-    items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    items = [item for _, item in json_lines(text.splitlines(), "swag.jsonl")]
     return items[:n]
 
 
@@ -67,11 +70,10 @@ def choice_accuracy(model: ModelAdapter, items: Sequence[dict[str, Any]], edits:
             positions.append(list(range(k - 1, len(ids) - 1)))  # each predicts the next ending token
             targets.append(ids[k:])
             owner.append(q)
-    acts = collect(model, texts, [], select="positions", positions=positions, logits=True, edits=edits,
+    acts = collect(model, texts, [LN_FINAL], select="positions", positions=positions, edits=edits,
                    batch_size=batch_size, progress=False)
-    logp = torch.log_softmax(acts["logits"].double(), -1)
     flat = torch.tensor([t for row in targets for t in row])
-    picked = logp.gather(-1, flat[:, None])[:, 0]
+    picked = -_nll(model, acts[LN_FINAL], flat)  # log p(ending token), float64
     seq = acts.meta["sequence"]
     scores = torch.zeros(len(texts), dtype=torch.float64).index_add_(0, seq, picked)
     scores /= torch.bincount(seq, minlength=len(texts)).clamp_min(1)
@@ -98,10 +100,15 @@ def text_perplexity(model: ModelAdapter, texts: Sequence[str], prompts: Sequence
         targets.extend(full[len(start):])
     if not ids:
         raise InterlayerError("the generations are empty; nothing to score")
-    acts = collect(model, ids, [], select="positions", positions=positions, logits=True, progress=False)
-    logp = torch.log_softmax(acts["logits"].double(), -1)
-    ce = -logp.gather(-1, torch.tensor(targets)[:, None])[:, 0]
+    acts = collect(model, ids, [LN_FINAL], select="positions", positions=positions, progress=False)
+    ce = _nll(model, acts[LN_FINAL], torch.tensor(targets))
     return math.exp(float(ce.mean()))
+
+
+def _nll(model: ModelAdapter, normed: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """float64 ``-log p(target)`` of final-norm rows, through the layer decoder's head (the
+    log-softmax in double precision, as these scores always were)."""
+    return LayerDecoder(model).next_token_nll(normed, targets, normed=True, dtype=torch.float64)
 
 
 def plain_fluency_baseline(model: ModelAdapter, prompts: Sequence[str] = NEUTRAL_PROMPTS,
@@ -215,7 +222,7 @@ class Calibration(Result):
 
 def calibrate_strength(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layer: int, *,
                        strengths: Sequence[float] = (-8, -4, -2, -1, 1, 2, 4, 8), bound: float = 0.9,
-                       n: int | None = 50, chat: bool = False, batch_size: int = 8) -> Calibration:
+                       n: int | None = 50, chat: ChatMode | bool = "no", batch_size: int = 8) -> Calibration:
     """The strength with the largest shift in P(matching) whose fluency stays at or above
     ``bound`` (Handa et al. 2025 search [-300, 300] on Gemma-2-2B with fluency >= 0.9). A grid
     first, then the midpoints next to the best admissible grid point."""

@@ -45,7 +45,7 @@ def load_vector(path: str, model=None) -> SteeringVector:
 
 @command("steer train", SteerTrainConfig)
 def run_train(cfg: SteerTrainConfig) -> int:
-    from interlayer.lens.qa import use_chat
+    from interlayer.prompts import use_chat
 
     from .vectors import train_vectors
 
@@ -54,7 +54,7 @@ def run_train(cfg: SteerTrainConfig) -> int:
     model = cfg.load()
     chat = use_chat(model, cfg.chat)
     vector = train_vectors(model, cfg.dataset, chosen_layers(cfg.layers, model.n_layers) or "all", method=cfg.method,
-                           site=cfg.site_kind, read=cfg.read, normalize=not cfg.raw, n=cfg.n, chat=chat,
+                           site=cfg.site_kind, read=cfg.read, normalize=not cfg.raw, n=cfg.n, chat=cfg.chat,
                            batch_size=cfg.batch_size, progress=not cfg.no_progress)
     vector.chat = chat  # recorded, so `steer apply --chat auto` asks the same way
     vector.extra["model_type"] = model.model_type
@@ -68,7 +68,7 @@ def run_train(cfg: SteerTrainConfig) -> int:
 
 @command("steer apply", SteerApplyConfig)
 def run_apply(cfg: SteerApplyConfig) -> int:
-    from interlayer.lens.qa import use_chat
+    from interlayer.prompts import use_chat
 
     from .evaluation import generate_text as generate
     from .inject import steer
@@ -89,7 +89,7 @@ def run_apply(cfg: SteerApplyConfig) -> int:
     layers = chosen_layers(cfg.layers, model.n_layers)
     runs = []
     for prompt in prompts:
-        text = prompt_text(model, prompt, chat)
+        text = prompt_text(model, prompt, "yes" if chat else "no")
         plain = generate(model, text, cfg.max_new_tokens)
         with steer(model, vector, cfg.coef, layers=layers, positions=positions, operator=cfg.operator,
                    preserve_norm=cfg.preserve_norm):
@@ -103,8 +103,6 @@ def run_apply(cfg: SteerApplyConfig) -> int:
 
 @command("steer sweep", SteerSweepConfig)
 def run_sweep(cfg: SteerSweepConfig) -> int:
-    from interlayer.lens.qa import use_chat
-
     from .evaluation import sweep
     from .vectors import train_vectors
 
@@ -115,15 +113,14 @@ def run_sweep(cfg: SteerSweepConfig) -> int:
     if cfg.vector is not None and not Path(cfg.vector).is_file():
         raise InterlayerError(f"--vector {cfg.vector!r} does not exist")
     model = cfg.load()
-    chat = use_chat(model, cfg.chat)
     layers = chosen_layers(cfg.layers, model.n_layers)
     if cfg.vector is not None:
         vector = load_vector(cfg.vector, model)
     else:
-        vector = train_vectors(model, cfg.dataset, layers or "all", n=cfg.train_n, normalize=False, chat=chat,
+        vector = train_vectors(model, cfg.dataset, layers or "all", n=cfg.train_n, normalize=False, chat=cfg.chat,
                                progress=not cfg.no_progress)
     result = sweep(model, vector, cfg.dataset, layers or vector.layers, coefs, n=cfg.n, seed=cfg.seed,
-                   perplexity_tokens=cfg.perplexity_tokens, batch_size=cfg.batch_size, chat=chat,
+                   perplexity_tokens=cfg.perplexity_tokens, batch_size=cfg.batch_size, chat=cfg.chat,
                    progress=not cfg.no_progress)
     show(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"), result.to_json())
     best = result.best

@@ -28,17 +28,21 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from interlayer.store import contexts_for_tokens
 from interlayer.store.collect import stream_variants
 from interlayer.model.adapter import ModelAdapter
+from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
 from interlayer.io.seeding import epoch_seed
 from interlayer.model.sites import LN_FINAL
+from interlayer.prompts import ChatMode, use_chat
 
 from .datasets import ContrastPair, load_pairs
 from .inject import steer
-from .vectors import SteeringVector, _joined, encode, prompt_text
+from .vector_file import SteeringVector
+from .vectors import _asked, _joined, encode
 
 
 @dataclass
@@ -52,14 +56,16 @@ class AnswerPrompts:
     not_matching: list[int]
 
 
-def answer_prompts(model: ModelAdapter, pairs: Sequence[ContrastPair], chat: bool = False) -> AnswerPrompts:
+def answer_prompts(model: ModelAdapter, pairs: Sequence[ContrastPair], chat: ChatMode | bool = "no") -> AnswerPrompts:
     """Where each pair's two answers part: the shared prefix of question + answer, and the
-    first token of each answer after it (``chat``: the question in the chat template)."""
+    first token of each answer after it (``chat``, :func:`interlayer.prompts.use_chat`:
+    whether the question is asked through the chat template)."""
+    templated = use_chat(model, chat)
     prompts, matching, other = [], [], []
     for number, pair in enumerate(pairs):
-        prompt = prompt_text(model, pair.question, chat)
-        a = encode(model, prompt + _joined(pair.matching, chat), chat)
-        b = encode(model, prompt + _joined(pair.not_matching, chat), chat)
+        prompt = _asked(model, pair.question, templated)
+        a = encode(model, prompt + _joined(pair.matching, templated), templated)
+        b = encode(model, prompt + _joined(pair.not_matching, templated), templated)
         shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         if shared >= min(len(a), len(b)) or shared == 0:
             raise InterlayerError(f"pair {number}: one answer is a prefix of the other ({pair.matching!r}, "
@@ -84,12 +90,12 @@ def p_matching_variants(model: ModelAdapter, prompts: AnswerPrompts, variants: S
     n = len(prompts.prompts)
     out = [np.zeros(n) for _ in variants]
     matching, other = torch.tensor(prompts.matching), torch.tensor(prompts.not_matching)
+    decoder = LayerDecoder(model)
     for chunks in stream_variants(model, prompts.prompts, LN_FINAL, variants, select="last", batch_size=batch_size,
                                   progress=progress):
         for probs, acts in zip(out, chunks):
             seq = acts.meta["sequence"]
-            with torch.no_grad():  # the store's own head
-                logits = model.head(acts[LN_FINAL].to(model.device)).float().cpu()
+            logits = decoder.from_normed(acts[LN_FINAL]).cpu()
             rows = torch.arange(len(seq))
             pair = torch.stack([logits[rows, matching[seq]], logits[rows, other[seq]]], -1).double()
             probs[seq.numpy()] = torch.softmax(pair, -1)[:, 0].numpy()
@@ -104,26 +110,26 @@ def perplexity(model: ModelAdapter, text: Any, edits: dict[str, Any] | None = No
 
 
 def perplexities(model: ModelAdapter, text: Any, variants: Sequence[dict[str, Any] | None], *, tokens: int = 512,
-                 context_length: int = 128, batch_size: int = 4, rows_per_step: int = 128) -> list[float]:
+                 context_length: int = 128, batch_size: int = 4, rows_per_step: int | None = None) -> list[float]:
     """:func:`perplexity` under several edits at once, sharing each batch's clean prefix
-    (:func:`interlayer.stream_variants`). The store keeps the final-norm outputs; logits are
-    made ``rows_per_step`` rows at a time, so memory stays small at any vocabulary size."""
+    (:func:`interlayer.stream_variants`). The store keeps the final-norm outputs; the layer
+    decoder scores them (:meth:`interlayer.LayerDecoder.next_token_nll`, float32) a chunk
+    of rows at a time, so memory stays small at any vocabulary size. ``rows_per_step`` is
+    no longer used (the decoder sizes its chunks); it is accepted for one release."""
+    if rows_per_step is not None:
+        warnings.warn("perplexities(rows_per_step=) is no longer used: the layer decoder sizes its chunks",
+                      DeprecationWarning, stacklevel=2)
     context_length = min(context_length, model.max_positions)
-    limit = max(1, math.ceil(tokens / (context_length - 1)))
+    limit = contexts_for_tokens(model, tokens, context_length)
     total, count = np.zeros(len(variants)), 0
+    decoder = LayerDecoder(model)
     for chunks in stream_variants(model, text, LN_FINAL, variants, context_length=context_length, limit=limit,
                                   batch_size=batch_size, progress=False):
         targets, has_next = chunks[0].next_tokens()
-        targets = targets[has_next]
         count += int(has_next.sum())
         for v, acts in enumerate(chunks):
-            normed = acts[LN_FINAL][has_next]
-            for start in range(0, len(targets), rows_per_step):
-                with torch.no_grad():
-                    logits = model.head(normed[start:start + rows_per_step].to(model.device)).float().cpu()
-                # CE = logsumexp(z) - z[target]: one pass over the vocabulary, no log-softmax tensor
-                ce = torch.logsumexp(logits, -1) - logits.gather(-1, targets[start:start + rows_per_step, None])[:, 0]
-                total[v] += float(ce.double().sum())
+            nll = decoder.next_token_nll(acts[LN_FINAL], targets, normed=True, mask=has_next)
+            total[v] += float(nll[has_next].double().sum())
     if count == 0:
         raise InterlayerError("the perplexity text produced no tokens")
     return [math.exp(t / count) for t in total]
@@ -262,7 +268,7 @@ class SteeringSweepResult(Result):
 def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[ContrastPair], layers: Sequence[int],
           coefs: Sequence[float], *, n: int | None = 50, split: str = "test", seed: int = 0, perplexity_text: Any = None,
           perplexity_tokens: int = 512, batch_size: int = 8, max_perplexity_ratio: float = 1.5,
-          chat: bool = False, progress: bool = True) -> SteeringSweepResult:
+          chat: ChatMode | bool = "no", progress: bool = True) -> SteeringSweepResult:
     """Sweep ``layers`` × ``coefs``: behaviour shift, random-direction shift and Δ perplexity
     per cell (see the module docstring). All cells go through one store pass over the
     prompts and one over the perplexity text (:func:`interlayer.stream_variants`): each batch

@@ -28,7 +28,7 @@ from interlayer.errors import InterlayerError
 from interlayer.io.files import WriteError, temporary_file
 from interlayer.layers import gguf_direction, layer_from_gguf_direction
 
-from .vectors import _LAYER_NAME, SteeringFileError, SteeringVector, from_metadata
+from .vector_file import _LAYER_NAME, SteeringFileError, SteeringVector, from_metadata
 
 log = logging.getLogger(__name__)
 

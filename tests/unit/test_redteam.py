@@ -157,7 +157,7 @@ def _old_file(path, directions, **meta) -> None:
 def test_S15_old_vectors_without_a_checksum_load_but_are_checked(tmp_path, caplog):
     v = unit_vector()
     _old_file(tmp_path / "old.safetensors", v.directions)
-    with caplog.at_level(logging.INFO, logger="interlayer.steering.vectors"):
+    with caplog.at_level(logging.INFO, logger="interlayer.steering.vector_file"):
         back = SteeringVector.load(tmp_path / "old.safetensors")
     assert "carries no checksum" in caplog.text
     assert all(torch.equal(back[l], v[l]) for l in v.layers) and back.chat is True and "chat" not in back.extra
