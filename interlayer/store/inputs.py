@@ -24,6 +24,7 @@ from ..model.adapter import ModelAdapter
 from ..model.padding import pad_rows, row_span
 from ..errors import InterlayerError, choices
 from ..io.files import sha256_file
+from ..io.json_records import json_lines
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet", ".devtest")
 
@@ -183,21 +184,15 @@ def _read_file(path: Path, text_field: str) -> Iterator[str]:
                 yield _text(value, f"{path} row {number} column {text_field!r}")
         return
     if suffix == ".jsonl":
+        hint = f"; each line must be a JSON string or an object with a {text_field!r} field"
         with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InterlayerError(f"{path}:{number} is not valid JSON ({err.msg} at column {err.colno}); "
-                                          f"each line must be a JSON string or an object with a {text_field!r} field") from err
+            for where, item in json_lines(handle, str(path), hint=hint):
                 if isinstance(item, str):
                     yield item
                 elif isinstance(item, dict) and text_field in item:
-                    yield _text(item[text_field], f"{path}:{number} field {text_field!r}")
+                    yield _text(item[text_field], f"{where} field {text_field!r}")
                 else:
-                    raise InterlayerError(f"{path}:{number} has no field {text_field!r}")
+                    raise InterlayerError(f"{where} has no field {text_field!r}")
         return
     # .txt, .devtest and anything else: one document per non-empty line.
     with open(path, encoding="utf-8") as handle:
