@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 from interlayer.store import contexts_for_tokens
 from interlayer.store.collect import Activations, Edit, stream_variants
 from interlayer.model.adapter import ModelAdapter
+from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 from interlayer.model.sites import LN_FINAL
@@ -308,14 +309,15 @@ def _score_chunk(chunks: list[Activations], model: ModelAdapter, rows_per_step: 
     targets, has_next = clean.next_tokens()
     targets = targets[has_next].to(model.device)
     normed = [c[LN_FINAL][has_next] for c in chunks]
+    decoder = LayerDecoder(model)  # the one head path (unembedding + soft-cap of ln_final rows)
     for start in range(0, len(targets), rows_per_step):
         stop = start + rows_per_step
         goal = targets[start:stop, None]
-        reference = torch.log_softmax(model.head(normed[0][start:stop].to(model.device)).float(), -1)
+        reference = torch.log_softmax(decoder.from_normed(normed[0][start:stop]), -1)
         ce[0] += float(-reference.gather(-1, goal)[:, 0].double().sum())
         p_ref = reference.exp()
         for v in range(1, len(chunks)):
-            logp = torch.log_softmax(model.head(normed[v][start:stop].to(model.device)).float(), -1)
+            logp = torch.log_softmax(decoder.from_normed(normed[v][start:stop]), -1)
             ce[v] += float(-logp.gather(-1, goal)[:, 0].double().sum())
             kl[v] += float((p_ref * (reference - logp)).sum(-1).double().sum())
     return int(has_next.sum())
