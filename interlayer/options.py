@@ -53,8 +53,8 @@ _NAME_GROUPS: dict[str, str] = {
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
            cli: bool = True, required: bool = False, min: float | None = None, above: float | None = None,
            suffixes: tuple[str, ...] | None = None, group: str | None = None, flag: str | None = None,
-           short: str | None = None, parse: Callable[[str], Any] | None = None, repeat: bool = False,
-           deprecated_positional: bool = False) -> Any:
+           short: str | None = None, parse: Callable[[str], Any] | None = None, items: type | None = None,
+           repeat: bool = False, deprecated_positional: bool = False) -> Any:
     """A config field.
 
     Args:
@@ -70,13 +70,20 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
         short: a one-letter alias such as ``-o``.
         parse: for a text field holding a list or spec (``"-4,4"``, ``"6-12"``): the
             function that reads it and raises on a bad value, so a bad value is a usage
-            error before any model loads; the command calls it again for the value.
+            error before any model loads; the command reads the value with
+            :meth:`Options.parsed`.
+        items: for a comma-separated list of ``int``, ``float`` or ``str``: the item type
+            (``parse`` becomes :data:`LIST_TYPES`'s reader: ``items=float`` reads ``-4,4``).
         repeat: the flag may be given several times; the field holds a list.
         deprecated_positional: the value may also be given as a positional argument (old
             spelling; a notice says so).
     """
     if group is not None and group not in GROUPS:
         raise InterlayerError(f"option group {group!r}: valid choices: {choices_(GROUPS)}")
+    if items is not None:
+        if items not in LIST_TYPES:
+            raise InterlayerError(f"option items={items!r}: valid choices: int, float, str")
+        parse = LIST_TYPES[items]
     meta = {"help": help, "choices": choices, "cli": cli, "required": required, "min": min, "above": above,
             "suffixes": suffixes, "group": group, "flag": flag, "short": short, "parse": parse, "repeat": repeat,
             "deprecated_positional": deprecated_positional}
@@ -107,34 +114,69 @@ def as_list(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def number_list(text: str) -> list[float]:
-    """``"-4,-2,2,4"`` as finite floats (negatives allowed; ``inf``/``nan`` refused)."""
+def comma_list(text: str | Sequence[Any], item: Callable[[str], Any] = str, *, kind: str = "values",
+               example: str = "a,b") -> list[Any]:
+    """The one reader of a comma-separated list: each item read by ``item`` (``int``,
+    ``float``, ``str`` or a reader that raises ``ValueError`` or :class:`InterlayerError`),
+    surrounding spaces stripped, blank items skipped (``"3,6,"``); at least one item.
+    A list or tuple from Python is read item by item. ``kind`` and ``example`` word the
+    error (``"{text} must be comma-separated integers, e.g. 3,6,9"``)."""
+    parts = [str(p) for p in text] if isinstance(text, (list, tuple)) else str(text).split(",")
     values = []
-    for part in str(text).split(","):
+    for part in parts:
         if not part.strip():
             continue
         try:
-            value = float(part)
+            values.append(item(part.strip()))
         except ValueError:
-            raise InterlayerError(f"{text!r} must be comma-separated numbers, e.g. -4,-2,2,4") from None
-        if not math.isfinite(value):
-            where = "" if part.strip() == str(text).strip() else f" in {text!r}"
-            raise InterlayerError(f"{part.strip()!r}{where} is not finite; every value must be a finite number")
-        values.append(value)
+            raise InterlayerError(f"{_shown(text)} must be comma-separated {kind}, e.g. {example}") from None
     if not values:
-        raise InterlayerError(f"{text!r} is empty: give at least one number")
+        raise InterlayerError(f"{_shown(text)} is empty: give at least one of the {kind}, e.g. {example}")
     return values
 
 
-def int_list(text: str) -> list[int]:
+def _shown(text: str | Sequence[Any]) -> str:
+    return repr(text if isinstance(text, str) else ",".join(map(str, text)))
+
+
+def number_list(text: str | Sequence[float]) -> list[float]:
+    """``"-4,-2,2,4"`` as finite floats (negatives allowed; ``inf``/``nan`` refused)."""
+    values = comma_list(text, float, kind="numbers", example="-4,-2,2,4")
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        where = "" if len(values) == 1 else f" in {_shown(text)}"
+        raise InterlayerError(f"{str(bad[0])!r}{where} is not finite; every value must be a finite number")
+    return values
+
+
+def int_list(text: str | Sequence[int]) -> list[int]:
     """``"3,6,9"`` as integers (negatives allowed)."""
-    try:
-        values = [int(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        raise InterlayerError(f"{text!r} must be comma-separated integers, e.g. 3,6,9") from None
-    if not values:
-        raise InterlayerError(f"{text!r} is empty: give at least one integer")
-    return values
+    return comma_list(text, int, kind="integers", example="3,6,9")
+
+
+def str_list(text: str | Sequence[str]) -> list[str]:
+    """``"en,fr"`` as stripped strings."""
+    return comma_list(text, str, kind="names", example="en,fr")
+
+
+def words_or(words: tuple[str, ...], reader: Callable[[str], list[Any]]) -> Callable[[str], str | list[Any]]:
+    """A reader of one of ``words`` (``"all"``, ``"high"``) or else a list read by ``reader``:
+    ``words_or(("high", "low"), int_list)`` reads ``--dola-layers``."""
+
+    def read(text: str | Sequence[Any]) -> str | list[Any]:
+        if isinstance(text, str) and text.strip() in words:
+            return text.strip()
+        try:
+            return reader(text)
+        except InterlayerError as err:
+            raise InterlayerError(f"{err} (or one of {choices_(words)})") from None
+
+    read.__name__ = f"{'_or_'.join(words)}_or_{reader.__name__}"
+    return read
+
+
+LIST_TYPES: dict[type, Callable[[str], list[Any]]] = {int: int_list, float: number_list, str: str_list}
+"""The reader of a comma-separated ``option(items=...)`` field, by item type."""
 
 
 _LAYER_ITEM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")
@@ -247,6 +289,18 @@ class Options:
         after = getattr(super(), "__post_init__", None)  # a composed dataclass that is not an Options (yet)
         if after is not None:
             after()
+
+    def parsed(self, name: str) -> Any:
+        """The value of field ``name`` read by its ``parse`` (``--coefs -4,4`` → ``[-4.0, 4.0]``);
+        a list given from Python is read item by item. An error names the flag."""
+        field = next(f for f in dataclasses.fields(self) if f.name == name)
+        value = getattr(self, name)
+        if value is None or field.metadata.get("parse") is None:
+            return value
+        try:
+            return field.metadata["parse"](value)
+        except InterlayerError as err:
+            raise InterlayerError(f"{flag_name(field)} {err}") from None
 
     @classmethod
     def variant(cls, name: str, default: Any = dataclasses.MISSING, help: str | None = None, **meta: Any) -> Any:

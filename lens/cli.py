@@ -77,7 +77,7 @@ def run_tune(cfg: TuneConfig) -> int:
 def run_latent(cfg: LatentConfig) -> int:
     from .latent import check_task, latent_language
 
-    latents = [l.strip() for l in cfg.latent.split(",") if l.strip()]
+    latents = cfg.parsed("latent")
     check_task(cfg.task, cfg.src, cfg.tgt, latents)  # before loading the model
     cfg.check_lens()
     check_outputs(cfg.out, (".json",), cfg.figures)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from interlayer.cli.config import chat_option
-from interlayer.errors import InterlayerError
 from interlayer.model.options import ModelOptions
 from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, figures_option, int_list, layer_spec,
-                                option, out_option, tuned_lens_option)
+                                option, out_option, tuned_lens_option, words_or)
 
 if TYPE_CHECKING:
     from interlayer.decoding import Lens
@@ -84,7 +83,7 @@ class LatentConfig(RunOptions, LensOptions, ModelOptions):
     src: str = option("fr", "source language code")
     tgt: str = option("zh", "target language code")
     task: str = option("translation", "translation, repetition or cloze", choices=("translation", "repetition", "cloze"))
-    latent: str = option("en", "comma-separated latent languages to track")
+    latent: str = option("en", "comma-separated latent languages to track", items=str)
     shots: int = option(4, "demonstrations per prompt", min=0)
     seed: int = option(0, "seed for choosing demonstrations", group="data")
     n: int | None = option(None, "use at most this many words (default: every usable word)", min=1)
@@ -113,7 +112,7 @@ class DecodingFlags(Options):
     alpha: float = option(0.25, "LFD: weight of the fusion layer (z_L + alpha * z_l*)", min=0)
     beta: float = option(0.1, "V_head: keep tokens with p_L >= beta * max p_L", above=0)
     candidates: str | None = option(None, "LFD: comma-separated candidate blocks (default: even blocks of the latter half)",
-                                    parse=int_list)
+                                    items=int)
     layer: int | None = option(None, "LFD: a fixed fusion block; DoLa: a fixed premature layer j (no selection)", min=0)
     fusion: str = option("logits", "LFD: fuse 'logits' (z_L + alpha z_l*) or 'hidden' (decode(h_L + alpha h_l*))",
                          choices=("logits", "hidden"))
@@ -121,7 +120,8 @@ class DecodingFlags(Options):
                          choices=("jsd", "cosine"))
     select: str = option("step", "LFD: choose the fusion layer every 'step' or once per 'example'",
                          choices=("step", "example"))
-    dola_layers: str = option("high", "DoLa: 'high', 'low' or comma-separated layers j (0 = embeddings)")
+    dola_layers: str = option("high", "DoLa: 'high', 'low' or comma-separated layers j (0 = embeddings)",
+                              parse=words_or(("high", "low"), int_list))
     repetition_penalty: float | None = option(None, "repetition penalty (default: 1.2 for DoLa, none otherwise)", above=0)
     seed: int = option(0, "seed of lfd-random's layer choices")
     max_new_tokens: int = option(16, "tokens to generate at most", min=1)
@@ -130,19 +130,10 @@ class DecodingFlags(Options):
         """The :class:`~interlayer.lens.fused_decoding.DecodingOptions` these flags set."""
         from .fused_decoding import DecodingOptions
 
-        dola: Any = self.dola_layers
-        if dola not in ("high", "low"):
-            dola = _int_list(dola, "--dola-layers")
         return DecodingOptions(decoding=decoding, candidates=self.candidates, layer=self.layer, alpha=self.alpha,
                                beta=self.beta, fusion=self.fusion, metric=self.metric, select=self.select,
-                               dola_layers=dola, repetition_penalty=self.repetition_penalty, seed=self.seed)
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise InterlayerError(f"{flag} {text!r}: give 'high', 'low' or comma-separated integers") from None
+                               dola_layers=self.parsed("dola_layers"), repetition_penalty=self.repetition_penalty,
+                               seed=self.seed)
 
 
 @dataclass

@@ -21,7 +21,9 @@ RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 def run_mexa(cfg: MexaConfig) -> int:
     from .mexa import available_languages
 
-    langs = available_languages(cfg.dataset) if cfg.langs == "all" else [l.strip() for l in cfg.langs.split(",") if l.strip()]
+    langs = cfg.parsed("langs")
+    if langs == "all":
+        langs = available_languages(cfg.dataset)
     load_parallel([cfg.pivot, *langs], cfg.n, cfg.dataset)  # bad data fails before the model loads
     check_outputs(cfg.out, (".json",), cfg.figures)
     model = cfg.load()

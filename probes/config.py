@@ -8,7 +8,7 @@ from interlayer.cli.config import chat_option
 from interlayer.lens.config import LensOptions
 from interlayer.model.options import ModelOptions
 from interlayer.model.sites import site_list
-from interlayer.options import PassOptions, RunOptions, figures_option, option, out_option
+from interlayer.options import PassOptions, RunOptions, figures_option, option, out_option, str_list, words_or
 
 
 @dataclass
@@ -18,7 +18,7 @@ class MexaConfig(RunOptions, ModelOptions):
     dataset: str | None = option(None, "a folder of parallel <lang>.devtest or <lang>.txt files "
                                        "(default: the packaged FLORES-200 subset)")
     langs: str = option("all", "comma-separated languages (e.g. fra_Latn,deu_Latn) or 'all' shipped/found",
-                        group="data")
+                        group="data", parse=words_or(("all",), str_list))
     pivot: str = option("eng_Latn", "the pivot language every other one is aligned with")
     n: int = option(100, "parallel sentences per language (the first n lines)", min=1)
     pooling: str = option("weighted", "sentence embedding: position-weighted mean or last token", choices=("weighted", "last"))

@@ -29,6 +29,7 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import check_writable, write_json_atomic, write_text_atomic
+from interlayer.options import str_list
 
 from .base import Profile, ReportContext, Section, SectionResult, check_profile, settings_of
 from .render import numbers_json, render
@@ -59,8 +60,10 @@ _OLD_REPORT_KEYS = {"model", "profile", "lens", "sections"}  # the JSON of repor
 def _names(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [i.strip() for i in items if i.strip()]
+    try:
+        return str_list(value)
+    except InterlayerError:  # nothing but commas and blanks: no names
+        return []
 
 
 def select_sections(only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from interlayer.cli.registry import check_outputs, command, say, show, write_figure, write_json_output
 from interlayer.errors import InterlayerError
 from interlayer.io.files import check_writable
-from interlayer.options import as_list, number_list, resolve_layers
+from interlayer.options import as_list, resolve_layers
 
 from .config import SteerApplyConfig, SteerExportConfig, SteerSweepConfig, SteerTrainConfig
 from .datasets import dataset_path, load_pairs
@@ -106,7 +106,7 @@ def run_sweep(cfg: SteerSweepConfig) -> int:
     from .evaluation import sweep
     from .vectors import train_vectors
 
-    coefs = number_list(cfg.coefs)
+    coefs = cfg.parsed("coefs")
     load_pairs(cfg.dataset, "test", cfg.n)
     dataset_path(cfg.dataset)
     check_outputs(cfg.out, (".json",), cfg.figures)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from interlayer.cli.config import chat_option
 from interlayer.model.options import ModelOptions
 from interlayer.model.sites import SITE_KINDS
-from interlayer.options import Options, PassOptions, RunOptions, figures_option, layer_spec, number_list, option, out_option
+from interlayer.options import Options, PassOptions, RunOptions, figures_option, layer_spec, option, out_option
 
 from .inject import OPERATORS
 from .vectors import METHODS, READS
@@ -69,8 +69,7 @@ class SteerSweepConfig(RunOptions, ModelOptions):
     chat: str = chat_option("ask each question through the model's chat template: auto (instruct models that have "
                             "one), yes or no")
     layers: str = option("all", f"layers to sweep: {LAYERS_HELP} ('all': every layer of the vector)", parse=layer_spec)
-    coefs: str = option("-4,-2,2,4", "comma-separated coefficients, negatives allowed (--coefs -4,4)",
-                        parse=number_list)
+    coefs: str = option("-4,-2,2,4", "comma-separated coefficients, negatives allowed (--coefs -4,4)", items=float)
     seed: int = option(0, "seed of the random directions")
     perplexity_tokens: int = option(512, "tokens of held-out text (the packaged sample) for the perplexity cost", min=16)
     batch_size: int = PassOptions.variant("batch_size", help="prompts per forward pass")
