@@ -17,7 +17,8 @@ not public and its equations could not be read here, so these definitions are ou
   position of the prompt with the context and with the context's answer-bearing sentence
   removed.
 
-The decoding itself (LFD, DoLa) is :mod:`interlayer.lens.fused_decoding`.
+The IKS is computed in one place, :func:`iks`; the decoding itself (LFD, DoLa) is
+:mod:`interlayer.lens.fused_decoding`.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from interlayer.errors import InterlayerError, LayerIndexError
 from interlayer.intervals import LEVEL, mean_interval
 from interlayer.results import Result, decode_array, encode_array, require
 
-IKS_METRICS: tuple[str, ...] = ("jsd", "cosine")
-SELECTIONS: tuple[str, ...] = ("step", "example")
+from .decoding_options import FUSION_SELECTIONS, IKS_METRICS
+
 LN2 = math.log(2.0)
 
 
@@ -85,19 +86,32 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
+def iks(mid: torch.Tensor, post: torch.Tensor, metric: str = "jsd") -> torch.Tensor:
+    """The IKS of each layer from both sides of its FFN (see the module docstring), on the CPU.
+
+    ``metric="jsd"``: ``mid`` and ``post`` are the logits decoded from ``resid_mid.l`` and
+    ``resid_post.l`` (``[layers, rows, vocab]``), ``IKS = JSD(softmax(mid) ‖ softmax(post))``;
+    ``"cosine"``: they are the states themselves, ``IKS = 1 - cos(mid, post)``. Returns
+    ``[layers, rows]``."""
+    check_metric(metric)
+    if metric == "cosine":
+        return cosine_distance(mid, post).cpu()
+    logp = torch.log_softmax(torch.cat([mid, post]), -1)
+    return jsd(logp[: len(mid)], logp[len(mid):]).cpu()
+
+
 def iks_scores(decoder: LayerDecoder, mid: torch.Tensor, post: torch.Tensor, layers: Sequence[int],
                metric: str = "jsd", *, keep_post_logits: bool = False) -> Any:
     """IKS of ``layers`` from their ``resid_mid`` and ``resid_post`` states, each
-    ``[len(layers), rows, d]``: ``[len(layers), rows]``. For ``jsd`` all the states are
-    decoded by ``decoder`` in one head call (:meth:`LayerDecoder.layer_logits`).
+    ``[len(layers), rows, d]``: ``[len(layers), rows]`` (:func:`iks`). For ``jsd`` all the
+    states are decoded by ``decoder`` in one head call (:meth:`LayerDecoder.layer_logits`).
     ``keep_post_logits``: return ``(iks, logits of the resid_post states or None)``."""
     check_metric(metric)
     if metric == "cosine":
-        values = cosine_distance(mid, post).cpu()
+        values = iks(mid, post, "cosine")
         return (values, None) if keep_post_logits else values
     logits = decoder.layer_logits(torch.cat([mid, post]), [*layers, *layers])
-    logp = torch.log_softmax(logits, -1)
-    values = jsd(logp[: len(layers)], logp[len(layers):]).cpu()
+    values = iks(logits[: len(layers)], logits[len(layers):], "jsd")
     return (values, logits[len(layers):]) if keep_post_logits else values
 
 
@@ -319,5 +333,15 @@ def sim_hidden(model: ModelAdapter, with_context: Sequence[Any], without_context
     return SimHiddenResult(model.name, layers, values, skipped)
 
 
-__all__ = ["IKSResult", "IKS_METRICS", "SELECTIONS", "SimHiddenResult", "candidate_layers", "cosine_distance",
-           "iks_scores", "jsd", "sim_hidden", "without_answer_sentence"]
+def __getattr__(name: str) -> Any:
+    if name == "SELECTIONS":  # deprecated for one release: the store has its own SELECTIONS
+        import warnings
+
+        warnings.warn("interlayer.lens.knowledge.SELECTIONS is renamed FUSION_SELECTIONS", DeprecationWarning,
+                      stacklevel=2)
+        return FUSION_SELECTIONS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["FUSION_SELECTIONS", "IKSResult", "IKS_METRICS", "SimHiddenResult", "candidate_layers",
+           "cosine_distance", "iks", "iks_scores", "jsd", "sim_hidden", "without_answer_sentence"]

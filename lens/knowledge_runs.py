@@ -13,7 +13,7 @@ from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 
 from .fused_decoding import DecodingOptions, generate
-from .knowledge import SELECTIONS, IKSResult, SimHiddenResult, candidate_layers, check_metric, sim_hidden, without_answer_sentence
+from .knowledge import FUSION_SELECTIONS, IKSResult, SimHiddenResult, candidate_layers, check_metric, sim_hidden, without_answer_sentence
 from .qa import qa_prompt, use_chat
 from .qa_data import QARecord, load_qa
 
@@ -25,8 +25,8 @@ def measure_iks(model: ModelAdapter, prompts: Sequence[Any], *, candidates: Sequ
     step (``select="step"``) or only at the prompt's last position (``"example"``); the
     fusion layer of each step is the candidate with the lowest IKS."""
     check_metric(metric)
-    if select not in SELECTIONS:
-        raise InterlayerError(f"unknown selection {select!r}; valid choices: {choices(SELECTIONS)}")
+    if select not in FUSION_SELECTIONS:
+        raise InterlayerError(f"unknown selection {select!r}; valid choices: {choices(FUSION_SELECTIONS)}")
     cands = candidate_layers(model, candidates)
     layers = list(range(model.n_layers))
     opts = DecodingOptions(decoding="greedy", metric=metric, record=layers)

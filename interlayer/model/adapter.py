@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_blocks, get_submodule
+from .padding import check_padding_side, pad_rows
 from ..errors import LayerIndexError, UnknownSiteError, choices
 from .passes import ForwardPasses, SiteFn, _first, _replace_first
 from .positions import PositionTracker
@@ -308,18 +309,11 @@ class ModelAdapter(ForwardPasses):
         if self.tokenizer is None:
             raise ValueError(f"{self.name} has no tokenizer; pass token ids, or load it with tokenizer=...")
         batch = [texts] if isinstance(texts, str) else list(texts)
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side={padding_side!r}; valid choices: 'left', 'right'")
+        check_padding_side(padding_side)
         # Padded here rather than by the tokenizer, so the user's tokenizer is never
         # changed (it may have no pad token, and its padding side is its own).
         encoded = [list(ids) for ids in self.tokenizer(batch).input_ids]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            span = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            mask[row, span] = 1
+        input_ids, mask = pad_rows(encoded, self.pad_token_id, padding_side)
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:

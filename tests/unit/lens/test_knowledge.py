@@ -342,3 +342,35 @@ def test_sim_hidden_equals_plain_hooks_on_the_mlp(tmp_path):
         direct = [float(torch.nn.functional.cosine_similarity(ma[l], mb[l], dim=0)) for l in range(model.n_layers)]
         assert res.values[i] == pytest.approx(direct, abs=1e-5)
     assert res.layers == [0, 1, 2] and len(res.mean) == 3
+
+
+def test_cosine_iks_per_step_equals_plain_hooks(tmp_path):
+    """The cosine IKS hooks the resid_mid states it compares (it decodes none of them)."""
+    model = _tiny("llama", tmp_path)
+    layers = list(range(model.n_layers))
+    gens = generate(model, PROMPTS, decoding="greedy", record=layers, metric="cosine", max_new_tokens=3, progress=False)
+    for prompt, gen in zip(PROMPTS, gens):
+        seq = list(prompt)
+        assert gen.steps, "no steps recorded"
+        for step in gen.steps:
+            mid, post, _, _ = _direct_rows(model, "llama", seq)
+            for l in layers:
+                direct = 1.0 - float(torch.nn.functional.cosine_similarity(mid[l], post[l], dim=0))
+                assert step.scores[l] == pytest.approx(direct, abs=1e-5), (l, len(seq))
+            seq.append(step.token)
+
+
+def test_iks_is_one_function(tmp_path):
+    """iks_scores (states in, one head call) and iks (decoded logits in) are the same numbers."""
+    from interlayer.decoding import LayerDecoder
+    from interlayer.lens.knowledge import iks, iks_scores
+
+    model = _tiny("llama", tmp_path)
+    g = torch.Generator().manual_seed(0)
+    mid, post = torch.randn(3, 4, model.d_model, generator=g), torch.randn(3, 4, model.d_model, generator=g)
+    decoder = LayerDecoder(model)
+    values, post_logits = iks_scores(decoder, mid, post, [0, 1, 2], keep_post_logits=True)
+    logits = decoder.layer_logits(torch.cat([mid, post]), [0, 1, 2, 0, 1, 2])
+    assert torch.equal(values, iks(logits[:3], logits[3:], "jsd")) and torch.equal(post_logits, logits[3:])
+    assert values.shape == (3, 4) and float(values.max()) <= math.log(2)
+    assert torch.equal(iks_scores(decoder, mid, post, [0, 1, 2], "cosine"), iks(mid, post, "cosine"))
