@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from interlayer.store.collect import collect
 from interlayer.model.adapter import ModelAdapter
+from interlayer.model.sites import Site
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
 from interlayer.io.journal import Journal
@@ -202,7 +203,7 @@ def label_probabilities(model: ModelAdapter, texts: Sequence[str], label_ids: Se
     """``[n, L+1, K]``: at each text's last position, every hidden state decoded and
     renormalised over the label tokens. The embedding output (``resid_pre.0``) has no
     lens layer and decodes through the logit lens; the layers decode through ``lens``."""
-    sites = ["resid_pre.0"] + [f"resid_post.{l}" for l in range(model.n_layers)]
+    sites = [Site(0, "resid_pre").name] + [Site(l, "resid_post").name for l in range(model.n_layers)]
     acts = collect(model, list(texts), sites, select="last", batch_size=batch_size, progress=False)
     hidden = acts.stack(sites)
     embedding = LayerDecoder(model).decode(hidden[:1], token_ids=label_ids).token_logprobs

@@ -308,8 +308,14 @@ def sweep(model: ModelAdapter, vector: SteeringVector, dataset: str | Sequence[C
                                shift_high)
 
 
-SweepResult = SteeringSweepResult
-"""Deprecated name of :class:`SteeringSweepResult` (one release; it clashed with the SAE sweep's)."""
+def __getattr__(name: str) -> Any:
+    """``SweepResult``: the deprecated name of :class:`SteeringSweepResult` (one release; it
+    clashed with the SAE sweep's), with a :class:`DeprecationWarning`."""
+    if name == "SweepResult":
+        warnings.warn("interlayer.steering.evaluation.SweepResult is renamed SteeringSweepResult",
+                      DeprecationWarning, stacklevel=2)
+        return SteeringSweepResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def generate_text(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
