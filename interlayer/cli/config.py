@@ -69,14 +69,15 @@ class CacheConfig(ModelOptions):
     text_field: str = text_field_option()
     sites: str = option("resid_post.*", "comma-separated sites or wildcards, e.g. resid_post.6,mlp_out.6 or "
                                         "resid_post.*", parse=site_list, group="data")
-    tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
+    tokens: int = CacheOptions.variant("tokens")
     out: str = out_option("output directory (an unfinished run there is resumed)", required=True)
-    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
-    batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
-    storage_dtype: str = option("float32", "dtype of the stored activations", choices=DTYPE_CHOICES)
-    memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
-    disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
-    seed: int = option(0, "under torchrun: the seed of the split of the token stream among the ranks")
+    context_length: int = CacheOptions.variant("context_length")
+    batch_size: int = CacheOptions.variant("batch_size")
+    storage_dtype: str = CacheOptions.variant("storage_dtype", help="dtype of the stored activations",
+                                              choices=DTYPE_CHOICES)
+    memory_mb: float = CacheOptions.variant("memory_mb")
+    disk_budget_mb: float | None = CacheOptions.variant("disk_budget_mb")
+    seed: int = CacheOptions.variant("seed")
     dist_timeout: float = option(DEFAULT_TIMEOUT_S, "under torchrun: seconds a rank waits at a collective before "
                                                     "every rank stops", above=0)
     no_progress: bool = option(False, "hide the progress bar")

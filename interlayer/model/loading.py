@@ -218,6 +218,38 @@ def _unwrap(obj: Any, tokenizer: Any) -> tuple[Any, Any]:
     return obj, tokenizer
 
 
+def _from_object(spec: Any, device: str | torch.device | None, dtype: str | torch.dtype | None,
+                 tokenizer: Any) -> ModelAdapter:
+    """An adapter around a loaded model object (its modules shared; moved only when asked)."""
+    model, tok = _unwrap(spec, tokenizer)
+    if not hasattr(model, "config") or not hasattr(model, "forward"):
+        raise UnknownModelError(
+            f"cannot load a {type(spec).__name__}; pass an embedded alias ({choices(EMBEDDED)}), a checkpoint "
+            "directory, a hub id, a PreTrainedModel, an nnsight LanguageModel or a TransformerBridge"
+        )
+    if device is not None or dtype is not None:
+        model.to(device=torch.device(device) if device is not None else None,
+                 dtype=_pick_dtype(dtype) if dtype is not None else None)
+    return ModelAdapter(model, tok)
+
+
+def _from_directory(path: Path, text: str, device: torch.device, dtype: torch.dtype,
+                    trust_remote_code: bool) -> ModelAdapter:
+    """A local Hugging Face checkpoint directory; anything else there is an :class:`UnknownModelError`."""
+    if not (path / "config.json").is_file():
+        raise UnknownModelError(
+            f"{text!r} is a directory but not a Hugging Face checkpoint (no config.json); "
+            f"embedded aliases: {choices(EMBEDDED)}"
+        )
+    try:
+        return _from_pretrained(str(path), text, device, dtype, trust_remote_code, local_only=True)
+    except (OSError, ValueError) as err:
+        if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
+            raise
+        raise UnknownModelError(f"{text!r} is not a loadable Hugging Face checkpoint "
+                                f"({type(err).__name__}: {_first_line(err)})") from err
+
+
 def load_model(
     spec: Any = DEFAULT_MODEL,
     device: str | torch.device | None = None,
@@ -248,17 +280,7 @@ def load_model(
     if isinstance(spec, ModelAdapter):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
-        model, tok = _unwrap(spec, tokenizer)
-        if not hasattr(model, "config") or not hasattr(model, "forward"):
-            raise UnknownModelError(
-                f"cannot load a {type(spec).__name__}; pass an embedded alias ({choices(EMBEDDED)}), a checkpoint "
-                "directory, a hub id, a PreTrainedModel, an nnsight LanguageModel or a TransformerBridge"
-            )
-        if device is not None or dtype is not None:
-            model.to(device=torch.device(device) if device is not None else None,
-                     dtype=_pick_dtype(dtype) if dtype is not None else None)
-        return ModelAdapter(model, tok)
-
+        return _from_object(spec, device, dtype, tokenizer)
     text = os.fspath(spec)
     device_, dtype_ = _pick_device(device), _pick_dtype(dtype)
     if text in EMBEDDED:
@@ -266,18 +288,7 @@ def load_model(
         return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True)
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UnknownModelError(
-                f"{text!r} is a directory but not a Hugging Face checkpoint (no config.json); "
-                f"embedded aliases: {choices(EMBEDDED)}"
-            )
-        try:
-            return _from_pretrained(str(path), text, device_, dtype_, trust_remote_code, local_only=True)
-        except (OSError, ValueError) as err:
-            if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
-                raise
-            raise UnknownModelError(f"{text!r} is not a loadable Hugging Face checkpoint "
-                                    f"({type(err).__name__}: {_first_line(err)})") from err
+        return _from_directory(path, text, device_, dtype_, trust_remote_code)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_hub_id:
         raise UnknownModelError(f"unknown model {text!r}: not an embedded alias, a checkpoint directory or a hub id "

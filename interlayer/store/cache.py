@@ -33,7 +33,7 @@ from ..io.files import check_writable, write_json_atomic
 from ..io.seeding import epoch_permutation
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
-from ..options import check_options, option
+from ..options import CONTEXT_LENGTH, Options, option
 from .cache_files import (IDENTITY_FIELDS, MANIFEST, cache_chunks, open_manifest, read_cache_manifest,
                           remove_stale_shards, write_shard)
 from .cache_ranks import cache_on_ranks
@@ -47,21 +47,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class CacheOptions(KeywordOptions):
-    """Options of :func:`cache` (the ``interlayer cache`` command adds the model, data, sites and output)."""
+class CacheOptions(KeywordOptions, Options):
+    """Options of :func:`cache` (the ``interlayer cache`` command adds the model, data, sites
+    and output; its config declares these fields once, as ``CacheOptions.variant(name)``)."""
 
     tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
-    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
-    batch_size: int = option(8, "contexts per forward pass", min=1)
+    context_length: int = option(CONTEXT_LENGTH, "tokens per packed context, BOS included", min=2)
+    batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
     storage_dtype: str = option("float32", "dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
     disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")
-    seed: int = option(0, "on several processes (torchrun): the seed of the split of the token stream among the ranks")
+    seed: int = option(0, "under torchrun: the seed of the split of the token stream among the ranks")
     progress: bool = option(True, "show a progress bar", cli=False)
 
     def __post_init__(self) -> None:
-        check_options(self)
+        super().__post_init__()  # bounds and choices (check_options)
         parse_dtype(self.storage_dtype, "storage dtype")
 
     def shard_rows(self, model: ModelAdapter, n_sites: int) -> int:
