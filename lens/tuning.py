@@ -235,11 +235,12 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
     results = {}
     intervals: dict[str, list[list[float]]] = {}
     for name, decoder in (("logit", LayerDecoder(model, memory_mb)), ("tuned", LayerDecoder(model, memory_mb, lens=lens))):
+        # KL and the next-token loss from one decoding (its target log-probabilities are
+        # LayerDecoder's own, as next_token_nll's): decoding twice would double the head's work
         out = decoder.decode(hidden, reference=stacked[-1], targets=targets, layers=layers)
-        kl = out.kl_to_final.mean(-1)
-        ce = -(out.target_logprobs[:, has_next]).mean(-1)
-        results[name] = (kl.tolist(), ce.tolist())
-        for series, per_token in ((f"kl_{name}", out.kl_to_final), (f"ce_{name}", -out.target_logprobs[:, has_next])):
+        nll = -out.target_logprobs[:, has_next]
+        results[name] = (out.kl_to_final.mean(-1).tolist(), nll.mean(-1).tolist())
+        for series, per_token in ((f"kl_{name}", out.kl_to_final), (f"ce_{name}", nll)):
             low, high = mean_interval(per_token.double().numpy().T, bounds=(0.0, math.inf), n_resamples=500)
             intervals[series] = [[float(a), float(b)] for a, b in zip(low, high)]
     return LensComparison(model.name, layers, results["logit"][0], results["tuned"][0], results["logit"][1],
