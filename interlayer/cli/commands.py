@@ -39,7 +39,7 @@ def run_cache(cfg: CacheConfig) -> int:
         check_writable(cfg.out, directory=True)
         options = cfg.cache_options()
         model = dataclasses.replace(cfg, device=device_of(world, cfg.device)).load()
-        store = cache(model, cfg.data, sites, cfg.out, options=options)
+        store = cache(model, cfg.data, sites, cfg.out, options=options, world=world)
     except BaseException:
         leave(together=False)
         raise
