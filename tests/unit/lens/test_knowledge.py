@@ -228,6 +228,12 @@ def test_evaluate_qa_scores_every_decoding_and_resumes(tmp_path):
     finally:
         qa_module.generate = real
     assert calls == [] and again.to_json()["results"] == result.to_json()["results"]
+    # the journal is this run's: other settings are refused, naming them
+    from interlayer.io.journal import JournalError
+
+    with pytest.raises(JournalError, match=r"max_new_tokens: 3 there, 4 here"):
+        evaluate_qa(model, data, 10, options=opts, noise_docs=1, chat=False, max_new_tokens=4, batch_size=4,
+                    progress_file=progress, progress=False)
 
 
 def test_knowledge_commands(tmp_path, capsys, caplog):

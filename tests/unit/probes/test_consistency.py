@@ -113,3 +113,8 @@ def test_interrupted_sampling_resumes_from_the_journal(tmp_path, monkeypatch):
     resumed = internal_consistency(model, examples, ["w10", "w11"], journal=journal, **options)
     assert len(calls) == 2  # only the two questions not journalled before the interruption
     assert resumed.texts == straight.texts and np.array_equal(resumed.ic, straight.ic)
+    # a journal of other settings is refused, naming the setting that differs
+    from interlayer.io.journal import JournalError
+
+    with pytest.raises(JournalError, match=r"another run \(seed: 0 there, 1 here\)"):
+        internal_consistency(model, examples, ["w10", "w11"], journal=journal, **{**options, "seed": 1})
