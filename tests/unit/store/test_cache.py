@@ -245,3 +245,23 @@ def test_cache_cli(tmp_path, capsys):
     assert store.load("resid_post.1").dtype == torch.bfloat16
     assert cli.main(["cache", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "x")]) == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_one_manifest_opener_and_an_explicit_world(model, tmp_path):
+    """``world=`` places the run (one process here, as the ambient default); the
+    single-process writer refuses, through the shared opener, a cache that several
+    processes wrote; the old manifest readers' names still work."""
+    from interlayer.distributed import SINGLE
+    from interlayer.model import conversion_cache
+    from interlayer.store import cache_files
+
+    store = cache(model, DOCS, SITES, tmp_path / "c", tokens=100, world=SINGLE, **OPTS)
+    ambient = cache(model, DOCS, SITES, tmp_path / "d", tokens=100, **OPTS)
+    assert shard_hashes(store.path) == shard_hashes(ambient.path)
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps({**manifest, "ranks": 2, "complete": False}))
+    with pytest.raises(InterlayerError, match="written by 2 processes.*--nproc-per-node 2"):
+        cache(model, DOCS, SITES, tmp_path / "d", tokens=100, **OPTS)
+    assert cache_files.read_manifest is cache_files.read_cache_manifest
+    assert conversion_cache.read_manifest is conversion_cache.read_entry_manifest
+    assert cache_files.MANIFEST == conversion_cache.MANIFEST == "manifest.json"
