@@ -140,3 +140,16 @@ def test_bad_datasets_are_clear_errors(tmp_path):
     same = [ContrastPair(f"q{i}", "(A)", "(B)") for i in range(10)]
     with pytest.raises(InterlayerError, match="unbalanced pairs: 10 of 10 match with the same answer '\\(A\\)'"):
         check_balance(same)
+
+
+def test_chat_is_a_chat_mode_and_booleans_are_deprecated(model):
+    plain = train_vectors(model, PAIRS, [1], chat="no", progress=False)
+    assert plain.chat is False and plain.site_kind == plain.site == "resid_post"
+    with pytest.warns(DeprecationWarning, match="chat='no'"):
+        old = train_vectors(model, PAIRS, [1], chat=False, progress=False)
+    assert torch.equal(old[1], plain[1]) and old.chat is False
+    assert train_vectors(model, PAIRS, [1], chat="auto", progress=False).chat is False  # no chat template
+    with pytest.raises(InterlayerError, match="no chat template"):
+        train_vectors(model, PAIRS, [1], chat="yes", progress=False)
+    with pytest.raises(InterlayerError, match="unknown chat setting 'maybe'"):
+        train_vectors(model, PAIRS, [1], chat="maybe", progress=False)
