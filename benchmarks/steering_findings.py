@@ -44,9 +44,9 @@ def main() -> None:
         layers = [int(l) for l in args.layers.split(",")] if args.layers else LAYERS[name]
         for dataset in args.datasets.split(","):
             began = time.perf_counter()
-            vector = train_vectors(model, dataset, layers, normalize=False, n=args.train_n, chat=CHAT[name],
+            vector = train_vectors(model, dataset, layers, normalize=False, n=args.train_n, chat="yes" if CHAT[name] else "no",
                                    progress=False)
-            result = sweep(model, vector, dataset, layers, coefs, n=args.n, chat=CHAT[name], progress=True)
+            result = sweep(model, vector, dataset, layers, coefs, n=args.n, chat="yes" if CHAT[name] else "no", progress=True)
             payload = result.to_json()
             payload.update({"device": device_name(model.device), "chat_template": CHAT[name], "vector": "mean_diff, raw",
                             "train_pairs": vector.n_pairs, "vector_norms": {str(l): float(vector[l].norm())
