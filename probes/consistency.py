@@ -12,7 +12,7 @@ with Internal Consistency"; reference code zhxieml/internal-consistency).
    ``IC = sum_l s_{l,y}`` (also reported divided by the number of hidden states).
 5. IC-weighted self-consistency: ``argmax_a sum_i IC_i 1[a_i = a]``.
 
-Sampling calls the model's ``generate`` (the one place a probe runs the model
+Sampling goes through :mod:`interlayer.generation` (the one place a probe runs the model
 itself); every activation comes from the store and every distribution from the
 layer decoder.
 """
@@ -38,6 +38,7 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.model.sites import Site
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
+from interlayer.generation import Sampling, generate_texts
 from interlayer.io.journal import Journal
 from interlayer.intervals import PROBABILITY, bootstrap_interval, proportion_interval
 from interlayer.layers import hidden_index, hidden_index_layers
@@ -214,17 +215,11 @@ def label_probabilities(model: ModelAdapter, texts: Sequence[str], label_ids: Se
 
 def _generate(model: ModelAdapter, prompt: str, paths: int, max_new_tokens: int, temperature: float, top_p: float,
               seed: int) -> tuple[str, list[str]]:
-    tok = model.tokenizer
-    batch = tok(prompt, return_tensors="pt").to(model.device)
-    n = batch["input_ids"].shape[1]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.no_grad():
-        greedy = model.model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
-        torch.manual_seed(seed)
-        sampled = model.model.generate(**batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                       num_return_sequences=paths, max_new_tokens=max_new_tokens, pad_token_id=pad)
-    decode = lambda ids: tok.decode(ids[n:], skip_special_tokens=True)  # noqa: E731
-    return decode(greedy[0]), [decode(s) for s in sampled]
+    """The greedy path and ``paths`` sampled ones (:mod:`interlayer.generation`; the seed is set before sampling)."""
+    greedy = generate_texts(model, [prompt], max_new_tokens=max_new_tokens)[0]
+    sampled = generate_texts(model, [prompt], max_new_tokens=max_new_tokens, paths=paths,
+                             sampling=Sampling(temperature=temperature, top_p=top_p, top_k=0, seed=seed))
+    return greedy, sampled
 
 
 def internal_consistency(model: ModelAdapter, examples: Sequence[Example], labels: Sequence[str], *, paths: int = 5,

@@ -33,6 +33,7 @@ from interlayer.store.collect import stream_variants
 from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
+from interlayer.generation import generate_texts
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
 from interlayer.io.seeding import epoch_seed
@@ -320,15 +321,9 @@ def __getattr__(name: str) -> Any:
 
 def generate_text(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
     """Greedy continuation of ``prompt`` as text (attach a :func:`steer` handle to steer it).
-    Named apart from :func:`interlayer.lens.generate`, the layer-fused decoding."""
-    if model.tokenizer is None:
-        raise InterlayerError(f"{model.name} has no tokenizer")
-    batch = model.tokenize(prompt)
-    ids = batch["input_ids"].to(model.device)
-    with torch.no_grad():
-        out = model.model.generate(input_ids=ids, attention_mask=batch["attention_mask"].to(model.device),
-                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.pad_token_id)
-    return model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    Named apart from :func:`interlayer.lens.generate`, the layer-fused decoding; the
+    generation itself is :func:`interlayer.generation.generate_texts`."""
+    return generate_texts(model, [prompt], max_new_tokens=max_new_tokens)[0]
 
 
 def generate(model: ModelAdapter, prompt: str, max_new_tokens: int = 40) -> str:
