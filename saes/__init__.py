@@ -1,6 +1,7 @@
 """Sparse autoencoders on store activations: ReLU/L1, TopK, BatchTopK, JumpReLU and
 top-AFA (Lee et al. 2025, in its authors' and a centred form, and an authors-exact mode)
-as one :class:`SAE` with a pluggable activation, one trainer (:func:`train_sae`; several
+as one :class:`SAE` with a pluggable activation (one module per architecture under
+:mod:`interlayer.saes.archs`), one trainer (:func:`train_sae`; several
 SAEs on one pass with :func:`train_saes`), evaluation (:func:`evaluate_sae`,
 :func:`evaluate_saes`), Pareto sweeps (:mod:`interlayer.saes.sweep`), and the SAELens
 on-disk format (:func:`to_saelens`, :func:`from_saelens`)."""
@@ -12,11 +13,18 @@ from .evaluation import SAEEvaluation, evaluate_activations, evaluate_sae, evalu
 from .sae import SAE, SAEConfig, SAEOutput
 from .saelens import from_saelens, to_saelens
 from .sources import CachedSource, StreamedSource, TensorSource
-from .sweep import SAESweepResult, run_sweep
+from .pareto import SAESweep, SAESweepResult
+from .records import EvalOptions, TrainedSAE, finish_sae, finish_saes
+from .run import SweepSpec, plan_sweep, sweep_saes
+from .saelens import load_sae
+from .sources import Placement, Source
+from .sweep import run_sweep
 from .training import (CheckpointMismatchError, NonFiniteError, TrainMember, TrainOptions, TrainResult, train_sae,
                        train_saes)
 
 __all__ = ["SAE_ARCHITECTURES", "AFA_FORMS", "SAE", "SAEConfig", "SAEOutput", "SAEEvaluation", "evaluate_activations",
            "evaluate_sae", "evaluate_saes", "from_saelens", "to_saelens", "CachedSource", "StreamedSource",
            "TensorSource", "CheckpointMismatchError", "NonFiniteError", "TrainMember", "TrainOptions", "TrainResult",
-           "train_sae", "train_saes", "topafa", "SAESweepResult", "run_sweep", "top_contexts"]
+           "train_sae", "train_saes", "topafa", "SAESweepResult", "run_sweep", "top_contexts", "SAESweep", "load_sae",
+           "Source", "Placement", "EvalOptions", "TrainedSAE", "finish_sae", "finish_saes", "SweepSpec", "plan_sweep",
+           "sweep_saes"]

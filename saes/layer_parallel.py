@@ -18,19 +18,26 @@ skip the batches they have already trained on). Each rank writes the SAEs it own
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-from interlayer.store import text_per_context
-from interlayer.store.collect import stream
-from interlayer.store.capture import row_bytes
-from interlayer.distributed import SINGLE, World, comm_device, gather, gather_objects
+from interlayer.distributed import SINGLE, World, comm_device, gather, gather_objects, raise_together
 from interlayer.errors import InterlayerError, choices
+from interlayer.io.files import write_atomic
 from interlayer.io.seeding import epoch_permutation
+from interlayer.model.adapter import ModelAdapter
+from interlayer.store import text_per_context
+from interlayer.store.capture import row_bytes
+from interlayer.store.collect import stream
 
-from .config import LATENTS_PER_D_MODEL
+from .checkpoint import CHECKPOINT
+from .loop import TrainMember, train_saes
+from .records import EvalOptions, TrainedSAE, finish_sae
 from .sources import Placement, Source, SourceBatch, StreamedSource
+
 
 def owned_sites(sites: list[str], world: World = SINGLE) -> list[str]:
     """The sites rank ``world.rank`` trains: site ``i`` goes to rank ``i % ranks``."""
@@ -163,49 +170,22 @@ SITE_COLUMNS = ("site", "rank", "l0", "explained_variance", "nmse", "ce_loss_rec
 """The columns of ``<out>/sites.csv``."""
 
 
-def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | None:
-    """``sae train --sites``: this rank's SAEs (one per owned site) trained on one read
-    per batch, each saved and evaluated in ``<out>/<site>/``; rank 0 returns every site's
-    row (and writes ``<out>/sites.csv``), the others ``None``."""
-    import dataclasses
-    from pathlib import Path
-
-    from interlayer.store.cache import ActivationStore
-    from interlayer.distributed import device_of, raise_together
-    from interlayer.store.cache_ranks import verify_on_every_rank
-    from interlayer.io.files import write_atomic
-
-    from .records import save_trained
-    from .sae import SAEConfig
-    from .sources import CachedSource
-    from .training import CHECKPOINT, TrainMember, train_saes
-
-    model = dataclasses.replace(cfg, device=device_of(world, cfg.device)).load()
-    store = ActivationStore(cfg.activations, model=model) if cfg.activations is not None else None
-    sites = expand_cached_sites(cfg.sites, model, store.sites if store is not None else None)
-    own = owned_sites(sites, world)
-    if store is not None:
-        verify_on_every_rank(store)
-        source: Any = CachedSource(store, own, options.batch_size, seed=options.seed, device=model.device)
-    else:
-        streamed = StreamedSource(model, cfg.data, sites, options.batch_size, seed=options.seed,
-                                  context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
-                                  memory_mb=cfg.memory_mb, text_field=getattr(cfg, "text_field", "text"),
-                                  device=model.device)
-        source = ScatteredSource(streamed, world) if world.distributed else streamed
-    out = Path(cfg.out)
+def train_sites(source: Source, members: list[TrainMember], model: ModelAdapter, evaluation: EvalOptions, *,
+                out: Path, sites: list[str], train_source: str, world: World = SINGLE) -> list[dict[str, Any]] | None:
+    """Layer-parallel training of this rank's ``members`` (one SAE per owned site, each
+    checkpointed in ``<out>/<site>/``) on one read of ``source`` per batch, each finished
+    there (:func:`~interlayer.saes.records.finish_sae`); rank 0 returns every site's row,
+    in the order of ``sites``, and writes ``<out>/sites.csv``; the other ranks ``None``."""
+    own = [m.cfg.site for m in members]
     done = [s for s in own if (out / s / "metrics.json").exists() and not (out / s / CHECKPOINT).exists()]
     raise_together(InterlayerError(f"{out / done[0]} already holds a finished SAE (metrics.json); use another --out")
                    if done else None, "checking the output directories")
-    members = [TrainMember(SAEConfig(d_in=model.d_model, d_sae=cfg.latents or LATENTS_PER_D_MODEL * model.d_model, arch=cfg.arch, k=cfg.k,
-                                     normalization=cfg.normalization, afa_form=cfg.afa_form,
-                                     authors_exact=cfg.authors_exact, jumprelu_init_threshold=cfg.jumprelu_threshold,
-                                     model=model.name, site=site),
-                           options, out / site) for site in own]
     rows = []
-    for site, result in zip(own, train_saes(source, members, device=model.device)):
+    for member, result in zip(members, train_saes(source, members, device=model.device)):
         # the checkpoints stay until every rank has saved: a rerun after a stop here finds every SAE trained
-        metrics = save_trained(cfg, model, result, options, out / site, keep_checkpoint=True)
+        site = member.cfg.site
+        trained = TrainedSAE(result, out / site, member.options, f"{member.cfg.arch} {site}")
+        metrics = finish_sae(trained, model, evaluation, train_source=train_source, keep_checkpoint=True)
         rows.append({"site": site, "rank": world.rank, **{k: metrics[k] for k in SITE_COLUMNS[2:]}})
     table = gather_site_metrics(rows, world)
     for site in own:
@@ -213,8 +193,6 @@ def train_sites(cfg: Any, options: Any, world: World) -> list[dict[str, Any]] | 
     if table is not None:
         order = {s: i for i, s in enumerate(sites)}
         table.sort(key=lambda r: order[r["site"]])
-        import pandas as pd
-
         write_atomic(out / "sites.csv", pd.DataFrame(table, columns=list(SITE_COLUMNS)).to_csv(index=False).encode())
     return table
 

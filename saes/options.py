@@ -15,8 +15,7 @@ from typing import Any
 from interlayer.errors import InterlayerError
 from interlayer.options import check_options, option
 
-from .archs import architecture
-from .sae import SAEConfig
+from .archs import ArchConfig, architecture
 
 
 @dataclass
@@ -62,7 +61,7 @@ class TrainOptions:
     def steps(self) -> int:
         return math.ceil(self.tokens / self.batch_size)
 
-    def b_dec_start(self, cfg: SAEConfig) -> str:
+    def b_dec_start(self, cfg: ArchConfig) -> str:
         """``b_dec_init``, or its default for ``cfg``: zeros for top-AFA in the authors'
         form (their code), the mean for the others (the centred top-AFA form included).
         On Gemma 3 270M a TopK SAE (k=8) started from zeros had 98% of its latents silent
@@ -80,21 +79,21 @@ class TrainOptions:
         field = architecture(arch).sparsity_coefficient
         return float(getattr(self, field)) if field is not None else 0.0
 
-    def warmup(self, cfg: SAEConfig) -> int:
+    def warmup(self, cfg: ArchConfig) -> int:
         """``warmup_steps``, or its default: 50, and 0 in the authors-exact mode."""
         return (0 if cfg.authors_exact else 50) if self.warmup_steps is None else self.warmup_steps
 
-    def decay(self, cfg: SAEConfig) -> float:
+    def decay(self, cfg: ArchConfig) -> float:
         """``decay_fraction``, or its default: 0.2, and 0 in the authors-exact mode."""
         return (0.0 if cfg.authors_exact else 0.2) if self.decay_fraction is None else self.decay_fraction
 
-    def check(self, cfg: SAEConfig) -> None:
+    def check(self, cfg: ArchConfig) -> None:
         """Refuse options the SAE's mode cannot honour (before any training)."""
         if cfg.authors_exact and (self.warmup(cfg) or self.decay(cfg)):
             raise InterlayerError("top-AFA's authors-exact mode trains at a constant learning rate: warmup_steps and "
                                   f"decay_fraction must be 0 (got {self.warmup(cfg)} and {self.decay(cfg)})")
 
-    def identity(self, cfg: SAEConfig | None = None) -> dict[str, Any]:
+    def identity(self, cfg: ArchConfig | None = None) -> dict[str, Any]:
         """The options a resumed run must share (not progress or logging); with ``cfg``,
         the learning-rate schedule's defaults are resolved for it."""
         skip = {"progress", "log_every", "checkpoint_every"}
@@ -115,4 +114,10 @@ def lr_factor(step: int, steps: int, warmup: int, decay_fraction: float) -> floa
     return 1.0
 
 
-__all__ = ["TrainOptions", "lr_factor"]
+def train_options(config: TrainOptions) -> TrainOptions:
+    """The :class:`TrainOptions` part of a config that extends them (``sae train``'s and
+    ``sae sweep``'s), as a plain :class:`TrainOptions`."""
+    return TrainOptions(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainOptions)})
+
+
+__all__ = ["TrainOptions", "lr_factor", "train_options"]

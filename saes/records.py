@@ -1,17 +1,24 @@
-"""What the ``interlayer sae`` commands record and write (``metrics.json``, figure pages),
-shared by ``sae train``, ``sae eval`` and ``sae sweep``."""
+"""What a trained SAE leaves on disk, shared by ``sae train``, layer-parallel training and
+``sae sweep``: :func:`finish_saes` saves each SAE (``sae.safetensors``, ``cfg.json``) and
+its ``history.csv``, evaluates them together on held-out text, writes ``metrics.json``
+and ``figures.html``, and removes the checkpoint."""
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interlayer.io.files import write_atomic
+from interlayer.io.files import write_atomic, write_json_atomic
+from interlayer.model.adapter import ModelAdapter
 
+from .checkpoint import CHECKPOINT
+from . import evaluation as evaluating
 from .evaluation import SAEEvaluation
+from .loop import TrainResult
+from .options import TrainOptions
 from .sae import SAEConfig
-from .training import TrainOptions
 
 
 def describe(cfg: SAEConfig) -> dict[str, Any]:
@@ -31,37 +38,76 @@ def metrics_record(evaluation: SAEEvaluation, **extra: Any) -> dict[str, Any]:
     return metrics
 
 
-def save_trained(cfg: Any, model: Any, result: Any, options: TrainOptions, out: Path,
-                 keep_checkpoint: bool = False) -> dict[str, Any]:
-    """The end of ``sae train`` for one SAE: save it to ``out``, evaluate it on
-    ``--eval-data`` (else ``--data``, else the packaged sample), write ``metrics.json``,
-    ``history.csv`` and ``figures.html``, and remove the checkpoint (unless ``keep_checkpoint``)."""
-    from interlayer.io.files import write_json_atomic
-    from interlayer.model.loading import SAMPLE_TEXT
+@dataclass
+class EvalOptions:
+    """How trained SAEs are evaluated (:func:`~interlayer.saes.evaluate_saes`)."""
 
-    from .evaluation import evaluate_sae
-    from .training import CHECKPOINT
+    data: str | Path
+    """Held-out text: a .txt, .jsonl or .parquet file, or a folder of them."""
+    tokens: int = 8192
+    context_length: int = 128
+    batch_size: int = 8
+    """Contexts per forward pass."""
+    text_field: str = "text"
+    progress: bool = True
 
-    site = result.sae.cfg.site
-    result.sae.save(out)
-    result.to_frame().to_csv(out / "history.csv", index=False)
-    eval_data = cfg.eval_data or cfg.data or str(SAMPLE_TEXT)
-    evaluation = evaluate_sae(result.sae, model, eval_data, site, tokens=cfg.eval_tokens,
-                              context_length=cfg.context_length, label=f"{cfg.arch} {site}",
-                              text_field=getattr(cfg, "text_field", "text"), progress=not cfg.no_progress)
-    metrics = metrics_record(evaluation, tokens=result.tokens, seconds=result.seconds,
-                             dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
-    metrics.update(describe(result.sae.cfg))
-    metrics["eval_data"] = str(eval_data)
-    metrics["train_options"] = options.identity(result.sae.cfg)
-    metrics["train_source"] = str(cfg.activations or cfg.data)
-    metrics["eval_tokens"] = evaluation.metrics["tokens"]
-    write_json_atomic(out / "metrics.json", metrics)
-    write_figures(out / "figures.html", [result.plot(), evaluation.zf_plot(), evaluation.eps_histogram(),
-                                         evaluation.firing_histogram()])
-    if not keep_checkpoint:
-        (out / CHECKPOINT).unlink(missing_ok=True)  # the run is complete and saved
-    return metrics
+
+@dataclass
+class TrainedSAE:
+    """A trained SAE on its way to disk."""
+
+    result: TrainResult
+    out: Path
+    """Its directory."""
+    options: TrainOptions
+    """The options it trained with (``metrics.json``'s ``train_options``)."""
+    label: str = ""
+    """Its name in the evaluation."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """What its ``metrics.json`` records besides the evaluation and the SAE (a sweep
+    member's name, grid value and identity)."""
+
+
+def save_sae(trained: TrainedSAE) -> None:
+    """The SAE (``sae.safetensors``, ``cfg.json``) and its ``history.csv``."""
+    trained.result.sae.save(trained.out)
+    trained.result.to_frame().to_csv(trained.out / "history.csv", index=False)
+
+
+def finish_saes(trained: Sequence[TrainedSAE], model: ModelAdapter, evaluation: EvalOptions, *, train_source: str,
+                site: str | None = None, keep_checkpoint: bool = False) -> list[dict[str, Any]]:
+    """The end of training for SAEs of one site: save each (:func:`save_sae`), evaluate
+    them together on ``evaluation.data`` (one clean pass, one zero-ablated pass, one
+    spliced pass each), write each one's ``metrics.json`` and ``figures.html``, and remove
+    its checkpoint (unless ``keep_checkpoint``). Returns the metrics, in order."""
+    for item in trained:
+        save_sae(item)
+    evaluations = evaluating.evaluate_saes([t.result.sae for t in trained], model, evaluation.data, site,
+                                           tokens=evaluation.tokens, context_length=evaluation.context_length,
+                                           batch_size=evaluation.batch_size, labels=[t.label for t in trained],
+                                           text_field=evaluation.text_field, progress=evaluation.progress)
+    out = []
+    for item, done in zip(trained, evaluations):
+        result = item.result
+        metrics = metrics_record(done, tokens=result.tokens, seconds=result.seconds,
+                                 dead_frac_train=result.dead_frac_window, dead_window_tokens=result.window_tokens)
+        metrics.update(describe(result.sae.cfg))
+        metrics.update(item.record)
+        metrics.update({"eval_data": str(evaluation.data), "train_options": item.options.identity(result.sae.cfg),
+                        "train_source": train_source})
+        write_figures(item.out / "figures.html", [result.plot(), done.zf_plot(), done.eps_histogram(),
+                                                  done.firing_histogram()])
+        write_json_atomic(item.out / "metrics.json", metrics)
+        if not keep_checkpoint:
+            (item.out / CHECKPOINT).unlink(missing_ok=True)  # the SAE is finished and saved
+        out.append(metrics)
+    return out
+
+
+def finish_sae(trained: TrainedSAE, model: ModelAdapter, evaluation: EvalOptions, *, train_source: str,
+               keep_checkpoint: bool = False) -> dict[str, Any]:
+    """:func:`finish_saes` for one SAE."""
+    return finish_saes([trained], model, evaluation, train_source=train_source, keep_checkpoint=keep_checkpoint)[0]
 
 
 def write_figures(path: Path, figures: list[Any]) -> None:
@@ -72,6 +118,5 @@ def write_figures(path: Path, figures: list[Any]) -> None:
     write_atomic(path, page.encode())
 
 
-def train_options(cfg: Any) -> TrainOptions:
-    """The :class:`TrainOptions` part of a ``sae train`` config."""
-    return TrainOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainOptions)})
+__all__ = ["describe", "metrics_record", "EvalOptions", "TrainedSAE", "save_sae", "finish_saes", "finish_sae",
+           "write_figures"]

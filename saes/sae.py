@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_atomic, write_json_atomic
 
-from .archs import REGISTRY, Code, EncodeContext, architecture
+from .archs import REGISTRY, ArchFields, Code, EncodeContext, architecture
 from .archs.jumprelu import BANDWIDTH, INITIAL_THRESHOLD
 from .formats import CONFIG, FORMAT, WEIGHTS, is_interlayer_dir, is_saelens_dir, read_config
 from .normalization import check_normalization, denormalize, normalize
@@ -66,24 +66,13 @@ class SAEConfig:
     """The hook site it reads, e.g. resid_post.6 (informational)."""
 
     def __post_init__(self) -> None:
-        spec = architecture(self.arch)  # an unknown name is refused, naming the registered ones
         if self.d_in < 1 or self.d_sae < 1:
             raise InterlayerError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if spec.takes_k:
-            if self.k is None:
-                raise InterlayerError(f"architecture {self.arch!r} needs k (latents per token), e.g. --k {spec.default_k}")
-            if not 1 <= self.k <= self.d_sae:
-                raise InterlayerError(f"k must be between 1 and d_sae={self.d_sae}, got {self.k}")
-        elif self.k is not None:
-            fixed = [n for n, a in REGISTRY.items() if a.takes_k]
-            raise InterlayerError(f"architecture {self.arch!r} takes no k (got k={self.k}); only "
-                                  f"{' and '.join(repr(n) for n in fixed)} have a fixed k")
-        spec.check(self)
-        check_normalization(self.normalization)
+        self.afa_form = check_sae_fields(ArchFields(self.arch, self.d_sae, self.k, self.afa_form, self.authors_exact,
+                                                    self.jumprelu_init_threshold, self.jumprelu_bandwidth),
+                                         self.normalization).afa_form
         if not self.scale > 0:
             raise InterlayerError(f"scale must be positive, got {self.scale}")
-        if self.arch == "jumprelu" and not self.jumprelu_init_threshold > 0:
-            raise InterlayerError(f"jumprelu_init_threshold must be positive, got {self.jumprelu_init_threshold}")
 
     @property
     def mode(self) -> str:
@@ -102,6 +91,28 @@ class SAEConfig:
         if data.get("arch") == "topafa" and "afa_form" not in data:
             data = {**data, "afa_form": "authors"}  # saved before the centred form existed: the authors' loss
         return cls(**data)
+
+
+def check_sae_fields(fields: ArchFields, normalization: str = "standardize") -> ArchFields:
+    """Check an SAE's architecture fields as :class:`SAEConfig` does (with ``d_sae=None``
+    any width: options are checked before the model that sets it loads) and return them
+    completed (top-AFA's default AFA form)."""
+    spec = architecture(fields.arch)  # an unknown name is refused, naming the registered ones
+    if spec.takes_k:
+        if fields.k is None:
+            raise InterlayerError(f"architecture {fields.arch!r} needs k (latents per token), e.g. --k {spec.default_k}")
+        if fields.k < 1 or (fields.d_sae is not None and fields.k > fields.d_sae):
+            raise InterlayerError(f"k must be between 1 and d_sae={fields.d_sae or 'the number of latents'}, "
+                                  f"got {fields.k}")
+    elif fields.k is not None:
+        fixed = [n for n, a in REGISTRY.items() if a.takes_k]
+        raise InterlayerError(f"architecture {fields.arch!r} takes no k (got k={fields.k}); only "
+                              f"{' and '.join(repr(n) for n in fixed)} have a fixed k")
+    spec.check(fields)
+    check_normalization(normalization)
+    if not fields.jumprelu_init_threshold > 0:
+        raise InterlayerError(f"jumprelu_init_threshold must be positive, got {fields.jumprelu_init_threshold}")
+    return fields
 
 
 class SAEOutput(NamedTuple):

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_atomic, write_json_atomic
 
-from .formats import SAELENS_CONFIG, SAELENS_WEIGHTS, is_saelens_dir
+from .formats import SAELENS_CONFIG, SAELENS_WEIGHTS, is_interlayer_dir, is_saelens_dir
 from .sae import SAE, SAEConfig
 
 EXPORTABLE = ("relu", "topk", "batchtopk", "jumprelu")
@@ -145,3 +145,11 @@ def from_saelens(path: str | Path, site: str | None = None) -> SAE:
         state["activation.threshold"] = tensors["topk_threshold"].reshape(())
     sae.load_tensors(state, str(path / SAELENS_WEIGHTS))
     return sae.eval()
+
+
+def load_sae(path: str | Path) -> SAE:
+    """An SAE saved by interlayer (:meth:`SAE.load`), or one in the SAELens on-disk format
+    (:func:`from_saelens`)."""
+    if is_saelens_dir(path) and not is_interlayer_dir(path):
+        return from_saelens(path)
+    return SAE.load(path)

@@ -11,7 +11,7 @@ from . import topk
 from . import batchtopk
 from . import jumprelu
 from . import topafa
-from .base import (REGISTRY, SPARSE_DENSITY, Activation, Architecture, Code, EncodeContext, architecture, coo_code,
+from .base import (REGISTRY, SPARSE_DENSITY, Activation, ArchConfig, ArchFields, Architecture, Code, EncodeContext, architecture, coo_code,
                    dense_code, register)
 from .batchtopk import BatchTopK
 from .jumprelu import JumpReLU
@@ -22,6 +22,6 @@ from .topk import DEFAULT_K, TopK
 SAE_ARCHITECTURES = tuple(REGISTRY)
 """The built-in SAE architectures, by ``--arch`` name."""
 
-__all__ = ["relu", "topk", "batchtopk", "jumprelu", "topafa", "SAE_ARCHITECTURES", "AFA_FORMS", "DEFAULT_K", "REGISTRY", "Architecture", "architecture", "register",
+__all__ = ["relu", "topk", "batchtopk", "jumprelu", "topafa", "SAE_ARCHITECTURES", "AFA_FORMS", "DEFAULT_K", "REGISTRY", "Architecture", "ArchConfig", "ArchFields", "architecture", "register",
            "Activation", "Code", "EncodeContext", "coo_code", "dense_code", "SPARSE_DENSITY", "ReLU", "TopK",
            "BatchTopK", "JumpReLU", "TopAFA", "candidates_for"]

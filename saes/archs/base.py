@@ -26,7 +26,7 @@ class ArchConfig(Protocol):
     so that the architectures need not import the SAE module that builds them)."""
 
     arch: str
-    d_sae: int
+    d_sae: int | None
     k: int | None
     afa_form: str | None
     authors_exact: bool
@@ -112,6 +112,20 @@ class Activation(nn.Module, abc.ABC):
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         """The architecture's own sparsity penalty (unweighted), or ``None``."""
         return None
+
+
+@dataclass
+class ArchFields:
+    """The fields of :class:`ArchConfig` alone: what an architecture's check reads, for
+    checking options before an SAE's width is known (:func:`~interlayer.saes.sae.check_sae_fields`)."""
+
+    arch: str
+    d_sae: int | None = None
+    k: int | None = None
+    afa_form: str | None = None
+    authors_exact: bool = False
+    jumprelu_init_threshold: float = 0.001
+    jumprelu_bandwidth: float = 0.001
 
 
 def no_afa_fields(cfg: ArchConfig) -> None:
