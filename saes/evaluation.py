@@ -74,102 +74,11 @@ from interlayer.errors import InterlayerError
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 from interlayer.model.sites import LN_FINAL
 
-from .normalization import STD_EPS
+from .reconstruction import DENSE_FREQUENCY, Accumulator, eps_lbo_form
 from .sae import SAE
-
-DENSE_FREQUENCY = 0.1
 
 SPLICED_KEYS = ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "eval_positions")
 """The numbers of a spliced evaluation (:func:`evaluate_saes`)."""
-
-
-def eps_lbo_form(sae: SAE) -> str:
-    """The ε_LBO form that matches how ``sae`` was trained: ``centred`` for a centred
-    top-AFA SAE, ``authors`` otherwise."""
-    return "centred" if sae.cfg.afa_form == "centred" else "authors"
-
-
-class _Accumulator:
-    """Running sums of the reconstruction metrics and the per-token diagnostics."""
-
-    def __init__(self, sae: SAE) -> None:
-        self.sae = sae
-        self.form = eps_lbo_form(sae)
-        self.sq_std = 0.0
-        self.n = 0
-        self.err = 0.0
-        self.sq = 0.0
-        self.err_in = 0.0
-        self.sq_in = 0.0
-        self.sum_x: torch.Tensor | None = None
-        self.l0 = 0.0
-        self.fires = torch.zeros(sae.d_sae, dtype=torch.long)
-        self.tokens: dict[str, list[np.ndarray]] = {"norm_z": [], "norm_f_tilde": [], "norm_f": [], "norm_x": [],
-                                                    "norm_x_centred": [], "eps_lbo": [], "eps_lbo_authors": [],
-                                                    "eps_lbo_centred": [], "l0": []}
-
-    @torch.no_grad()
-    def add(self, x: torch.Tensor) -> None:
-        sae = self.sae
-        x = x.reshape(-1, x.shape[-1]).to(sae.device, sae.W_enc.dtype)
-        out = sae(x)
-        diff = (x - out.x_hat).double()
-        self.err += float(diff.square().sum())
-        self.sq += float(x.double().square().sum())
-        self.err_in += float((out.x_in - out.x_hat_in).double().square().sum())
-        self.sq_in += float(out.x_in.double().square().sum())
-        s = x.double().sum(0)
-        self.sum_x = s if self.sum_x is None else self.sum_x + s
-        active = out.f > 0
-        self.l0 += float(active.sum())
-        self.fires += active.sum(0).cpu()
-        self.n += x.shape[0]
-        xd = x.double()
-        std = (xd - xd.mean(-1, keepdim=True)).std(-1, keepdim=True)
-        self.sq_std += float((diff / (std + STD_EPS)).square().sum())
-        dec_norms = sae.W_dec.norm(dim=-1)
-        coded_sq = (out.f * dec_norms).double().square().sum(-1)
-        forms = {"authors": (out.x_in.double().square().sum(-1), coded_sq + float(sae.b_dec.double().norm()) ** 2),
-                 "centred": ((out.x_in - sae.b_dec).double().square().sum(-1), coded_sq)}
-        for name, (z_sq, f_tilde_sq) in forms.items():
-            eps = (z_sq - f_tilde_sq).abs() / ((sae.d_sae - 1) * f_tilde_sq.clamp_min(1e-30))
-            self.tokens[f"eps_lbo_{name}"].append(eps.cpu().numpy())
-        z_sq, f_tilde_sq = forms[self.form]
-        self.tokens["eps_lbo"].append(self.tokens[f"eps_lbo_{self.form}"][-1])
-        self.tokens["norm_z"].append(z_sq.sqrt().cpu().numpy())
-        self.tokens["norm_f_tilde"].append(f_tilde_sq.sqrt().cpu().numpy())
-        self.tokens["norm_f"].append(out.f.double().norm(dim=-1).cpu().numpy())
-        self.tokens["norm_x"].append(out.x_in.double().norm(dim=-1).cpu().numpy())
-        self.tokens["norm_x_centred"].append((out.x_in - sae.b_dec).double().norm(dim=-1).cpu().numpy())
-        self.tokens["l0"].append(active.sum(-1).cpu().numpy())
-
-    def result(self) -> dict[str, Any]:
-        if self.n == 0:
-            raise InterlayerError("no activations to evaluate the SAE on")
-        mean = self.sum_x / self.n
-        total_var = self.sq - self.n * float(mean.square().sum())
-        freq = self.fires.double() / self.n
-        tokens = {k: np.concatenate(v) for k, v in self.tokens.items()}
-        ratio = tokens["norm_f"] / np.maximum(tokens["norm_x"], 1e-30)
-        ratio_centred = tokens["norm_f"] / np.maximum(tokens["norm_x_centred"], 1e-30)
-        return {
-            "nmse": self.err / self.sq,
-            "explained_variance": 1 - self.err / total_var,
-            "nmse_normalized": self.err_in / self.sq_in,
-            "mse_standardized": self.sq_std / (self.n * self.sae.d_in),
-            "l0": self.l0 / self.n,
-            "dead_frac": float((self.fires == 0).double().mean()),
-            "dense_frac": float((freq > DENSE_FREQUENCY).double().mean()),
-            "eps_lbo_median": float(np.median(tokens["eps_lbo"])),
-            "eps_lbo_mean": float(np.mean(tokens["eps_lbo"])),
-            "eps_lbo_form": self.form,
-            "eps_lbo_authors_median": float(np.median(tokens["eps_lbo_authors"])),
-            "eps_lbo_centred_median": float(np.median(tokens["eps_lbo_centred"])),
-            "f_norm_ratio_median": float(np.median(ratio)),
-            "f_norm_ratio_mean": float(np.mean(ratio)),
-            "f_norm_ratio_centred_median": float(np.median(ratio_centred)),
-            "tokens": self.n,
-        }, tokens, freq.numpy()
 
 
 @dataclass
@@ -269,7 +178,7 @@ def evaluate_activations(sae: SAE, activations: Any, label: str = "", batch_size
     """Reconstruction and sparsity metrics on activations: a ``[rows, d_in]`` tensor, an
     iterable of such tensors (e.g. batches of a store), or an ActivationStore and site
     as ``(store, site)``."""
-    acc = _Accumulator(sae)
+    acc = Accumulator(sae)
     was_training = sae.training
     sae.eval()
     try:
@@ -344,22 +253,8 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
     running only the blocks after the site (see the module docstring). The numbers
     equal :func:`evaluate_sae` of each SAE alone."""
     saes = list(saes)
-    if not saes:
-        raise InterlayerError("evaluate_saes needs at least one SAE")
     labels = list(labels) if labels is not None else [""] * len(saes)
-    if len(labels) != len(saes):
-        raise InterlayerError(f"{len(labels)} labels for {len(saes)} SAEs")
-    if site is None:
-        named = {s.cfg.site for s in saes}
-        if None in named:
-            raise InterlayerError("an SAE's config names no site; pass site=, e.g. 'resid_post.6'")
-        if len(named) > 1:
-            raise InterlayerError(f"the SAEs read different sites {sorted(named)}; evaluate them separately")
-        site = named.pop()
-    site = model.site(site).name
-    for sae in saes:
-        if sae.d_in != model.d_model:
-            raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
+    site = _evaluated_site(saes, labels, model, site)
     if tokens < 1:
         raise InterlayerError(f"tokens must be at least 1, got {tokens}")
     if rows_per_step < 1:
@@ -369,7 +264,7 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
     n_contexts = contexts_for_tokens(model, tokens, context_length)
     variants: list[dict[str, Any]] = [{}] + [{site: Edit(sae.reconstruct, rows="tokens")} for sae in saes] + \
         [{site: Edit(torch.zeros_like, rows="tokens")}]
-    accs = [_Accumulator(sae) for sae in saes]
+    accs = [Accumulator(sae) for sae in saes]
     ce = np.zeros(len(variants))  # clean, each SAE, zero
     kl = np.zeros(len(variants))
     positions = 0
@@ -393,13 +288,41 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
             sae.train(state)
     if positions == 0:
         raise InterlayerError(f"{data} produced no tokens to evaluate on")
-    out = []
-    for i, (acc, label) in enumerate(zip(accs, labels)):
-        metrics, per_token, freq = acc.result()
-        spliced = {"ce_clean": ce[0] / positions, "ce_sae": ce[1 + i] / positions, "ce_zero": ce[-1] / positions,
-                   "kl_sae": kl[1 + i] / positions, "kl_zero": kl[-1] / positions}
-        gap = spliced["ce_zero"] - spliced["ce_clean"]
-        spliced["ce_loss_recovered"] = (spliced["ce_zero"] - spliced["ce_sae"]) / gap if gap != 0 else float("nan")
-        spliced["eval_positions"] = positions
-        out.append(SAEEvaluation(metrics, pd.DataFrame(per_token), freq, acc.sae.d_sae, label, spliced))
-    return out
+    return [_evaluation(acc, label, i, ce, kl, positions) for i, (acc, label) in enumerate(zip(accs, labels))]
+
+
+def _evaluated_site(saes: list[SAE], labels: list[str], model: ModelAdapter, site: str | None) -> str:
+    """The site every SAE is evaluated at (``site``, else the one their configs name),
+    after checking there is one, with a label per SAE and the model's width."""
+    if not saes:
+        raise InterlayerError("evaluate_saes needs at least one SAE")
+    if len(labels) != len(saes):
+        raise InterlayerError(f"{len(labels)} labels for {len(saes)} SAEs")
+    if site is None:
+        named = {s.cfg.site for s in saes}
+        if None in named:
+            raise InterlayerError("an SAE's config names no site; pass site=, e.g. 'resid_post.6'")
+        if len(named) > 1:
+            raise InterlayerError(f"the SAEs read different sites {sorted(named)}; evaluate them separately")
+        site = named.pop()
+    site = model.site(site).name
+    for sae in saes:
+        if sae.d_in != model.d_model:
+            raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
+    return site
+
+
+def _evaluation(acc: Accumulator, label: str, i: int, ce: np.ndarray, kl: np.ndarray, positions: int) -> SAEEvaluation:
+    """SAE ``i``'s evaluation: its reconstruction metrics and its spliced numbers (the
+    summed CE and KL of variant ``1 + i`` against the clean and zero-ablated ones)."""
+    metrics, per_token, freq = acc.result()
+    spliced = {"ce_clean": ce[0] / positions, "ce_sae": ce[1 + i] / positions, "ce_zero": ce[-1] / positions,
+               "kl_sae": kl[1 + i] / positions, "kl_zero": kl[-1] / positions}
+    gap = spliced["ce_zero"] - spliced["ce_clean"]
+    spliced["ce_loss_recovered"] = (spliced["ce_zero"] - spliced["ce_sae"]) / gap if gap != 0 else float("nan")
+    spliced["eval_positions"] = positions
+    return SAEEvaluation(metrics, pd.DataFrame(per_token), freq, acc.sae.d_sae, label, spliced)
+
+
+__all__ = ["SAEEvaluation", "evaluate_activations", "evaluate_sae", "evaluate_saes", "eps_lbo_form", "DENSE_FREQUENCY",
+           "SPLICED_KEYS"]
