@@ -34,7 +34,8 @@ def top_contexts(sae: SAE, model: ModelAdapter, data: Any, site: str | None = No
         model: the model it reads.
         data: text, token ids or a dataset, packed into contexts of ``context_length``.
         site: the hook site (default: the SAE config's site).
-        tokens: the token budget: ``max(1, tokens // (context_length - 1))`` whole contexts.
+        tokens: the token budget: the whole contexts it fills, ``max(1, tokens // n)`` of ``n`` text
+            tokens each (:func:`interlayer.store.contexts_for_tokens` with ``whole=True``).
         latents: how many latents (ranked by their maximum activation).
         per_latent: how many activations of each, strongest first.
         window: tokens of context on each side.
