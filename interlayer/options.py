@@ -262,13 +262,15 @@ def check_required(config: Any) -> None:
 
 
 def field_type(config: type, field: dataclasses.Field) -> type:
-    """The plain type of a field (``int`` for ``int | None``, ``str`` for ``list[str]``),
-    from its resolved annotation."""
+    """The plain type of a field (``int`` for ``int | None``, ``str`` for ``list[str]`` and
+    for ``Literal["auto", "yes", "no"]``), from its resolved annotation."""
     annotation = typing.get_type_hints(config)[field.name]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
     if typing.get_origin(annotation) is list:
-        return typing.get_args(annotation)[0]
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(typing.get_args(annotation)[0])
     return annotation
 
 

@@ -12,7 +12,8 @@ from interlayer.io.files import check_writable
 from interlayer.store.inputs import check_data_file
 from interlayer.options import as_list
 
-from .config import GenerateConfig, IKSConfig, LatentConfig, LogitLensConfig, QAConfig, SaturationConfig, TuneConfig
+from .config import (GenerateConfig, IKSConfig, LatentConfig, LogitLensConfig, QAConfig, SaturationConfig, TuneConfig,
+                     decoding_options)
 
 DEFAULT_PROMPT = "The Eiffel Tower is in the city of"
 
@@ -147,7 +148,7 @@ def run_generate(cfg: GenerateConfig) -> int:
     if not prompts or not all(prompts):
         raise InterlayerError('give a prompt, e.g. interlayer lens generate --decoding lfd --prompt "The capital of '
                               'France is"')
-    options = cfg.decoding_options(cfg.decoding)
+    options = decoding_options(cfg, cfg.decoding)
     cfg.check_lens()
     check_outputs(cfg.out, (".json",))
     model = cfg.load()
@@ -175,7 +176,7 @@ def run_qa(cfg: QAConfig) -> int:
 
     check_outputs(cfg.out, (".json",), cfg.figures)
     decodings = check_decodings(cfg.decoding)
-    options = cfg.decoding_options()
+    options = decoding_options(cfg)
     load_qa(cfg.dataset, cfg.n)  # bad data fails before the model loads
     cfg.check_lens()
     if not cfg.out:

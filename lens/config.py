@@ -3,13 +3,16 @@ option group :class:`LensOptions` (``--tuned-lens``, with the lens it names)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from interlayer.cli.config import chat_option
 from interlayer.model.options import ModelOptions
-from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, figures_option, int_list, layer_spec,
-                                option, out_option, tuned_lens_option, words_or)
+from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, figures_option, layer_spec, option,
+                                out_option, tuned_lens_option)
+from interlayer.prompts import ChatMode
+
+from .decoding_options import DecodingOptions
 
 if TYPE_CHECKING:
     from interlayer.decoding import Lens
@@ -49,7 +52,7 @@ class LogitLensConfig(RunOptions, LensOptions, ModelOptions):
                                              "layer, e.g. ' Paris'", repeat=True)
     positions: str = option("all", "decode every position (BOS included) or only the last",
                             choices=("all", "last"))
-    chat: str = chat_option()
+    chat: ChatMode = chat_option()
     top_k: int = option(1, "tokens shown per cell", min=1)
     memory_mb: float = PassOptions.variant("memory_mb", help="bound on decoding working memory, MiB")
     out: str | None = out_option("also write the table as .csv, "
@@ -87,7 +90,7 @@ class LatentConfig(RunOptions, LensOptions, ModelOptions):
     shots: int = option(4, "demonstrations per prompt", min=0)
     seed: int = option(0, "seed for choosing demonstrations", group="data")
     n: int | None = option(None, "use at most this many words (default: every usable word)", min=1)
-    chat: str = chat_option()
+    chat: ChatMode = chat_option()
     batch_size: int = PassOptions.variant("batch_size", help=PROMPTS_PER_PASS)
     out: str | None = out_option("write the result JSON here", suffixes=(".json",))
     figures: str | None = figures_option("the per-layer probabilities")
@@ -106,43 +109,12 @@ class SaturationConfig(RunOptions, LensOptions, TextOptions, ModelOptions):
 
 
 @dataclass
-class DecodingFlags(Options):
-    """The LFD / DoLa settings shared by ``interlayer generate`` and ``interlayer qa``."""
-
-    alpha: float = option(0.25, "LFD: weight of the fusion layer (z_L + alpha * z_l*)", min=0)
-    beta: float = option(0.1, "V_head: keep tokens with p_L >= beta * max p_L", above=0)
-    candidates: str | None = option(None, "LFD: comma-separated candidate blocks (default: even blocks of the latter half)",
-                                    items=int)
-    layer: int | None = option(None, "LFD: a fixed fusion block; DoLa: a fixed premature layer j (no selection)", min=0)
-    fusion: str = option("logits", "LFD: fuse 'logits' (z_L + alpha z_l*) or 'hidden' (decode(h_L + alpha h_l*))",
-                         choices=("logits", "hidden"))
-    metric: str = option("jsd", "IKS: 'jsd' of decoded distributions or 'cosine' distance of states",
-                         choices=("jsd", "cosine"))
-    select: str = option("step", "LFD: choose the fusion layer every 'step' or once per 'example'",
-                         choices=("step", "example"))
-    dola_layers: str = option("high", "DoLa: 'high', 'low' or comma-separated layers j (0 = embeddings)",
-                              parse=words_or(("high", "low"), int_list))
-    repetition_penalty: float | None = option(None, "repetition penalty (default: 1.2 for DoLa, none otherwise)", above=0)
-    seed: int = option(0, "seed of lfd-random's layer choices")
-    max_new_tokens: int = option(16, "tokens to generate at most", min=1)
-
-    def decoding_options(self, decoding: str = "greedy") -> "Any":
-        """The :class:`~interlayer.lens.fused_decoding.DecodingOptions` these flags set."""
-        from .fused_decoding import DecodingOptions
-
-        return DecodingOptions(decoding=decoding, candidates=self.candidates, layer=self.layer, alpha=self.alpha,
-                               beta=self.beta, fusion=self.fusion, metric=self.metric, select=self.select,
-                               dola_layers=self.parsed("dola_layers"), repetition_penalty=self.repetition_penalty,
-                               seed=self.seed)
-
-
-@dataclass
-class GenerateConfig(LensOptions, DecodingFlags, ModelOptions):
+class GenerateConfig(LensOptions, DecodingOptions, ModelOptions):
     """Generate with greedy, LFD or DoLa decoding; prints the text and the layer used at each step."""
 
     prompt: list[str] | None = option(None, "a prompt", required=True, repeat=True)
-    decoding: str = option("greedy", "how each next token is picked", choices=("greedy", "lfd", "dola", "lfd-random"))
-    chat: str = chat_option()
+    max_new_tokens: int = option(16, "tokens to generate at most", min=1)
+    chat: ChatMode = chat_option()
     batch_size: int = PassOptions.variant("batch_size", help=PROMPTS_PER_PASS)
     out: str | None = out_option("write what --json prints here: one prompt's generation (Generation.load reads it) "
                                  "or a list of them (Generation.load_all)", suffixes=(".json",))
@@ -155,29 +127,38 @@ class IKSConfig(RunOptions, LensOptions, ModelOptions):
     dataset: str = option("nq", "nq, squad, known, or a .json/.jsonl QA records file")
     n: int = option(50, "questions", min=1)
     passage: bool = option(True, "put the gold passage in the prompt (--no-passage: closed book)")
-    candidates: str | None = DecodingFlags.variant("candidates", help="comma-separated candidate blocks (default: "
-                                                                      "even blocks of the latter half)")
-    metric: str = DecodingFlags.variant("metric", help="'jsd' of decoded distributions or 'cosine' distance of states")
-    select: str = DecodingFlags.variant("select", help="IKS at every decoding 'step', or once per 'example' (the "
-                                                       "prompt's last position)")
-    max_new_tokens: int = DecodingFlags.variant("max_new_tokens", 8, "decoding steps per question (select=step)")
-    chat: str = chat_option()
+    candidates: str | None = DecodingOptions.variant("candidates", help="comma-separated candidate blocks (default: "
+                                                                        "even blocks of the latter half)")
+    metric: str = DecodingOptions.variant("metric", help="'jsd' of decoded distributions or 'cosine' distance of "
+                                                         "states")
+    select: str = DecodingOptions.variant("select", help="IKS at every decoding 'step', or once per 'example' (the "
+                                                         "prompt's last position)")
+    max_new_tokens: int = GenerateConfig.variant("max_new_tokens", 8, "decoding steps per question (select=step)")
+    chat: ChatMode = chat_option()
     batch_size: int = PassOptions.variant("batch_size", 4, PROMPTS_PER_PASS)
     out: str | None = out_option("write the result JSON here", suffixes=(".json",))
     figures: str | None = figures_option("the IKS per layer and the histogram of choices")
 
 
 @dataclass
-class QAConfig(RunOptions, LensOptions, DecodingFlags, ModelOptions):
+class QAConfig(RunOptions, LensOptions, DecodingOptions, ModelOptions):
     """Closed- and open-book QA with greedy, LFD, DoLa and LFD-random decoding: exact match and answer-contained."""
 
     dataset: str = option("nq", "nq, squad, known, or a .json/.jsonl QA records file")
     n: int = option(100, "questions", min=1)
     decoding: str = option("greedy,lfd,dola,lfd-random", "comma-separated decodings")
     noise_docs: int = option(0, "passages of other questions added to the open-book context", min=0)
-    seed: int = DecodingFlags.variant("seed", help="seed of lfd-random's layer choices and of the noise passages")
-    chat: str = chat_option()
+    seed: int = DecodingOptions.variant("seed", help="seed of lfd-random's layer choices and of the noise passages")
+    max_new_tokens: int = GenerateConfig.variant("max_new_tokens")
+    chat: ChatMode = chat_option()
     batch_size: int = PassOptions.variant("batch_size", help=PROMPTS_PER_PASS)
     out: str | None = out_option("write the result JSON here (finished batches are journalled to OUT.progress.jsonl; "
                                  "a rerun resumes)", suffixes=(".json",))
     figures: str | None = figures_option("the accuracy per decoding")
+
+
+def decoding_options(config: DecodingOptions, decoding: str = "greedy") -> DecodingOptions:
+    """The :class:`~interlayer.lens.decoding_options.DecodingOptions` alone, out of a
+    command config that composes them (``decoding``: the one to set)."""
+    values = {f.name: getattr(config, f.name) for f in fields(DecodingOptions)}
+    return DecodingOptions(**{**values, "decoding": decoding})

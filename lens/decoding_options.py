@@ -35,10 +35,15 @@ def candidate_list(text: str) -> list[int] | None:
 def dola_layer_list(text: str) -> list[int]:
     """DoLa layers given as text: comma-separated layers ``j`` (a bucket name is not a list)."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
+        return int_list(text)
+    except InterlayerError:
         raise InterlayerError(f"unknown DoLa bucket {text!r}; valid choices: {choices(DOLA_BUCKETS)} "
                               "or comma-separated layers") from None
+
+
+def dola_spec(text: str) -> str | list[int]:
+    """``--dola-layers``: a bucket (``high``, ``low``) or comma-separated layers ``j``."""
+    return text if text in DOLA_BUCKETS else dola_layer_list(text)
 
 
 @dataclass
@@ -59,7 +64,8 @@ class DecodingOptions(Options):
                          choices=IKS_METRICS)
     select: str = option("step", "LFD: choose the fusion layer every 'step' or once per 'example'",
                          choices=FUSION_SELECTIONS)
-    dola_layers: str | Sequence[int] = option("high", "DoLa: 'high', 'low' or comma-separated layers j (0 = embeddings)")
+    dola_layers: str | Sequence[int] = option("high", "DoLa: 'high', 'low' or comma-separated layers j (0 = embeddings)",
+                                              parse=dola_spec)
     repetition_penalty: float | None = option(None, "repetition penalty (default: 1.2 for DoLa, none otherwise)",
                                               above=0)
     seed: int = option(0, "seed of lfd-random's layer choices")
@@ -86,4 +92,4 @@ class DecodingOptions(Options):
 
 
 __all__ = ["DECODINGS", "DEFAULT_ALPHA", "DEFAULT_BETA", "DOLA_BUCKETS", "DOLA_REPETITION_PENALTY", "DecodingOptions",
-           "FUSIONS", "FUSION_SELECTIONS", "IKS_METRICS", "candidate_list", "dola_layer_list"]
+           "FUSIONS", "FUSION_SELECTIONS", "IKS_METRICS", "candidate_list", "dola_layer_list", "dola_spec"]

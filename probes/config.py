@@ -9,6 +9,7 @@ from interlayer.lens.config import LensOptions
 from interlayer.model.options import ModelOptions
 from interlayer.model.sites import site_list
 from interlayer.options import PassOptions, RunOptions, figures_option, option, out_option, str_list, words_or
+from interlayer.prompts import ChatMode
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ConsistencyConfig(RunOptions, LensOptions, ModelOptions):
 
     dataset: str = option("coinflip", "packaged dataset", choices=("coinflip", "prontoqa", "proofwriter", "boolq"))
     n: int = option(20, "questions (the first n of the dataset)", min=2)
-    chat: str = chat_option()
+    chat: ChatMode = chat_option()
     paths: int = option(5, "sampled chain-of-thought paths per question (temperature 0.7, top-p 0.95)", min=1)
     max_new_tokens: int = option(96, "tokens per sampled path", min=1)
     seed: int = option(0, "sampling seed")

@@ -8,6 +8,7 @@ from interlayer.cli.config import chat_option
 from interlayer.model.options import ModelOptions
 from interlayer.model.sites import SITE_KINDS
 from interlayer.options import Options, PassOptions, RunOptions, figures_option, layer_spec, option, out_option
+from interlayer.prompts import ChatMode
 
 from .inject import OPERATORS
 from .vectors import METHODS, READS
@@ -25,7 +26,7 @@ class SteerTrainConfig(RunOptions, ModelOptions):
     dataset: str = option("persona:agreeableness", "caa:<behaviour>, persona:<trait>, power-seeking, or a JSON/JSONL "
                                                    "records file of contrast pairs")
     n: int | None = option(None, "use the first n pairs (default: all)", min=2)
-    chat: str = chat_option("ask each question through the model's chat template: auto (instruct models that have "
+    chat: ChatMode = chat_option("ask each question through the model's chat template: auto (instruct models that have "
                             "one), yes or no; recorded in the vector")
     layers: str = option("all", f"layers to train: {LAYERS_HELP}", parse=layer_spec)
     site_kind: str = option("resid_post", "the site kind read and steered (at each of --layers)", choices=SITE_CHOICES)
@@ -44,7 +45,7 @@ class SteerApplyConfig(ModelOptions):
     prompt: list[str] | None = option(None, "a prompt", required=True, repeat=True)
     vector: str = option(None, "a vector file (.safetensors, or a llama.cpp control vector .gguf)", required=True,
                          group="data")
-    chat: str = chat_option("wrap each prompt in the model's chat template: auto (as the vector was trained, when it "
+    chat: ChatMode = chat_option("wrap each prompt in the model's chat template: auto (as the vector was trained, when it "
                             "records it; else instruct models that have a template), yes or no")
     layers: str | None = option(None, f"layers to steer: {LAYERS_HELP} (default: every layer of the vector)",
                                 parse=layer_spec)
@@ -66,7 +67,7 @@ class SteerSweepConfig(RunOptions, ModelOptions):
                                 group="data")
     n: int = option(50, "evaluation pairs", min=1)
     train_n: int = option(200, "pairs the vector is trained on when --vector is not given", min=2)
-    chat: str = chat_option("ask each question through the model's chat template: auto (instruct models that have "
+    chat: ChatMode = chat_option("ask each question through the model's chat template: auto (instruct models that have "
                             "one), yes or no")
     layers: str = option("all", f"layers to sweep: {LAYERS_HELP} ('all': every layer of the vector)", parse=layer_spec)
     coefs: str = option("-4,-2,2,4", "comma-separated coefficients, negatives allowed (--coefs -4,4)", items=float)

@@ -21,6 +21,7 @@ from ..distributed import DEFAULT_TIMEOUT_S
 from ..io.dtypes import DTYPE_CHOICES
 from ..model.options import ModelOptions
 from ..model.sites import site_list
+from ..prompts import CHAT_MODES, ChatMode
 from ..options import (check_required, data_option, figures_option, option, out_option, text_field_option,
                        tuned_lens_option)
 
@@ -29,12 +30,14 @@ __all__ = ["CHAT_CHOICES", "CacheConfig", "InfoConfig", "ModelOptions", "ModelsC
            "tuned_lens_option"]  # LogitLensConfig: see __getattr__
 
 
-CHAT_CHOICES = ("auto", "yes", "no")
+CHAT_CHOICES: tuple[ChatMode, ...] = CHAT_MODES
+"""The values of every ``--chat`` (:data:`interlayer.prompts.CHAT_MODES`)."""
 
 
 def chat_option(help: str = "wrap each prompt in the model's chat template: auto (instruct models that have one), "
                              "yes or no") -> Any:
-    """The ``--chat {auto,yes,no}`` field of every command that prompts a model."""
+    """The ``--chat {auto,yes,no}`` field of every command that prompts a model (a
+    :data:`~interlayer.prompts.ChatMode`)."""
     return option("auto", help, choices=CHAT_CHOICES, group="data")
 
 
