@@ -25,6 +25,7 @@ from interlayer.store.collect import collect
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
 from interlayer.intervals import proportion_interval
+from interlayer.options import CONTEXT_LENGTH
 from interlayer.results import Result, decode_array, encode_array, require
 
 from .tuning import stacked_resid
@@ -131,7 +132,7 @@ def exit_layers(top1: torch.Tensor) -> torch.Tensor:
     return top1.shape[0] - run
 
 
-def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_length: int = 128, lens: Lens = LOGIT_LENS,
+def saturation(model: ModelAdapter, data: Any, *, tokens: int = 4096, context_length: int = CONTEXT_LENGTH, lens: Lens = LOGIT_LENS,
                batch_size: int = 8, text_field: str = "text", entropy_and_kl: bool = False,
                progress: bool = True) -> SaturationResult:
     """Measure saturation on ``tokens`` tokens of ``data`` (any store input): one store pass

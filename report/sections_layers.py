@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from interlayer.options import CONTEXT_LENGTH
+
 from .base import ReportContext, SectionResult, settings_of
 
 if TYPE_CHECKING:
@@ -21,7 +23,6 @@ EXAMPLE_PROMPTS: tuple[tuple[str, str], ...] = (
     ("Water is made of hydrogen and", " oxygen"),
 )
 LATENT_PAIRS: tuple[tuple[str, str], ...] = (("fr", "zh"), ("de", "ja"), ("ru", "fr"))
-CONTEXT_LENGTH = 128
 
 
 def model_card(ctx: ReportContext) -> SectionResult:

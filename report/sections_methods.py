@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from interlayer.errors import InterlayerError
+from interlayer.options import CONTEXT_LENGTH
 
 from .base import ReportContext, SectionResult
 
@@ -101,7 +102,7 @@ def sae_section(ctx: ReportContext) -> SectionResult:
     sae = SAE.load(ctx.sae_dir, device=ctx.model.device)
     site = sae.cfg.site
     res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
-                       context_length=min(128, ctx.model.max_positions), progress=False)
+                       context_length=min(CONTEXT_LENGTH, ctx.model.max_positions), progress=False)
     m = {**res.metrics, **res.spliced}
     contexts = _sample_contexts(ctx, sae, site)
     prose = [f"The SAE at {site} ({sae.cfg.arch}, {sae.d_sae} latents) keeps {m.get('l0', float('nan')):.1f} latents "
@@ -130,7 +131,7 @@ def _sample_contexts(ctx: ReportContext, sae: Any, site: str, **options: int) ->
     from interlayer.saes import top_contexts as saes_top_contexts
 
     return saes_top_contexts(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
-                             context_length=min(128, ctx.model.max_positions), **options)
+                             context_length=min(CONTEXT_LENGTH, ctx.model.max_positions), **options)
 
 
 __all__ = ["check_sae_dir", "iks_section", "sae_section", "steering_section", "top_contexts"]

@@ -38,6 +38,7 @@ from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
 from interlayer.io.seeding import epoch_seed
 from interlayer.model.sites import LN_FINAL
+from interlayer.options import CONTEXT_LENGTH
 from interlayer.prompts import ChatMode, use_chat
 
 from .datasets import ContrastPair, load_pairs
@@ -104,14 +105,14 @@ def p_matching_variants(model: ModelAdapter, prompts: AnswerPrompts, variants: S
 
 
 def perplexity(model: ModelAdapter, text: Any, edits: dict[str, Any] | None = None, *, tokens: int = 512,
-               context_length: int = 128, batch_size: int = 4) -> float:
+               context_length: int = CONTEXT_LENGTH, batch_size: int = 4) -> float:
     """``exp`` of the mean next-token cross-entropy over ``tokens`` tokens of ``text``
     (packed contexts), streamed chunk by chunk, with optional store edits."""
     return perplexities(model, text, [edits], tokens=tokens, context_length=context_length, batch_size=batch_size)[0]
 
 
 def perplexities(model: ModelAdapter, text: Any, variants: Sequence[dict[str, Any] | None], *, tokens: int = 512,
-                 context_length: int = 128, batch_size: int = 4, rows_per_step: int | None = None) -> list[float]:
+                 context_length: int = CONTEXT_LENGTH, batch_size: int = 4, rows_per_step: int | None = None) -> list[float]:
     """:func:`perplexity` under several edits at once, sharing each batch's clean prefix
     (:func:`interlayer.stream_variants`). The store keeps the final-norm outputs; the layer
     decoder scores them (:meth:`interlayer.LayerDecoder.next_token_nll`, float32) a chunk
@@ -136,7 +137,7 @@ def perplexities(model: ModelAdapter, text: Any, variants: Sequence[dict[str, An
     return [math.exp(t / count) for t in total]
 
 
-def check_perplexity_tokens(model: ModelAdapter, text: Any, tokens: int, context_length: int = 128,
+def check_perplexity_tokens(model: ModelAdapter, text: Any, tokens: int, context_length: int = CONTEXT_LENGTH,
                             source: str = "the perplexity text") -> int:
     """Refuse, before any pass, a ``tokens`` request that ``text`` cannot fill: the scored
     tokens of its packed contexts (each context's last token has no target) are counted,

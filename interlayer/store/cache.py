@@ -80,7 +80,7 @@ class CacheOptions(KeywordOptions, Options):
 
 
 def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out: str | Path, tokens: int | None = None,
-          *, context_length: int = 128, batch_size: int = 8, storage_dtype: str = "float32", memory_mb: float = 256.0,
+          *, context_length: int = CONTEXT_LENGTH, batch_size: int = 8, storage_dtype: str = "float32", memory_mb: float = 256.0,
           disk_budget_mb: float | None = None, text_field: str = "text", seed: int = 0, progress: bool = True,
           options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
           dtype: str | None = None, world: World | None = None) -> ActivationStore | None:
