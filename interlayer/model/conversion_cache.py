@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ def read_entry_manifest(entry: Path) -> dict[str, Any]:
     return manifest
 
 
-read_manifest = read_entry_manifest
-"""The old name of :func:`read_entry_manifest` (one release)."""
+def read_manifest(entry: Path) -> dict[str, Any]:
+    """The old name of :func:`read_entry_manifest` (one release, with a DeprecationWarning)."""
+    warnings.warn("interlayer.model.conversion_cache.read_manifest is renamed read_entry_manifest", DeprecationWarning,
+                  stacklevel=2)
+    return read_entry_manifest(entry)
 
 
 def verify_entry(entry: Path) -> dict[str, Any]:

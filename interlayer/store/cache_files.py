@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,12 @@ def read_cache_manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
-read_manifest = read_cache_manifest
-"""The old name of :func:`read_cache_manifest` (one release; the conversion cache's is
-:func:`interlayer.model.conversion_cache.read_entry_manifest`)."""
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The old name of :func:`read_cache_manifest` (one release, with a DeprecationWarning;
+    the conversion cache's is :func:`interlayer.model.conversion_cache.read_entry_manifest`)."""
+    warnings.warn("interlayer.store.cache_files.read_manifest is renamed read_cache_manifest", DeprecationWarning,
+                  stacklevel=2)
+    return read_cache_manifest(out)
 
 
 def open_manifest(out: Path, identity: dict[str, Any], keys: Sequence[str], advice: str,

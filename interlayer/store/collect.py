@@ -8,9 +8,13 @@
   splicing, ablations): every method reads clean and edited activations and logits
   through this one path.
 
+* ``tokens=N`` runs the packed contexts that hold N tokens, counted with the store's own
+  BOS rule (:func:`~interlayer.store.inputs.contexts_for_tokens`), so no caller re-derives it.
+
 One forward pass serves every site; it stops after the deepest requested read and
 unembeds nothing unless ``logits=True``. Rows are written straight into buffers
-preallocated on the model's device within ``memory_mb``. The on-disk cache is
+preallocated on the model's device within ``memory_mb`` (or of ``rows_per_chunk`` rows).
+The options are :class:`~interlayer.store.options.CollectOptions`; the on-disk cache is
 :mod:`interlayer.store.cache`.
 """
 
@@ -295,8 +299,9 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
         storage_dtype: the dtype rows are stored in: float32, bfloat16 or float16 (or bf16, fp16).
         memory_mb: budget for the preallocated device buffers, MiB.
-        rows_per_chunk: exactly this many rows per chunk of :func:`stream` (at least one
-            batch) instead of what ``memory_mb`` holds; e.g. whole batches of packed contexts.
+        rows_per_chunk: chunks of :func:`stream` of at most this many rows (whole batches, at
+            least one) instead of what ``memory_mb`` holds; exactly this many when every batch
+            has the same rows, as full packed contexts do.
         output_device: ``"cpu"`` (rows copied out) or ``"model"`` (left on the model's device).
         max_length: truncate longer sequences (default: the model's context), with a warning.
         text_field: column or JSON field holding the text.

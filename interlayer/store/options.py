@@ -128,9 +128,9 @@ class CollectOptions(KeywordOptions):
                                choices=("left", "right"))
     storage_dtype: str = option("float32", "dtype the rows are stored in: float32, bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "budget for the preallocated device buffers, MiB", above=0)
-    rows_per_chunk: int | None = option(None, "exactly this many rows per chunk (whole batches of a fixed row count, "
-                                              "such as packed contexts' tokens), instead of what memory_mb holds; "
-                                              "a chunk holds at least one batch", min=1)
+    rows_per_chunk: int | None = option(None, "chunks of at most this many rows instead of what memory_mb holds "
+                                              "(whole batches, at least one): exactly this many when every batch "
+                                              "has the same rows, as full packed contexts do", min=1)
     output_device: str = option("cpu", "where the yielded rows live: 'cpu' (copied out of the device buffers, which "
                                        "are reused) or 'model' (left on the model's device, uncopied: each chunk takes "
                                        "its buffers over, so up to two chunks' buffers live there at once). On a GPU, "

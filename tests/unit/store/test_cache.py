@@ -262,6 +262,9 @@ def test_one_manifest_opener_and_an_explicit_world(model, tmp_path):
     (tmp_path / "d" / "manifest.json").write_text(json.dumps({**manifest, "ranks": 2, "complete": False}))
     with pytest.raises(InterlayerError, match="written by 2 processes.*--nproc-per-node 2"):
         cache(model, DOCS, SITES, tmp_path / "d", tokens=100, **OPTS)
-    assert cache_files.read_manifest is cache_files.read_cache_manifest
-    assert conversion_cache.read_manifest is conversion_cache.read_entry_manifest
+    with pytest.warns(DeprecationWarning, match="read_cache_manifest"):
+        assert cache_files.read_manifest(store.path) == cache_files.read_cache_manifest(store.path)
+    with pytest.warns(DeprecationWarning, match="read_entry_manifest"):
+        with pytest.raises(CacheCorruptError, match="no readable manifest.json"):
+            conversion_cache.read_manifest(tmp_path)
     assert cache_files.MANIFEST == conversion_cache.MANIFEST == "manifest.json"
