@@ -104,7 +104,7 @@ class SAESweepConfig(ModelOptions, TrainOptions):
                               required=True, group="data")
     site: str | None = option(None, "the cached site to train on (default: the cache's only site)", parse=one_site,
                               group="data")
-    arch: str = option("topk,batchtopk,jumprelu,relu,topafa", "architectures to sweep, comma-separated")
+    arch: str = option("topk,batchtopk,jumprelu,relu,topafa", "architectures to sweep, comma-separated", items=str)
     grid: str | None = option(None, "values per architecture, e.g. 'topk=16,32;relu=0.003;topafa=authors:1/32,centred:1/64' "
                                     "(default: the documented grid)")
     latents: int | None = option(None, f"latents per SAE (default: {LATENTS_PER_D_MODEL} x d_model)", min=1)

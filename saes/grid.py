@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from interlayer.errors import InterlayerError, choices
+from interlayer.options import comma_list
 
 from .archs import REGISTRY, architecture
 from .archs.jumprelu import INITIAL_THRESHOLD
@@ -136,7 +137,7 @@ def _split(text: str) -> dict[str, list[str]]:
             raise InterlayerError(f"grid entry {part!r} is not ARCH=V,V,...; e.g. 'topk=16,32;topafa=centred:1/32'")
         if arch not in list(REGISTRY):
             raise InterlayerError(f"unknown architecture {arch!r} in --grid; valid choices: {choices(list(REGISTRY))}")
-        out.setdefault(arch, []).extend(v.strip() for v in values.split(",") if v.strip())
+        out.setdefault(arch, []).extend(comma_list(values, kind="grid values", example="topk=16,32"))
     return out
 
 

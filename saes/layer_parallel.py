@@ -29,8 +29,9 @@ from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_atomic
 from interlayer.io.seeding import epoch_permutation
 from interlayer.model.adapter import ModelAdapter
+from interlayer.options import str_list
 from interlayer.store import text_per_context
-from interlayer.store.capture import row_bytes
+from interlayer.store.capture import chunk_rows
 from interlayer.store.collect import stream
 
 from .checkpoint import CHECKPOINT
@@ -145,24 +146,22 @@ class ScatteredSource(Source):
             state = {"epoch": state["epoch"] + 1, "chunk": 0, "contexts": 0, "in_chunk": 0}
 
 
-def chunk_rows(model: Any, n_sites: int, memory_mb: float) -> int:
-    """Rows in one chunk of :func:`interlayer.stream` at ``memory_mb`` (float32 rows)."""
-    return max(1, int(memory_mb * 2**20 // row_bytes(model, n_sites, torch.float32, False)))
-
-
-def expand_cached_sites(pattern: str, model: Any, cached: list[str] | None) -> list[str]:
-    """The sites of ``--sites`` (comma-separated names or wildcards such as ``resid_post.*``)
-    that a run trains: for a cache, every cached site the pattern names, in the model's order."""
-    wanted = [s.name for s in model.expand_sites([p.strip() for p in pattern.split(",") if p.strip()])]
+def expand_cached_sites(patterns: list[str] | str, model: Any, cached: list[str] | None) -> list[str]:
+    """The sites of ``--sites`` (names or wildcards such as ``resid_post.*``; a string is
+    read as a comma-separated list) that a run trains: for a cache, every cached site the
+    patterns name, in the model's order."""
+    patterns = str_list(patterns)
+    wanted = [s.name for s in model.expand_sites(patterns)]
     if cached is None:
         return wanted
-    missing = [s for s in wanted if s not in cached and "*" not in pattern]
+    wild = any("*" in p for p in patterns)
+    missing = [s for s in wanted if s not in cached and not wild]
     if missing:
         raise InterlayerError(f"--sites names {choices(missing)}, which the cache does not hold; cached sites: "
                               f"{choices(cached)}")
     found = [s for s in wanted if s in cached]
     if not found:
-        raise InterlayerError(f"--sites {pattern!r} matches no cached site; cached sites: {choices(cached)}")
+        raise InterlayerError(f"--sites {','.join(patterns)!r} matches no cached site; cached sites: {choices(cached)}")
     return found
 
 

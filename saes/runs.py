@@ -115,7 +115,7 @@ def _check_train_inputs(cfg: SAETrainConfig, world: World) -> None:
         raise InterlayerError(f"--activations {cfg.activations!r} is not an activation cache (no {MANIFEST}); "
                               "write one with `interlayer cache`")
     if cfg.sites is not None:
-        check_site_syntax([s.strip() for s in cfg.sites.split(",") if s.strip()])
+        cfg.parsed("sites")  # the names' syntax
         return  # layer-parallel: every rank trains whole batches of its own sites
     check_site_syntax([cfg.site])
     split_evenly(cfg.batch_size, world, "--tokens-per-step (the global batch)")
@@ -143,7 +143,7 @@ def _train_sites(cfg: SAETrainConfig, options: TrainOptions, world: World) -> Tr
     (:func:`~interlayer.saes.layer_parallel.train_sites`)."""
     model = dataclasses.replace(cfg, device=device_of(world, cfg.device)).load()
     store = ActivationStore(cfg.activations, model=model) if cfg.activations is not None else None
-    sites = expand_cached_sites(cfg.sites, model, store.sites if store is not None else None)
+    sites = expand_cached_sites(cfg.parsed("sites"), model, store.sites if store is not None else None)
     own = owned_sites(sites, world)
     source: Source
     if store is not None:
@@ -200,7 +200,7 @@ def run_sweep(cfg: SAESweepConfig) -> SAESweep:
     check_required(cfg)
     base = train_options(cfg)
     base.progress = not cfg.no_progress
-    spec = SweepSpec(cfg.activations, cfg.out, [a.strip() for a in cfg.arch.split(",") if a.strip()], cfg.grid,
+    spec = SweepSpec(cfg.activations, cfg.out, cfg.parsed("arch"), cfg.grid,
                      cfg.site, cfg.latents, cfg.normalization, cfg.jumprelu_threshold, cfg.members_per_pass,
                      cfg.train_memory_mb)
     plan = plan_sweep(spec, base)
