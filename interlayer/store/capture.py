@@ -56,6 +56,14 @@ def row_bytes(model: ModelAdapter, n_sites: int, dtype: torch.dtype, logits: boo
     return n_sites * model.d_model * dtype.itemsize + (model.vocab_size * 4 if logits else 0) + 32
 
 
+def chunk_rows(model: ModelAdapter, n_sites: int, memory_mb: float, dtype: torch.dtype = torch.float32,
+               logits: bool = False, variants: int = 1) -> int:
+    """Rows one chunk of :func:`~interlayer.stream` holds within ``memory_mb``:
+    ``max(1, floor(memory_mb * 2**20 / (row_bytes * variants)))`` (the chunk is then cut
+    at whole batches, and holds at least one)."""
+    return max(1, int(memory_mb * 2**20 // (row_bytes(model, n_sites, dtype, logits) * variants)))
+
+
 class Capture:
     """Hooks writing each site's selected rows into preallocated device buffers."""
 

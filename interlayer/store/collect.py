@@ -34,7 +34,7 @@ from ..errors import InterlayerError, UnknownSiteError, choices
 from ..io.dtypes import dtype_name, parse_dtype
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
-from .capture import LOGITS, Capture, Edit, check_edits, row_bytes
+from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows
 from .inputs import Sequence_, Tokenized, batches_by_length, contexts_for_tokens, make_batch
 from .options import CollectOptions, check_inputs, check_sites
 from .selection import Selector
@@ -208,8 +208,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
     edits = [check_edits(model, v) for v in variants]
     dtype = parse_dtype(opts.storage_dtype, "storage dtype")
     batches, n_sequences = _plan(model, inputs, opts)
-    per_row = row_bytes(model, len(site_list), dtype, opts.logits) * len(variants)
-    capacity = opts.rows_per_chunk or max(1, int(opts.memory_mb * 2**20 // per_row))
+    capacity = opts.rows_per_chunk or chunk_rows(model, len(site_list), opts.memory_mb, dtype, opts.logits, len(variants))
     captures: list[Capture] = []
     on_device = opts.output_device == "model"
     bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
