@@ -115,10 +115,11 @@ def as_list(value: str | Sequence[str] | None) -> list[str]:
 
 
 def comma_list(text: str | Sequence[Any], item: Callable[[str], Any] = str, *, kind: str = "values",
-               example: str = "a,b") -> list[Any]:
+               example: str = "a,b", empty: bool = False) -> list[Any]:
     """The one reader of a comma-separated list: each item read by ``item`` (``int``,
     ``float``, ``str`` or a reader that raises ``ValueError`` or :class:`InterlayerError`),
-    surrounding spaces stripped, blank items skipped (``"3,6,"``); at least one item.
+    surrounding spaces stripped, blank items skipped (``"3,6,"``); at least one item
+    unless ``empty`` (then ``""`` is ``[]``).
     A list or tuple from Python is read item by item. ``kind`` and ``example`` word the
     error (``"{text} must be comma-separated integers, e.g. 3,6,9"``)."""
     parts = [str(p) for p in text] if isinstance(text, (list, tuple)) else str(text).split(",")
@@ -130,7 +131,7 @@ def comma_list(text: str | Sequence[Any], item: Callable[[str], Any] = str, *, k
             values.append(item(part.strip()))
         except ValueError:
             raise InterlayerError(f"{_shown(text)} must be comma-separated {kind}, e.g. {example}") from None
-    if not values:
+    if not values and not empty:
         raise InterlayerError(f"{_shown(text)} is empty: give at least one of the {kind}, e.g. {example}")
     return values
 
@@ -149,14 +150,14 @@ def number_list(text: str | Sequence[float]) -> list[float]:
     return values
 
 
-def int_list(text: str | Sequence[int]) -> list[int]:
-    """``"3,6,9"`` as integers (negatives allowed)."""
-    return comma_list(text, int, kind="integers", example="3,6,9")
+def int_list(text: str | Sequence[int], *, empty: bool = False) -> list[int]:
+    """``"3,6,9"`` as integers (negatives allowed; ``empty``: ``""`` is ``[]``)."""
+    return comma_list(text, int, kind="integers", example="3,6,9", empty=empty)
 
 
-def str_list(text: str | Sequence[str]) -> list[str]:
-    """``"en,fr"`` as stripped strings."""
-    return comma_list(text, str, kind="names", example="en,fr")
+def str_list(text: str | Sequence[str], *, empty: bool = False) -> list[str]:
+    """``"en,fr"`` as stripped strings (``empty``: ``""`` is ``[]``)."""
+    return comma_list(text, str, kind="names", example="en,fr", empty=empty)
 
 
 def words_or(words: tuple[str, ...], reader: Callable[[str], list[Any]]) -> Callable[[str], str | list[Any]]:

@@ -41,6 +41,7 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError, LayerIndexError
 from interlayer.intervals import LEVEL, mean_interval
+from interlayer.options import int_list
 from interlayer.results import Result, decode_array, encode_array, require
 
 from .decoding_options import FUSION_SELECTIONS, IKS_METRICS
@@ -124,9 +125,9 @@ def candidate_layers(model: ModelAdapter, layers: Sequence[int] | str | None = N
         return [l for l in range(n // 2, n) if l % 2 == 0] or [n - 1]
     if isinstance(layers, str):
         try:
-            layers = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError as exc:
-            raise InterlayerError(f"candidate layers {layers!r} must be comma-separated integers") from exc
+            layers = int_list(layers, empty=True)
+        except InterlayerError:
+            raise InterlayerError(f"candidate layers {layers!r} must be comma-separated integers") from None
     out = sorted({int(l) for l in layers})
     if not out:
         raise InterlayerError(f"the candidate layer list is empty; give blocks in 0..{n - 1}")

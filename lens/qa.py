@@ -32,6 +32,7 @@ from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 from interlayer.io.files import write_json_atomic
 from interlayer.io.journal import Journal
+from interlayer.options import str_list
 from interlayer.prompts import CHAT_MODES, ChatMode, chat_turn, use_chat
 from interlayer.results import Result, require
 
@@ -133,8 +134,7 @@ class QAResult(Result):
 
 
 def check_decodings(decodings: Sequence[str] | str) -> list[str]:
-    items = [d.strip() for d in decodings.split(",")] if isinstance(decodings, str) else list(decodings)
-    items = [d for d in items if d]
+    items = str_list(decodings, empty=True)
     if not items:
         raise InterlayerError(f"no decodings given; valid choices: {choices(DECODINGS)}")
     for d in items:

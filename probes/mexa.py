@@ -30,6 +30,7 @@ from interlayer.errors import InterlayerError, choices
 from interlayer.store.collect import collect
 from interlayer.intervals import proportion_interval
 from interlayer.layers import hidden_index, hidden_index_layers, hidden_index_site
+from interlayer.options import str_list
 from interlayer.results import Result, require
 
 POOLINGS = {"weighted": "weighted_mean", "last": "last"}
@@ -239,7 +240,7 @@ def mexa(model: ModelAdapter, langs: str | Sequence[str] = "all", *, n: int = 10
     if pooling not in POOLINGS:
         raise InterlayerError(f"unknown pooling {pooling!r}; valid choices: {choices(POOLINGS)}")
     if isinstance(langs, str):
-        langs = available_languages(data_dir) if langs == "all" else [l.strip() for l in langs.split(",") if l.strip()]
+        langs = available_languages(data_dir) if langs == "all" else str_list(langs, empty=True)
     langs = [l for l in langs if l != pivot] or list(langs)
     if not langs:
         raise InterlayerError("no languages given")

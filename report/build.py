@@ -58,12 +58,7 @@ _OLD_REPORT_KEYS = {"model", "profile", "lens", "sections"}  # the JSON of repor
 
 
 def _names(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    try:
-        return str_list(value)
-    except InterlayerError:  # nothing but commas and blanks: no names
-        return []
+    return [] if value is None else str_list(value, empty=True)
 
 
 def select_sections(only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,

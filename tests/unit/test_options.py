@@ -23,6 +23,7 @@ def test_comma_lists_take_negatives_and_skip_blank_items():
     assert str_list(" en , fr,") == ["en", "fr"]
     assert int_list([3, "4"]) == [3, 4]  # a list from Python, item by item
     assert comma_list("1;2", str) == ["1;2"]
+    assert str_list(" , ", empty=True) == [] and int_list("", empty=True) == []
 
 
 @pytest.mark.parametrize("reader, text, message", [
