@@ -1,2 +1,3 @@
-"""Files and records: atomic writes and checksums (:mod:`.files`), JSON lines,
-dtype names, seeding and checkpoint identity. Imports nothing above :mod:`interlayer.errors`."""
+"""Files and records: atomic writes and checksums (:mod:`.files`), JSON lines
+(:mod:`.json_records`), resume journals (:mod:`.journal`), dtype names, seeding and
+checkpoint identity. Imports nothing above :mod:`interlayer.errors`."""
