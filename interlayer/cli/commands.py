@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from .registry import command, say, show
-from .config import CacheConfig, InfoConfig, ModelsConfig
+import dataclasses
+
+from ..distributed import device_of, join, leave
+from ..io.files import check_writable
 from ..model.info import ModelInfo, list_models
+from ..model.sites import check_site_syntax
+from ..store.cache import cache
+from ..store.inputs import check_data_file
+from .config import CacheConfig, InfoConfig, ModelsConfig
+from .registry import command, show
 
 
 @command("models", ModelsConfig)
@@ -23,14 +30,6 @@ def run_info(cfg: InfoConfig) -> int:
 
 @command("cache", CacheConfig)
 def run_cache(cfg: CacheConfig) -> int:
-    import dataclasses
-
-    from ..store.cache import cache
-    from ..distributed import device_of, join, leave
-    from ..io.files import check_writable
-    from ..store.inputs import check_data_file
-    from ..model.sites import check_site_syntax
-
     # Everything that can be checked without the model is checked before it loads.
     world = join(cfg, cfg.dist_timeout)  # under torchrun: every rank got the same options
     try:
