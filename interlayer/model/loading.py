@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .adapter import ModelAdapter
+from .architectures import ARCHITECTURES
 from .conversion_cache import build_entry, cache_root, verify_entry
 from ..io.dtypes import parse_dtype
 from ..io.files import MANIFEST
@@ -173,8 +174,6 @@ def _quiet_transformers(verbose: bool = False):
 def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
                      local_only: bool) -> ModelAdapter:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .architectures import ARCHITECTURES
 
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
     if config.model_type not in ARCHITECTURES:
