@@ -149,8 +149,6 @@ STILL_READING_CONFIGS: dict[str, str] = {
     # (the saes/ package is being rebuilt around declared contracts); delete a line when
     # its module stops.
     "interlayer.lens.tuning": "tune_lens(model, cfg: TuneConfig) takes the command config",
-    "interlayer.saes.sweep": "LATENTS_PER_D_MODEL and check_required from a config",
-    "interlayer.saes.layer_parallel": "LATENTS_PER_D_MODEL from saes.config",
     "interlayer.saes.run": "LATENTS_PER_D_MODEL from saes.config",
 }
 
@@ -167,3 +165,5 @@ def test_only_the_command_line_imports_configs():
             reading[name] = configs
     new = {n: reading[n] for n in set(reading) - set(STILL_READING_CONFIGS)}
     assert not new, f"library modules import a command config (take typed arguments; the cli.py copies): {new}"
+    stale = set(STILL_READING_CONFIGS) - set(reading)
+    assert not stale, f"no longer import a config: delete them from STILL_READING_CONFIGS: {sorted(stale)}"
