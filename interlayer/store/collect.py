@@ -35,7 +35,7 @@ from ..io.dtypes import dtype_name, parse_dtype
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
 from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows
-from .inputs import Sequence_, Tokenized, batches_by_length, contexts_for_tokens, make_batch
+from .inputs import TokenSequence, Tokenized, batches_by_length, contexts_for_tokens, make_batch
 from .options import CollectOptions, check_inputs, check_sites
 from .selection import Selector
 
@@ -115,7 +115,7 @@ class Activations:
 
 
 # ----------------------------------------------------------------- passes
-def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[Sequence_]], int | None]:
+def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[TokenSequence]], int | None]:
     """Batches of sequences, and the number of sequences when known up front (an
     upper bound for packed contexts with a ``limit`` or ``tokens``)."""
     tok = Tokenized(model, opts.max_length)
@@ -129,8 +129,8 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
 
         keep = opts.keep_batches or (lambda _: True)
 
-        def sequential() -> Iterator[list[Sequence_]]:
-            chunk: list[Sequence_] = []
+        def sequential() -> Iterator[list[TokenSequence]]:
+            chunk: list[TokenSequence] = []
             number = opts.skip // opts.batch_size
             for context in contexts:
                 chunk.append(context)

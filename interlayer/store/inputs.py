@@ -34,12 +34,16 @@ class EmptyInputError(InterlayerError):
 
 
 @dataclass
-class Sequence_:
+class TokenSequence:
     """One tokenized sequence: its ids and, for packed contexts, the document of each token."""
 
     index: int
     ids: list[int]
     documents: list[int]
+
+
+Sequence_ = TokenSequence
+"""The old name of :class:`TokenSequence` (one release)."""
 
 
 @dataclass
@@ -229,7 +233,7 @@ class Tokenized:
             raise InterlayerError(f"token id {bad[0]} is out of range; {self.model.name} has ids 0..{self.vocab_size - 1}")
         return ids
 
-    def sequences(self, data: Any, text_field: str = "text", limit: int | None = None) -> list[Sequence_]:
+    def sequences(self, data: Any, text_field: str = "text", limit: int | None = None) -> list[TokenSequence]:
         """Each document as its own sequence (BOS added where the tokenizer adds one),
         truncated to ``max_length`` with a warning that counts them."""
         out = []
@@ -241,14 +245,14 @@ class Tokenized:
                 self.truncated += 1
                 ids = ids[: self.max_length]
             if ids:
-                out.append(Sequence_(index, ids, [index] * len(ids)))
+                out.append(TokenSequence(index, ids, [index] * len(ids)))
         if self.truncated:
             warnings.warn(f"{self.truncated} sequence(s) longer than {self.max_length} tokens were truncated", stacklevel=3)
         if not out:
             raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
         return out
 
-    def packed(self, data: Any, context_length: int, text_field: str = "text") -> Iterator[Sequence_]:
+    def packed(self, data: Any, context_length: int, text_field: str = "text") -> Iterator[TokenSequence]:
         """Fixed-length contexts: BOS, then documents concatenated (each followed by EOS
         where the tokenizer has one), cut every ``context_length`` tokens. The last,
         shorter context is kept."""
@@ -273,16 +277,16 @@ class Tokenized:
             ids.extend(tokens)
             docs.extend([doc_index] * len(tokens))
             while len(ids) >= body:
-                yield Sequence_(index, head + ids[:body], [docs[0]] * len(head) + docs[:body])
+                yield TokenSequence(index, head + ids[:body], [docs[0]] * len(head) + docs[:body])
                 index += 1
                 del ids[:body], docs[:body]
         if not any_document:
             raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
         if ids:
-            yield Sequence_(index, head + ids, [docs[0]] * len(head) + docs)
+            yield TokenSequence(index, head + ids, [docs[0]] * len(head) + docs)
 
 
-def make_batch(sequences: list[Sequence_], pad_id: int, padding_side: str, bos_id: int | None) -> Batch:
+def make_batch(sequences: list[TokenSequence], pad_id: int, padding_side: str, bos_id: int | None) -> Batch:
     """Pad sequences into a :class:`Batch` on the left or the right."""
     input_ids, mask = pad_rows([s.ids for s in sequences], pad_id, padding_side)
     documents, _ = pad_rows([s.documents for s in sequences], -1, padding_side)
@@ -295,7 +299,7 @@ def make_batch(sequences: list[Sequence_], pad_id: int, padding_side: str, bos_i
     return Batch(input_ids, mask, index, documents, bos)
 
 
-def batches_by_length(sequences: list[Sequence_], batch_size: int) -> list[list[Sequence_]]:
+def batches_by_length(sequences: list[TokenSequence], batch_size: int) -> list[list[TokenSequence]]:
     """Group sequences of similar length (longest first) to waste little on padding."""
     if batch_size < 1:
         raise InterlayerError(f"batch_size must be at least 1, got {batch_size}")
