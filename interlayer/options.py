@@ -296,7 +296,7 @@ class Options:
     def parsed(self, name: str) -> Any:
         """The value of field ``name`` read by its ``parse`` (``--coefs -4,4`` → ``[-4.0, 4.0]``);
         a list given from Python is read item by item. An error names the flag."""
-        field = next(f for f in dataclasses.fields(self) if f.name == name)
+        field = _field(type(self), name)
         value = getattr(self, name)
         if value is None or field.metadata.get("parse") is None:
             return value
@@ -310,9 +310,16 @@ class Options:
         """The field ``name`` as this group declares it (its bounds, choices, section,
         flag), with another ``default``, ``help`` or metadata: for a command whose field
         means the same thing in its own words (``--batch-size``: prompts per forward pass)."""
-        field = next(f for f in dataclasses.fields(cls) if f.name == name)
+        field = _field(cls, name)
         metadata = {**field.metadata, **({"help": help} if help is not None else {}), **meta}
         return option(field.default if default is dataclasses.MISSING else default, **metadata)
+
+
+def _field(config: type, name: str) -> dataclasses.Field:
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if name not in fields:
+        raise InterlayerError(f"{config.__name__} has no option {name!r}; valid options: {choices_(sorted(fields))}")
+    return fields[name]
 
 
 def out_option(help: str, *, required: bool = False, suffixes: tuple[str, ...] | None = None) -> Any:
