@@ -6,8 +6,12 @@ way whether it came from the command line or from Python (:func:`check_options`,
 by each config's ``__post_init__``), so bad values fail before any model loads.
 A field also names its ``--help`` section (``group``), its spelling on the command line
 (``flag``, ``short``), and for text that holds a list or a spec the reader that checks
-it (``parse``): :func:`number_list` (``-4,4``; finite values only), :func:`int_list`,
-:func:`layer_spec` (``6-12``, ``all``, ``-1``), :func:`one_site` and :func:`site_list`.
+it (``parse``). Every comma list is read by :func:`comma_list`: :func:`number_list`
+(``-4,4``; finite values only), :func:`int_list` and :func:`str_list`, or
+``option(items=float)`` for short; :func:`words_or` adds words such as ``all``;
+:func:`layer_spec` reads ``6-12``, ``all``, ``-1`` and the site readers
+(:func:`~interlayer.model.sites.one_site`, :func:`~interlayer.model.sites.site_list`)
+sites. :meth:`Options.parsed` gives a command the value read, an error naming the flag.
 The option groups every command composes live here too (:class:`Options`, their base;
 :class:`TextOptions`, :class:`PassOptions`, :class:`RunOptions`; the model's
 :class:`~interlayer.model.options.ModelOptions` sits with the model), with the field
