@@ -7,8 +7,9 @@ the whole stream (tokenizing is cheap next to the model) and runs the model on i
 batches only, so the ranks share the forward passes evenly.
 
 **Which tokens.** The first ``tokens`` tokens of the stream, as a single process caches
-them: context ``c`` holds stream rows ``c * (L - 1)`` onward (``L = context_length``, the
-BOS excluded), and the ranks drop the rows past ``tokens``. The distributed cache holds
+them: context ``c`` holds stream rows ``c * n`` onward (``n`` text tokens per context,
+:func:`~interlayer.store.inputs.text_per_context`: ``context_length - 1`` with a BOS), and
+the ranks drop the rows past ``tokens``. The distributed cache holds
 the single-process cache's rows, in another order.
 
 **Files.** Rank ``r`` writes ``shard_r{r:03d}_{i:05d}.safetensors`` and lists each one,
