@@ -33,7 +33,7 @@ OUTPUT_DEVICES = ("cpu", "model")
 __all__ = ["CollectOptions", "KeywordOptions", "OUTPUT_DEVICES", "check_inputs", "check_keywords", "check_sites",
            "renamed_dtype"]
 
-Options = TypeVar("Options", bound="KeywordOptions")
+KeywordOptionsT = TypeVar("KeywordOptionsT", bound="KeywordOptions")
 
 
 class KeywordOptions:
@@ -47,7 +47,7 @@ class KeywordOptions:
         return self.storage_dtype  # type: ignore[attr-defined]
 
     @classmethod
-    def from_kwargs(cls: type[Options], options: Mapping[str, Any], stacklevel: int = 4) -> Options:
+    def from_kwargs(cls: type[KeywordOptionsT], options: Mapping[str, Any], stacklevel: int = 4) -> KeywordOptionsT:
         """Options from keyword arguments; an unknown keyword names the valid ones.
         ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
         options = renamed_dtype(dict(options), stacklevel)
@@ -58,7 +58,7 @@ class KeywordOptions:
         return cls(**options)
 
     @classmethod
-    def of_call(cls: type[Options], options: Any, keywords: Mapping[str, Any]) -> Options:
+    def of_call(cls: type[KeywordOptionsT], options: Any, keywords: Mapping[str, Any]) -> KeywordOptionsT:
         """The options of a call: ``options=`` as given, or built from the call's
         ``keywords`` (its fields, and a deprecated ``dtype``); both at once is an error."""
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
