@@ -1,10 +1,16 @@
-"""Configs of the ``interlayer sae`` commands, shared by the CLI and the Python API."""
+"""Configs of the ``interlayer sae`` commands, shared by the CLI and the Python API,
+composed from the shared option groups (:class:`~interlayer.model.options.ModelOptions`,
+:class:`~interlayer.options.RunOptions`, :class:`~interlayer.options.TextOptions`) and the
+trainer's :class:`~interlayer.saes.options.TrainOptions`. Only :mod:`~interlayer.saes.runs`
+reads them; the library takes typed arguments."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.cli.config import ModelOptions, data_option, figures_option, option, out_option, text_field_option
+from interlayer.model.options import ModelOptions
+from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, data_option, figures_option, option,
+                                out_option, text_field_option)
 from interlayer.distributed import DEFAULT_TIMEOUT_S
 from interlayer.model.sites import one_site, site_list
 
@@ -26,7 +32,7 @@ def jumprelu_threshold_option() -> float:
 
 
 @dataclass
-class SAETrainConfig(ModelOptions, TrainOptions):
+class SAETrainConfig(RunOptions, ModelOptions, TrainOptions):
     """Train a sparse autoencoder on one hook site (streamed from --data, or from cached --activations)."""
 
     data: str | None = data_option("training text, streamed through the model: a .txt (one document per line), "
@@ -59,7 +65,7 @@ class SAETrainConfig(ModelOptions, TrainOptions):
     memory_mb: float = option(256.0, "activation chunk size when streaming, MiB", above=0)
     eval_data: str | None = option(None, "text for the final evaluation (default: --data, else the packaged sample)")
     eval_tokens: int = option(8192, "tokens of the final evaluation", min=1)
-    no_progress: bool = option(False, "hide the progress bars")
+    no_progress: bool = RunOptions.variant("no_progress", help="hide the progress bars")
     dist_timeout: float = option(DEFAULT_TIMEOUT_S, "under torchrun: seconds a rank waits at a collective before "
                                                     "every rank stops", above=0)
 
@@ -70,25 +76,22 @@ class SAETrainConfig(ModelOptions, TrainOptions):
 
 
 @dataclass
-class SAEEvalConfig(ModelOptions):
+class SAEEvalConfig(RunOptions, TextOptions, ModelOptions):
     """Evaluate a saved SAE: reconstruction, sparsity, eps_LBO, and CE loss recovered when spliced in."""
 
     sae: str = option(None, "directory of a saved SAE (sae.safetensors + cfg.json), or of a SAELens SAE", required=True)
-    data: str | None = data_option("evaluation text: a .txt, .jsonl or .parquet file, or a folder of them "
-                                   "(default: the packaged sample)")
-    text_field: str = text_field_option()
+    data: str | None = TextOptions.variant("data", help="evaluation text: a .txt, .jsonl or .parquet file, or a folder "
+                                                        "of them (default: the packaged sample)")
     site: str | None = option(None, "hook site (default: the one in the SAE's config)", parse=one_site, group="data")
-    tokens: int = option(8192, "evaluation tokens", min=1)
-    context_length: int = option(128, "tokens per packed context, BOS included", min=2)
-    batch_size: int = option(2, "sequences (packed contexts) per forward pass", min=1)
+    tokens: int = TextOptions.variant("tokens", 8192, "evaluation tokens")
+    batch_size: int = PassOptions.variant("batch_size", 2)
     out: str = out_option("write the metrics and the whole evaluation (SAEEvaluation.load reads it) here",
                           required=True, suffixes=(".json",))
     figures: str | None = figures_option("the ZF plot, eps_LBO and firing histograms")
-    no_progress: bool = option(False, "hide the progress bar")
 
 
 @dataclass
-class SAEExportConfig:
+class SAEExportConfig(Options):
     """Convert a saved SAE to the SAELens on-disk format, or a SAELens SAE to ours."""
 
     sae: str = option(None, "directory of the SAE to convert", required=True, group="data")
@@ -97,7 +100,7 @@ class SAEExportConfig:
 
 
 @dataclass
-class SAESweepConfig(ModelOptions, TrainOptions):
+class SAESweepConfig(RunOptions, ModelOptions, TrainOptions):
     """Train a grid of SAEs on the same cached activations and compare them: L0 against explained variance, NMSE and CE loss recovered."""
 
     activations: str = option(None, "a directory written by `interlayer cache` (read once per step for every member)",
@@ -124,4 +127,4 @@ class SAESweepConfig(ModelOptions, TrainOptions):
                                     above=0)
     out: str = out_option("sweep directory: one subdirectory per member, pareto.csv, pareto.html, sweep.json "
                           "(finished members are reused)", required=True)
-    no_progress: bool = option(False, "hide the progress bars")
+    no_progress: bool = RunOptions.variant("no_progress", help="hide the progress bars")
