@@ -23,6 +23,7 @@ from .latent import LatentResult, latent_language
 from .logit_lens import LogitLensResult, logit_lens
 from .saturation import SaturationResult, saturation
 from .tuning import LensComparison, compare_lenses, train_tuned_lens, tune_lens
+from .tuning_options import TuneOptions
 
 __all__ = [
     "DecodingOptions",
@@ -61,4 +62,5 @@ __all__ = [
     "logit_lens",
     "train_tuned_lens",
     "tune_lens",
+    "TuneOptions",
 ]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 from interlayer.cli.registry import (NO_JOURNAL, TABLE_SUFFIXES, check_outputs, command, note, say, show,
@@ -60,11 +62,15 @@ def run_logit_lens(cfg: LogitLensConfig) -> int:
 @command("lens tune", TuneConfig)
 def run_tune(cfg: TuneConfig) -> int:
     from .tuning import tune_lens
+    from .tuning_options import TuneOptions
 
     check_writable(cfg.out, directory=True)
     if cfg.data is not None:
         check_data_file(cfg.data, text_field=cfg.text_field)
-    lens, comparison = tune_lens(cfg.load(), cfg)
+    options = TuneOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TuneOptions)})
+    lens, comparison = tune_lens(cfg.load(), cfg.data, options, tokens=cfg.tokens, eval_tokens=cfg.eval_tokens,
+                                 context_length=cfg.context_length, text_field=cfg.text_field, out=cfg.out,
+                                 progress=not cfg.no_progress)
     frame = comparison.to_frame()
     show(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"), frame.to_dict(orient="records"))
     worse = frame[(frame.layer.isin(lens.layers)) & (frame.kl_tuned >= frame.kl_logit)]

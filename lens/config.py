@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 
 from interlayer.cli.config import chat_option
 from interlayer.model.options import ModelOptions
-from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, figures_option, layer_spec, option,
+from interlayer.options import (Options, PassOptions, RunOptions, TextOptions, figures_option, option,
                                 out_option, tuned_lens_option)
 from interlayer.prompts import ChatMode
 
 from .decoding_options import DecodingOptions
+from .tuning_options import TuneOptions
 
 if TYPE_CHECKING:
     from interlayer.decoding import Lens
@@ -62,21 +63,12 @@ class LogitLensConfig(RunOptions, LensOptions, ModelOptions):
 
 
 @dataclass
-class TuneConfig(RunOptions, TextOptions, ModelOptions):
+class TuneConfig(TuneOptions, RunOptions, TextOptions, ModelOptions):
     """Train a tuned lens (one affine translator per layer) on the model's own activations."""
 
     out: str | None = out_option("directory for lens.safetensors + config.json (and checkpoints)", required=True)
     tokens: int = TextOptions.variant("tokens", 8192, "training tokens, taken from the start of --data")
     eval_tokens: int = option(2048, "held-out tokens, taken from the text after the training tokens", min=1)
-    layers: str = option("all", "layers to train: 'all' (every layer but the last), or indices and ranges such as "
-                                "0-8,-2 (negative: from the end)", parse=layer_spec, group="method")
-    steps: int = option(300, "optimizer steps", min=1)
-    batch_size: int = option(32, "training tokens per optimizer step", min=1, flag="--tokens-per-step",
-                             group="training")
-    lr: float = option(3e-4, "Adam learning rate (after linear warmup, decays linearly to 0)", above=0)
-    warmup: int = option(20, "linear learning-rate warmup steps", min=0, flag="--warmup-steps", group="training")
-    seed: int = option(0, "seed of the row order", group="training")
-    checkpoint_every: int = option(50, "write a resumable checkpoint every N steps (0: never)", min=0)
 
 
 @dataclass

@@ -30,12 +30,12 @@ from interlayer.io.checkpointing import check_resume_identity, load_optimizer, o
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.io.files import write_atomic, write_json_atomic
-from interlayer.options import resolve_layers
+from interlayer.options import CONTEXT_LENGTH, resolve_layers
 from interlayer.intervals import mean_interval
 from interlayer.results import Result, require
 from interlayer.io.seeding import epoch_permutation
 
-from .config import TuneConfig
+from .tuning_options import TuneOptions
 from .lenses import TunedLens
 
 log = logging.getLogger(__name__)
@@ -247,33 +247,38 @@ def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memo
                           results["tuned"][1], int(hidden.shape[1]), intervals)
 
 
-def tune_lens(model: ModelAdapter, cfg: TuneConfig) -> tuple[TunedLens, LensComparison]:
-    """Collect activations with the store, train a tuned lens, save it to ``cfg.out``
-    (if given) and compare it with the logit lens on the held-out tokens."""
+def tune_lens(model: ModelAdapter, data: Any = None, options: TuneOptions | None = None, *, tokens: int = 8192,
+              eval_tokens: int = 2048, context_length: int = CONTEXT_LENGTH, text_field: str = "text",
+              out: str | Path | None = None, progress: bool = True) -> tuple[TunedLens, LensComparison]:
+    """Collect activations with the store, train a tuned lens on the first ``tokens``
+    tokens of ``data`` (default: the packaged sample text), save it to ``out`` (if given)
+    and compare it with the logit lens on the next ``eval_tokens`` held-out tokens.
+    ``options`` (:class:`TuneOptions`) say how it trains."""
+    cfg = options if options is not None else TuneOptions()
     from interlayer.store import contexts_for_tokens
     from interlayer.store.collect import collect
     from interlayer.model.loading import SAMPLE_TEXT
 
-    if cfg.tokens < cfg.batch_size:
-        raise InterlayerError(f"--tokens {cfg.tokens} is fewer than one batch of {cfg.batch_size}")
-    if cfg.eval_tokens < 1:
-        raise InterlayerError(f"--eval-tokens must be at least 1, got {cfg.eval_tokens}")
-    n_train = contexts_for_tokens(model, cfg.tokens, cfg.context_length)
-    n_eval = contexts_for_tokens(model, cfg.eval_tokens, cfg.context_length)
-    data = cfg.data or str(SAMPLE_TEXT)
-    acts = collect(model, data, "resid_post.*", context_length=cfg.context_length, limit=n_train + n_eval,
-                   text_field=getattr(cfg, "text_field", "text"), progress=not cfg.no_progress)
+    if tokens < cfg.batch_size:
+        raise InterlayerError(f"tokens={tokens} is fewer than one batch of {cfg.batch_size} (--tokens, --tokens-per-step)")
+    if eval_tokens < 1:
+        raise InterlayerError(f"eval_tokens (--eval-tokens) must be at least 1, got {eval_tokens}")
+    n_train = contexts_for_tokens(model, tokens, context_length)
+    n_eval = contexts_for_tokens(model, eval_tokens, context_length)
+    data = data or str(SAMPLE_TEXT)
+    acts = collect(model, data, "resid_post.*", context_length=context_length, limit=n_train + n_eval,
+                   text_field=text_field, progress=progress)
     train = acts.rows(acts.meta["sequence"] < n_train)
     held_out = acts.rows(acts.meta["sequence"] >= n_train)
     if len(held_out) == 0:
-        raise InterlayerError(f"{data} has too little text for {cfg.tokens} training and {cfg.eval_tokens} held-out tokens")
-    hidden = stacked_resid(train, model.n_layers)[:, : cfg.tokens]
+        raise InterlayerError(f"{data} has too little text for {tokens} training and {eval_tokens} held-out tokens")
+    hidden = stacked_resid(train, model.n_layers)[:, : tokens]
     layers = None if cfg.layers == "all" else resolve_layers(cfg.layers, model.n_layers)
-    out = Path(cfg.out) if cfg.out else None
+    out = Path(out) if out else None
     lens = train_tuned_lens(model, hidden, layers=layers, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             warmup=cfg.warmup, seed=cfg.seed, checkpoint_dir=out / "checkpoint" if out else None,
-                            checkpoint_every=cfg.checkpoint_every, progress=not cfg.no_progress)
-    comparison = compare_lenses(model, lens, held_out.rows(torch.arange(min(len(held_out), cfg.eval_tokens))))
+                            checkpoint_every=cfg.checkpoint_every, progress=progress)
+    comparison = compare_lenses(model, lens, held_out.rows(torch.arange(min(len(held_out), eval_tokens))))
     lens.training_log["data"] = data
     lens.training_log["held_out"] = comparison.to_frame().to_dict(orient="list")
     if out is not None:

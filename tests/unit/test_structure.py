@@ -148,7 +148,6 @@ STILL_READING_CONFIGS: dict[str, str] = {
     # Library modules that import a config today, each another helper's step of issue 23
     # (the saes/ package is being rebuilt around declared contracts); delete a line when
     # its module stops.
-    "interlayer.lens.tuning": "tune_lens(model, cfg: TuneConfig) takes the command config",
     "interlayer.saes.run": "LATENTS_PER_D_MODEL from saes.config",
 }
 
