@@ -102,7 +102,7 @@ class _Member:
     def done(self) -> bool:
         return self.state["step"] >= self.steps
 
-    def train_step(self, batch: Any, x: torch.Tensor, extra_seconds: float) -> dict[str, float] | None:
+    def train_step(self, batch: SourceBatch, x: torch.Tensor, extra_seconds: float) -> dict[str, float] | None:
         """One optimizer step on ``x``; the history row when one is recorded."""
         began = time.perf_counter()
         sae, options, state, step = self.sae, self.options, self.state, self.state["step"]
@@ -303,7 +303,7 @@ def _site_rows(source: Source, x: torch.Tensor, cfg: SAEConfig) -> torch.Tensor:
     return x[source.sites.index(cfg.site)]
 
 
-def _check_finite(x: torch.Tensor, batch: Any, step: int, ckpt: Path | None) -> None:
+def _check_finite(x: torch.Tensor, batch: SourceBatch, step: int, ckpt: Path | None) -> None:
     finite = torch.isfinite(x).all(dim=-1)
     if finite.dim() == 2:  # several sites: a row is bad when any site's copy is
         finite = finite.all(0)
