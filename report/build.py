@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
+from interlayer.io.journal import KeyedParts
 from interlayer.io.files import check_writable, write_json_atomic, write_text_atomic
 from interlayer.options import str_list
 
@@ -107,9 +108,9 @@ def _is_report_json(path: Path) -> bool:
     return isinstance(data, dict) and (data.get("schema") == REPORT_SCHEMA or set(data) == _OLD_REPORT_KEYS)
 
 
-def _is_part(path: Path) -> bool:
-    data = _json_of(path)
-    return isinstance(data, dict) and set(data) == {"key", "result"}
+def _parts(folder: Path) -> KeyedParts:
+    """The resume files of the report's sections (``<section>.json``: its key and result)."""
+    return KeyedParts(folder, record_field="result")
 
 
 def check_outputs(out: str | Path) -> None:
@@ -138,7 +139,7 @@ def check_outputs(out: str | Path) -> None:
             continue
         for file in sorted(folder.iterdir()):
             ours = file.name.startswith(sections) and file.name.endswith(suffix)
-            if ours and not (folder == parts_dir and _is_part(file)):
+            if ours and not (folder == parts_dir and _parts(parts_dir).is_part(file)):
                 refuse(file, f"is not in a folder the report wrote ({FOLDER_MARKER} is missing)")
 
 
@@ -163,14 +164,15 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
                 "lens": lens.name, "lens_source": lens_source, "sae": str(Path(sae).resolve()) if sae else None,
                 "version": _version()}
     results: dict[str, SectionResult] = {}
+    parts = _parts(parts_dir)
     bar = tqdm(sections, desc="report", unit="section", disable=not progress)
     for section in bar:
         bar.set_postfix_str(section.name)
         key = hashlib.sha256(json.dumps({**base_key, "section": section.name}, sort_keys=True).encode()).hexdigest()
-        cached = _load_part(parts_dir / f"{section.name}.json", key)
+        cached = _load_part(parts, section.name, key)
         results[section.name] = cached if cached is not None else _run(section, ctx)
         if cached is None:
-            write_json_atomic(parts_dir / f"{section.name}.json", {"key": key, "result": results[section.name].to_json()})
+            parts.save(section.name, key, results[section.name].to_json())
     bar.close()
     title = f"interlayer report: {model.name}"
     header = {"profile": prof.name, "lens": lens.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -202,16 +204,14 @@ def _run(section: Section, ctx: ReportContext) -> SectionResult:
     return result
 
 
-def _load_part(path: Path, key: str) -> SectionResult | None:
+def _load_part(parts: KeyedParts, name: str, key: str) -> SectionResult | None:
     """A finished section of an earlier run with the same options (failed ones run again)."""
-    if not path.is_file():
-        return None
+    payload = parts.load(name, key)
     try:
-        payload = json.loads(path.read_text())
-        if payload.get("key") != key or payload["result"]["status"] != "ok":
+        if payload is None or payload["status"] != "ok":
             return None
-        return SectionResult.from_json(payload["result"])
-    except (ValueError, KeyError, TypeError):
+        return SectionResult.from_json(payload)
+    except (KeyError, TypeError, ValueError):
         return None  # a damaged part is recomputed
 
 

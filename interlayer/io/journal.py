@@ -11,6 +11,13 @@ piece starts. Reading it back:
 * a journal whose header names another run is refused with an error naming both runs,
   the fields where they differ and the file to delete;
 * a later record of a key replaces an earlier one (:meth:`Journal.done`).
+
+Work whose pieces are large and are produced under options that differ piece by piece
+(the report's sections: ``--only`` picks some, a later run others) is kept as
+:class:`KeyedParts` instead: one atomically written JSON file per piece, ``{"key",
+"record"}``, that is reused only when its key (a hash of every setting the piece
+depends on) matches. Both are the one resume mechanism: finished work is written whole
+before the next piece starts, and reused only by the run it belongs to.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InterlayerError
-from .files import write_atomic
+from .files import write_atomic, write_json_atomic
 from .json_records import decode_utf8, json_lines
 
 log = logging.getLogger(__name__)
@@ -112,4 +119,43 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-__all__ = ["FORMAT", "Journal", "JournalError"]
+class KeyedParts:
+    """Finished pieces of work as one file each in ``folder`` (``<name>.json`` holding
+    ``{"key": key, "record": record}``, written atomically), each reused only by a run
+    with the same ``key``.
+
+    ``record_field`` names the record in the file (the report's parts call it
+    ``result``)."""
+
+    def __init__(self, folder: str | os.PathLike, record_field: str = "record") -> None:
+        self.folder = Path(folder)
+        self.field = record_field
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def is_part(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a part file (an object of exactly a key and a record)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and set(data) == {"key", self.field}
+
+    def load(self, name: str, key: str) -> Any | None:
+        """The record of piece ``name`` if it was written under ``key``; ``None`` when it is
+        missing, another run's, or damaged (then the piece is done again)."""
+        try:
+            payload = json.loads(self.path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(payload, dict) or payload.get("key") != key or self.field not in payload:
+            return None
+        return payload[self.field]
+
+    def save(self, name: str, key: str, record: Any) -> None:
+        """Write piece ``name`` whole (atomically) under ``key``."""
+        write_json_atomic(self.path(name), {"key": key, self.field: record})
+
+
+__all__ = ["FORMAT", "Journal", "JournalError", "KeyedParts"]
