@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ["lens", "saes", "probes", "steering"]
+SUBPACKAGES = ["lens", "saes", "probes", "steering", "report"]
 
 
 def test_wheel_installs_and_imports_every_subpackage(tmp_path):
@@ -30,6 +30,10 @@ def test_wheel_installs_and_imports_every_subpackage(tmp_path):
     for sub in SUBPACKAGES:
         assert f"interlayer/{sub}/__init__.py" in names
     assert not any(n.split("/")[0] in SUBPACKAGES for n in names)  # no bare top-level lens/, probes/, ...
+    # every module of the tree ships (a sub-package missing from `packages` would not)
+    for folder, prefix in [("interlayer", "interlayer")] + [(sub, f"interlayer/{sub}") for sub in SUBPACKAGES]:
+        for module in sorted((ROOT / folder).rglob("*.py")):
+            assert f"{prefix}/{module.relative_to(ROOT / folder).as_posix()}" in names, module
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
