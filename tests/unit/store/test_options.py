@@ -48,3 +48,18 @@ def test_from_kwargs_and_of_call_are_shared(cls):
         cls.of_call("nope", {})
     with pytest.warns(DeprecationWarning, match="storage_dtype"):
         assert cls.of_call(None, {"dtype": "bfloat16"}).storage_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("name", ["collect", "stream", "collect_variants", "stream_variants"])
+def test_the_explicit_signatures_keep_collect_options_defaults(name):
+    """collect/stream spell every keyword out (for help(), IDEs and type checkers); their
+    defaults must be CollectOptions's, the one place each is declared."""
+    import inspect
+
+    import interlayer.store.collect as store
+
+    declared = {f.name: f.default for f in dataclasses.fields(CollectOptions)}
+    params = inspect.signature(getattr(store, name)).parameters
+    spelled = {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n in declared}
+    assert len(spelled) >= 15
+    assert spelled == {n: declared[n] for n in spelled}
