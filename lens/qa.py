@@ -173,11 +173,8 @@ def evaluate_qa(model: ModelAdapter, data: str, n: int | None = 100, *,
     done = _answer(model, prompts, [(m, s) for m in methods for s in wanted], base, journal,
                    max_new_tokens=max_new_tokens, batch_size=batch_size, lens=lens, progress=progress)
     scores, examples = _score(records, methods, wanted, done, batch_size)
-    # the settings' "start" has always held the last batch's offset (a loop variable
-    # shadowed the argument); kept as it was, so results compare
-    last_batch = range(0, len(records), batch_size)[-1]
     return QAResult(model.name, data, len(records), loaded.skipped, noise_docs, methods, scores, examples,
-                    {"chat": chat_on, "max_new_tokens": max_new_tokens, "seed": seed, "start": last_batch,
+                    {"chat": chat_on, "max_new_tokens": max_new_tokens, "seed": seed, "start": start,
                      "settings": wanted, "alpha": base.alpha, "beta": base.beta, "candidates": base.candidates,
                      "fusion": base.fusion, "dola_layers": base.dola_layers})
 

@@ -198,6 +198,7 @@ def test_evaluate_qa_scores_every_decoding_and_resumes(tmp_path):
     result = evaluate_qa(model, data, 10, options=opts, noise_docs=1, chat=False, max_new_tokens=3, batch_size=4,
                          progress_file=progress, progress=False)
     assert result.n == 6 and result.skipped == 1
+    assert result.settings["start"] == 0  # the argument (it once held the last batch's offset, 4)
     assert [(s.method, s.setting) for s in result.scores] == [(m, s) for m in ("greedy", "lfd", "dola", "lfd-random")
                                                              for s in ("closed_book", "open_book")]
     # the scores equal a direct count over the stored predictions
