@@ -216,19 +216,12 @@ def _score_chunk(chunks: list[Activations], model: ModelAdapter, rows_per_step: 
     for other in chunks[1:]:
         _check_rows(clean, other)
     targets, has_next = clean.next_tokens()
-    targets = targets[has_next].to(model.device)
+    targets = targets[has_next]
     normed = [c[LN_FINAL][has_next] for c in chunks]
-    decoder = LayerDecoder(model)  # the one head path (unembedding + soft-cap of ln_final rows)
-    for start in range(0, len(targets), rows_per_step):
-        stop = start + rows_per_step
-        goal = targets[start:stop, None]
-        reference = torch.log_softmax(decoder.from_normed(normed[0][start:stop]), -1)
-        ce[0] += float(-reference.gather(-1, goal)[:, 0].double().sum())
-        p_ref = reference.exp()
-        for v in range(1, len(chunks)):
-            logp = torch.log_softmax(decoder.from_normed(normed[v][start:stop]), -1)
-            ce[v] += float(-logp.gather(-1, goal)[:, 0].double().sum())
-            kl[v] += float((p_ref * (reference - logp)).sum(-1).double().sum())
+    nll, divergence = LayerDecoder(model).variant_nll_and_kl(normed, targets, rows_per_step=rows_per_step)
+    for v in range(len(chunks)):
+        ce[v] += nll[v]
+        kl[v] += divergence[v]
     return int(has_next.sum())
 
 

@@ -209,3 +209,18 @@ def test_next_token_nll_matches_the_full_log_softmax(arch, memory_mb):
     assert not torch.allclose(tuned, plain)
     with pytest.raises(interlayer.InterlayerError, match="targets must have the leading shape"):
         dec.next_token_nll(hidden, targets[0])
+
+
+@pytest.mark.parametrize("rows_per_step", [1, 4, 100])
+def test_variant_nll_and_kl_match_a_direct_computation(rows_per_step):
+    model = interlayer.load_model(make_tiny("gemma2"))
+    hidden = [torch.randn(9, model.d_model) * s for s in (1.0, 1.5, 0.3)]
+    targets = torch.randint(0, model.vocab_size, (9,))
+    normed = [model.final_norm(h).detach() for h in hidden]
+    nll, kl = LayerDecoder(model).variant_nll_and_kl(normed, targets, rows_per_step=rows_per_step)
+    logp = [torch.log_softmax(model.unembed_resid(h).detach().double(), -1) for h in hidden]
+    for v in range(3):
+        assert nll[v] == pytest.approx(float(-logp[v].gather(-1, targets[:, None]).sum()), rel=1e-5)
+        direct_kl = float((logp[0].exp() * (logp[0] - logp[v])).sum())
+        assert kl[v] == pytest.approx(direct_kl, rel=1e-4, abs=1e-6)
+    assert kl[0] == 0.0 and kl[1] > 0 and kl[2] > 0

@@ -139,7 +139,7 @@ CORE_LEVELS: tuple[tuple[str, ...], ...] = (
     ("interlayer.errors",),
     ("interlayer.io",),
     ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals",
-     "interlayer.layers", "interlayer._moved"),
+     "interlayer.layers", "interlayer._moved", "interlayer.decode_outputs"),
     ("interlayer.model",),
     ("interlayer.store", "interlayer.decoding", "interlayer.prompts"),
     ("interlayer.generation",),
