@@ -155,8 +155,8 @@ class ModelAdapter(ForwardPasses):
         """All hook-site names, in forward order, optionally of the given kinds."""
         wanted = tuple(kinds) if kinds is not None else self.site_kinds()
         for kind in wanted:
-            self.site(f"{kind}.0")  # validates
-        return [f"{kind}.{layer}" for layer in range(self.n_layers) for kind in self.site_kinds() if kind in wanted]
+            self.site(Site(0, kind).name)  # validates the kind
+        return [Site(layer, kind).name for layer in range(self.n_layers) for kind in self.site_kinds() if kind in wanted]
 
     def site(self, name: str | Site) -> Site:
         """Parse and validate a site name (short or TransformerLens form)."""
@@ -184,7 +184,8 @@ class ModelAdapter(ForwardPasses):
                 if kind not in self.site_kinds():
                     raise UnknownSiteError(f"unknown site kind {kind!r} in {name!r}; valid kinds: {choices(self.site_kinds())}")
                 for layer in range(self.n_layers):
-                    out[f"{kind}.{layer}"] = Site(layer, kind)
+                    site = Site(layer, kind)
+                    out[site.name] = site
             else:
                 site = self.site(name.strip())
                 out[site.name] = site
