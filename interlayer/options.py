@@ -293,9 +293,6 @@ class Options:
 
     def __post_init__(self) -> None:
         check_options(self)
-        after = getattr(super(), "__post_init__", None)  # a composed dataclass that is not an Options (yet)
-        if after is not None:
-            after()
 
     def parsed(self, name: str) -> Any:
         """The value of field ``name`` read by its ``parse`` (``--coefs -4,4`` → ``[-4.0, 4.0]``);

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from interlayer.errors import InterlayerError
-from interlayer.options import check_options, option
+from interlayer.options import Options, option
 
 from .archs import ArchConfig, architecture
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(Options):
     """How to train an SAE (shared by :func:`train_sae` and ``interlayer sae train``)."""
 
     tokens: int = option(2_000_000, "training tokens; the run takes ceil(tokens / tokens-per-step) steps", min=1)
@@ -50,10 +50,7 @@ class TrainOptions:
     progress: bool = option(True, "show a progress bar with tokens/s, NMSE, L0 and dead %", cli=False)
 
     def __post_init__(self) -> None:
-        check_options(self)  # bounds and choices of every field, those of subclasses included
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
+        super().__post_init__()  # bounds and choices of every field, those of subclasses included
         if self.decay_fraction is not None and not 0 <= self.decay_fraction <= 1:
             raise InterlayerError(f"decay_fraction must be in [0, 1], got {self.decay_fraction}")
 
