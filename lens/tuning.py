@@ -254,6 +254,9 @@ def tune_lens(model: ModelAdapter, data: Any = None, options: TuneOptions | None
     tokens of ``data`` (default: the packaged sample text), save it to ``out`` (if given)
     and compare it with the logit lens on the next ``eval_tokens`` held-out tokens.
     ``options`` (:class:`TuneOptions`) say how it trains."""
+    if isinstance(data, TuneOptions) or (options is not None and not isinstance(options, TuneOptions)):
+        raise InterlayerError("tune_lens takes (model, data, TuneOptions(...), tokens=..., eval_tokens=..., "
+                              "out=...) since 0.2, not a command config; `interlayer lens tune` is the command")
     cfg = options if options is not None else TuneOptions()
     from interlayer.store import contexts_for_tokens
     from interlayer.store.collect import collect

@@ -132,3 +132,12 @@ def test_tune_cli(tmp_path, text, capsys):
     assert lens.layers == [0, 1] and "held_out" in lens.training_log
     assert not (tmp_path / "lens" / "checkpoint").exists()
     assert cli.main(["lens", "tune", "--model", str(tmp_path / "ckpt")]) == 2
+
+
+def test_tune_lens_refuses_a_command_config_by_name(tmp_path):
+    from interlayer.errors import InterlayerError
+    from interlayer.lens import TuneConfig, tune_lens
+
+    model = interlayer.load_model(make_tiny("llama"))
+    with pytest.raises(InterlayerError, match=r"tune_lens takes \(model, data, TuneOptions"):
+        tune_lens(model, TuneConfig(out=str(tmp_path / "lens")))
