@@ -272,7 +272,8 @@ def latent_language(model: ModelAdapter, *, src: str = "fr", tgt: str = "zh", ta
     """Run the latent-language analysis; see the module docstring.
 
     Args:
-        src, tgt: language codes (see :data:`LANGUAGE_NAMES`).
+        src: the source language code (see :data:`LANGUAGE_NAMES`).
+        tgt: the target language code.
         task: ``translation``, ``repetition`` or ``cloze``.
         latents: latent languages to track (default ``["en"]``).
         shots: demonstrations per prompt, drawn (seeded) from the other usable words.

@@ -1,0 +1,109 @@
+"""The reference pages, generated from the code: the CLI from its parsers, the API from
+each public package's ``__all__``, the architectures from ``ARCHITECTURES``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+METHOD_PACKAGES = ("lens", "saes", "probes", "steering", "report")
+"""The folders at the repository root that install as ``interlayer.<name>``."""
+
+API_MODULES = {
+    "interlayer": "The core: loading a model, the activation store, decoding, results and errors.",
+    "interlayer.lens": "Lenses, latent language, saturation, and knowledge layers (IKS, LFD, DoLa, QA).",
+    "interlayer.probes": "MEXA, linear probes and internal consistency.",
+    "interlayer.saes": "Sparse autoencoders: architectures, training, sweeps, evaluation, files.",
+    "interlayer.steering": "Steering vectors: training, injection, sweeps, evaluation, GGUF files.",
+    "interlayer.report": "The layer-wise report.",
+    "interlayer.layers": "Layer numbering and its converters.",
+}
+"""The public packages and modules whose ``__all__`` makes up the API reference."""
+
+
+def public_names(module: str) -> list[str]:
+    """The names of ``module.__all__``, in their order."""
+    return list(importlib.import_module(module).__all__)
+
+
+def api_pages() -> dict[str, str]:
+    """One markdown page per public module: its docstring's first paragraph, then one
+    mkdocstrings block per public name."""
+    pages = {}
+    for module, summary in API_MODULES.items():
+        lines = [f"# `{module}`", "", summary, "",
+                 f"Every name below is in `{module}.__all__`; this page is generated from the docstrings.", ""]
+        for name in public_names(module):
+            lines += [f"::: {module}.{name}", "    options:", "      heading_level: 2", ""]
+        pages[module] = "\n".join(lines)
+    return pages
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "interlayer"):
+    """(full name, parser) of every command and group, depth first, without the hidden
+    deprecated aliases (those have no help line)."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return
+    listed = {choice.dest for choice in sub._choices_actions}
+    for word, child in sub.choices.items():
+        if word not in listed:
+            continue
+        name = f"{prefix} {word}"
+        yield name, child
+        yield from _commands(child, name)
+
+
+def cli_page() -> str:
+    """Every command's ``--help``, as the parser prints it (80 columns)."""
+    from interlayer.cli.dispatch import discover
+    from interlayer.cli.registry import build_parser
+
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "88"
+    try:
+        parser = build_parser(discover())
+        blocks = [("interlayer", parser)] + list(_commands(parser))
+        lines = ["# Command line", "",
+                 "Generated from the parsers (`build_parser(discover())`) when the site was built: this is "
+                 "exactly what `--help` prints. Every command also takes `--config FILE` (TOML or YAML, "
+                 "flags override it) and `--print-config`; see [Getting started](../getting-started.md).", ""]
+        lines += [f"- [`{name}`](#{name.replace(' ', '-')})" for name, _ in blocks[1:]]
+        lines.append("")
+        for name, sub in blocks:
+            lines += [f"## `{name}` {{#{name.replace(' ', '-')}}}", "", "```text", sub.format_help().rstrip(), "```", ""]
+        return "\n".join(lines)
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+
+
+def architectures_page() -> str:
+    """The table of supported architectures, from ``interlayer.ARCHITECTURES``."""
+    from interlayer import ARCHITECTURES
+
+    columns = ("layers", "final_norm", "embed", "unembed", "attn_out", "mlp_out", "attn_input")
+    lines = ["# Supported architectures", "",
+             "Generated from `interlayer.ARCHITECTURES` (`interlayer/model/architectures.py`), the one place that "
+             "knows where each family keeps its blocks and norms. `model_type` is the Hugging Face "
+             "`config.model_type`; the other columns are module paths inside the `*ForCausalLM` model "
+             "(`a|b`: the first that exists).", "",
+             "| model_type | family | " + " | ".join(columns) + " | parallel residual | logit softcap |",
+             "| --- | --- | " + " | ".join("---" for _ in columns) + " | --- | --- |"]
+    for model_type, spec in sorted(ARCHITECTURES.items()):
+        parallel = "from config" if callable(spec.parallel_residual) else ("yes" if spec.parallel_residual else "no")
+        softcap = f"`{spec.softcap_attr}`" if spec.softcap_attr else "none"
+        cells = " | ".join(f"`{getattr(spec, c)}`" for c in columns)
+        lines.append(f"| `{model_type}` | {spec.family} | {cells} | {parallel} | {softcap} |")
+    lines += ["", "Any other `model_type` is refused at load with `UnsupportedArchitectureError`, naming these."]
+    return "\n".join(lines) + "\n"
