@@ -21,7 +21,7 @@ FLOOR_TESTS ?= tests/unit/model/test_adapter.py tests/unit/model/test_loading.py
 	tests/unit/test_decoding.py tests/unit/model/test_sites.py tests/unit/store/test_cache.py tests/unit/store/test_capture.py
 PROMPT ?= The Eiffel Tower is in the city of
 
-.PHONY: demo test test-unit test-floor install install-demo browser clean
+.PHONY: demo test test-unit test-floor install install-demo browser docs docs-serve clean
 
 # Installs torch (the CPU build where there is no GPU) into the venv $(1).
 define install_torch
@@ -85,5 +85,15 @@ test-floor: $(FLOOR_VENV)/.installed
 	$(FLOOR_VENV)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
 	$(FLOOR_VENV)/bin/python -m pytest -q -m "not peers and not demo" $(FLOOR_TESTS)
 
+# The documentation site in site/: mkdocs build --strict (no warnings: broken links,
+# references and docstring problems fail it). The tutorials are the notebooks executed in
+# a Jupyter kernel; a run of the notebook tests with the same sources is reused.
+docs: install browser
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The site at http://127.0.0.1:8000, rebuilt on every change.
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a 127.0.0.1:8000
+
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) $(FLOOR_VENV) build *.egg-info
+	rm -rf site $(VENV) $(DEMO_VENV) $(FLOOR_VENV) build *.egg-info

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .decode_outputs import DecodeResult, _Outputs, _Reference
 from .model.adapter import ModelAdapter
@@ -41,7 +41,10 @@ class Lens(Protocol):
 
     name: str
 
-    def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor: ...
+    def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor:
+        """``hidden`` (``[..., d_model]``, decoder layer ``layer``) mapped to states the
+        model's final norm and unembedding decode; the same shape."""
+        ...
 
 
 class LogitLens:
@@ -51,6 +54,7 @@ class LogitLens:
     name = "logit"
 
     def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor:
+        """Return ``hidden`` unchanged (the model's head decodes every layer as is); ``layer`` is ignored."""
         return hidden
 
     def __repr__(self) -> str:

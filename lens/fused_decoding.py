@@ -45,7 +45,7 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError

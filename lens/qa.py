@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens

@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 from safetensors.torch import load_file, save
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.store.collect import Activations
 from interlayer.model.adapter import ModelAdapter

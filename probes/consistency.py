@@ -31,7 +31,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.store.collect import collect
 from interlayer.model.adapter import ModelAdapter

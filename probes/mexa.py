@@ -158,10 +158,12 @@ class MexaResult(Result):
 
     @property
     def mean(self) -> dict[str, float]:
+        """Each language's score averaged over the hidden states, ``{lang: mean}``."""
         return {lang: sum(v) / len(v) for lang, v in self.scores.items()}
 
     @property
     def max(self) -> dict[str, float]:
+        """Each language's best score over the hidden states, ``{lang: max}``."""
         return {lang: max(v) for lang, v in self.scores.items()}
 
     def to_json(self) -> dict[str, Any]:
@@ -245,7 +247,7 @@ def mexa(model: ModelAdapter, langs: str | Sequence[str] = "all", *, n: int = 10
     if not langs:
         raise InterlayerError("no languages given")
     data = load_parallel([pivot, *langs], n, data_dir)
-    from tqdm.auto import tqdm
+    from interlayer.progress import tqdm
 
     pivot_emb = sentence_embeddings(model, data[pivot], pooling, batch_size)
     scores = {}

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
@@ -50,7 +50,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("steering", "Steering", steering_section),
     Section("sae", "Sparse autoencoder", sae_section, needs_sae=True),
 )
+"""The report's sections in the order they run and appear: each a name (for ``--only``/``--skip``), a title
+and the function that computes it.
+"""
 SECTION_NAMES: tuple[str, ...] = tuple(s.name for s in SECTIONS)
+"""The names of ``SECTIONS``, in order: what ``--only`` and ``--skip`` accept."""
 REPORT_SCHEMA = "interlayer.report"
 """The ``schema`` field of the report's JSON: how a rerun knows the file is its own."""
 FOLDER_MARKER = ".interlayer-report"

@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.store import contexts_for_tokens
 from interlayer.store.collect import Activations, Edit, stream_variants

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from tqdm.auto import tqdm
+from interlayer.progress import tqdm
 
 from interlayer.distributed import World, all_reduce, current
 from interlayer.errors import InterlayerError, choices
@@ -60,9 +60,15 @@ class TrainResult:
     window_tokens: int = 0
 
     def to_frame(self) -> pd.DataFrame:
+        """The training history as a DataFrame: one row per recorded step (``step``, ``tokens``,
+        ``tokens_per_s``, ``lr``, ``dead_frac`` and the loss terms such as ``loss``, ``nmse``, ``l0``).
+        """
         return pd.DataFrame(self.history)
 
     def plot(self) -> go.Figure:
+        """A plotly figure of the history against training tokens: NMSE shown; L0, dead fraction and
+        loss in the legend.
+        """
         frame = self.to_frame()
         fig = go.Figure()
         for col in ("nmse", "l0", "dead_frac", "loss"):

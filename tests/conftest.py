@@ -14,6 +14,12 @@ import torch
 from tests.tiny_models import TINY_ARCHITECTURES, make_tiny
 
 
+def pytest_collection_modifyitems(config, items):
+    """The docs-site tests run last: the site build then reuses the notebooks that
+    tests/integration/test_notebook.py executed in this run."""
+    items.sort(key=lambda item: item.get_closest_marker("docs_site") is not None)
+
+
 @pytest.fixture(params=sorted(TINY_ARCHITECTURES))
 def tiny_hf(request):
     """Each supported architecture as a tiny random Hugging Face model."""

@@ -55,16 +55,17 @@ def on_files(files, config, **kwargs):
             files.remove(existing)
         files.append(File.generated(config, uri, content=content))
 
+    add("index.md", reference.home_page())
     add("reference/cli.md", reference.cli_page())
     add("reference/architectures.md", reference.architectures_page())
     for module, page in reference.api_pages().items():
         add(f"reference/api/{module}.md", page)
     add("assets/plotly.min.js", (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes())
     # INTERLAYER_DOCS_FAST=1 (for writing pages, never for `make docs`): the tutorials
-    # are shown without executing them.
+    # are shown from a current stored run where there is one, else without outputs.
     fast = os.environ.get("INTERLAYER_DOCS_FAST") == "1"
     for name in notebooks.names():
-        markdown, outputs = notebooks.render(notebooks.source(name) if fast else notebooks.executed(name), name, "../")
+        markdown, outputs = notebooks.render((notebooks.stored(name) or notebooks.source(name)) if fast else notebooks.executed(name), name, "../")
         _outputs[f"tutorials/{name}.md"] = outputs
         add(f"tutorials/{name}.md", markdown)
     return files

@@ -84,8 +84,8 @@ def source(name: str):
     return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
 
 
-def executed(name: str):
-    """The executed notebook: the stored copy when its key is current, else a fresh run."""
+def stored(name: str):
+    """The stored executed copy when its key is current, else ``None``."""
     import nbformat
 
     path = EXECUTED / f"{name}.ipynb"
@@ -93,7 +93,12 @@ def executed(name: str):
         nb = nbformat.read(path, as_version=4)
         if nb.metadata.get(KEY) == source_key(name):
             return nb
-    return execute(name)
+    return None
+
+
+def executed(name: str):
+    """The executed notebook: the stored copy when its key is current, else a fresh run."""
+    return stored(name) or execute(name)
 
 
 # --- rendering --------------------------------------------------------------------

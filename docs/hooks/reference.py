@@ -40,6 +40,18 @@ def api_pages() -> dict[str, str]:
     return pages
 
 
+def home_page() -> str:
+    """The site's home page: the README, with its links turned into site links."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for old, new in (("](docs/", "]("), ("](notebooks/)", "](tutorials/quickstart.md)"),
+                     ("](CHANGELOG.md)", "](changelog.md)"), ("`make docs` builds the whole site into `site/`",
+                                                               "`make docs` builds this site")):
+        text = text.replace(old, new)
+    return text
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

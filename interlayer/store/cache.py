@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..distributed import World, current
 from ..errors import InterlayerError, UnknownSiteError, choices
@@ -218,10 +218,12 @@ class ActivationStore:
 
     @property
     def sites(self) -> list[str]:
+        """The cached site names, canonical (``resid_post.6``), in the order they were cached."""
         return list(self.manifest["sites"])
 
     @property
     def n_rows(self) -> int:
+        """The number of activation rows in the cache (one per cached token), over all shards."""
         return int(self.offsets[-1])
 
     def __len__(self) -> int:
@@ -229,6 +231,7 @@ class ActivationStore:
 
     @property
     def n_shards(self) -> int:
+        """The number of shard files."""
         return len(self.manifest["shards"])
 
     def __repr__(self) -> str:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from . import cache_files as store_files
 from .inputs import contexts_for_tokens, text_per_context

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..errors import InterlayerError, UnknownSiteError, choices
 from ..io.dtypes import dtype_name, parse_dtype
@@ -86,6 +86,7 @@ class Activations:
 
     @property
     def sites(self) -> list[str]:
+        """The collected site names (the keys of ``tensors``), without ``logits``."""
         return [s for s in self.tensors if s != LOGITS]
 
     def to_frame(self) -> pd.DataFrame:

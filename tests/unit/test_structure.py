@@ -138,7 +138,7 @@ def test_methods_decode_generate_and_count_tokens_through_the_core():
 CORE_LEVELS: tuple[tuple[str, ...], ...] = (
     ("interlayer.errors",),
     ("interlayer.io",),
-    ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals",
+    ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals", "interlayer.progress",
      "interlayer.layers", "interlayer._moved", "interlayer.decode_outputs"),
     ("interlayer.model",),
     ("interlayer.store", "interlayer.decoding", "interlayer.prompts"),
