@@ -107,7 +107,7 @@ assert not torch.equal(clean_v["logits"], steered_v[-1]["logits"])
 assert store.n_rows == CACHE_TOKENS and store.n_shards >= 2 and again.n_rows == store.n_rows
 assert batch.shape == (BATCH, d) and pair.shape == (2, BATCH, d)
 assert torch.equal(pair[0], batch)
-""")
+""", figures=0)  # the store notebook shows tables and tensors, no figure
 
 
 @pytest.mark.slow
