@@ -79,8 +79,9 @@ def test_pages_render_offline_and_figures_draw(site):
                 page.goto(path.as_uri())
                 wanted = page.evaluate("document.querySelectorAll('div.nb-figure').length")
                 if wanted:
-                    page.wait_for_function(f"document.querySelectorAll('div.nb-figure[data-drawn] svg.main-svg').length"
-                                           f" >= {wanted}", timeout=60_000)
+                    # every figure div drawn by plotly, each with its own SVG
+                    page.wait_for_function("Array.from(document.querySelectorAll('div.nb-figure')).every("
+                                           "d => d.dataset.drawn && d.querySelector('svg.main-svg'))", timeout=60_000)
                     figures[path.name] = wanted
                     if path.name == "quickstart.html":
                         ARTIFACTS.mkdir(exist_ok=True)
