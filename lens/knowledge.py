@@ -173,6 +173,9 @@ class IKSResult(Result):
 
     @property
     def histogram(self) -> dict[int, int]:
+        """How many recorded steps chose each candidate as their fusion layer, ``{layer: count}``
+        (every candidate, zeros included).
+        """
         counts = Counter(self.chosen)
         return {layer: int(counts.get(layer, 0)) for layer in self.candidates}
 
@@ -271,6 +274,7 @@ class SimHiddenResult(Result):
 
     @property
     def mean(self) -> np.ndarray:
+        """Mean SimHidden cosine per layer over the examples, ``[len(layers)]``."""
         return self.values.mean(0)
 
     def interval(self) -> tuple[np.ndarray, np.ndarray]:

@@ -114,6 +114,7 @@ class LatentResult(Result):
 
     @property
     def n_words(self) -> int:
+        """The number of words analysed (rows of ``p_target``)."""
         return int(self.p_target.shape[0])
 
     @staticmethod

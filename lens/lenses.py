@@ -59,6 +59,12 @@ class TunedLens(nn.Module):
         return lens.to(model.device)
 
     def transform(self, hidden: torch.Tensor, layer: int | None) -> torch.Tensor:
+        """Add layer ``layer``'s affine translator to ``hidden`` (``h + A h + b``, ``[..., d_model]``, in the
+        translator's dtype); a layer without a translator passes through unchanged.
+
+        Raises:
+            InterlayerError: ``layer`` is ``None`` (a tuned lens needs each state's layer).
+        """
         if layer is None:
             raise InterlayerError("a tuned lens needs the layer of each hidden state: pass layers= to the decoder")
         translator = self.translators[str(layer)] if str(layer) in self.translators else None

@@ -51,6 +51,7 @@ class LogitLensResult(Result):
 
     @property
     def input_tokens(self) -> list[str]:
+        """The input token (as text) at each decoded row, in the order of ``rows``."""
         return self.rows.input_token.tolist()
 
     def to_json(self) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class SaturationResult(Result):
 
     @property
     def n_tokens(self) -> int:
+        """The number of token positions analysed (columns of ``top1``)."""
         return int(self.top1.shape[1])
 
     def to_frame(self) -> pd.DataFrame:

@@ -43,6 +43,7 @@ class ProbeResult(Result):
 
     @property
     def selectivity(self) -> list[float]:
+        """Per site: probe accuracy minus control-task accuracy (Hewitt & Liang 2019), both proportions in [0, 1]."""
         return [a - c for a, c in zip(self.accuracy, self.control)]
 
     def to_frame(self) -> pd.DataFrame:

@@ -50,6 +50,9 @@ PROFILES: dict[str, Profile] = {
                     probe_folds=5, iks_questions=40, iks_steps=8, consistency_questions=20, consistency_paths=5,
                     consistency_tokens=96, steering_pairs=200, steering_items=100, sae_tokens=8192),
 }
+"""The sizes of a report run by ``--profile`` name: ``quick`` (minutes on a CPU) and ``full`` (the
+sizes of the published findings).
+"""
 
 
 def check_profile(name: str) -> Profile:
@@ -86,6 +89,7 @@ class SectionResult:
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "SectionResult":
+        """The section result ``to_json`` wrote (a resume file): tables, figures and curves rebuilt."""
         tables = {k: pd.DataFrame(v["data"], columns=v["columns"]) for k, v in payload["tables"].items()}
         figures = [pio.from_json(json.dumps(f), skip_invalid=True) for f in payload["figures"]]
         curves = {k: (v[0], v[1]) for k, v in payload["curves"].items()}

@@ -56,6 +56,7 @@ class TrainOptions(Options):
 
     @property
     def steps(self) -> int:
+        """Optimizer steps of the run: ``ceil(tokens / batch_size)``."""
         return math.ceil(self.tokens / self.batch_size)
 
     def b_dec_start(self, cfg: ArchConfig) -> str:

@@ -80,10 +80,17 @@ class SAEConfig:
         return "authors-exact" if self.authors_exact else "interlayer"
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dict (the ``cfg`` of a saved SAE's JSON); ``from_dict`` reads it back."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
+        """The config of a dict written by ``to_dict``; a top-AFA config saved before ``afa_form``
+        existed reads as ``afa_form="authors"``.
+
+        Raises:
+            InterlayerError: ``data`` has a field this config does not know, or a value it refuses.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -148,14 +155,17 @@ class SAE(nn.Module):
 
     @property
     def d_in(self) -> int:
+        """Width of the activations the SAE reads (``cfg.d_in``: the site's ``d_model``)."""
         return self.cfg.d_in
 
     @property
     def d_sae(self) -> int:
+        """Number of latents (``cfg.d_sae``)."""
         return self.cfg.d_sae
 
     @property
     def device(self) -> torch.device:
+        """The device of the SAE's weights."""
         return self.W_enc.device
 
     def __repr__(self) -> str:
@@ -167,6 +177,11 @@ class SAE(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
+        """Check that ``x`` is ``[..., d_in]``.
+
+        Raises:
+            InterlayerError: the last dimension of ``x`` is not ``d_in`` (naming the site the SAE was trained on).
+        """
         if x.shape[-1] != self.d_in:
             raise InterlayerError(f"the SAE reads activations of width d_in={self.d_in}, got width {x.shape[-1]} "
                                   f"(shape {tuple(x.shape)}); is this the site it was trained on"

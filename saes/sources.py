@@ -141,11 +141,18 @@ class TensorSource(Source):
         self.d_in = int(rows.shape[1])
 
     def identity(self) -> dict[str, Any]:
+        """The tensor's sha256 (of its float32 values), site, seed and batch size: a resumed run must
+        read the same rows.
+        """
         digest = sha256_bytes(self.rows.detach().float().cpu().contiguous().numpy().tobytes())
         return {"kind": "tensor", "site": self.sites[0], "rows_sha256": digest, "seed": self.seed,
                 "batch_size": self.batch_size}
 
     def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
+        """Endless ``[batch_size, d_in]`` batches of seeded per-epoch permutations of the rows, whole
+        batches only, from ``state`` (``{"batches": done}``; ``None``: the start) on. ``whole`` changes
+        nothing (a tensor source is never split over ranks).
+        """
         done = (state or {}).get("batches", 0)
         per_epoch = self.rows.shape[0] // self.batch_size
         while True:
@@ -182,12 +189,17 @@ class CachedSource(Source):
             raise InterlayerError(f"{self.store.path} holds {self.store.n_rows} rows, fewer than one batch of {batch_size}")
 
     def identity(self) -> dict[str, Any]:
+        """The store's model, weights checksum, row count and shard checksums, with the site(s), seed and batch size."""
         m = self.store.manifest
         return {"kind": "cached", "site": self._site_key(), "model": m["model"], "weights_sha256": m["weights_sha256"],
                 "rows": self.store.n_rows, "shards": [s["sha256"] for s in m["shards"]], "seed": self.seed,
                 "batch_size": self.batch_size}
 
     def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
+        """Endless seeded epochs of the store's rows from ``state`` (``{"batches": done}``; ``None``:
+        the start) on: ``[local_batch_size, d_in]`` (``[n_sites, ..., d_in]`` for several sites, the
+        same rows at each), this rank's slice of each global batch; ``whole``: the global batches.
+        """
         done = (state or {}).get("batches", 0)
         world = self.placement.world
         part = (0, 1) if whole else (world.rank, world.size)
@@ -227,6 +239,9 @@ class StreamedSource(Source):
         self.d_in = model.d_model
 
     def identity(self) -> dict[str, Any]:
+        """The model, its weights checksum, the data's fingerprint, the site(s), seed, batch size and
+        the forward-pass settings.
+        """
         from interlayer.store.inputs import data_fingerprint
 
         return {"kind": "streamed", "site": self.sites[0] if len(self.sites) == 1 else self.sites, "model": self.model.name,
@@ -243,6 +258,11 @@ class StreamedSource(Source):
             yield rows, acts.meta, acts.n_sequences
 
     def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
+        """Endless ``[batch_size, d_in]`` batches (``[n_sites, batch_size, d_in]`` for several sites)
+        computed from the text, each forward chunk's rows shuffled (seeded by epoch and chunk);
+        ``state`` (epoch, chunk, contexts, in_chunk; ``None``: the start) says where to resume.
+        ``whole`` changes nothing (one process reads every batch).
+        """
         state = dict(state or {"epoch": 0, "chunk": 0, "contexts": 0, "in_chunk": 0})
         while True:
             from_start, produced = state["contexts"] == 0, False

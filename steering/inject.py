@@ -79,6 +79,7 @@ class Injection:
 
     @property
     def steered_layers(self) -> list[int]:
+        """The layers this injection writes: ``layers``, or every layer of the vector."""
         return list(self.layers) if self.layers is not None else self.vector.layers
 
 
@@ -204,6 +205,9 @@ class Steering:
 
     # ------------------------------------------------------------ attaching
     def attach(self) -> "Steering":
+        """Register the hooks on the model (idempotent: an attached object is returned as is); on
+        an error the hooks already registered are removed. Returns ``self``.
+        """
         if self._handles:
             return self
         if self.positions != "all":
@@ -217,6 +221,7 @@ class Steering:
         return self
 
     def remove(self) -> None:
+        """Remove every hook (and the position tracker); the model runs unsteered again. Safe to call twice."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -226,6 +231,7 @@ class Steering:
 
     @property
     def attached(self) -> bool:
+        """Whether the hooks are registered on the model now."""
         return bool(self._handles)
 
     def __enter__(self) -> "Steering":

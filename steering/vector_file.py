@@ -112,10 +112,12 @@ class SteeringVector:
 
     @property
     def layers(self) -> list[int]:
+        """The layers that have a direction, ascending."""
         return list(self.directions)
 
     @property
     def d_model(self) -> int:
+        """The directions' width (the model's ``d_model``)."""
         return int(next(iter(self.directions.values())).shape[0])
 
     def __getitem__(self, layer: int) -> torch.Tensor:
@@ -145,6 +147,7 @@ class SteeringVector:
             model.site(self.site_name(layer))  # names the valid layers and kinds
 
     def norms(self) -> pd.DataFrame:
+        """One row per layer: ``layer`` and the L2 ``norm`` of its direction."""
         return pd.DataFrame({"layer": self.layers, "norm": [float(v.norm()) for v in self.directions.values()]})
 
     # ------------------------------------------------------------ save / load

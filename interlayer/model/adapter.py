@@ -45,7 +45,9 @@ class ModelAdapter(ForwardPasses):
         name: a human-readable model id (alias, path or hub id).
         spec: the :class:`~interlayer.model.architectures.ArchSpec` of its family.
         blocks: the decoder blocks (``nn.ModuleList``).
-        final_norm, embed, unembed: the model's own modules.
+        final_norm: the model's own final norm (before the unembedding).
+        embed: the model's own token embedding.
+        unembed: the model's own unembedding (the LM head).
         logit_softcap: final-logit soft-cap ``c`` or ``None``.
     """
 
@@ -81,14 +83,17 @@ class ModelAdapter(ForwardPasses):
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's weights (that of the unembedding)."""
         return self.unembed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (that of the unembedding), e.g. ``torch.float32``."""
         return self.unembed.weight.dtype
 
     @property
     def model_type(self) -> str:
+        """The Hugging Face ``config.model_type`` (``"gemma3_text"``), its key in ``interlayer.ARCHITECTURES``."""
         return str(self.model.config.model_type)
 
     @property

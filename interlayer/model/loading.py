@@ -84,6 +84,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 """Models that ship inside PyPI packages; ``gemma-3-270m`` is the default."""
 
 DEFAULT_MODEL = "gemma-3-270m"
+"""The model alias that ``load_model()`` and every command load when none is given (one of ``EMBEDDED``)."""
 
 SAMPLE_TEXT = Path(__file__).parents[1] / "data" / "sample_text.txt"
 """Packaged public-domain English text (Pride and Prejudice), the default training and
@@ -260,7 +261,8 @@ def load_model(
     """Load a model as a :class:`ModelAdapter`.
 
     Args:
-        spec: one of
+        spec: one of:
+
             * an embedded alias (``"gemma-3-270m"``, the default, or
               ``"smollm2-135m-instruct"``): converted once from the packaged GGUF into a
               checksummed safetensors cache under ``$INTERLAYER_CACHE``;
