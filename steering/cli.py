@@ -141,7 +141,9 @@ def run_export(cfg: SteerExportConfig) -> int:
     vector = load_vector(cfg.vector)
     if Path(cfg.out).suffix.lower() == ".gguf":
         to_gguf(vector, cfg.out, hint=cfg.model_hint)
-        show(f"wrote {cfg.out}: llama.cpp control vector, layers {[l + 1 for l in vector.layers]} (1-based)",
+        show(f"wrote {cfg.out}: llama.cpp control vector, tensors "
+             f"{', '.join(f'direction.{l}' for l in vector.layers)} (direction.N is added to block N's output, "
+             "resid_post.N)",
              {"out": str(cfg.out), "layers": vector.layers, "format": "gguf"})
     else:
         vector.save(cfg.out)

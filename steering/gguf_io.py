@@ -1,11 +1,21 @@
 """llama.cpp control vectors: GGUF files with ``general.architecture = controlvector``.
 
-Layout (as llama.cpp's ``--control-vector`` loader and repeng's ``export_gguf`` write it):
-one float32 tensor ``direction.{n}`` per layer, with llama.cpp's 1-based numbering
-(``direction.{l+1}`` is added to the output of block ``l``, our ``resid_post.l``);
-``controlvector.model_hint`` names the architecture and ``controlvector.layer_count``
-the number of directions. The vector's own scale is kept (llama.cpp multiplies it by
-``--control-vector-scaled``'s factor); its provenance is kept under ``interlayer.*`` keys.
+Layout (as llama.cpp's ``--control-vector`` loader reads it and repeng's ``export_gguf``
+writes it): one float32 tensor ``direction.{N}`` per layer; llama.cpp adds ``direction.N``
+to the output of 0-based block ``N``, our ``resid_post.N``, for N = 1..L-1
+(``common_control_vector_load_one`` stores it at offset ``(N-1)·n_embd``,
+``llama_adapter_cvec::apply`` fills block ``il``'s tensor from offset ``(il-1)·n_embd``, and
+``build_cvec(cur, il)`` adds it at the end of block ``il``). Block 0 is never steered, so a
+vector with layer 0 is refused before anything is written. ``controlvector.model_hint``
+names the architecture and ``controlvector.layer_count`` the number of directions. The
+vector's own scale is kept (llama.cpp multiplies it by ``--control-vector-scaled``'s
+factor); its provenance is kept under ``interlayer.*`` keys, with
+``interlayer.direction_numbering = "block"`` saying that ``direction.N`` is block ``N``.
+
+Files written by interlayer before that key (``interlayer.metadata`` without
+``interlayer.direction_numbering``) numbered ``resid_post.l`` as ``direction.(l+1)``, one
+block later than llama.cpp applies it; they are read back as written (``direction.N`` is
+``resid_post.(N-1)``), with a warning to re-export them.
 
 llama.cpp's format has no checksum. Reading checks what it can: every direction is one
 ``[n_embd]`` float vector (as llama.cpp's loader requires), finite, and unit-norm when
@@ -33,6 +43,10 @@ from .vector_file import _LAYER_NAME, SteeringFileError, SteeringVector, from_me
 log = logging.getLogger(__name__)
 
 ARCH = "controlvector"
+NUMBERING_KEY = "interlayer.direction_numbering"
+"""The key that marks interlayer's files written with llama.cpp's numbering (``direction.N``
+is block ``N``); interlayer files without it used ``direction.(l+1)``."""
+NUMBERING = "block"
 
 
 def model_hint(model_type: str) -> str:
@@ -42,7 +56,9 @@ def model_hint(model_type: str) -> str:
 
 def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -> Path:
     """Write ``vector`` as a llama.cpp control vector (resid_post vectors only), atomically
-    (missing parent folders are made)."""
+    (missing parent folders are made): layer ``l`` as ``direction.l``, which llama.cpp adds
+    to block ``l``'s output. A vector with layer 0 is refused before anything is written
+    (llama.cpp never steers block 0)."""
     import gguf
 
     path = Path(path)
@@ -51,6 +67,10 @@ def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -
                               f"{vector.site!r}")
     if path.suffix != ".gguf":
         raise InterlayerError(f"{path}: a control vector is written as .gguf")
+    try:
+        names = {layer: f"direction.{gguf_direction(layer)}" for layer in vector.directions}
+    except InterlayerError as err:
+        raise type(err)(f"{path} was not written: {err}; drop layer 0 from the vector to export the others") from None
     tmp: Path | None = None
     try:
         descriptor, tmp = temporary_file(path)
@@ -59,8 +79,9 @@ def to_gguf(vector: SteeringVector, path: str | Path, hint: str | None = None) -
         writer.add_string(f"{ARCH}.model_hint", hint or vector.extra.get("model_type", "") or vector.model)
         writer.add_uint32(f"{ARCH}.layer_count", len(vector.layers))
         writer.add_string("interlayer.metadata", json.dumps(vector.metadata()))
+        writer.add_string(NUMBERING_KEY, NUMBERING)
         for layer, direction in vector.directions.items():
-            writer.add_tensor(f"direction.{gguf_direction(layer)}", direction.numpy().astype(np.float32))
+            writer.add_tensor(names[layer], direction.numpy().astype(np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -87,8 +108,8 @@ _FLOAT_TYPES = ("F32", "F16")
 
 
 def _directions(reader, path: Path, width: int | None = None) -> dict[int, torch.Tensor]:
-    """The ``direction.{n}`` tensors (0-based layers), each checked to be one float vector
-    (of ``width`` when the model is known)."""
+    """The ``direction.{N}`` tensors by their number ``N``, each checked to be one float
+    vector (of ``width`` when the model is known)."""
     directions = {}
     for tensor in reader.tensors:
         if not tensor.name.startswith("direction."):
@@ -99,7 +120,8 @@ def _directions(reader, path: Path, width: int | None = None) -> dict[int, torch
                                     "(a layer number from 1)")
         number = int(match.group(1))
         if number < 1:
-            raise SteeringFileError(f"{path}: {tensor.name} -- llama.cpp numbers layers from 1")
+            raise SteeringFileError(f"{path}: {tensor.name} -- llama.cpp numbers layers from 1 (it refuses "
+                                    "direction.0: block 0 is never steered)")
         kind = getattr(tensor.tensor_type, "name", str(tensor.tensor_type))
         if kind not in _FLOAT_TYPES:
             raise SteeringFileError(f"{path}: {tensor.name} is of type {kind}; a control vector holds float32 "
@@ -109,8 +131,25 @@ def _directions(reader, path: Path, width: int | None = None) -> dict[int, torch
             expected = f"[{width}]" if width is not None else "[d_model]"
             raise SteeringFileError(f"{path}: {tensor.name} has shape {list(data.shape)}; llama.cpp control vectors "
                                     f"hold one [n_embd] vector per layer (expected shape {expected})")
-        directions[layer_from_gguf_direction(number)] = torch.from_numpy(data.astype(np.float32))
+        directions[number] = torch.from_numpy(data.astype(np.float32))
     return directions
+
+
+def _layers(reader, numbered: dict[int, torch.Tensor], path: Path,
+            written_by_interlayer: bool) -> dict[int, torch.Tensor]:
+    """Block index -> direction: ``direction.N`` is block ``N`` (llama.cpp), except in files
+    interlayer wrote before :data:`NUMBERING_KEY`, where it is block ``N - 1``."""
+    numbering = _string(reader, NUMBERING_KEY, str(path))
+    if numbering is not None and numbering != NUMBERING:
+        raise SteeringFileError(f"{path}: {NUMBERING_KEY} is {numbering!r}; this interlayer reads {NUMBERING!r} "
+                                "(direction.N is block N's output)")
+    if numbering is None and written_by_interlayer:
+        layers = {number - 1: v for number, v in numbered.items()}
+        log.warning("%s was written by an older interlayer, which numbered resid_post.l as direction.(l+1): read "
+                    "as layers %s, but llama.cpp applies its direction.N to block N, one block later; re-export it "
+                    "(interlayer steer export) to steer the same layers in llama.cpp", path, sorted(layers))
+        return layers
+    return {layer_from_gguf_direction(number): v for number, v in numbered.items()}
 
 
 def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVector:
@@ -130,11 +169,12 @@ def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVe
     arch = _string(reader, "general.architecture", str(path))
     if arch != ARCH:
         raise SteeringFileError(f"{path} is a GGUF of architecture {arch!r}, not a control vector ({ARCH!r})")
-    directions = _directions(reader, path, model.d_model if model is not None else None)
-    if not directions:
+    numbered = _directions(reader, path, model.d_model if model is not None else None)
+    if not numbered:
         raise SteeringFileError(f"{path} holds no direction.<layer> tensors")
     hint = _string(reader, f"{ARCH}.model_hint", str(path)) or ""
     text = _string(reader, "interlayer.metadata", str(path))
+    directions = _layers(reader, numbered, path, written_by_interlayer=text is not None)
     meta = {}
     if text is not None:
         try:

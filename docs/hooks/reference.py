@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
+import re
+import sys
 
 METHOD_PACKAGES = ("lens", "saes", "probes", "steering", "report")
 """The folders at the repository root that install as ``interlayer.<name>``."""
@@ -18,6 +21,8 @@ API_MODULES = {
     "interlayer.steering": "Steering vectors: training, injection, sweeps, evaluation, GGUF files.",
     "interlayer.report": "The layer-wise report.",
     "interlayer.layers": "Layer numbering and its converters.",
+    "interlayer.naming": "Each ecosystem's name for a hook site (Hugging Face, TransformerLens, sparsify, Gemma Scope 2, "
+                         "tuned-lens, llama.cpp, repeng), converted both ways.",
 }
 """The public packages and modules whose ``__all__`` makes up the API reference."""
 
@@ -25,6 +30,25 @@ API_MODULES = {
 def public_names(module: str) -> list[str]:
     """The names of ``module.__all__``, in their order."""
     return list(importlib.import_module(module).__all__)
+
+
+def _identifier(module: str, name: str) -> str:
+    """What mkdocstrings should render for ``module.name``: where a function shares its
+    name with a submodule (``interlayer.probes.mexa``), griffe would find the submodule,
+    so the function's own path (``interlayer.probes.mexa.mexa``) is given."""
+    ident = f"{module}.{name}"
+    if ident in sys.modules and not inspect.ismodule(getattr(importlib.import_module(module), name)):
+        ident += f".{name}"
+    return ident
+
+
+ROLE = re.compile(r":(?:class|func|meth|attr|data|mod|exc|obj):<code>(~?)([^<]+)</code>")
+
+
+def plain_roles(html: str) -> str:
+    """Sphinx roles in docstrings (``:func:`cache```) as the bare code name, the last part
+    after ``~`` (``:class:`~interlayer.Edit``` shows ``Edit``)."""
+    return ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
 
 
 def api_pages() -> dict[str, str]:
@@ -35,7 +59,7 @@ def api_pages() -> dict[str, str]:
         lines = [f"# `{module}`", "", summary, "",
                  f"Every name below is in `{module}.__all__`; this page is generated from the docstrings.", ""]
         for name in public_names(module):
-            lines += [f"::: {module}.{name}", "    options:", "      heading_level: 2", ""]
+            lines += [f"::: {_identifier(module, name)}", "    options:", "      heading_level: 2", ""]
         pages[module] = "\n".join(lines)
     return pages
 

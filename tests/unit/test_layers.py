@@ -23,16 +23,32 @@ def test_hidden_index_round_trips_and_zero_is_the_embeddings():
         layer_from_hidden_index(1.5, n)
 
 
-def test_llama_cpp_directions_are_one_based():
-    assert gguf_direction(0) == 1 and layer_from_gguf_direction(1, 18) == 0 and layer_from_gguf_direction(18, 18) == 17
-    for layer in range(18):
-        assert layer_from_gguf_direction(gguf_direction(layer), 18) == layer
-    with pytest.raises(LayerIndexError, match="direction.999 is out of range; a 18-layer model has direction.1..direction.18"):
-        layer_from_gguf_direction(999, 18)
-    with pytest.raises(LayerIndexError, match="direction.0"):
+def test_llama_cpp_direction_n_is_block_n_and_block_0_has_none():
+    # llama.cpp adds direction.N to the output of 0-based block N (common_control_vector_load_one,
+    # llama_adapter_cvec::apply, build_cvec); it never steers block 0
+    assert gguf_direction(1) == 1 and gguf_direction(17, 18) == 17
+    assert layer_from_gguf_direction(1, 18) == 1 and layer_from_gguf_direction(17, 18) == 17
+    for layer in range(1, 18):
+        assert layer_from_gguf_direction(gguf_direction(layer, 18), 18) == layer
+    with pytest.raises(LayerIndexError, match=r"layer 0 \(resid_post\.0\) has no llama\.cpp direction: llama\.cpp "
+                                              r"never applies a control vector to block 0"):
+        gguf_direction(0)
+    with pytest.raises(LayerIndexError, match=r"direction\.18 is out of range; llama\.cpp applies "
+                                              r"direction\.1\.\.direction\.17"):
+        layer_from_gguf_direction(18, 18)
+    with pytest.raises(LayerIndexError, match="direction.0 is out of range.*never applies a control vector to block 0"):
         layer_from_gguf_direction(0)
+    with pytest.raises(LayerIndexError, match=r"give a block index 1\.\.17"):
+        gguf_direction(18, 18)
     with pytest.raises(LayerIndexError):
         gguf_direction(-1)
+
+
+def test_hidden_index_l_is_ln_final_when_the_layer_count_is_known():
+    assert hidden_index_site(18, 18) == "ln_final" and hidden_index_site(17, 18) == "resid_post.16"
+    assert hidden_index_site(18) == "resid_post.17"  # without n_layers: the block-count position
+    with pytest.raises(LayerIndexError, match=r"valid hidden indices are 0\.\.18 \(0 is the embeddings, 18 is ln_final"):
+        hidden_index_site(19, 18)
 
 
 def test_relative_depth_is_one_axis_for_blocks_and_hidden_states():

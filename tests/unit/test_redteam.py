@@ -218,7 +218,7 @@ UNIT = (np.ones(D) / np.sqrt(D)).astype(np.float32)
     ("S26", {"direction.1": UNIT.reshape(2, D // 2)}, None,
      r"direction\.1 has shape \[2, 16\]; llama\.cpp control vectors hold one \[n_embd\] vector per layer "
      r"\(expected shape \[d_model\]\)"),
-    ("S27", {"direction.1": np.full(D, np.nan)}, None, r"layer 0's direction holds 32 NaN or infinite value"),
+    ("S27", {"direction.1": np.full(D, np.nan)}, None, r"layer 1's direction holds 32 NaN or infinite value"),
 ])
 def test_S20_to_S27_malformed_gguf_control_vectors_are_one_line_errors(tmp_path, case, tensors, metadata, message):
     path = _gguf(tmp_path / f"{case}.gguf", tensors, metadata)
@@ -240,8 +240,8 @@ def test_S24_gguf_layer_numbering_is_still_checked(tmp_path):
 
 def test_S25_a_layer_the_model_lacks_is_refused_naming_its_layer_count(model, tmp_path):
     path = _gguf(tmp_path / "deep.gguf", {"direction.999": UNIT})
-    assert from_gguf(path).layers == [998]  # without a model there is nothing to check it against
-    with pytest.raises(LayerIndexError, match=r"deep\.gguf: the vector has layer 998, but .* has 3 layers; "
+    assert from_gguf(path).layers == [999]  # without a model there is nothing to check it against
+    with pytest.raises(LayerIndexError, match=r"deep\.gguf: the vector has layer 999, but .* has 3 layers; "
                                               r"valid layers are 0\.\.2"):
         from_gguf(path, model)
     SteeringVector({998: torch.from_numpy(UNIT)}).save(tmp_path / "deep.safetensors")

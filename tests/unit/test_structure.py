@@ -141,7 +141,7 @@ CORE_LEVELS: tuple[tuple[str, ...], ...] = (
     ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals", "interlayer.progress",
      "interlayer.layers", "interlayer._moved", "interlayer.decode_outputs"),
     ("interlayer.model",),
-    ("interlayer.store", "interlayer.decoding", "interlayer.prompts"),
+    ("interlayer.store", "interlayer.decoding", "interlayer.prompts", "interlayer.naming"),
     ("interlayer.generation",),
     ("interlayer.cli",),
     ("interlayer", "interlayer.__main__"),

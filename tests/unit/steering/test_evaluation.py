@@ -3,6 +3,7 @@ GGUF control vectors through the gguf package; the steer commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import torch
 
 import interlayer
 from interlayer.cli import dispatch as cli
-from interlayer.errors import InterlayerError
+from interlayer.errors import InterlayerError, LayerIndexError
 from interlayer.steering import ContrastPair, SteeringVector, answer_prompts, from_gguf, sweep, to_gguf, train_vectors
 from tests.tiny_models import make_tiny, make_tokenizer
 
@@ -110,22 +111,26 @@ def test_answer_prompts_part_where_the_answers_differ(model):
 def test_gguf_control_vector_round_trip_with_the_gguf_package(model, tmp_path, caplog):
     import gguf
 
-    v = train_vectors(model, PAIRS, [0, 2], method="pca", normalize=False, progress=False)
+    v = train_vectors(model, PAIRS, [1, 2], method="pca", normalize=False, progress=False)
     v.extra["model_type"] = "llama"
     to_gguf(v, tmp_path / "v.gguf")
     reader = gguf.GGUFReader(str(tmp_path / "v.gguf"))
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "controlvector"
-    assert sorted(t.name for t in reader.tensors) == ["direction.1", "direction.3"]  # llama.cpp counts from 1
+    assert sorted(t.name for t in reader.tensors) == ["direction.1", "direction.2"]  # llama.cpp: direction.N is block N
     back = from_gguf(tmp_path / "v.gguf", model)
-    assert back.layers == [0, 2] and all(torch.equal(back[l], v[l]) for l in v.layers)
+    assert back.layers == [1, 2] and all(torch.equal(back[l], v[l]) for l in v.layers)
     assert back.method == "pca" and back.dataset == "custom"
-    hinted = SteeringVector({0: torch.randn(32)})
+    with pytest.raises(LayerIndexError, match=r"z\.gguf was not written: layer 0 \(resid_post\.0\) has no llama\.cpp "
+                                              r"direction: llama\.cpp never applies a control vector to block 0"):
+        to_gguf(SteeringVector({0: torch.randn(32), 1: torch.randn(32)}), tmp_path / "z.gguf")
+    assert not (tmp_path / "z.gguf").exists()
+    hinted = SteeringVector({1: torch.randn(32)})
     to_gguf(hinted, tmp_path / "h.gguf", hint="gemma3")
     with caplog.at_level(logging.WARNING):
         from_gguf(tmp_path / "h.gguf", model)
     assert "names model 'gemma3'" in caplog.text
-    to_gguf(SteeringVector({0: torch.randn(48)}), tmp_path / "w.gguf", hint="llama")
+    to_gguf(SteeringVector({1: torch.randn(48)}), tmp_path / "w.gguf", hint="llama")
     with pytest.raises(InterlayerError, match="width 48, but .* has d_model=32: it was made for another model"):
         from_gguf(tmp_path / "w.gguf", model)
     with pytest.raises(InterlayerError, match="resid_post"):
@@ -157,7 +162,13 @@ def test_steer_commands(tmp_path, capsys):
     loaded = SteeringSweepResult.load(tmp_path / "s.json")  # what the command wrote opens in Python
     assert loaded.to_json() == payload and (loaded.shift_low <= loaded.shift + 1e-12).all()
     assert (tmp_path / "s.html").read_text().count("<script") >= 1
-    assert cli.main(["steer", "export", "--vector", str(vec), "--out", str(tmp_path / "v.gguf")]) == 0
+    capsys.readouterr()
+    assert cli.main(["steer", "export", "--vector", str(vec), "--out", str(tmp_path / "v.gguf")]) == 2  # has layer 0
+    assert "llama.cpp never applies a control vector to block 0" in capsys.readouterr().err
+    one = dataclasses.replace(SteeringVector.load(vec), directions={1: SteeringVector.load(vec)[1]})
+    one.save(tmp_path / "one.safetensors")
+    assert cli.main(["steer", "export", "--vector", str(tmp_path / "one.safetensors"), "--out", str(tmp_path / "v.gguf")]) == 0
+    assert "tensors direction.1 (direction.N is added to block N's output, resid_post.N)" in capsys.readouterr().out
     assert cli.main(["steer", "export", "--vector", str(tmp_path / "v.gguf"), "--out", str(tmp_path / "back.safetensors")]) == 0
     assert torch.equal(SteeringVector.load(tmp_path / "back.safetensors")[1], SteeringVector.load(vec)[1])
     capsys.readouterr()
