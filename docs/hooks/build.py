@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +31,7 @@ _outputs: dict[str, dict[str, str]] = {}
 API_SOURCE = HERE.parents[1] / "build" / "api-source"
 
 
+@event_priority(100)  # before mkdocstrings reads its paths
 def on_config(config, **kwargs):
     """Lay the package out for mkdocstrings as it is installed: the method folders
     (``lens/``, ``saes/``, ...) are sub-packages of ``interlayer`` only through
@@ -78,5 +80,7 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
 
 def on_page_content(html, page, config, files, **kwargs):
     """Insert the notebooks' rendered outputs after markdown conversion."""
+    if page.file.src_uri.startswith("reference/api/"):
+        return reference.plain_roles(html)
     outputs = _outputs.get(page.file.src_uri)
     return notebooks.fill(html, outputs) if outputs else html

@@ -40,7 +40,9 @@ def test_api_pages_have_one_block_per_public_name():
     pages = reference.api_pages()
     for module in reference.API_MODULES:
         for name in reference.public_names(module):
-            assert f"::: {module}.{name}\n" in pages[module], (module, name)
+            assert f"::: {reference._identifier(module, name)}\n" in pages[module], (module, name)
+    assert "::: interlayer.probes.mexa.mexa\n" in pages["interlayer.probes"]
+    assert reference.plain_roles(":func:<code>~interlayer.collect</code> :class:<code>Edit</code>") == "<code>collect</code> <code>Edit</code>"
 
 
 def test_home_page_links_into_the_site():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-griffe = pytest.importorskip("griffe", reason="griffe comes with the docs extra (mkdocstrings-python)")
+import griffe  # the docs extra (mkdocstrings-python), part of the test extra
 
 ROOT = Path(__file__).resolve().parents[2]
 STYLE = "google"
@@ -192,10 +192,6 @@ def test_every_public_name_has_its_block_in_the_api_pages():
     assert not unlisted, f"API pages missing from mkdocs.yml's nav: {unlisted}"
 
 
-@pytest.mark.xfail(strict=True, reason="docs/hooks/reference.py's api_pages() writes `::: interlayer.probes.mexa` "
-                   "(and lens.saturation, lens.logit_lens), which griffe reads as the submodule, not the function of "
-                   "the same name: the page shows the module. Write the function's own path "
-                   "(`::: interlayer.probes.mexa.mexa`) for such names, then remove this marker.")
 def test_every_block_shows_the_object_the_name_is(package):
     """A ``:::`` block renders what griffe finds under its identifier; a module there must
     be a module at run time, not the function that shares its name (an old name assigned to
