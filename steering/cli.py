@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from interlayer.cli.registry import check_outputs, command, say, show, write_figure, write_json_output
+from interlayer.cli.registry import check_outputs, command, note, say, show, write_figure, write_json_output
 from interlayer.errors import InterlayerError
 from interlayer.io.files import check_writable
 from interlayer.options import as_list, resolve_layers
@@ -131,6 +131,29 @@ def run_sweep(cfg: SteerSweepConfig) -> int:
     return 0
 
 
+def _export_layers(vector, spec: str | None):
+    """The vector restricted to ``--layers``; by default without layer 0, which llama.cpp
+    never steers (a note says so). Layer 0 asked for explicitly is refused by ``to_gguf``."""
+    import dataclasses
+
+    if spec is None or spec.strip() == "all":
+        layers = [l for l in vector.layers if l != 0]
+        if not layers:
+            raise InterlayerError("the vector has only layer 0, which llama.cpp never steers; nothing to export")
+        if len(layers) < len(vector.layers):
+            note("layer 0 is left out of the .gguf: llama.cpp adds direction.N to block N's output and never steers "
+                 "block 0 (--layers names the layers to write)")
+    else:
+        try:
+            layers = resolve_layers(spec, max(vector.layers) + 1)
+        except InterlayerError:
+            raise InterlayerError(f"--layers {spec!r}: the vector's layers are {vector.layers}") from None
+        missing = [l for l in layers if l not in vector.directions]
+        if missing:
+            raise InterlayerError(f"--layers {spec!r}: the vector has no layer {missing[0]}; its layers are {vector.layers}")
+    return dataclasses.replace(vector, directions={l: vector.directions[l] for l in layers})
+
+
 @command("steer export", SteerExportConfig)
 def run_export(cfg: SteerExportConfig) -> int:
     from .gguf_io import to_gguf
@@ -140,6 +163,7 @@ def run_export(cfg: SteerExportConfig) -> int:
         raise InterlayerError(f"--vector {cfg.vector!r} does not exist")
     vector = load_vector(cfg.vector)
     if Path(cfg.out).suffix.lower() == ".gguf":
+        vector = _export_layers(vector, cfg.layers)
         to_gguf(vector, cfg.out, hint=cfg.model_hint)
         show(f"wrote {cfg.out}: llama.cpp control vector, tensors "
              f"{', '.join(f'direction.{l}' for l in vector.layers)} (direction.N is added to block N's output, "

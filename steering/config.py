@@ -87,3 +87,5 @@ class SteerExportConfig(Options):
                           ".safetensors (an interlayer vector, from a .gguf)", required=True,
                           suffixes=(".gguf", ".safetensors"))
     model_hint: str | None = option(None, "the architecture named in the GGUF (default: the vector's model)")
+    layers: str | None = option(None, "layers to write to a .gguf: block indices and ranges such as 4-12 (default: every "
+                                "layer of the vector but 0, which llama.cpp never steers)", parse=layer_spec)

@@ -163,8 +163,18 @@ def test_steer_commands(tmp_path, capsys):
     assert loaded.to_json() == payload and (loaded.shift_low <= loaded.shift + 1e-12).all()
     assert (tmp_path / "s.html").read_text().count("<script") >= 1
     capsys.readouterr()
-    assert cli.main(["steer", "export", "--vector", str(vec), "--out", str(tmp_path / "v.gguf")]) == 2  # has layer 0
+    # layer 0 asked for: refused, nothing written; by default it is left out, with a note
+    assert cli.main(["steer", "export", "--vector", str(vec), "--layers", "0,1", "--out", str(tmp_path / "v.gguf")]) == 2
     assert "llama.cpp never applies a control vector to block 0" in capsys.readouterr().err
+    assert not (tmp_path / "v.gguf").exists()
+    assert cli.main(["steer", "export", "--vector", str(vec), "--layers", "3", "--out", str(tmp_path / "v.gguf")]) == 2
+    assert "--layers '3': the vector's layers are [0, 1]" in capsys.readouterr().err
+    assert cli.main(["steer", "export", "--vector", str(vec), "--out", str(tmp_path / "v.gguf")]) == 0
+    assert "layer 0 is left out of the .gguf" in capsys.readouterr().err
+    from interlayer.steering import from_gguf
+
+    assert from_gguf(tmp_path / "v.gguf").layers == [1]
+    (tmp_path / "v.gguf").unlink()
     one = dataclasses.replace(SteeringVector.load(vec), directions={1: SteeringVector.load(vec)[1]})
     one.save(tmp_path / "one.safetensors")
     assert cli.main(["steer", "export", "--vector", str(tmp_path / "one.safetensors"), "--out", str(tmp_path / "v.gguf")]) == 0
