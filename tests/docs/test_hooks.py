@@ -98,3 +98,18 @@ def test_unknown_generated_table_is_an_error():
     with pytest.raises(ValueError, match="unknown generated table 'nope'"):
         tables.fill("<!-- generated: nope -->")
     assert "| result file" in tables.fill("<!-- generated: benchmark-results -->")
+
+
+def test_findings_tables_carry_the_result_files_numbers():
+    import csv
+
+    rows = list(csv.DictReader((tables.RESULTS / "sae_gemma_sweep_pareto.csv").open(encoding="utf-8")))
+    table = tables.fill("<!-- generated: sae-sweep -->")
+    assert table.count("\n") >= len(rows)  # one line per member, plus the header
+    for row in rows:
+        line = next(l for l in table.splitlines() if f"`{row['member']}`" in l or f" {row['member']} " in l)
+        assert f"| {tables._l0(row['l0'])} | {float(row['explained_variance']):.3f} |" in line, line
+    qa = tables.fill("<!-- generated: knowledge-qa -->")
+    for path in tables.RESULTS.glob("knowledge_findings_*.json"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        assert record["model"] in qa
