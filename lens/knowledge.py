@@ -184,7 +184,7 @@ class IKSResult(Result):
         return mean_interval(self.values, bounds=(0.0, math.inf))
 
     def to_json(self) -> dict[str, Any]:
-        """The schema of ``interlayer iks --out``; ``iks`` has one mean per layer (all
+        """The schema of ``interlayer lens iks --out``; ``iks`` has one mean per layer (all
         layers of the model, in order) with its interval (``iks_low``, ``iks_high``);
         ``values`` and ``chosen`` are the per-step data :meth:`load` rebuilds from."""
         low, high = self.interval()

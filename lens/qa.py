@@ -1,4 +1,4 @@
-"""Retrieval-augmented QA with layer-aware decoding (``interlayer qa``): each decoding
+"""Retrieval-augmented QA with layer-aware decoding (``interlayer lens qa``): each decoding
 (greedy, LFD, DoLa, LFD with a random layer) answers every question closed book (no
 passage) and open book (the gold passage, optionally among ``noise_docs`` passages of
 other questions); exact match and answer-contained with 95% Wilson intervals.

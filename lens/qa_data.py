@@ -1,4 +1,4 @@
-"""Question-answering data for retrieval-augmented evaluation (``interlayer qa``).
+"""Question-answering data for retrieval-augmented evaluation (``interlayer lens qa``).
 
 Dataset names (the packaged subsets, their sources and licences are in
 ``lens/data/knowledge/``):

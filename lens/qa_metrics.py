@@ -1,4 +1,4 @@
-"""Scoring for question answering (``interlayer qa``): SQuAD exact match, answer
+"""Scoring for question answering (``interlayer lens qa``): SQuAD exact match, answer
 containment and Wilson confidence intervals.
 
 * :func:`exact_match` -- the SQuAD metric (Rajpurkar et al. 2016): the normalised

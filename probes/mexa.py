@@ -167,7 +167,7 @@ class MexaResult(Result):
         return {lang: max(v) for lang, v in self.scores.items()}
 
     def to_json(self) -> dict[str, Any]:
-        """The schema of ``interlayer mexa --out``: ``layers`` (block index, null for the
+        """The schema of ``interlayer probes mexa --out``: ``layers`` (block index, null for the
         embeddings) and ``hidden_index`` name each score's position."""
         return {"model": self.model, "pooling": self.pooling, "n": self.n, "pivot": self.pivot, "layers": self.layers,
                 "hidden_index": self.hidden_index, "languages": list(self.scores), "scores": self.scores,
