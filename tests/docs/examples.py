@@ -2,9 +2,9 @@
 
 A fenced block is an example by its language:
 
-* ```` ```python ````: run, page by page, in order, in one fresh interpreter;
-* ```` ```bash ````: run with ``bash -euo pipefail``, after the page's Python blocks, with
-  the ``interlayer`` script of this interpreter first on ``PATH``;
+* ```` ```python ````: run, page by page, in order, in one fresh namespace;
+* ```` ```bash ````: run line by line after the page's Python blocks (``interlayer`` lines
+  through ``interlayer.cli.main``, others in bash; see ``test_examples.py``);
 * any other language (``text``, ``toml``, ``json``, ``console``): shown, not run (usage
   lines, outputs and file formats).
 
