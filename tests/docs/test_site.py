@@ -102,5 +102,6 @@ def test_pages_render_offline_and_figures_draw(site):
             browser.close()
     assert problems == [], problems
     assert requests == [], requests
+    # every tutorial's figures drew (the store notebook shows tables and tensors, no figure)
     tutorials = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
-    assert set(figures) >= {f"{name}.html" for name in tutorials}, figures
+    assert set(figures) == {f"{name}.html" for name in tutorials if name != "store"}, figures
