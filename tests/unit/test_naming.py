@@ -272,20 +272,9 @@ def test_to_gguf_offsets_are_the_blocks_llama_cpp_steers(tmp_path):
 
 
 def _gguf_file(path, tensors: dict[str, np.ndarray], fields: dict[str, str]):
-    import gguf
+    from tests.unit.test_redteam import _gguf
 
-    writer = gguf.GGUFWriter(str(path), "controlvector")
-    writer.add_string("controlvector.model_hint", "llama")
-    writer.add_uint32("controlvector.layer_count", len(tensors))
-    for key, value in fields.items():
-        writer.add_string(key, value)
-    for name, data in tensors.items():
-        writer.add_tensor(name, data.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _gguf(path, tensors, fields=fields)
 
 
 def test_files_written_by_older_interlayer_are_read_as_written(tmp_path, caplog):

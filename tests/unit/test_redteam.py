@@ -187,7 +187,10 @@ def test_S15_the_chat_field_is_saved_and_loaded(model, tmp_path):
 
 
 # ------------------------------------------------------------------ D5: malformed vector files
-def _gguf(path, tensors: dict[str, np.ndarray], metadata: str | None = None, arch: str = "controlvector"):
+def _gguf(path, tensors: dict[str, np.ndarray], metadata: str | None = None, arch: str = "controlvector",
+          fields: dict[str, str] | None = None):
+    """A control-vector GGUF written by hand: ``tensors`` by name, string ``fields`` (and
+    ``interlayer.metadata`` when given), as interlayer, llama.cpp or an older version would."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
@@ -195,6 +198,8 @@ def _gguf(path, tensors: dict[str, np.ndarray], metadata: str | None = None, arc
     writer.add_uint32("controlvector.layer_count", len(tensors))
     if metadata is not None:
         writer.add_string("interlayer.metadata", metadata)
+    for key, value in (fields or {}).items():
+        writer.add_string(key, value)
     for name, data in tensors.items():
         writer.add_tensor(name, data.astype(np.float32))
     writer.write_header_to_file()
