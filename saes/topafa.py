@@ -166,3 +166,136 @@ def encode(pre: torch.Tensor, decoder_norms: torch.Tensor, target: torch.Tensor,
     if not entries:
         return f, k
     return f, k, tuple(torch.cat(parts) for parts in zip(*found))
+
+
+class Entries(NamedTuple):
+    """The kept latents of every row, row-major (:func:`entries`)."""
+
+    k: torch.Tensor
+    """``[B]`` long: how many latents each row keeps."""
+    cols: torch.Tensor
+    """``[nnz]`` long: the kept latents, row 0's first, each row's in descending score order."""
+    offsets: torch.Tensor
+    """``[B]`` long: where each row's entries start in :attr:`cols` (``cumsum(k) - k``)."""
+
+
+MARGIN = {torch.float32: 2.0 ** -7, torch.float64: 2.0 ** -7}
+"""How far past ``A^2`` (relative) the threshold search aims, so that the candidate set's
+own cumulative sum, rounded in the scores' dtype, surely reaches ``A`` (half dtypes: 2^-4)."""
+
+
+def _settle(values: torch.Tensor, target: torch.Tensor, h: int, sentinel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` from the ``m`` largest keys (descending) and whether that prefix settles the row:
+    its crossing ``sqrt(C_m) >= A`` lies within it, it holds every positive score (the rest
+    add nothing), or it is the whole row. With ``sentinel`` and ``m < h`` a row whose
+    ``|sqrt(1e8) - A|`` beats the prefix's best is not settled (its ``k`` is ``h``)."""
+    m = values.shape[-1]
+    scores = torch.relu(values).square()
+    cumulative = scores.cumsum(-1)
+    if sentinel and m == h:
+        cumulative[..., -1] = SENTINEL
+    gaps = (cumulative.sqrt() - target.unsqueeze(-1)).abs()
+    best, chosen = gaps.min(-1)  # first minimum
+    settled = (cumulative[:, -1].sqrt() >= target) | (scores[:, -1] == 0) | (m == h)
+    if sentinel and m < h:
+        far = (torch.full((1,), SENTINEL, dtype=scores.dtype, device=scores.device).sqrt() - target).abs()
+        settled &= ~(far < best)
+    return chosen + 1, settled
+
+
+def _threshold_counts(keys: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, how many of the largest scores a bisection on the scores' float bits says
+    reach ``A^2 (1 + margin)``: the largest threshold ``t`` with ``sum(s >= t) >= goal``
+    (31 halvings of the int32 bit range), or every positive score when even their sum
+    falls short. No sort; ``O(31 h)`` per row."""
+    s = torch.relu(keys).square().float()
+    bits = s.view(torch.int32)
+    goal = target.float().square() * (1 + MARGIN.get(keys.dtype, 2.0 ** -4))
+    lo = torch.zeros(s.shape[0], dtype=torch.int32, device=s.device)
+    hi = bits.amax(-1)
+    for _ in range(31):
+        mid = lo + (hi - lo + 1) // 2
+        ok = torch.where(bits >= mid.unsqueeze(-1), s, 0.0).sum(-1) >= goal
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid - 1)
+    t = torch.where(s.sum(-1) >= goal, lo, 1).clamp_min(1)
+    return (bits >= t.unsqueeze(-1)).sum(-1)
+
+
+def _stage(keys: torch.Tensor, target: torch.Tensor, m: int, sentinel: bool):
+    """The ``m`` largest keys per row, sorted (a full stable sort when ``m`` is ``h``),
+    with :func:`_settle`'s ``k`` and verdict."""
+    h = keys.shape[-1]
+    if m >= h:
+        values, indices = keys.sort(dim=-1, descending=True, stable=True)
+    else:
+        values, indices = keys.topk(m, dim=-1, sorted=True)
+    k, settled = _settle(values, target, h, sentinel)
+    return indices, k, settled
+
+
+def entries_torch(keys: torch.Tensor, target: torch.Tensor, candidates: int = 64, sentinel: bool = False) -> Entries:
+    """:func:`entries` in plain torch (the CPU path, and the CUDA path without Triton).
+
+    The rows the first ``topk(candidates)`` cannot settle get one threshold search
+    (:func:`_threshold_counts`) and one ``topk`` of the largest count it gives; rows that
+    still are not settled (the sentinel's ``k = h``, or rounding beyond the margin) get the
+    full sort. Host syncs: one for ``nnz``, and on CPU-cheap checks for unsettled rows.
+    """
+    n, h = keys.shape
+    m = max(1, min(int(candidates), h))
+    indices, k, settled = _stage(keys, target, m, sentinel)
+    if bool(settled.all()):
+        kept = torch.arange(m, device=keys.device) < k.unsqueeze(-1)
+        return Entries(k, indices[kept], k.cumsum(0) - k)
+    k = k.clone()
+    done = [(None, indices, settled)]
+    rows = (~settled).nonzero(as_tuple=True)[0]
+    for full in (False, True):
+        part, goal = keys[rows], target[rows]
+        size = h if full else int(_threshold_counts(part, goal).max())
+        got, k_rows, ok = _stage(part, goal, max(size, 1), sentinel)
+        k[rows] = k_rows
+        done.append((rows, got, ok))
+        rows = rows[~ok]
+        if rows.numel() == 0:
+            break
+    offsets = k.cumsum(0) - k
+    cols = torch.empty(int(k.sum()), dtype=torch.long, device=keys.device)
+    for rows, got, ok in done:
+        kk = k if rows is None else k[rows]
+        start = offsets if rows is None else offsets[rows]
+        rank = torch.arange(got.shape[-1], device=keys.device)
+        kept = (rank < kk.unsqueeze(-1)) & ok.unsqueeze(-1)
+        cols[(start.unsqueeze(-1) + rank)[kept]] = got[kept]
+    return Entries(k, cols, offsets)
+
+
+def entries(keys: torch.Tensor, target: torch.Tensor, candidates: int = 64, sentinel: bool = False) -> Entries:
+    """The latents :func:`select_sorted` keeps, per row, as row-major entries, without a
+    ``[B, h]`` mask.
+
+    ``keys = pre.detach() * ||W_dec,i||`` (any float dtype); the scores are
+    ``relu(keys)^2``, so the kept set equals
+    ``select_sorted(relu(keys) ** 2, target, sentinel).keep`` (exact up to ties between
+    equal scores, whose choice is immaterial to the code). On CUDA tensors with Triton
+    importable this runs the fused per-row kernel (:mod:`interlayer.saes.topafa_triton`),
+    whose one host sync is reading ``nnz`` to size ``cols``; otherwise
+    :func:`entries_torch`.
+
+    Args:
+        keys: ``[B, h]`` ``pre * decoder_norms``; negative keys score 0.
+        target: ``[B]`` the norms ``A``.
+        candidates: the first candidate-set size (speed only, never the result).
+        sentinel: the authors' ``C_h = 1e8`` (``k = h`` excluded).
+
+    Returns:
+        :class:`Entries` ``(k, cols, offsets)``; row ``b``'s kept latents are
+        ``cols[offsets[b] : offsets[b] + k[b]]``.
+    """
+    if keys.is_cuda:
+        from . import topafa_triton
+
+        if topafa_triton.available():
+            return Entries(*topafa_triton.entries(keys, target, candidates, sentinel))
+    return entries_torch(keys, target, candidates, sentinel)
