@@ -38,9 +38,11 @@ from .cache_files import (IDENTITY_FIELDS, MANIFEST, cache_chunks, open_manifest
                           remove_stale_shards, write_shard)
 from .cache_ranks import cache_on_ranks
 from .capture import row_bytes
+from .collect import Activations
 from .inputs import contexts_for_tokens, data_fingerprint
 from .options import KeywordOptions, check_inputs, check_sites
 from .shards import read_shard
+from .writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +51,21 @@ log = logging.getLogger(__name__)
 @dataclass
 class CacheOptions(KeywordOptions, Options):
     """Options of :func:`cache` (the ``interlayer cache`` command adds the model, data, sites
-    and output; its config declares these fields once, as ``CacheOptions.variant(name)``)."""
+    and output; its config declares these fields once, as ``CacheOptions.variant(name)``).
+
+    Memory: a chunk (one shard) holds at most ``memory_mb`` of rows. The model fills one
+    chunk while the writer thread (:mod:`interlayer.store.writer`) serialises, checksums and
+    writes up to ``write_queue`` earlier ones, so the host holds at most ``write_queue + 1``
+    chunks of rows, plus the serialised bytes of the shard being written: about
+    ``(write_queue + 2) * memory_mb`` (``2 * memory_mb`` with ``write_queue=0``)."""
 
     tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
     context_length: int = option(CONTEXT_LENGTH, "tokens per packed context, BOS included", min=2)
     batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
     storage_dtype: str = option("float32", "dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
+    write_queue: int = option(2, "shards handed to the writer thread and not yet written, at most (0: each shard "
+                                 "is written on the calling thread before the next chunk is computed)", min=0, cli=False)
     disk_budget_mb: float | None = option(None, "stop cleanly before the shards exceed this many MiB", above=0)
     text_field: str = option("text", "JSON field or parquet column holding the text")
     seed: int = option(0, "under torchrun: the seed of the split of the token stream among the ranks")
@@ -82,7 +92,7 @@ class CacheOptions(KeywordOptions, Options):
 def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out: str | Path, tokens: int | None = None,
           *, context_length: int = CONTEXT_LENGTH, batch_size: int = 8, storage_dtype: str = "float32", memory_mb: float = 256.0,
           disk_budget_mb: float | None = None, text_field: str = "text", seed: int = 0, progress: bool = True,
-          options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
+          write_queue: int = 2, options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
           dtype: str | None = None, world: World | None = None) -> ActivationStore | None:
     """Write the activations of ``tokens`` tokens at ``sites`` to shards in ``out``.
 
@@ -100,8 +110,12 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
         text_field: JSON field or parquet column holding the text.
         seed: under torchrun, the seed of the split of the token stream among the ranks.
         progress: show a progress bar.
+        write_queue: shards handed to the writer thread and not yet written, at most (the
+            bounded queue; 0: each shard is written before the next chunk is computed).
         options: all of the above as one :class:`CacheOptions` (then give none of them as keywords).
-        on_shard: called with each shard's index once it is written.
+        on_shard: called with each shard's index once it is written and listed in the
+            manifest (on the writer thread; an exception it raises stops the run and is
+            raised here).
         dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
         world: the processes that write the cache together (default: the ambient one,
             :func:`interlayer.distributed.current`; one process outside ``torchrun``).
@@ -152,23 +166,36 @@ def cache_identity(model: ModelAdapter, data: Any, sites: list[Site], options: C
 
 def _write_shards(model: ModelAdapter, data: Any, sites: list[Site], out: Path, manifest: dict[str, Any],
                   options: CacheOptions, on_shard: Callable[[int], None] | None) -> None:
+    """Compute the chunks not yet cached and write them as shards on the writer thread
+    (:class:`~interlayer.store.writer.ShardWriter`); each is listed in the manifest once whole."""
     done_rows = sum(s["rows"] for s in manifest["shards"])
     done_contexts = sum(s["contexts"] for s in manifest["shards"])
     needed = contexts_for_tokens(model, options.tokens, options.context_length)  # contexts an uninterrupted run takes
     bar = tqdm(total=options.tokens, initial=done_rows, unit="tok", unit_scale=True, disable=not options.progress,
                desc="cache")
+
+    def job(acts: Activations, room: int) -> Callable[[], None]:
+        def write() -> None:
+            bar.update(write_shard(out, manifest, acts, room, options.disk_budget_mb))
+            if on_shard is not None:
+                on_shard(len(manifest["shards"]) - 1)
+
+        return write
+
+    planned, index = done_rows, len(manifest["shards"])
     try:
         if done_rows < options.tokens and needed > done_contexts:
-            for acts in cache_chunks(model, data, sites, options, done_contexts, needed - done_contexts):
-                rows = write_shard(out, manifest, acts, options.tokens - done_rows, options.disk_budget_mb)
-                done_rows += rows
-                bar.update(rows)
-                if on_shard is not None:
-                    on_shard(len(manifest["shards"]) - 1)
-                if done_rows >= options.tokens:
-                    break
+            with ShardWriter(options.write_queue, f"the cache {out}") as writer:
+                for acts in cache_chunks(model, data, sites, options, done_contexts, needed - done_contexts):
+                    room = options.tokens - planned
+                    writer.submit(f"shard {index} (shard_{index:05d}.safetensors)", job(acts, room))
+                    planned, index = planned + min(len(acts), room), index + 1
+                    del acts  # the writer holds it until it is written
+                    if planned >= options.tokens:
+                        break
     finally:
         bar.close()
+    done_rows = sum(s["rows"] for s in manifest["shards"])
     if done_rows == 0:
         raise InterlayerError("the data produced no tokens to cache")
     if done_rows < options.tokens:

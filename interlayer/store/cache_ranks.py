@@ -43,6 +43,7 @@ from ..errors import CacheCorruptError, InterlayerError
 from ..io.files import write_json_atomic
 from ..io.seeding import epoch_permutation
 from .shards import read_shard
+from .writer import ShardWriter
 from ..model.sites import Site
 
 log = logging.getLogger(__name__)
@@ -146,17 +147,33 @@ def _write_part(model: ModelAdapter, data: Any, sites: list[Site], out: Path, pa
             skip = part["next_batch"] * options.batch_size
             chunks = store_files.cache_chunks(model, data, sites, options, skip, needed - skip,
                                               keep_batches=lambda j: j < n_batches and owners[j] == world.rank)
-            for acts in chunks:
-                row = acts.meta["sequence"] * per_context + acts.meta["position"] - first
-                if int(row.max()) >= options.tokens:
-                    acts = acts.rows(row < options.tokens)
-                part["next_batch"] = int(acts.meta["sequence"].max()) // options.batch_size + 1
-                rows = store_files.write_shard(out, part, acts, len(acts), budget, prefix=f"shard_r{world.rank:03d}_",
-                                                manifest_file=part_name(world))
-                bar.update(rows)
-                if on_shard is not None:
-                    on_shard(len(part["shards"]) - 1)
+            prefix, index = f"shard_r{world.rank:03d}_", len(part["shards"])
+            with ShardWriter(getattr(options, "write_queue", 2), f"rank {world.rank}'s part of {out}") as writer:
+                for acts in chunks:
+                    row = acts.meta["sequence"] * per_context + acts.meta["position"] - first
+                    if int(row.max()) >= options.tokens:
+                        acts = acts.rows(row < options.tokens)
+                    next_batch = int(acts.meta["sequence"].max()) // options.batch_size + 1
+                    writer.submit(f"shard {index} ({prefix}{index:05d}.safetensors)",
+                                  _shard_job(out, part, acts, next_batch, budget, world, bar, on_shard))
+                    index += 1
+                    del acts  # the writer holds it until it is written
     finally:
         bar.close()
     part["complete"] = True
     write_json_atomic(out / part_name(world), part)
+
+
+def _shard_job(out: Path, part: dict[str, Any], acts: Any, next_batch: int, budget: float | None, world: World,
+               bar: Any, on_shard: Callable[[int], None] | None) -> Callable[[], None]:
+    """The writer thread's job for one chunk: the shard, then the part file listing it with
+    the stream position after it (``next_batch``), so the part file only ever names whole shards."""
+    def write() -> None:
+        part["next_batch"] = next_batch
+        rows = store_files.write_shard(out, part, acts, len(acts), budget, prefix=f"shard_r{world.rank:03d}_",
+                                       manifest_file=part_name(world))
+        bar.update(rows)
+        if on_shard is not None:
+            on_shard(len(part["shards"]) - 1)
+
+    return write
