@@ -1,32 +1,34 @@
 """Inputs for the activation store: text or tokens in any of the accepted forms,
 tokenized, optionally packed into fixed-length contexts, and batched by length.
 
-Accepted forms: a list of strings; a list of token-id lists; a 2-D token tensor;
-a local ``.txt`` (one document per non-empty line), ``.jsonl`` (a ``text_field``
-per line, or a bare string) or ``.parquet`` file (a ``text_field`` column); and a
-Hugging Face ``datasets.Dataset`` (its ``text_field`` column).
+Everything streams: documents are read and tokenized lazily, and unpacked sequences are
+sorted by length within a window of :data:`WINDOW_BATCHES` batches (not globally), so the
+first batch comes after one window and memory is O(window), not O(inputs). A token tensor
+is validated in one tensor operation and batched as tensors, never as Python lists.
+
+The accepted forms are read by :mod:`interlayer.store.documents` (its names are
+re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import itertools
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..model.adapter import ModelAdapter
-from ..model.padding import pad_rows, row_span
-from ..errors import InterlayerError, choices
-from ..io.files import sha256_file
-from ..io.json_records import json_lines
+from ..model.padding import flatten_rows, pad_flat
+from ..errors import InterlayerError
+from .documents import (FILE_SUFFIXES, check_data_file, data_files, data_fingerprint, iter_documents, known_length,
+                        token_tensor)
 
-FILE_SUFFIXES = (".txt", ".jsonl", ".parquet", ".devtest")
+WINDOW_BATCHES = 64
+"""Unpacked sequences are sorted by length within windows of this many batches: padding
+stays low, and tokenization runs at most one window ahead of the forward pass."""
 
 
 class EmptyInputError(InterlayerError):
@@ -35,11 +37,14 @@ class EmptyInputError(InterlayerError):
 
 @dataclass
 class TokenSequence:
-    """One tokenized sequence: its ids and, for packed contexts, the document of each token."""
+    """One tokenized sequence: its ids and, for packed contexts, the document of each token.
+
+    ``ids`` and ``documents`` are lists of ints, or 1-D long tensors for the rows of a
+    token tensor (which are never turned into lists)."""
 
     index: int
-    ids: list[int]
-    documents: list[int]
+    ids: list[int] | torch.Tensor
+    documents: list[int] | torch.Tensor
 
 
 Sequence_ = TokenSequence
@@ -86,129 +91,6 @@ def contexts_for_tokens(model: ModelAdapter, tokens: int, context_length: int, w
     return max(1, tokens // per_context if whole else -(-tokens // per_context))  # exact integer floor / ceil
 
 
-def data_fingerprint(data: Any) -> str:
-    """A sha256 that changes when the inputs change (file bytes, or the values given)."""
-    if isinstance(data, (str, os.PathLike)) and Path(data).is_file():
-        return sha256_file(data)
-    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():  # a folder: its data files, in order
-        return hashlib.sha256("".join(f"{p.name}:{sha256_file(p)};" for p in data_files(data)).encode()).hexdigest()
-    digest = hashlib.sha256()
-    if isinstance(data, torch.Tensor):
-        digest.update(data.cpu().numpy().tobytes())
-    elif hasattr(data, "_fingerprint"):
-        digest.update(str(data._fingerprint).encode())
-    else:
-        for item in data:
-            digest.update(json.dumps(item if isinstance(item, str) else list(map(int, item))).encode())
-            digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def iter_documents(data: Any, text_field: str = "text") -> Iterator[str | list[int]]:
-    """Yield documents (strings or token-id lists) from any accepted input form.
-
-    Malformed inputs (a file that is not UTF-8 text, a JSONL line that is not JSON, a
-    text field that is not a string, token ids that are not integers) raise an
-    :class:`~interlayer.errors.InterlayerError` naming the input and where it broke.
-    """
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data).expanduser()
-        if path.is_dir():
-            for file in data_files(path):
-                yield from _iter_file(file, text_field)
-            return
-        if not path.is_file():
-            raise InterlayerError(f"input file {str(data)!r} does not exist; give a path to a "
-                                  f"{', '.join(FILE_SUFFIXES)} file or a folder of them, a list of strings, or token ids")
-        yield from _iter_file(path, text_field)
-        return
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 2:
-            raise InterlayerError(f"a token tensor must be [n_sequences, seq_len], got shape {tuple(data.shape)}")
-        if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
-            raise InterlayerError(f"a token tensor must hold integer ids, got dtype {data.dtype}; "
-                                  "pass input_ids as torch.long")
-        for row in data.tolist():
-            yield row
-        return
-    if hasattr(data, "column_names") and hasattr(data, "__getitem__"):  # datasets.Dataset
-        if text_field not in data.column_names:
-            raise InterlayerError(f"dataset has no column {text_field!r}; columns: {choices(data.column_names)}")
-        for number, row in enumerate(data):
-            yield _text(row[text_field], f"row {number} of the dataset's column {text_field!r}")
-        return
-    if isinstance(data, Iterable):
-        for number, item in enumerate(data):
-            if isinstance(item, str):
-                yield item
-            elif isinstance(item, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-                yield list(item)
-            elif isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
-                bad = next(t for t in item if not (isinstance(t, int) and not isinstance(t, bool)))
-                raise InterlayerError(f"input {number} holds {bad!r} of type {type(bad).__name__}; "
-                                      "token ids must be Python ints")
-            else:
-                raise InterlayerError(f"inputs must be strings or lists of token ids, got an item of type {type(item).__name__}")
-        return
-    raise InterlayerError(f"unsupported input of type {type(data).__name__}; give a list of strings, token ids, "
-                          f"a {', '.join(FILE_SUFFIXES)} file or a datasets.Dataset")
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise InterlayerError(f"{where} is {type(value).__name__} {str(value)[:40]!r}, not text")
-    return value
-
-
-def _iter_file(path: Path, text_field: str) -> Iterator[str]:
-    try:
-        yield from _read_file(path, text_field)
-    except UnicodeDecodeError as err:
-        raise InterlayerError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} cannot be decoded); "
-                              f"give a {', '.join(FILE_SUFFIXES)} file of UTF-8 text") from err
-
-
-def _read_file(path: Path, text_field: str) -> Iterator[str]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise InterlayerError(f"{path} is a parquet file, and reading parquet needs pyarrow: "
-                                  "pip install 'interlayer[data]' (or pip install pyarrow)") from None
-
-        try:
-            table = pq.read_table(path)
-        except Exception as err:  # pyarrow raises its own error types for a file that is not parquet
-            raise InterlayerError(f"{path} is not a readable parquet file: {str(err).splitlines()[0]}") from err
-        if text_field not in table.column_names:
-            raise InterlayerError(f"{path} has no column {text_field!r}; columns: {choices(table.column_names)}")
-        for number, value in enumerate(table.column(text_field).to_pylist()):
-            if value:
-                yield _text(value, f"{path} row {number} column {text_field!r}")
-        return
-    if suffix == ".jsonl":
-        hint = f"; each line must be a JSON string or an object with a {text_field!r} field"
-        with open(path, encoding="utf-8") as handle:
-            for where, item in json_lines(handle, str(path), hint=hint):
-                if isinstance(item, str):
-                    yield item
-                elif isinstance(item, dict) and text_field in item:
-                    yield _text(item[text_field], f"{where} field {text_field!r}")
-                else:
-                    raise InterlayerError(f"{where} has no field {text_field!r}")
-        return
-    # .txt, .devtest and anything else: one document per non-empty line.
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if "\0" in line:
-                raise InterlayerError(f"{path} holds NUL bytes: it looks like a binary file, not text; "
-                                      f"give a {', '.join(FILE_SUFFIXES)} file of UTF-8 text")
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield line
-
-
 class Tokenized:
     """Turns documents into model-ready sequences."""
 
@@ -223,20 +105,40 @@ class Tokenized:
         self.truncated = 0
 
     def encode(self, document: str | list[int], special: bool = True) -> list[int]:
+        """A document's token ids: text through the tokenizer (with its special tokens when
+        ``special``), token ids checked against the vocabulary."""
         if isinstance(document, str):
             if self.tokenizer is None:
                 raise InterlayerError(f"{self.model.name} has no tokenizer; pass token ids instead of text")
             return list(self.tokenizer(document, add_special_tokens=special).input_ids)
         ids = list(document)
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InterlayerError(f"token id {bad[0]} is out of range; {self.model.name} has ids 0..{self.vocab_size - 1}")
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):  # builtins: no Python loop unless one is bad
+            self._out_of_range(next(t for t in ids if not 0 <= t < self.vocab_size))
         return ids
 
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Raise naming the first id (in row-major order) outside ``0..vocab_size - 1``:
+        one tensor operation over all of ``ids``."""
+        bad = ((ids < 0) | (ids >= self.vocab_size)).reshape(-1)
+        if bool(bad.any()):
+            self._out_of_range(int(ids.reshape(-1)[int(bad.nonzero()[0, 0])]))
+
+    def _out_of_range(self, token: int) -> None:
+        raise InterlayerError(f"token id {token} is out of range; {self.model.name} has ids 0..{self.vocab_size - 1}")
+
     def sequences(self, data: Any, text_field: str = "text", limit: int | None = None) -> list[TokenSequence]:
-        """Each document as its own sequence (BOS added where the tokenizer adds one),
-        truncated to ``max_length`` with a warning that counts them."""
-        out = []
+        """Each document as its own sequence, all in a list (:meth:`iter_sequences` streams them)."""
+        return list(self.iter_sequences(data, text_field, limit))
+
+    def iter_sequences(self, data: Any, text_field: str = "text", limit: int | None = None) -> Iterator[TokenSequence]:
+        """Each document as its own sequence (BOS added where the tokenizer adds one), read
+        and tokenized lazily, truncated to ``max_length``; at the end, a warning counts
+        the truncated ones, and :class:`EmptyInputError` is raised if none had tokens.
+        The rows of a token tensor come as tensors, checked once for the whole tensor."""
+        if isinstance(data, torch.Tensor):
+            yield from self._tensor_sequences(data, limit)
+            return
+        found = False
         for index, document in enumerate(iter_documents(data, text_field)):
             if limit is not None and index >= limit:
                 break
@@ -245,17 +147,35 @@ class Tokenized:
                 self.truncated += 1
                 ids = ids[: self.max_length]
             if ids:
-                out.append(TokenSequence(index, ids, [index] * len(ids)))
+                found = True
+                yield TokenSequence(index, ids, [index] * len(ids))
+        self._warn_truncated()
+        if not found:
+            raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
+
+    def _tensor_sequences(self, data: torch.Tensor, limit: int | None) -> Iterator[TokenSequence]:
+        data = token_tensor(data)[:limit]
+        self.check_ids(data)
+        if data.shape[1] > self.max_length:
+            self.truncated += int(data.shape[0])
+            data = data[:, : self.max_length]
+        self._warn_truncated()
+        if not data.numel():
+            raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
+        data = data.long()
+        width = int(data.shape[1])
+        for index in range(int(data.shape[0])):
+            yield TokenSequence(index, data[index], torch.full((width,), index, dtype=torch.long))
+
+    def _warn_truncated(self) -> None:
         if self.truncated:
             warnings.warn(f"{self.truncated} sequence(s) longer than {self.max_length} tokens were truncated", stacklevel=3)
-        if not out:
-            raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
-        return out
 
     def packed(self, data: Any, context_length: int, text_field: str = "text") -> Iterator[TokenSequence]:
         """Fixed-length contexts: BOS, then documents concatenated (each followed by EOS
         where the tokenizer has one), cut every ``context_length`` tokens. The last,
-        shorter context is kept."""
+        shorter context is kept. Linear in the tokens: a long document is cut at a moving
+        offset, never by deleting from the front of a list."""
         if context_length < 2:
             raise InterlayerError(f"context_length must be at least 2, got {context_length}")
         if context_length > self.max_length:
@@ -263,7 +183,7 @@ class Tokenized:
         eos = self.model.eos_token_id
         head = [self.bos_id] if self.bos_id is not None else []
         body = text_per_context(self.model, context_length)
-        ids: list[int] = []
+        ids: list[int] = []  # pending tokens (fewer than body between documents) and their documents
         docs: list[int] = []
         index = 0
         any_document = False
@@ -276,10 +196,12 @@ class Tokenized:
             any_document = True
             ids.extend(tokens)
             docs.extend([doc_index] * len(tokens))
-            while len(ids) >= body:
-                yield TokenSequence(index, head + ids[:body], [docs[0]] * len(head) + docs[:body])
-                index += 1
-                del ids[:body], docs[:body]
+            start = 0
+            while len(ids) - start >= body:
+                stop = start + body
+                yield TokenSequence(index, head + ids[start:stop], [docs[start]] * len(head) + docs[start:stop])
+                index, start = index + 1, stop
+            del ids[:start], docs[:start]  # once per document: what stays is shorter than body
         if not any_document:
             raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
         if ids:
@@ -287,14 +209,18 @@ class Tokenized:
 
 
 def make_batch(sequences: list[TokenSequence], pad_id: int, padding_side: str, bos_id: int | None) -> Batch:
-    """Pad sequences into a :class:`Batch` on the left or the right."""
-    input_ids, mask = pad_rows([s.ids for s in sequences], pad_id, padding_side)
-    documents, _ = pad_rows([s.documents for s in sequences], -1, padding_side)
-    width = input_ids.shape[1]
+    """Pad sequences into a :class:`Batch` on the left or the right, with tensor operations
+    (one concatenation of the rows, one masked write; no loop over rows or tokens)."""
+    flat, lengths = flatten_rows([s.ids for s in sequences])
+    input_ids, mask = pad_flat(flat, lengths, pad_id, padding_side)
+    documents, _ = pad_flat(flatten_rows([s.documents for s in sequences])[0], lengths, -1, padding_side)
+    width = int(input_ids.shape[1])
     bos = torch.zeros((len(sequences), width), dtype=torch.bool)
-    for row, seq in enumerate(sequences):
-        if bos_id is not None and seq.ids[0] == bos_id:
-            bos[row, row_span(len(seq.ids), width, padding_side).start] = True
+    if bos_id is not None and width:
+        firsts = flat[(lengths.cumsum(0) - lengths).clamp(max=max(int(flat.numel()) - 1, 0))]
+        leading = (firsts == bos_id) & (lengths > 0)
+        columns = torch.zeros_like(lengths) if padding_side == "right" else width - lengths
+        bos[leading.nonzero()[:, 0], columns[leading]] = True
     index = torch.tensor([s.index for s in sequences], dtype=torch.long)
     return Batch(input_ids, mask, index, documents, bos)
 
@@ -307,32 +233,39 @@ def batches_by_length(sequences: list[TokenSequence], batch_size: int) -> list[l
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-def data_files(folder: str | os.PathLike) -> list[Path]:
-    """The data files of a folder (``.txt``, ``.jsonl``, ``.parquet``), sorted by name: read in this order."""
-    return sorted(p for p in Path(folder).expanduser().iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+def windowed_batches(sequences: Iterable[TokenSequence], batch_size: int,
+                     window: int | None = None) -> Iterator[list[TokenSequence]]:
+    """:func:`batches_by_length` within consecutive windows of ``window`` (default
+    :data:`WINDOW_BATCHES`) batches' worth of sequences: the same batches as a global
+    sort when the inputs fit in one window, and never more than one window read ahead."""
+    if batch_size < 1:
+        raise InterlayerError(f"batch_size must be at least 1, got {batch_size}")
+    stream, size = iter(sequences), (window or WINDOW_BATCHES) * batch_size
+    while chunk := list(itertools.islice(stream, size)):
+        yield from batches_by_length(chunk, batch_size)
 
 
-def check_data_file(path: str | os.PathLike, flag: str = "--data", text_field: str = "text") -> Path:
-    """Check a data file (or each file of a folder) before any model loads: it exists, and
-    its first documents read as the format its extension says (UTF-8 text, JSON lines,
-    parquet)."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise InterlayerError(f"{flag} {str(path)!r} does not exist; give a {', '.join(FILE_SUFFIXES)} file or a folder of them")
-    if file.is_dir():
-        files = data_files(file)
-        if not files:
-            raise InterlayerError(f"{flag} {str(path)!r} is a folder without any {', '.join(FILE_SUFFIXES)} file")
-        for one in files:
-            check_data_file(one, flag, text_field)
-        return file
-    if not file.is_file():
-        raise InterlayerError(f"{flag} {str(path)!r} is not a file; give a {', '.join(FILE_SUFFIXES)} file")
-    documents = _iter_file(file, text_field)
-    try:
-        for _ in range(64):  # reading a few documents catches binary files and malformed lines early
-            if next(documents, None) is None:
-                break
-    finally:
-        documents.close()
-    return file
+def unpacked_batches(tok: Tokenized, data: Any, batch_size: int, text_field: str = "text",
+                     limit: int | None = None) -> tuple[Iterator[list[TokenSequence]], int | None]:
+    """Batches of unpacked sequences (:func:`windowed_batches`), and how many sequences
+    there are: exact when the inputs fit in the first window (read here, so an input with
+    no tokens raises :class:`EmptyInputError` before any model pass), else
+    :func:`known_length` (``None`` for a file or a generator)."""
+    if batch_size < 1:
+        raise InterlayerError(f"batch_size must be at least 1, got {batch_size}")
+    sequences = tok.iter_sequences(data, text_field, limit)
+    size = WINDOW_BATCHES * batch_size
+    first = list(itertools.islice(sequences, size))
+    if not first:  # an input that ran out without a sequence raised EmptyInputError above
+        raise EmptyInputError("the inputs contain no documents with tokens; nothing to collect")
+    total = len(first) if len(first) < size else known_length(data, limit)
+    rest = windowed_batches(sequences, batch_size) if len(first) == size else iter(())
+    return itertools.chain(batches_by_length(first, batch_size), rest), total
+
+
+
+
+__all__ = ["Batch", "EmptyInputError", "FILE_SUFFIXES", "TokenSequence", "Tokenized", "WINDOW_BATCHES",
+           "batches_by_length", "check_data_file", "contexts_for_tokens", "data_files", "data_fingerprint",
+           "iter_documents", "known_length", "make_batch", "text_per_context", "token_tensor", "unpacked_batches",
+           "windowed_batches"]
