@@ -33,44 +33,62 @@ def check_selection(select: str) -> str:
 
 
 class Selector:
-    """The rows one batch contributes, precomputed once and applied at every site."""
+    """The rows one batch contributes, precomputed once and applied at every site.
+
+    Rows, columns and the metadata are built on the CPU from the CPU batch (all of it
+    is known on the host); only the index tensors (or the pooling weights) go to the
+    device, in one copy (pinned and non-blocking on CUDA), so building a selector never
+    waits for the device.
+
+    Attributes:
+        rows, cols: ``[n_rows]`` long tensors on ``device`` (token selections): the
+            selection is ``x[rows, cols]``, in row-major order.
+        meta: per-row metadata on the CPU: ``sequence``, and for token selections
+            ``position``, ``token_id`` and ``document``.
+        n_rows: the rows this batch contributes.
+        weights: ``[b, 1, s]`` pooling weights on ``device`` (pooled selections).
+        contiguous_tokens: True when the selection is every position but the first of
+            every row (``select="tokens"``, no padding, each row's BOS at position 0):
+            then ``x[:, 1:].reshape(-1, d)`` equals ``x[rows, cols]``, row for row.
+    """
 
     def __init__(self, select: str, batch: Batch, device: torch.device,
                  positions: Sequence[Sequence[int]] | None = None) -> None:
         check_selection(select)
         self.select = select
-        mask = batch.attention_mask.to(device).bool()
-        order = (mask.long().cumsum(-1) - 1)  # position of each real token within its sequence
+        self.contiguous_tokens = False
+        mask = batch.attention_mask.cpu().bool()
+        order = mask.long().cumsum(-1) - 1  # position of each real token within its sequence
         b, s = mask.shape
-        meta: dict[str, torch.Tensor] = {}
-        if select == "tokens":
-            keep = mask & ~batch.bos.to(device)
-            rows, cols = keep.nonzero(as_tuple=True)
-        elif select == "last":
-            rows = torch.arange(b, device=device)
-            cols = (torch.where(mask, torch.arange(s, device=device), -1)).max(-1).values
-        elif select == "positions":
-            rows, cols = self._positions(batch, mask, order, positions, device)
         if select in POOLED:
             weights = mask.float() if select == "mean" else (order + 1).float() * mask
-            self.weights = (weights / weights.sum(-1, keepdim=True)).unsqueeze(1)  # [b, 1, s]
-            meta["sequence"] = batch.sequence_index.clone()
+            self.weights = _to_device((weights / weights.sum(-1, keepdim=True)).unsqueeze(1), device)  # [b, 1, s]
+            self.meta = {"sequence": batch.sequence_index.clone()}
             self.n_rows = b
+            return
+        if select == "tokens":
+            bos = batch.bos.cpu()
+            keep = mask & ~bos
+            rows, cols = keep.nonzero(as_tuple=True)
+            self.contiguous_tokens = bool(s > 0 and mask.all() and bos[:, 0].all() and int(bos.sum()) == b)
+        elif select == "last":
+            rows = torch.arange(b)
+            cols = torch.where(mask, torch.arange(s), -1).max(-1).values
         else:
-            self.rows, self.cols = rows, cols
-            meta["sequence"] = batch.sequence_index.to(device)[rows].cpu()
-            meta["position"] = order[rows, cols].cpu()
-            meta["token_id"] = batch.input_ids.to(device)[rows, cols].cpu()
-            meta["document"] = batch.documents.to(device)[rows, cols].cpu()
-            self.n_rows = int(rows.numel())
-        self.meta = meta
+            rows, cols = self._positions(batch, mask, positions)
+        self.meta = {"sequence": batch.sequence_index.cpu()[rows], "position": order[rows, cols],
+                     "token_id": batch.input_ids.cpu()[rows, cols], "document": batch.documents.cpu()[rows, cols]}
+        self.n_rows = int(rows.numel())
+        both = _to_device(torch.stack([rows, cols]), device)  # one copy for both index tensors
+        self.rows, self.cols = both[0], both[1]
 
     @staticmethod
-    def _positions(batch: Batch, mask: torch.Tensor, order: torch.Tensor, positions, device):
+    def _positions(batch: Batch, mask: torch.Tensor, positions: Sequence[Sequence[int]] | None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         if positions is None:
             raise InterlayerError("select='positions' needs positions=: one list of token positions per input sequence")
         lengths = mask.sum(-1).tolist()
-        starts = (mask.long().argmax(-1)).tolist()  # first real token (left padding shifts it)
+        starts = mask.long().argmax(-1).tolist()  # first real token (left padding shifts it)
         rows, cols = [], []
         for row, seq in enumerate(batch.sequence_index.tolist()):
             if seq >= len(positions):
@@ -82,10 +100,21 @@ class Selector:
                                           f"valid positions are {-n}..{n - 1}")
                 rows.append(row)
                 cols.append(starts[row] + (pos % n))
-        return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``[b, s, d]`` -> ``[n_rows, d]``."""
         if self.select in POOLED:
             return torch.bmm(self.weights.to(x.device), x.float()).squeeze(1)
         return x[self.rows, self.cols]
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A CPU tensor on ``device``: from pinned memory without blocking on CUDA (the copy is
+    ordered on the current stream before any kernel that reads it), as is on the CPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return tensor
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
