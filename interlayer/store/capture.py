@@ -1,6 +1,9 @@
 """Capture: one forward pass per batch, writes (interventions) applied at their sites,
 the selected rows of every read site (and their logits) copied into preallocated
-device buffers as they are produced.
+device buffers as they are produced: one strided copy where the selection is the same
+contiguous tokens of every row, else one ``index_select`` into the buffer rows (no
+temporary). Rows bound for the host are copied on from each hook by a
+:class:`~interlayer.store.host.HostStage` (asynchronously on CUDA).
 
 This is the only code that runs the model for the activation store; every method,
 with or without interventions, reads through it (:mod:`interlayer.store.collect`).
@@ -16,8 +19,9 @@ import torch
 
 from ..model.adapter import ModelAdapter, SiteFn
 from ..errors import InterlayerError, choices
+from .host import HostRows, HostStage
 from .inputs import Batch
-from .selection import Selector
+from .selection import POOLED, Selector
 from ..model.sites import Site
 
 LOGITS = "logits"
@@ -65,11 +69,16 @@ def chunk_rows(model: ModelAdapter, n_sites: int, memory_mb: float, dtype: torch
 
 
 class Capture:
-    """Hooks writing each site's selected rows into preallocated device buffers."""
+    """Hooks writing each site's selected rows into preallocated device buffers.
+
+    With a ``stage`` the buffers stay and each write is copied on to the host (see
+    :mod:`interlayer.store.host`); without one, :meth:`take` hands the buffers over and the
+    next chunk gets fresh ones (``output_device="model"``, or a CPU model)."""
 
     def __init__(self, model: ModelAdapter, sites: list[Site], dtype: torch.dtype, capacity: int, logits: bool,
-                 edits: Mapping[str, Edit] | None = None) -> None:
+                 edits: Mapping[str, Edit] | None = None, stage: HostStage | None = None) -> None:
         self.model = model
+        self.stage = stage
         self.sites = sites
         self.dtype = dtype
         self.capacity = capacity
@@ -113,8 +122,10 @@ class Capture:
             raise InterlayerError(f"one batch selects {n} rows but the buffer holds {self.capacity}; "
                                   "raise memory_mb or lower batch_size")
         start, stop = self.fill, self.fill + n
-        if not self.buffers:  # handed over with the last chunk (take(on_device=True))
+        if not self.buffers:  # handed over with the last chunk (take without a stage)
             self._allocate()
+        if start == 0 and self.stage is not None:
+            self.stage.open(self.buffers)
         hooks: dict[str, list[SiteFn]] = {}
         token_rows = None
         for name, edit in self.edits.items():
@@ -122,19 +133,14 @@ class Capture:
                 token_rows = (batch.attention_mask.bool() & ~batch.bos).to(self.model.device)
             hooks.setdefault(name, []).append(_apply_edit(edit, token_rows))
 
-        def writer(name: str) -> SiteFn:
-            def fn(x: torch.Tensor) -> None:
-                self.buffers[name][start:stop] = selector(x).to(self.dtype)
-
-            return fn
-
+        write = row_writer(selector, batch)
         for site in self.sites:  # after the edits: a read at an edited site sees the edit
-            hooks.setdefault(site.name, []).append(writer(site.name))
+            hooks.setdefault(site.name, []).append(self._writer(site.name, start, stop, write))
         if self.logits:
-            def unembed(normed: torch.Tensor) -> None:
-                self.buffers[LOGITS][start:stop] = self.model.head(selector(normed)).float()
+            def unembed(normed: torch.Tensor, out: torch.Tensor) -> None:
+                out.copy_(self.model.head(selector(normed)))
 
-            hooks.setdefault("ln_final", []).append(unembed)
+            hooks.setdefault("ln_final", []).append(self._writer(LOGITS, start, stop, unembed))
         with self.model.record_outputs(record) as recorded:
             self.model.forward(batch.input_ids, batch.attention_mask, hooks=hooks,
                                stop_after_layer=max([self.stop_layer, *record]), resume=resume)
@@ -143,22 +149,88 @@ class Capture:
         self.sequences += int(batch.input_ids.shape[0])
         return recorded
 
-    def take(self, rows: int | None = None, on_device: bool = False) -> tuple[dict[str, torch.Tensor],
-                                                                           dict[str, torch.Tensor], int]:
-        """The filled rows (optionally only the first ``rows``) and the number of
-        sequences they came from, and reset. The rows are copied to the CPU, or with
-        ``on_device`` handed over where they are, uncopied: the capture then allocates
-        fresh buffers when it next runs."""
+    def _writer(self, name: str, start: int, stop: int, write: Callable[[torch.Tensor, torch.Tensor], None]) -> SiteFn:
+        """The hook that writes a site's rows into ``buffers[name][start:stop]`` (and
+        copies them on to the host when there is a stage)."""
+        stage = self.stage
+
+        def fn(x: torch.Tensor) -> None:
+            if stage is not None:
+                stage.before_write()
+            write(x, self.buffers[name][start:stop])
+            if stage is not None:
+                stage.copy(name, start, stop)
+
+        return fn
+
+    def take(self, rows: int | None = None) -> tuple[HostRows, dict[str, torch.Tensor], int]:
+        """The filled rows (optionally only the first ``rows``), their metadata and the
+        number of sequences they came from, and reset. With a stage, the rows are its host
+        copies (ready once :meth:`HostRows.wait` returns); without one they are handed over
+        where they are, uncopied, and the capture allocates fresh buffers when it next runs
+        (on a CPU model, a chunk that fills less than half its buffer is copied out instead,
+        so a kept chunk never pins a mostly empty buffer)."""
         rows = self.fill if rows is None else min(rows, self.fill)
-        if on_device:
-            tensors = {k: v[:rows] for k, v in self.buffers.items()}
-            self.buffers = {}
+        if self.stage is not None:
+            host = self.stage.close(rows)
         else:
-            tensors = {k: v[:rows].to("cpu", copy=True) for k, v in self.buffers.items()}
+            small = self.model.device.type == "cpu" and 2 * rows < self.capacity
+            host = HostRows({k: v[:rows].clone() if small else v[:rows] for k, v in self.buffers.items()})
+            self.buffers = {}
         meta = {k: torch.cat([m[k] for m in self.meta])[:rows] for k in self.meta[0]} if self.meta else {}
         sequences = self.sequences
         self.meta, self.fill, self.sequences = [], 0, 0
-        return tensors, meta, sequences
+        return host, meta, sequences
+
+
+def token_span(select: str, batch: Batch) -> tuple[int, int] | None:
+    """``(first, width)`` when a selection keeps columns ``first .. first + width - 1`` of
+    every row of ``batch`` and nothing else (``"tokens"`` of an unpadded or equal-length
+    batch, ``"last"`` where every row ends in the same column), so the rows are one strided
+    copy of ``x[:, first:first + width]``; ``None`` otherwise. Read from the host copy of the
+    batch (a few ``[batch, seq]`` operations; ``None`` if the batch is not on the host)."""
+    mask = batch.attention_mask
+    if mask.device.type != "cpu" or select not in ("tokens", "last"):
+        return None
+    keep = mask.bool()
+    if select == "tokens":
+        keep = keep & ~batch.bos
+    else:
+        last = torch.where(keep, torch.arange(keep.shape[1]), -1).max(-1).values
+        return (int(last[0]), 1) if int(last[0]) >= 0 and bool((last == last[0]).all()) else None
+    widths = keep.sum(-1)
+    width = int(widths[0])
+    if width == 0 or not bool((widths == width).all()):
+        return None
+    first = keep.byte().argmax(-1)
+    start = int(first[0])
+    if not bool((first == start).all()) or not bool(keep[:, start:start + width].all()):
+        return None
+    return start, width
+
+
+def row_writer(selector: Selector, batch: Batch) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``write(x, out)``: the selected rows of a site's ``[batch, seq, d]`` activation ``x``
+    written into ``out`` (``[n_rows, d]`` buffer rows, cast to their dtype) without a
+    temporary: a strided copy for a :func:`token_span`, else one ``index_select`` into
+    ``out`` (a gather, then one cast copy, when the dtypes differ); pooled selections copy
+    their ``[batch, d]`` means. The values equal ``selector(x).to(out.dtype)`` exactly."""
+    if selector.select in POOLED:
+        return lambda x, out: out.copy_(selector(x))
+    span = token_span(selector.select, batch)
+    if span is not None and span[1] * int(batch.input_ids.shape[0]) == selector.n_rows:
+        first, width = span
+        return lambda x, out: out.view(x.shape[0], width, x.shape[-1]).copy_(x[:, first:first + width])
+    flat = selector.rows * int(batch.input_ids.shape[1]) + selector.cols  # once per batch, on the device
+
+    def gather(x: torch.Tensor, out: torch.Tensor) -> None:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.dtype == out.dtype:
+            torch.index_select(rows, 0, flat, out=out)
+        else:
+            out.copy_(rows.index_select(0, flat))
+
+    return gather
 
 
 def _start(site: Site) -> int:
@@ -191,3 +263,24 @@ def check_edits(model: ModelAdapter, edits: Mapping[str, Any] | None) -> dict[st
             raise InterlayerError(f"two edits name the same site {site.name!r}; combine them into one function")
         out[site.name] = as_edit(value)
     return out
+
+
+def run_shared(model: ModelAdapter, captures: list[Capture], batch: Batch, selector: Selector) -> None:
+    """Run one batch through every capture; with several, the edited ones resume from
+    the clean prefix (recorded by the first unedited capture, or by a prefix-only pass)."""
+    if len(captures) == 1:
+        captures[0].run(batch, selector)
+        return
+    clean = next((c for c in captures if not c.edits), None)
+    resumers = [c for c in captures if c is not clean and c.resume_layer is not None]
+    needed = sorted({c.resume_layer for c in resumers})
+    if clean is not None:
+        recorded = clean.run(batch, selector, record=needed)
+    elif needed:
+        with model.record_outputs(needed) as recorded:
+            model.forward(batch.input_ids, batch.attention_mask, stop_after_layer=needed[-1])
+    for capture in captures:
+        if capture is clean:
+            continue
+        layer = capture.resume_layer
+        capture.run(batch, selector, resume=None if layer is None else (layer, recorded[layer]))

@@ -13,7 +13,11 @@
 
 One forward pass serves every site; it stops after the deepest requested read and
 unembeds nothing unless ``logits=True``. Rows are written straight into buffers
-preallocated on the model's device within ``memory_mb`` (or of ``rows_per_chunk`` rows).
+preallocated on the model's device within ``memory_mb`` (or of ``rows_per_chunk`` rows),
+in the model's dtype unless ``storage_dtype`` says otherwise; from a CUDA model they reach
+the host by asynchronous copies into pinned memory (:mod:`interlayer.store.host`), and
+:func:`collect` writes each chunk's rows straight to their places in its result
+(:mod:`interlayer.store.assemble`).
 The options are :class:`~interlayer.store.options.CollectOptions`; the on-disk cache is
 :mod:`interlayer.store.cache`.
 """
@@ -31,12 +35,13 @@ import torch
 from ..progress import tqdm
 
 from ..errors import InterlayerError, UnknownSiteError, choices
-from ..io.dtypes import dtype_name, parse_dtype
+from .assemble import Assembly, planned_rows
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
-from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows
+from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows, run_shared
+from .host import HostRows, host_stage
 from .inputs import TokenSequence, Tokenized, batches_by_length, contexts_for_tokens, make_batch
-from .options import CollectOptions, check_inputs, check_sites
+from .options import MODEL_DTYPE, CollectOptions, check_inputs, check_sites, resolve_storage_dtype, storage_dtype_name
 from .selection import Selector
 
 __all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
@@ -150,7 +155,7 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
 def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
            *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
            batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-           storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+           storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
            output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
            logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
            limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -178,7 +183,7 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
                     variants: Sequence[Mapping[str, Any] | None],
                     *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
                     batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-                    storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+                    storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
                     output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
                     logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
                     limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -195,23 +200,32 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
     The keyword arguments are those of :func:`collect` (``edits`` excepted).
     """
     opts = CollectOptions.of_call(options, locals())
+    _check_variants(inputs, sites, opts, variants)
+    return _passes(model, inputs, sites, opts, list(variants))
+
+
+def _check_variants(inputs: Any, sites: Any, opts: CollectOptions, variants: Any) -> None:
     if opts.edits:
         raise InterlayerError("give the edits of each variant in variants=[...], not edits=")
     if isinstance(variants, Mapping) or not isinstance(variants, Sequence) or not variants:
         raise InterlayerError("variants must be a non-empty list of edits mappings ({} for the clean pass)")
     _check_call(inputs, sites, opts)
-    return _passes(model, inputs, sites, opts, list(variants))
 
 
 def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], opts: CollectOptions,
-            variants: list[Mapping[str, Any] | None]) -> Iterator[list[Activations]]:
+            variants: list[Mapping[str, Any] | None], plan: tuple[Iterator[Any], int | None] | None = None,
+            ) -> Iterator[list[Activations]]:
+    """The store's passes, one chunk (a list: one :class:`Activations` per variant) at a
+    time. Where the rows reach the host asynchronously, chunk n is handed over once the
+    first batch of chunk n + 1 is launched and chunk n's copies are done."""
     site_list = model.expand_sites(sites) if (sites or not opts.logits) else []
     edits = [check_edits(model, v) for v in variants]
-    dtype = parse_dtype(opts.storage_dtype, "storage dtype")
-    batches, n_sequences = _plan(model, inputs, opts)
+    dtype = resolve_storage_dtype(opts.storage_dtype, model.dtype)
+    batches, n_sequences = plan or _plan(model, inputs, opts)
     capacity = opts.rows_per_chunk or chunk_rows(model, len(site_list), opts.memory_mb, dtype, opts.logits, len(variants))
     captures: list[Capture] = []
     on_device = opts.output_device == "model"
+    pending: list[tuple[HostRows, dict[str, torch.Tensor], int]] = []
     bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
     try:
         for group in batches:
@@ -221,62 +235,71 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                 # Never allocate more than the whole job needs.
                 rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
                 size = max(selector.n_rows, min(capacity, rows_hint))
-                captures = [Capture(model, site_list, dtype, size, opts.logits, e) for e in edits]
+                captures = [Capture(model, site_list, dtype, size, opts.logits, e, host_stage(model.device, on_device))
+                            for e in edits]
             if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
-                yield [_chunk(c, model, opts.select, on_device) for c in captures]
-            _run_shared(model, captures, batch, selector)
+                pending = [c.take() for c in captures]
+                if all(rows.ready for rows, _, _ in pending):
+                    yield _deliver(pending, model, opts.select)
+            run_shared(model, captures, batch, selector)
+            if pending:  # launched the next batch first: chunk n's copies overlap it
+                yield _deliver(pending, model, opts.select)
             bar.update(len(group))
         if captures and captures[0].fill:
-            yield [_chunk(c, model, opts.select, on_device) for c in captures]
+            pending = [c.take() for c in captures]
+            yield _deliver(pending, model, opts.select)
     finally:
         bar.close()
 
 
-def _run_shared(model: ModelAdapter, captures: list[Capture], batch: Any, selector: Selector) -> None:
-    """Run one batch through every capture; with several, the edited ones resume from
-    the clean prefix (recorded by the first unedited capture, or by a prefix-only pass)."""
-    if len(captures) == 1:
-        captures[0].run(batch, selector)
-        return
-    clean = next((c for c in captures if not c.edits), None)
-    resumers = [c for c in captures if c is not clean and c.resume_layer is not None]
-    needed = sorted({c.resume_layer for c in resumers})
-    if clean is not None:
-        recorded = clean.run(batch, selector, record=needed)
-    elif needed:
-        with model.record_outputs(needed) as recorded:
-            model.forward(batch.input_ids, batch.attention_mask, stop_after_layer=needed[-1])
-    for capture in captures:
-        if capture is clean:
-            continue
-        layer = capture.resume_layer
-        capture.run(batch, selector, resume=None if layer is None else (layer, recorded[layer]))
+def _deliver(pending: list[tuple[HostRows, dict[str, torch.Tensor], int]], model: ModelAdapter,
+             select: str) -> list[Activations]:
+    """The taken chunks as :class:`Activations`, once their rows are ready; ``pending`` is
+    emptied, so the generator's frame keeps no reference to a chunk it has handed over."""
+    out = [Activations(rows.wait(), meta, select, model.name, model.n_layers, sequences)
+           for rows, meta, sequences in pending]
+    pending.clear()
+    return out
 
 
-def _chunk(capture: Capture, model: ModelAdapter, select: str, on_device: bool = False) -> Activations:
-    tensors, meta, sequences = capture.take(on_device=on_device)
-    return Activations(tensors, meta, select, model.name, model.n_layers, sequences)
+def _collect(model: ModelAdapter, inputs: Any, sites: Any, opts: CollectOptions,
+             variants: list[Mapping[str, Any] | None]) -> list[Activations]:
+    """:func:`collect_variants` (and :func:`collect`, one variant): the passes of a plan
+    held whole, whose rows per sequence size each result up front; each chunk's rows are
+    written to their final places (:class:`~interlayer.store.assemble.Assembly`) and the
+    chunk dropped, so the peak is one result plus the chunks in flight."""
+    batches, n_sequences = _plan(model, inputs, opts)
+    groups = list(batches)
+    counts = planned_rows(groups, opts.select, opts.positions, model.bos_token_id)
+    if not int(counts.sum()):
+        raise InterlayerError("the inputs produced no rows to collect")
+    assemblies = [Assembly(counts) for _ in variants]
+    for chunks in _passes(model, inputs, sites, opts, variants, plan=(_drain(groups), n_sequences)):
+        _place(assemblies, chunks)
+        del chunks
+    out = []
+    for assembly in assemblies:
+        tensors, meta, sequences = assembly.result()
+        out.append(Activations(tensors, meta, opts.select, model.name, model.n_layers, sequences))
+    return out
 
 
-def _concat(chunks: list[Activations], model: ModelAdapter) -> Activations:
-    """Chunks joined into one :class:`Activations`, rows in input order."""
-    tensors = {k: torch.cat([c.tensors[k] for c in chunks]) for k in chunks[0].tensors}
-    meta = {k: torch.cat([c.meta[k] for c in chunks]) for k in chunks[0].meta}
-    if "position" in meta:
-        order = torch.argsort(meta["sequence"] * (int(meta["position"].max()) + 1) + meta["position"], stable=True)
-    else:
-        order = torch.argsort(meta["sequence"], stable=True)
-    if not torch.equal(order, torch.arange(order.numel())):
-        tensors = {k: v[order] for k, v in tensors.items()}
-        meta = {k: v[order] for k, v in meta.items()}
-    return Activations(tensors, meta, chunks[0].select, model.name, model.n_layers,
-                       sum(c.n_sequences for c in chunks))
+def _drain(groups: list[Any]) -> Iterator[Any]:
+    """The groups in order, each released once taken."""
+    groups.reverse()
+    while groups:
+        yield groups.pop()
+
+
+def _place(assemblies: list[Assembly], chunks: list[Activations]) -> None:
+    for assembly, chunk in zip(assemblies, chunks):
+        assembly.add(chunk)
 
 
 def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
             batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-            storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+            storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
             output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
             logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
             limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -297,7 +320,9 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         context_length: pack documents into contexts of this many tokens (BOS first);
             ``None`` keeps each input as one sequence.
         padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
-        storage_dtype: the dtype rows are stored in: float32, bfloat16 or float16 (or bf16, fp16).
+        storage_dtype: the dtype rows are stored in: ``"model"`` (the default: the model's own
+            dtype, so a bfloat16 model gives bfloat16 rows and a float32 one float32 rows),
+            float32, bfloat16 or float16 (or bf16, fp16). Logits are always float32.
         memory_mb: budget for the preallocated device buffers, MiB.
         rows_per_chunk: chunks of :func:`stream` of at most this many rows (whole batches, at
             least one) instead of what ``memory_mb`` holds; exactly this many when every batch
@@ -322,17 +347,16 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
 
     Returns rows in input order: by sequence, then position.
     """
-    chunks = list(stream(model, inputs, sites, options=CollectOptions.of_call(options, locals())))
-    if not chunks:
-        raise InterlayerError("the inputs produced no rows to collect")
-    return _concat(chunks, model)
+    opts = CollectOptions.of_call(options, locals())
+    _check_call(inputs, sites, opts)
+    return _collect(model, inputs, sites, opts, [opts.edits])[0]
 
 
 def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                      variants: Sequence[Mapping[str, Any] | None],
                      *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
                      batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-                     storage_dtype: str = "float32", memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+                     storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
                      output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
                      logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
                      limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -342,15 +366,5 @@ def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str
     (see :func:`stream_variants`): one :class:`Activations` per variant, in order.
     The keyword arguments are those of :func:`collect` (``edits`` excepted)."""
     opts = CollectOptions.of_call(options, locals())
-    per_variant: list[list[Activations]] = [[] for _ in (variants or [])]
-    for chunks in stream_variants(model, inputs, sites, variants, options=opts):
-        for store, chunk in zip(per_variant, chunks):
-            store.append(chunk)
-    if not per_variant[0]:
-        raise InterlayerError("the inputs produced no rows to collect")
-    return [_concat(chunks, model) for chunks in per_variant]
-
-
-def storage_dtype_name(dtype: str | torch.dtype) -> str:
-    """The canonical name of a storage dtype (``"bf16"`` -> ``"bfloat16"``)."""
-    return dtype_name(parse_dtype(dtype, "storage dtype"))
+    _check_variants(inputs, sites, opts, variants)
+    return _collect(model, inputs, sites, opts, list(variants))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import InterlayerError, choices
-from ..io.dtypes import parse_dtype
+from ..io.dtypes import dtype_name, parse_dtype
 from ..model.sites import Site
 from ..options import option
 from .selection import POOLED, SELECTIONS, check_selection
@@ -30,8 +30,12 @@ from .selection import POOLED, SELECTIONS, check_selection
 OUTPUT_DEVICES = ("cpu", "model")
 """Where :func:`~interlayer.stream` and :func:`~interlayer.collect` put the rows they return."""
 
-__all__ = ["CollectOptions", "KeywordOptions", "OUTPUT_DEVICES", "check_inputs", "check_keywords", "check_sites",
-           "renamed_dtype"]
+MODEL_DTYPE = "model"
+"""The default ``storage_dtype``: store rows in the model's own dtype (bfloat16 rows for a bfloat16
+model: no cast, half the bytes of float32), see :func:`resolve_storage_dtype`."""
+
+__all__ = ["CollectOptions", "KeywordOptions", "MODEL_DTYPE", "OUTPUT_DEVICES", "check_inputs", "check_keywords",
+           "check_sites", "check_storage_dtype", "renamed_dtype", "resolve_storage_dtype", "storage_dtype_name"]
 
 KeywordOptionsT = TypeVar("KeywordOptionsT", bound="KeywordOptions")
 
@@ -50,7 +54,8 @@ class KeywordOptions:
     def from_kwargs(cls: type[KeywordOptionsT], options: Mapping[str, Any], stacklevel: int = 4) -> KeywordOptionsT:
         """Options from keyword arguments; an unknown keyword names the valid ones.
         ``dtype=`` is still read as ``storage_dtype=``, with a DeprecationWarning."""
-        options = renamed_dtype(dict(options), stacklevel)
+        default = next((f.default for f in dataclasses.fields(cls) if f.name == "storage_dtype"), None)  # type: ignore[arg-type]
+        options = renamed_dtype(dict(options), stacklevel, default)
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(options) - names
         if unknown:
@@ -82,18 +87,38 @@ def _differs(value: Any, default: Any) -> bool:
     return value is not default and (type(value) is not type(default) or value != default)
 
 
-def renamed_dtype(options: dict[str, Any], stacklevel: int = 4) -> dict[str, Any]:
+def renamed_dtype(options: dict[str, Any], stacklevel: int = 4, default: Any = "float32") -> dict[str, Any]:
     """``options`` with a deprecated ``dtype`` moved to ``storage_dtype`` (a DeprecationWarning);
-    both at once is an error."""
+    both at once (a ``storage_dtype`` other than its ``default``) is an error."""
     if options.get("dtype") is None:
         options.pop("dtype", None)
         return options
-    if options.get("storage_dtype") not in (None, "float32"):
+    if options.get("storage_dtype") not in (None, default):
         raise InterlayerError("give storage_dtype= only (dtype= is its deprecated name), not both")
     warnings.warn("dtype= is renamed storage_dtype= (the dtype the activations are stored in); "
                   "the old keyword goes in the next release", DeprecationWarning, stacklevel=stacklevel)
     options["storage_dtype"] = options.pop("dtype")
     return options
+
+
+def check_storage_dtype(name: str | torch.dtype) -> None:
+    """Refuse a storage dtype that is neither :data:`MODEL_DTYPE` nor one of the float dtypes."""
+    if name != MODEL_DTYPE:
+        parse_dtype(name, "storage dtype")
+
+
+def resolve_storage_dtype(name: str | torch.dtype, model_dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype rows are stored in: ``name`` (float32, bfloat16, float16 or their short
+    names), or for :data:`MODEL_DTYPE` (``"model"``) the model's weights dtype ``model_dtype``,
+    or float32 where the model runs in a dtype the store does not keep (float64)."""
+    if name != MODEL_DTYPE:
+        return parse_dtype(name, "storage dtype")
+    return model_dtype if model_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+
+
+def storage_dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a storage dtype (``"bf16"`` -> ``"bfloat16"``)."""
+    return dtype_name(parse_dtype(dtype, "storage dtype"))
 
 
 def check_keywords(config: Any) -> None:
@@ -126,13 +151,17 @@ class CollectOptions(KeywordOptions):
                                               "keeps each input as one sequence", min=2)
     padding_side: str = option("right", "pad on the 'left' or the 'right'; results are the same either way",
                                choices=("left", "right"))
-    storage_dtype: str = option("float32", "dtype the rows are stored in: float32, bfloat16 or float16 (or bf16, fp16)")
+    storage_dtype: str = option(MODEL_DTYPE, "dtype the rows are stored in: 'model' (the model's own dtype, e.g. "
+                                             "bfloat16 for a bfloat16 model; float32 for a float32 one), float32, "
+                                             "bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "budget for the preallocated device buffers, MiB", above=0)
     rows_per_chunk: int | None = option(None, "chunks of at most this many rows instead of what memory_mb holds "
                                               "(whole batches, at least one): exactly this many when every batch "
                                               "has the same rows, as full packed contexts do", min=1)
-    output_device: str = option("cpu", "where the yielded rows live: 'cpu' (copied out of the device buffers, which "
-                                       "are reused) or 'model' (left on the model's device, uncopied: each chunk takes "
+    output_device: str = option("cpu", "where the yielded rows live: 'cpu' (host memory: from a CUDA model copied "
+                                       "asynchronously into pinned memory, see interlayer.store.host; on a CPU model "
+                                       "the chunk takes its buffers over, uncopied) or 'model' (left on the model's "
+                                       "device, uncopied: each chunk takes "
                                        "its buffers over, so up to two chunks' buffers live there at once). On a GPU, "
                                        "'model' spares a copy to the host and back for consumers that work on the GPU",
                                 choices=OUTPUT_DEVICES)
@@ -157,7 +186,7 @@ class CollectOptions(KeywordOptions):
     def __post_init__(self) -> None:
         check_selection(self.select)
         check_keywords(self)
-        parse_dtype(self.storage_dtype, "storage dtype")
+        check_storage_dtype(self.storage_dtype)
         if self.logits and self.select in POOLED:
             raise InterlayerError(f"logits=True needs a token selection, not {self.select!r}")
         if self.keep_batches is not None and (self.context_length is None or self.skip % self.batch_size):
