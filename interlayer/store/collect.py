@@ -40,7 +40,7 @@ from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
 from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows, run_shared
 from .host import HostRows, host_stage
-from .inputs import TokenSequence, Tokenized, batches_by_length, contexts_for_tokens, make_batch
+from .inputs import TokenSequence, Tokenized, contexts_for_tokens, make_batch, unpacked_batches
 from .options import MODEL_DTYPE, CollectOptions, check_inputs, check_sites, resolve_storage_dtype, storage_dtype_name
 from .selection import Selector
 
@@ -123,7 +123,10 @@ class Activations:
 # ----------------------------------------------------------------- passes
 def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[TokenSequence]], int | None]:
     """Batches of sequences, and the number of sequences when known up front (an
-    upper bound for packed contexts with a ``limit`` or ``tokens``)."""
+    upper bound for packed contexts with a ``limit`` or ``tokens``, and for unpacked
+    inputs longer than one window; ``None`` for a file or a generator). Both stream:
+    unpacked inputs are tokenized and sorted by length one window at a time
+    (:func:`~interlayer.store.inputs.unpacked_batches`)."""
     tok = Tokenized(model, opts.max_length)
     if opts.context_length is not None:
         contexts = tok.packed(inputs, opts.context_length, opts.text_field)
@@ -148,8 +151,7 @@ def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Itera
                 yield chunk
 
         return sequential(), limit
-    sequences = tok.sequences(inputs, opts.text_field, opts.limit)
-    return iter(batches_by_length(sequences, opts.batch_size)), len(sequences)
+    return unpacked_batches(tok, inputs, opts.batch_size, opts.text_field, opts.limit)
 
 
 def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
