@@ -25,7 +25,9 @@ import torch
 
 from interlayer.distributed import average_gradients
 
-from .archs import architecture
+from . import fused_encoder as fused
+from .archs import EncodeContext, architecture
+from .normalization import normalize
 from .options import TrainOptions
 from .sae import SAE
 
@@ -51,7 +53,16 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMas
     ``dead`` is the ``[h]`` mask of dead latents, or (the authors-exact mode) a function
     that takes this batch's ``[h]`` fired mask, updates the counters and returns the mask.
     ``sync`` (data-parallel training) makes the fired mask the ranks' union, so every
-    rank keeps the same dead-latent counters."""
+    rank keeps the same dead-latent counters.
+
+    TopK, BatchTopK and (fast) top-AFA run the sparse step of
+    :mod:`~interlayer.saes.fused_encoder`: the same terms and gradients, without a dense
+    code, ``dL/dpre`` or host sync (top-AFA: one, sizing its code). The others, and the
+    authors-exact mode, run the dense forward of :class:`~interlayer.saes.SAE`."""
+    if sae.activation.sparse_step(sae.d_sae) and not sae.cfg.authors_exact:
+        terms = sparse_losses(sae, x, options, dead, sync)
+        if terms is not None:
+            return terms
     out = sae(x)
     mse = (out.x_hat_in - out.x_in).square().mean()
     loss = mse
@@ -91,6 +102,54 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMas
     return terms
 
 
+def sparse_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMask,
+                  sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+    """:func:`batch_losses` by the sparse step (``None`` when the activation finds this
+    batch's code too dense for it: the caller then runs the dense one). ``fired`` and L0
+    come from the entries; AuxK reads the dead latents' entries (or dense column block)."""
+    sae.check_input(x)
+    x_in, _ = normalize(x.to(sae.W_enc.dtype), sae.cfg.normalization, sae.cfg.scale)
+    n, spec = x_in.shape[0], architecture(sae.cfg.arch)
+    pre = fused.pre_activations(x_in, sae.W_enc, sae.b_enc, sae.b_dec)
+    with torch.no_grad():
+        chosen = sae.activation.select(pre, EncodeContext(x_in - sae.b_dec, decoder=sae.W_dec))
+        if chosen is None:
+            return None
+        fired = fused.fired(chosen, pre[chosen.rows, chosen.cols], sae.d_sae)
+        if sync is not None:
+            fired = sync(fired)
+    if callable(dead):
+        dead = dead(fired)
+    aux = fused.dead_entries(pre, dead, options.aux_k) if spec.uses_auxk and options.auxk_coeff else None
+    entries, csr = chosen, None
+    if aux is not None and aux.entries is not None:  # one sparse backward for both sets of entries
+        entries, csr = fused.Entries(*(torch.cat([a, b]) for a, b in zip(chosen[:2], aux.entries[:2])),
+                                     chosen.starts[:0]), False
+    values, block = fused.encode_entries(x_in, sae.W_enc, sae.b_enc, sae.b_dec, pre, entries,
+                                         aux.block if aux is not None else None, csr)
+    main = chosen.rows.numel()
+    acts = torch.relu(values[:main])
+    x_hat_in = fused.decode_entries(sae.W_dec, sae.b_dec, chosen, acts, n)
+    mse = (x_hat_in - x_in).square().mean()
+    loss, terms = mse, {"mse": mse}
+    afa_coeff = options.afa(spec.name)
+    if afa_coeff:
+        terms["afa"] = (fused.row_norms(chosen, acts, n) - afa_target(sae, x_in)).square().mean()
+        loss = loss + afa_coeff * terms["afa"]
+    if aux is not None:
+        aux_hat = fused.aux_reconstruction(sae.W_dec, aux, values[main:], block, dead, options.aux_k)
+        terms["auxk"] = aux.any_dead * (aux_hat - (x_in - x_hat_in).detach()).square().mean()
+        loss = loss + options.auxk_coeff * terms["auxk"]
+    terms["loss"] = loss
+    with torch.no_grad():
+        err, norm = (x_hat_in - x_in).square().sum(), x_in.square().sum()
+        terms["nmse"] = err / norm.clamp_min(1e-12)
+        terms["_nmse_parts"] = torch.stack([err, norm])
+        terms["l0"] = (acts > 0).sum().float() / n
+        terms["fired"] = fired
+    return terms
+
+
 def optimizer_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float,
                     average: bool = False) -> None:
     """One Adam step with the decoder rows kept at unit norm (gradient projected, rows
@@ -122,4 +181,4 @@ def authors_step(sae: SAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     optimizer.step()
 
 
-__all__ = ["batch_losses", "afa_target", "DeadMask", "AUTHORS_MAX_GRAD_NORM", "optimizer_step", "authors_step"]
+__all__ = ["batch_losses", "sparse_losses", "afa_target", "DeadMask", "AUTHORS_MAX_GRAD_NORM", "optimizer_step", "authors_step"]

@@ -21,6 +21,8 @@ from torch import nn
 
 from interlayer.errors import InterlayerError, choices
 
+from ..fused_encoder import Entries
+
 class ArchConfig(Protocol):
     """What an architecture reads of an :class:`~interlayer.saes.SAEConfig` (declared here
     so that the architectures need not import the SAE module that builds them)."""
@@ -85,11 +87,21 @@ def dense_code(f: torch.Tensor, max_density: float = SPARSE_DENSITY) -> Code:
 
 class EncodeContext:
     """What some activations need besides the pre-activations: the centred input's
-    norm (top-AFA's target) and the decoder row norms."""
+    norm (top-AFA's target) and the decoder row norms (given, or computed from
+    ``decoder`` when first read)."""
 
-    def __init__(self, centred: torch.Tensor, decoder_norms: torch.Tensor) -> None:
+    def __init__(self, centred: torch.Tensor, decoder_norms: torch.Tensor | None = None,
+                 decoder: torch.Tensor | None = None) -> None:
         self.centred = centred
-        self.decoder_norms = decoder_norms
+        self._norms = decoder_norms
+        self._decoder = decoder
+
+    @property
+    def decoder_norms(self) -> torch.Tensor:
+        """``[h]`` the decoder row norms ``||W_dec,i||``."""
+        if self._norms is None:
+            self._norms = self._decoder.norm(dim=-1)
+        return self._norms
 
 
 class Activation(nn.Module, abc.ABC):
@@ -111,6 +123,19 @@ class Activation(nn.Module, abc.ABC):
 
     def sparsity_loss(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor | None:
         """The architecture's own sparsity penalty (unweighted), or ``None``."""
+        return None
+
+    def sparse_step(self, d_sae: int) -> bool:
+        """Whether the training step may run sparse (:mod:`interlayer.saes.fused_encoder`):
+        the code's entries come from :meth:`select` and no dense ``f`` is built. Only an
+        activation without a :meth:`sparsity_loss` and whose gradient reaches ``pre`` at the
+        kept entries alone may say yes."""
+        return False
+
+    def select(self, pre: torch.Tensor, context: EncodeContext) -> Entries | None:
+        """Training, without gradients: the entries of the code of ``[B, h]`` pre-activations
+        (row-major), or ``None`` when the code turns out too dense to train sparsely (the
+        step then runs the dense path)."""
         return None
 
 

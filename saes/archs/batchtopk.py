@@ -10,7 +10,8 @@ import torch
 
 from interlayer.distributed import all_gather_cat, all_reduce, current
 
-from .base import Activation, Architecture, Code, EncodeContext, coo_code, dense_code, register
+from ..fused_encoder import Entries, flat_entries
+from .base import SPARSE_DENSITY, Activation, Architecture, Code, EncodeContext, coo_code, dense_code, register
 from .topk import DEFAULT_K
 
 
@@ -38,19 +39,36 @@ class BatchTopK(Activation):
         else:
             values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         f = torch.zeros_like(flat).scatter(-1, indices, values).view_as(pre)
-        with torch.no_grad():
-            positive = values[values > 0]
-            least = positive.min() if positive.numel() else torch.tensor(math.inf, device=values.device)
-            if self.distributed:
-                least = all_reduce(least.clone(), "min", "the BatchTopK threshold")
-            if torch.isfinite(least):
-                smallest = least
-                if float(self.threshold) < 0:
-                    self.threshold.copy_(smallest)
-                else:
-                    self.threshold.lerp_(smallest, self.threshold_momentum)
+        self._update_threshold(values)
         h = pre.shape[-1]
         return coo_code(f, torch.div(indices, h, rounding_mode="floor"), indices % h, values)
+
+    @torch.no_grad()
+    def _update_threshold(self, values: torch.Tensor) -> None:
+        """Move the inference threshold towards the smallest positive kept activation (set
+        it on the first batch), on the device: no host sync."""
+        least = torch.where(values > 0, values, torch.full_like(values, math.inf)).amin()
+        if self.distributed:
+            least = all_reduce(least.clone(), "min", "the BatchTopK threshold")
+        moved = torch.where(self.threshold < 0, least, torch.lerp(self.threshold, least, self.threshold_momentum))
+        self.threshold.copy_(torch.where(torch.isfinite(least), moved, self.threshold))
+
+    def sparse_step(self, d_sae: int) -> bool:
+        """Sparse training (the batch-wide selection's entries) while ``k`` is a small share of the latents."""
+        return self.training and self.k <= SPARSE_DENSITY * d_sae
+
+    def select(self, pre: torch.Tensor, context: EncodeContext) -> Entries | None:
+        """The ``k x B`` largest pre-activations of the batch (``ReLU(pre)``'s, as :meth:`encode`),
+        moving the inference threshold as :meth:`encode` does; ``None`` above :data:`SPARSE_DENSITY`."""
+        if not self.sparse_step(pre.shape[-1]):
+            return None
+        acts = torch.relu(pre).flatten()
+        if self.distributed:
+            values, indices = self._global_top(acts, pre.shape[0])
+        else:
+            values, indices = acts.topk(min(self.k * pre.shape[0], acts.numel()), sorted=False)
+        self._update_threshold(values)
+        return flat_entries(indices, pre.shape[-1])
 
     def _global_top(self, flat: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's entries among the top ``k x global batch`` of all ranks' batches

@@ -15,7 +15,8 @@ import torch
 from interlayer.errors import InterlayerError, choices
 
 from .. import topafa as selection
-from .base import Activation, ArchConfig, Architecture, Code, EncodeContext, coo_code, register
+from ..fused_encoder import Entries, counted_entries
+from .base import SPARSE_DENSITY, Activation, ArchConfig, Architecture, Code, EncodeContext, coo_code, register
 
 AFA_FORMS = ("centred", "authors")
 """The forms of top-AFA's AFA loss (:attr:`interlayer.saes.SAEConfig.afa_form`)."""
@@ -37,6 +38,7 @@ class TopAFA(Activation):
         self.fast = fast
         self.sentinel = sentinel  # the authors' C_h = 1e8: k = h excluded
         self.candidates = 64  # adapts to the k the data need; affects speed only
+        self.dense = False  # the last code was too dense to train sparsely (fresh weights: k ~ 40% of h)
 
     def forward(self, pre: torch.Tensor, context: EncodeContext) -> torch.Tensor:
         lead, h = pre.shape[:-1], pre.shape[-1]
@@ -50,11 +52,37 @@ class TopAFA(Activation):
                                                           sentinel=self.sentinel, entries=True)
             if k.numel():
                 self.candidates = candidates_for(k)
+            self.dense = rows.numel() > SPARSE_DENSITY * pre.numel()
             return coo_code(f, rows, cols, values)
         acts = torch.relu(pre)
         with torch.no_grad():
             chosen = selection.select_sorted((acts * context.decoder_norms).square(), target, sentinel=self.sentinel)
         return Code(acts * chosen.keep)
+
+
+    def sparse_step(self, d_sae: int) -> bool:
+        """Sparse training in the fast mode while the last code was sparse enough (the
+        authors-exact mode keeps their dense code)."""
+        return self.fast and not self.dense
+
+    def select(self, pre: torch.Tensor, context: EncodeContext) -> Entries | None:
+        """The kept entries of the fast selection, or ``None`` (and the next steps dense
+        until a code is sparse again) above :data:`SPARSE_DENSITY`. One host sync per step:
+        the number of kept entries sizes the code."""
+        target = context.centred.reshape(-1, context.centred.shape[-1]).norm(dim=-1)
+        k, cols = kept_entries(pre, context.decoder_norms.detach(), target, self.candidates, self.sentinel)
+        if k.numel():
+            self.candidates = candidates_for(k)
+        self.dense = cols.numel() > SPARSE_DENSITY * pre.numel()
+        return None if self.dense else counted_entries(k, cols)
+
+
+def kept_entries(pre: torch.Tensor, decoder_norms: torch.Tensor, target: torch.Tensor, candidates: int,
+                 sentinel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k, cols)``: how many latents each token keeps and which (row-major), by the fast
+    selection of :mod:`interlayer.saes.topafa`."""
+    _, k, (rows, cols, _) = selection.encode(pre, decoder_norms, target, candidates, sentinel=sentinel, entries=True)
+    return k, cols[torch.argsort(rows, stable=True)]
 
 
 def _activation(cfg: ArchConfig) -> TopAFA:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..fused_encoder import Entries, fixed_entries
 from .base import SPARSE_DENSITY, Activation, Architecture, Code, EncodeContext, register
 
 DEFAULT_K = 32
@@ -29,6 +30,18 @@ class TopK(Activation):
             return Code(f)
         offsets = torch.arange(0, pre.shape[0] * self.k, self.k, device=pre.device)
         return Code(f, indices.reshape(-1), values.reshape(-1), offsets)
+
+    def sparse_step(self, d_sae: int) -> bool:
+        """Sparse training while ``k`` is at most :data:`SPARSE_DENSITY` of the latents (the decode's rule)."""
+        return self.k <= SPARSE_DENSITY * d_sae
+
+    def select(self, pre: torch.Tensor, context: EncodeContext) -> Entries | None:
+        """The ``k`` largest pre-activations per token (those of ``ReLU(pre)`` wherever ``k``
+        are positive; the others have ``f = 0`` either way), or ``None`` above
+        :data:`SPARSE_DENSITY`."""
+        if not self.sparse_step(pre.shape[-1]):
+            return None
+        return fixed_entries(pre.topk(self.k, dim=-1, sorted=False).indices)
 
 
 ARCHITECTURE = register(Architecture("topk", lambda cfg: TopK(cfg.k), default_k=DEFAULT_K, uses_auxk=True, swept="k"))
