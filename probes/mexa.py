@@ -231,13 +231,44 @@ class MexaResult(Result):
         return fig
 
 
+PASS_SENTENCES = 1024
+"""At most this many sentences (whole languages, at least one) go through one store pass:
+the languages of a pass are sorted by length together, so batches pad less than one
+language's would, and the pooled rows held at once stay bounded."""
+
+
+def language_passes(langs: Sequence[str], n: int, budget: int = PASS_SENTENCES) -> list[list[str]]:
+    """``langs`` in order, grouped into passes of at most ``budget`` sentences (``n`` per
+    language; a language larger than the budget gets a pass of its own)."""
+    per_pass = max(1, budget // n)
+    return [list(langs[i:i + per_pass]) for i in range(0, len(langs), per_pass)]
+
+
+def language_embeddings(model: ModelAdapter, data: dict[str, list[str]], langs: Sequence[str], pooling: str,
+                        batch_size: int, progress: bool = False) -> dict[str, torch.Tensor]:
+    """``{lang: [L+1, n, d]}``: every language of ``langs`` embedded in one store pass.
+
+    The sentences of all of them are batched together (the store sorts them by length),
+    which pads less than a pass per language; an embedding does not depend on the batch
+    it was computed in (padding does not change it; to float rounding)."""
+    sentences = [s for lang in langs for s in data[lang]]
+    embeddings = sentence_embeddings(model, sentences, pooling, batch_size, progress)
+    out, start = {}, 0
+    for lang in langs:
+        out[lang] = embeddings[:, start:start + len(data[lang])]
+        start += len(data[lang])
+    return out
+
+
 def mexa(model: ModelAdapter, langs: str | Sequence[str] = "all", *, n: int = 100, pooling: str = "weighted",
          data_dir: str | Path | None = None, pivot: str = "eng_Latn", batch_size: int = 16,
          progress: bool = True) -> MexaResult:
     """MEXA scores of ``langs`` against ``pivot`` at every hidden state.
 
     ``langs="all"`` takes every language in ``data_dir`` (default: the packaged
-    FLORES-200 subset) but the pivot.
+    FLORES-200 subset) but the pivot. Each language, the pivot included, is embedded
+    once; the languages share store passes of at most :data:`PASS_SENTENCES` sentences
+    (:func:`language_passes`).
     """
     if pooling not in POOLINGS:
         raise InterlayerError(f"unknown pooling {pooling!r}; valid choices: {choices(POOLINGS)}")
@@ -249,8 +280,14 @@ def mexa(model: ModelAdapter, langs: str | Sequence[str] = "all", *, n: int = 10
     data = load_parallel([pivot, *langs], n, data_dir)
     from interlayer.progress import tqdm
 
-    pivot_emb = sentence_embeddings(model, data[pivot], pooling, batch_size)
+    pivot_emb = None
     scores = {}
-    for lang in tqdm(langs, desc="mexa", disable=not progress):
-        scores[lang] = alignment_scores(pivot_emb, sentence_embeddings(model, data[lang], pooling, batch_size))
+    with tqdm(total=len(langs), desc="mexa", disable=not progress) as bar:
+        for group in language_passes(list(dict.fromkeys([pivot, *langs])), n, PASS_SENTENCES):
+            embeddings = language_embeddings(model, data, group, pooling, batch_size)
+            if pivot_emb is None:
+                pivot_emb = embeddings[pivot].clone()  # not a view that keeps the whole pass alive
+            for lang in (lang for lang in group if lang in langs):
+                scores[lang] = alignment_scores(pivot_emb, embeddings[lang])
+                bar.update(1)
     return MexaResult(model.name, pooling, n, pivot, hidden_index_layers(int(pivot_emb.shape[0])), scores)
