@@ -40,7 +40,7 @@ from interlayer.errors import InterlayerError, choices
 
 from .checkpoint import CHECKPOINT, NonFiniteError, config_identity, kept_message, save_checkpoint, start
 from .losses import authors_step, batch_losses, optimizer_step
-from .options import TrainOptions, lr_factor
+from .options import TrainOptions, lr_factor, matmul_precision
 from .sae import SAE, SAEConfig
 from .sources import Source, SourceBatch
 
@@ -99,6 +99,7 @@ class _Member:
         self.spent = 0.0
         self.window = [time.perf_counter(), self.start]
         self.warmup, self.decay = options.warmup(cfg), options.decay(cfg)
+        self.pending: list[tuple[int, Callable[[int], str], torch.Tensor, torch.Tensor]] = []
 
     @property
     def step(self) -> int:
@@ -108,25 +109,27 @@ class _Member:
     def done(self) -> bool:
         return self.state["step"] >= self.steps
 
-    def train_step(self, batch: SourceBatch, x: torch.Tensor, extra_seconds: float) -> dict[str, float] | None:
-        """One optimizer step on ``x``; the history row when one is recorded."""
+    def train_step(self, batch: SourceBatch, x: torch.Tensor, extra_seconds: float,
+                   bad_rows: torch.Tensor) -> dict[str, float] | None:
+        """One optimizer step on ``x``; the history row when one is recorded. ``bad_rows``
+        (``[count, first]`` of the batch's non-finite rows, on the device) and the loss are
+        checked at the next :meth:`check_finite`, not here: no host sync in the step."""
         began = time.perf_counter()
         sae, options, state, step = self.sae, self.options, self.state, self.state["step"]
         exact, many = sae.cfg.authors_exact, self.world.distributed
         sync = _fired_on_any_rank if many else None
-        if exact:
-            def dead(fired: torch.Tensor) -> torch.Tensor:  # the authors update the counters in the forward pass
-                state["dead"] = torch.where(fired, torch.zeros_like(state["dead"]), state["dead"] + 1)
-                return state["dead"] >= options.dead_after
-            terms = batch_losses(sae, x, options, dead, sync)
-        else:
-            terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after, sync)
-        shown = _mean_over_ranks(terms) if many else terms  # NaN on any rank stops every rank
-        if not torch.isfinite(shown["loss"]):
-            raise NonFiniteError(f"the loss became {float(shown['loss'])} at step {step} (first row from "
-                                 f"{batch.where(0)}); training stopped, the step was not applied. {kept_message(self.ckpt)}")
-        lr = options.lr * lr_factor(step, self.steps, self.warmup, self.decay)
-        (authors_step if exact else optimizer_step)(sae, self.optimizer, terms["loss"], lr, many)
+        with matmul_precision(options.tf32):
+            if exact:
+                def dead(fired: torch.Tensor) -> torch.Tensor:  # the authors update the counters in the forward pass
+                    state["dead"] = torch.where(fired, torch.zeros_like(state["dead"]), state["dead"] + 1)
+                    return state["dead"] >= options.dead_after
+                terms = batch_losses(sae, x, options, dead, sync)
+            else:
+                terms = batch_losses(sae, x, options, state["dead"] >= options.dead_after, sync)
+            shown = _mean_over_ranks(terms) if many else terms  # NaN on any rank stops every rank
+            self.pending.append((step, batch.where, bad_rows, shown["loss"].detach()))
+            lr = options.lr * lr_factor(step, self.steps, self.warmup, self.decay)
+            (authors_step if exact else optimizer_step)(sae, self.optimizer, terms["loss"], lr, many)
         with torch.no_grad():
             if not exact:
                 state["dead"] = torch.where(terms["fired"], torch.zeros_like(state["dead"]), state["dead"] + 1)
@@ -134,15 +137,39 @@ class _Member:
                 state["window"] |= terms["fired"]
         step += 1
         state["step"], state["source"] = step, batch.state
+        due = step == self.steps or bool(options.checkpoint_every and step % options.checkpoint_every == 0)
+        saving = due and self.ckpt is not None and self.world.main
         row = None
+        if step % options.log_every == 0 or due:  # the same steps on every rank
+            self.check_finite()  # before any record or checkpoint of these weights
         if step % options.log_every == 0 or step == self.steps:
             row = _history_row(step, self.window, options, self.optimizer, state["dead"], shown)
             state["history"].append(row)
         self.spent += time.perf_counter() - began + extra_seconds
-        if self.ckpt is not None and self.world.main and (step == self.steps or (options.checkpoint_every and step % options.checkpoint_every == 0)):
+        if saving:
             state["seconds"] = self.earlier + self.spent
             save_checkpoint(self.ckpt, sae, self.optimizer, state, self.identity)
         return row
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteError` for the first step since the last check whose
+        activations or loss were not finite (one host sync for all of them). Checked at
+        every history row (``log_every``), before every checkpoint and at the last step,
+        so a non-finite run stops within ``log_every`` steps and never writes a checkpoint
+        from the weights it left."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        values = torch.stack([torch.cat([bad.float(), loss.float().reshape(1)]) for *_, bad, loss in pending]).tolist()
+        now = self.state["step"]
+        for (step, where, _, _), (count, first, loss) in zip(pending, values):
+            if count:
+                more = f" and {int(count) - 1} more row(s) of the batch" if count > 1 else ""
+                raise NonFiniteError(f"NaN or inf in the activations at step {step}: {where(int(first))}{more}; "
+                                     f"training stopped at step {now}. {kept_message(self.ckpt)}")
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"the loss became {loss} at step {step} (first row from {where(0)}); training "
+                                     f"stopped at step {now}, no checkpoint written since. {kept_message(self.ckpt)}")
 
     def result(self) -> TrainResult:
         seconds = self.earlier + self.spent
@@ -251,14 +278,15 @@ def _step(source: Source, runs: list[_Member], active: list[int], results: list[
     leave ``active``. Returns the history rows they recorded."""
     x = batch.x
     stepping = [i for i in active if runs[i].step == position]
+    bad_rows = None
     if stepping:
         x = x.to(runs[stepping[0]].sae.device)
-        _check_finite(x, batch, position, runs[stepping[0]].ckpt)
+        bad_rows = _bad_rows(x)
     load_seconds = (time.perf_counter() - fetched) / max(1, len(stepping))
     rows = []
     for i in stepping:
         try:
-            row = runs[i].train_step(batch, _site_rows(source, x, runs[i].sae.cfg), load_seconds)
+            row = runs[i].train_step(batch, _site_rows(source, x, runs[i].sae.cfg), load_seconds, bad_rows)
         except NonFiniteError as err:
             if stop_on_error:
                 raise
@@ -309,16 +337,13 @@ def _site_rows(source: Source, x: torch.Tensor, cfg: SAEConfig) -> torch.Tensor:
     return x[source.sites.index(cfg.site)]
 
 
-def _check_finite(x: torch.Tensor, batch: SourceBatch, step: int, ckpt: Path | None) -> None:
-    finite = torch.isfinite(x).all(dim=-1)
-    if finite.dim() == 2:  # several sites: a row is bad when any site's copy is
-        finite = finite.all(0)
-    if bool(finite.all()):
-        return
-    bad = (~finite).nonzero(as_tuple=True)[0].tolist()
-    more = f" and {len(bad) - 1} more row(s) of the batch" if len(bad) > 1 else ""
-    raise NonFiniteError(f"NaN or inf in the activations at step {step}: {batch.where(bad[0])}{more}; "
-                         f"training stopped. {kept_message(ckpt)}")
+def _bad_rows(x: torch.Tensor) -> torch.Tensor:
+    """``[count, first]`` of the rows of ``x`` holding NaN or inf (a row is bad when any
+    site's copy is), on the device: no host sync."""
+    bad = ~torch.isfinite(x).all(dim=-1)
+    if bad.dim() == 2:
+        bad = bad.any(0)
+    return torch.stack([bad.sum(), bad.to(torch.uint8).argmax()])
 
 
 def _fired_on_any_rank(fired: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from interlayer.errors import InterlayerError
 from interlayer.options import Options, option
@@ -47,6 +51,8 @@ class TrainOptions(Options):
     log_every: int = option(20, "record a row of the training history every N steps", min=1)
     dead_window_tokens: int = option(1_000_000, "report the latents that never fired in the last this many training "
                                                 "tokens (at most the whole run)", min=1)
+    tf32: bool = option(False, "CUDA only: fp32 matrix products on the TensorFloat-32 tensor cores (a 10-bit "
+                               "mantissa, as sparsify trains); no effect on the CPU", group="training")
     progress: bool = option(True, "show a progress bar with tokens/s, NMSE, L0 and dead %", cli=False)
 
     def __post_init__(self) -> None:
@@ -94,8 +100,8 @@ class TrainOptions(Options):
     def identity(self, cfg: ArchConfig | None = None) -> dict[str, Any]:
         """The options a resumed run must share (not progress or logging); with ``cfg``,
         the learning-rate schedule's defaults are resolved for it."""
-        skip = {"progress", "log_every", "checkpoint_every"}
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        skip = {"progress", "log_every", "checkpoint_every"} | ({"tf32"} if not self.tf32 else set())
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}  # no tf32: older checkpoints match
         if cfg is not None:
             out["warmup_steps"], out["decay_fraction"] = self.warmup(cfg), self.decay(cfg)
             out.update(architecture(cfg.arch).resume_identity(cfg))  # JumpReLU's threshold, where it was an option
@@ -112,10 +118,26 @@ def lr_factor(step: int, steps: int, warmup: int, decay_fraction: float) -> floa
     return 1.0
 
 
+@contextmanager
+def matmul_precision(tf32: bool) -> Iterator[None]:
+    """With ``tf32``, CUDA's fp32 matrix products and convolutions may use TF32 while the
+    block runs (``torch.backends.cuda.matmul.allow_tf32``, ``cudnn.allow_tf32``); the
+    previous settings come back after it. The CPU's products are unaffected."""
+    if not tf32:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def train_options(config: TrainOptions) -> TrainOptions:
     """The :class:`TrainOptions` part of a config that extends them (``sae train``'s and
     ``sae sweep``'s), as a plain :class:`TrainOptions`."""
     return TrainOptions(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainOptions)})
 
 
-__all__ = ["TrainOptions", "lr_factor", "train_options"]
+__all__ = ["TrainOptions", "lr_factor", "train_options", "matmul_precision"]

@@ -81,8 +81,8 @@ def kept_entries(pre: torch.Tensor, decoder_norms: torch.Tensor, target: torch.T
                  sentinel: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(k, cols)``: how many latents each token keeps and which (row-major), by the fast
     selection of :mod:`interlayer.saes.topafa`."""
-    _, k, (rows, cols, _) = selection.encode(pre, decoder_norms, target, candidates, sentinel=sentinel, entries=True)
-    return k, cols[torch.argsort(rows, stable=True)]
+    kept = selection.entries(pre.detach() * decoder_norms, target, candidates, sentinel=sentinel)
+    return kept.k, kept.cols
 
 
 def _activation(cfg: ArchConfig) -> TopAFA:
