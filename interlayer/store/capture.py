@@ -95,12 +95,16 @@ class Capture:
             raise InterlayerError("nothing to capture: give at least one site, or logits=True")
         self.stop_layer = max(layers)
 
-    def _allocate(self) -> None:
-        device, model = self.model.device, self.model
-        self.buffers = {s.name: torch.empty((self.capacity, model.d_model), dtype=self.dtype, device=device)
+    def _allocate(self, rows: int | None = None) -> None:
+        """Buffers of ``capacity`` rows (or of ``rows``, for a chunk of one batch larger than that)."""
+        device, model, rows = self.model.device, self.model, max(self.capacity, rows or 0)
+        self.buffers = {s.name: torch.empty((rows, model.d_model), dtype=self.dtype, device=device)
                         for s in self.sites}
         if self.logits:
-            self.buffers[LOGITS] = torch.empty((self.capacity, model.vocab_size), dtype=torch.float32, device=device)
+            self.buffers[LOGITS] = torch.empty((rows, model.vocab_size), dtype=torch.float32, device=device)
+
+    def _buffer_rows(self) -> int:
+        return int(next(iter(self.buffers.values())).shape[0])
 
     @property
     def resume_layer(self) -> int | None:
@@ -118,12 +122,12 @@ class Capture:
         keep and return (for other passes to resume from); ``resume``: skip blocks up to
         one recorded earlier on the same batch (see :attr:`resume_layer`)."""
         n = selector.n_rows
-        if self.fill + n > self.capacity:
-            raise InterlayerError(f"one batch selects {n} rows but the buffer holds {self.capacity}; "
-                                  "raise memory_mb or lower batch_size")
+        if self.fill and self.fill + n > self.capacity:
+            raise InterlayerError(f"one batch selects {n} rows but the buffer holds {self.capacity - self.fill} more; "
+                                  "take the filled rows first")
         start, stop = self.fill, self.fill + n
-        if not self.buffers:  # handed over with the last chunk (take without a stage)
-            self._allocate()
+        if not self.buffers or n > self._buffer_rows():  # handed over with the last chunk, or too small
+            self._allocate(n)  # a chunk holds at least one batch, however large
         if start == 0 and self.stage is not None:
             self.stage.open(self.buffers)
         hooks: dict[str, list[SiteFn]] = {}
@@ -174,7 +178,7 @@ class Capture:
         if self.stage is not None:
             host = self.stage.close(rows)
         else:
-            small = self.model.device.type == "cpu" and 2 * rows < self.capacity
+            small = self.model.device.type == "cpu" and 2 * rows < self._buffer_rows()
             host = HostRows({k: v[:rows].clone() if small else v[:rows] for k, v in self.buffers.items()})
             self.buffers = {}
         meta = {k: torch.cat([m[k] for m in self.meta])[:rows] for k in self.meta[0]} if self.meta else {}

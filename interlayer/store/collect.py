@@ -236,7 +236,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             if not captures:
                 # Never allocate more than the whole job needs.
                 rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
-                size = max(selector.n_rows, min(capacity, rows_hint))
+                size = max(1, min(capacity, rows_hint))  # a larger batch gets buffers of its own size
                 captures = [Capture(model, site_list, dtype, size, opts.logits, e, host_stage(model.device, on_device))
                             for e in edits]
             if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
