@@ -59,8 +59,10 @@ if triton is not None:
         """``x`` rounded to the dtype of ``KIND`` (0 fp32: as is), back in fp32."""
         if KIND == 1:
             x = x.to(tl.float16).to(tl.float32)
-        elif KIND == 2:
-            x = x.to(tl.bfloat16).to(tl.float32)
+        elif KIND == 2:  # round to nearest even by hand (the interpreter's cast truncates)
+            bits = x.to(tl.int32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+            x = bits.to(tl.float32, bitcast=True)
         return x
 
     @triton.jit
