@@ -106,12 +106,13 @@ class Tokenized:
 
     def encode(self, document: str | list[int], special: bool = True) -> list[int]:
         """A document's token ids: text through the tokenizer (with its special tokens when
-        ``special``), token ids checked against the vocabulary."""
+        ``special``), token ids checked against the vocabulary (a list is returned itself,
+        not a copy: the store hands it the fresh lists of :func:`iter_documents`)."""
         if isinstance(document, str):
             if self.tokenizer is None:
                 raise InterlayerError(f"{self.model.name} has no tokenizer; pass token ids instead of text")
             return list(self.tokenizer(document, add_special_tokens=special).input_ids)
-        ids = list(document)
+        ids = document if type(document) is list else list(document)  # iter_documents' lists are fresh copies
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):  # builtins: no Python loop unless one is bad
             self._out_of_range(next(t for t in ids if not 0 <= t < self.vocab_size))
         return ids
@@ -169,7 +170,8 @@ class Tokenized:
 
     def _warn_truncated(self) -> None:
         if self.truncated:
-            warnings.warn(f"{self.truncated} sequence(s) longer than {self.max_length} tokens were truncated", stacklevel=3)
+            warnings.warn(f"{self.truncated} sequence(s) longer than {self.max_length} tokens were truncated",
+                          stacklevel=3)
 
     def packed(self, data: Any, context_length: int, text_field: str = "text") -> Iterator[TokenSequence]:
         """Fixed-length contexts: BOS, then documents concatenated (each followed by EOS
@@ -194,8 +196,11 @@ class Tokenized:
             if not tokens:
                 continue
             any_document = True
-            ids.extend(tokens)
-            docs.extend([doc_index] * len(tokens))
+            if ids:
+                ids.extend(tokens)
+            else:
+                ids = tokens  # a fresh list (encode's), not copied again
+            docs.extend(itertools.repeat(doc_index, len(tokens)))
             start = 0
             while len(ids) - start >= body:
                 stop = start + body
