@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CacheCorruptError, InterlayerError, choices
-from ..io.files import MANIFEST, WriteError, write_atomic, write_json_atomic
+from ..io.files import MANIFEST, WriteError, write_json_atomic
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site
 from .collect import Activations, stream
-from .shards import DiskBudgetError, encode_shard
+from .shards import DiskBudgetError, shard_layout, write_shard_file
 
 log = logging.getLogger(__name__)
 
@@ -124,30 +124,31 @@ def remove_stale_shards(out: Path, listed: set[str], pattern: re.Pattern[str] = 
 
 def write_shard(out: Path, manifest: dict[str, Any], acts: Activations, room: int,
                  disk_budget_mb: float | None, prefix: str = "shard_", manifest_file: str = MANIFEST) -> int:
-    """Write the first ``room`` rows of ``acts`` as the next shard and list it in
-    ``manifest`` (rewritten atomically to ``manifest_file``); returns the rows written."""
+    """Write the first ``room`` rows of ``acts`` as the next shard (atomically, fsynced:
+    :func:`~interlayer.store.shards.write_shard_file`), then list it in ``manifest``
+    (rewritten atomically to ``manifest_file``); returns the rows written."""
     keep = min(len(acts), room)
     tensors = {k: v[:keep] for k, v in acts.tensors.items()}
     meta = {f"meta.{k}": v[:keep] for k, v in acts.meta.items()}
     index = len(manifest["shards"])
-    payload = encode_shard({**tensors, **meta}, {"shard": str(index)})
+    layout = shard_layout({**tensors, **meta}, {"shard": str(index)})
     used = sum(s["bytes"] for s in manifest["shards"])
-    if disk_budget_mb is not None and used + len(payload) > disk_budget_mb * 2**20:
+    if disk_budget_mb is not None and used + layout.nbytes > disk_budget_mb * 2**20:
         raise DiskBudgetError(
             f"disk budget of {disk_budget_mb} MiB exhausted: {used / 2**20:.1f} MiB written in "
-            f"{index} shard(s), the next needs {len(payload) / 2**20:.1f} MiB; {out} keeps the whole shards, "
+            f"{index} shard(s), the next needs {layout.nbytes / 2**20:.1f} MiB; {out} keeps the whole shards, "
             "and a run with a larger budget resumes from them")
     free = shutil.disk_usage(out).free
-    if len(payload) + 2**20 > free:
+    if layout.nbytes + 2**20 > free:
         raise DiskBudgetError(f"not enough free disk for shard {index} of {out}: it needs "
-                              f"{len(payload) / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free")
+                              f"{layout.nbytes / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free")
     name = f"{prefix}{index:05d}.safetensors"
     try:
-        sha = write_atomic(out / name, payload)
+        sha = write_shard_file(out / name, layout)
     except WriteError as err:
         raise DiskBudgetError(f"{err}; {out} keeps the whole shards written before, and the same command resumes") from err
     manifest["shards"].append({"file": name, "rows": keep, "contexts": acts.n_sequences, "sha256": sha,
-                               "bytes": len(payload)})
+                               "bytes": layout.nbytes})
     manifest["n_rows"] = sum(s["rows"] for s in manifest["shards"])
     write_json_atomic(out / manifest_file, manifest)
     return keep

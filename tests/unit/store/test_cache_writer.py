@@ -3,6 +3,7 @@
 nothing already listed in the manifest; a rerun resumes to the shards of a clean run."""
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save
 
 import interlayer
 import interlayer.store.cache as cache_module
 import interlayer.store.cache_files as cache_files
 from interlayer import cache
 from interlayer.errors import InterlayerError
+from interlayer.store.shards import read_shard, shard_layout, write_shard_file
 from interlayer.store.writer import ShardWriteError, ShardWriter
 from tests.tiny_models import make_tiny
 
@@ -64,16 +67,16 @@ def assert_same_cache(a, b):
         assert torch.equal(one.load(site), two.load(site))
 
 
-def full_disk_in_write_atomic(monkeypatch, at):
+def full_disk_in_the_shard_write(monkeypatch, at):
     """The shard write itself raises a bare OSError (ENOSPC) at shard ``at``."""
-    real = cache_files.write_atomic
+    real = cache_files.write_shard_file
 
-    def write(path, data):
+    def write(path, layout):
         if Path(path).name == f"shard_{at:05d}.safetensors":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, data)
+        return real(path, layout)
 
-    monkeypatch.setattr(cache_files, "write_atomic", write)
+    monkeypatch.setattr(cache_files, "write_shard_file", write)
 
 
 def full_disk_in_rename(monkeypatch, at):
@@ -89,7 +92,7 @@ def full_disk_in_rename(monkeypatch, at):
 
 
 @pytest.mark.parametrize("write_queue", [0, 2])
-@pytest.mark.parametrize("inject", [full_disk_in_write_atomic, full_disk_in_rename])
+@pytest.mark.parametrize("inject", [full_disk_in_the_shard_write, full_disk_in_rename])
 def test_a_full_disk_at_shard_3_loses_nothing_and_a_rerun_resumes_exactly(model, tmp_path, monkeypatch,
                                                                          no_thread_tracebacks, inject, write_queue):
     cache(model, DOCS, SITES, tmp_path / "clean", tokens=300, **OPTS)
@@ -99,7 +102,7 @@ def test_a_full_disk_at_shard_3_loses_nothing_and_a_rerun_resumes_exactly(model,
             cache(model, DOCS, SITES, tmp_path / "cut", tokens=300, write_queue=write_queue, **OPTS)
     message = str(err.value)
     assert "shard_00003.safetensors" in message and "No space left on device" in message and "resumes" in message
-    if inject is full_disk_in_write_atomic:
+    if inject is full_disk_in_the_shard_write:
         assert isinstance(err.value, ShardWriteError) and "shard 3" in message and "OSError" in message
     assert [row[0] for row in listing(tmp_path / "cut")] == [f"shard_{i:05d}.safetensors" for i in range(3)]
     assert listing(tmp_path / "cut") == listing(tmp_path / "clean")[:3]  # acknowledged = listed, and kept
@@ -109,25 +112,41 @@ def test_a_full_disk_at_shard_3_loses_nothing_and_a_rerun_resumes_exactly(model,
     assert_same_cache(tmp_path / "cut", tmp_path / "clean")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_streamed_shard_file_is_safetensors_save_byte_for_byte(tmp_path, dtype):
+    torch.manual_seed(0)
+    tensors = {"resid_post.1": torch.randn(37, 5).to(dtype), "mlp_out.0": torch.randn(37, 5).to(dtype),
+               "meta.sequence": torch.arange(37), "meta.position": torch.arange(37) % 7, "empty": torch.zeros(0, 5)}
+    for metadata in ({"shard": "12"}, None):
+        layout = shard_layout(tensors, metadata)
+        sha = write_shard_file(tmp_path / "s.safetensors", layout)
+        expected = save(tensors, metadata=metadata)
+        assert (tmp_path / "s.safetensors").read_bytes() == expected and layout.nbytes == len(expected)
+        assert sha == hashlib.sha256(expected).hexdigest()
+        back = read_shard(tmp_path / "s.safetensors", sha)
+        assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    assert files(tmp_path) == ["s.safetensors"]
+
+
 def test_the_next_chunk_is_computed_while_a_shard_is_written(model, tmp_path, monkeypatch):
     """Shard 0's write waits until the model has produced chunk 1: only a writer thread
     can let it (written on the calling thread, chunk 1 never comes while shard 0 waits)."""
     produced = [threading.Event() for _ in range(8)]
     seen = {}
-    real_chunks, real_write = cache_module.cache_chunks, cache_files.write_atomic
+    real_chunks, real_write = cache_module.cache_chunks, cache_files.write_shard_file
 
     def chunks(*args, **kwargs):
         for number, acts in enumerate(real_chunks(*args, **kwargs)):
             produced[number].set()
             yield acts
 
-    def write(path, data):
+    def write(path, layout):
         if Path(path).name == "shard_00000.safetensors":
             seen[len(seen)] = produced[1].wait(timeout=20 if not seen else 0.5)
-        return real_write(path, data)
+        return real_write(path, layout)
 
     monkeypatch.setattr(cache_module, "cache_chunks", chunks)
-    monkeypatch.setattr(cache_files, "write_atomic", write)
+    monkeypatch.setattr(cache_files, "write_shard_file", write)
     cache(model, DOCS, SITES, tmp_path / "threaded", tokens=300, **OPTS)
     for event in produced:
         event.clear()
@@ -141,21 +160,21 @@ def test_at_most_write_queue_chunks_wait_for_the_writer(model, tmp_path, monkeyp
     """With slow writes the queue fills: when the model yields a chunk, at most
     ``write_queue`` earlier ones are not yet written (``write_queue + 1`` alive in all)."""
     alive, written = [], []
-    real_chunks, real_write = cache_module.cache_chunks, cache_files.write_atomic
+    real_chunks, real_write = cache_module.cache_chunks, cache_files.write_shard_file
 
     def chunks(*args, **kwargs):
         for number, acts in enumerate(real_chunks(*args, **kwargs)):
             alive.append(number + 1 - len(written))
             yield acts
 
-    def write(path, data):
+    def write(path, layout):
         time.sleep(0.1)
-        sha = real_write(path, data)
+        sha = real_write(path, layout)
         written.append(path)
         return sha
 
     monkeypatch.setattr(cache_module, "cache_chunks", chunks)
-    monkeypatch.setattr(cache_files, "write_atomic", write)
+    monkeypatch.setattr(cache_files, "write_shard_file", write)
     cache(model, DOCS, SITES, tmp_path / "c", tokens=300, write_queue=write_queue, **OPTS)
     assert len(alive) == 6 and max(alive) == write_queue + 1
 
@@ -201,15 +220,15 @@ def test_a_writer_killed_mid_shard_loses_nothing_listed_and_resumes_exactly(mode
 import json, os, sys, time, interlayer
 import interlayer.store.cache_files as cache_files
 from interlayer.io.files import temporary_file
-real = cache_files.write_atomic
-def stalled(path, data):
+real = cache_files.write_shard_file
+def stalled(path, layout):
     if sys.argv[1] == "stall" and path.name == "shard_00003.safetensors":
         descriptor, _ = temporary_file(path)
-        os.write(descriptor, data[: len(data) // 2])
+        os.write(descriptor, layout.header)
         os.fsync(descriptor)
         time.sleep(600)
-    return real(path, data)
-cache_files.write_atomic = stalled
+    return real(path, layout)
+cache_files.write_shard_file = stalled
 model = interlayer.load_model({str(ckpt)!r})
 docs = json.load(open({str(tmp_path / 'docs.json')!r}))
 interlayer.cache(model, docs, {SITES!r}, sys.argv[2], tokens=300, context_length=8, batch_size=4,
