@@ -42,7 +42,7 @@ from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows, run_shared
 from .host import HostRows, host_stage
 from .inputs import TokenSequence, Tokenized, contexts_for_tokens, make_batch, unpacked_batches
 from .options import MODEL_DTYPE, CollectOptions, check_inputs, check_sites, resolve_storage_dtype, storage_dtype_name
-from .selection import Selector
+from .selection import POOLED, Selector
 
 __all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
 
@@ -222,7 +222,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
     first batch of chunk n + 1 is launched and chunk n's copies are done."""
     site_list = model.expand_sites(sites) if (sites or not opts.logits) else []
     edits = [check_edits(model, v) for v in variants]
-    dtype = resolve_storage_dtype(opts.storage_dtype, model.dtype)
+    dtype = resolve_storage_dtype(opts.storage_dtype, model.dtype, pooled=opts.select in POOLED)
     batches, n_sequences = plan or _plan(model, inputs, opts)
     capacity = opts.rows_per_chunk or chunk_rows(model, len(site_list), opts.memory_mb, dtype, opts.logits, len(variants))
     captures: list[Capture] = []
@@ -323,7 +323,8 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             ``None`` keeps each input as one sequence.
         padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
         storage_dtype: the dtype rows are stored in: ``"model"`` (the default: the model's own
-            dtype, so a bfloat16 model gives bfloat16 rows and a float32 one float32 rows),
+            dtype, so a bfloat16 model gives bfloat16 rows and a float32 one float32 rows; pooled
+            means, computed in float32, stay float32),
             float32, bfloat16 or float16 (or bf16, fp16). Logits are always float32.
         memory_mb: budget for the preallocated device buffers, MiB.
         rows_per_chunk: chunks of :func:`stream` of at most this many rows (whole batches, at

@@ -107,13 +107,17 @@ def check_storage_dtype(name: str | torch.dtype) -> None:
         parse_dtype(name, "storage dtype")
 
 
-def resolve_storage_dtype(name: str | torch.dtype, model_dtype: torch.dtype) -> torch.dtype:
+def resolve_storage_dtype(name: str | torch.dtype, model_dtype: torch.dtype, pooled: bool = False) -> torch.dtype:
     """The torch dtype rows are stored in: ``name`` (float32, bfloat16, float16 or their short
-    names), or for :data:`MODEL_DTYPE` (``"model"``) the model's weights dtype ``model_dtype``,
-    or float32 where the model runs in a dtype the store does not keep (float64)."""
+    names), or for :data:`MODEL_DTYPE` (``"model"``) the model's weights dtype ``model_dtype``:
+    the activations' own dtype, so token rows are stored as produced. Pooled rows (``pooled``:
+    ``mean``, ``weighted_mean``) are means computed in float32, one row per sequence, and stay
+    float32 under ``"model"``, as do rows of a model in a dtype the store does not keep (float64)."""
     if name != MODEL_DTYPE:
         return parse_dtype(name, "storage dtype")
-    return model_dtype if model_dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    if pooled or model_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return torch.float32
+    return model_dtype
 
 
 def storage_dtype_name(dtype: str | torch.dtype) -> str:
@@ -152,8 +156,8 @@ class CollectOptions(KeywordOptions):
     padding_side: str = option("right", "pad on the 'left' or the 'right'; results are the same either way",
                                choices=("left", "right"))
     storage_dtype: str = option(MODEL_DTYPE, "dtype the rows are stored in: 'model' (the model's own dtype, e.g. "
-                                             "bfloat16 for a bfloat16 model; float32 for a float32 one), float32, "
-                                             "bfloat16 or float16 (or bf16, fp16)")
+                                             "bfloat16 for a bfloat16 model, float32 for a float32 one; pooled means "
+                                             "stay float32), float32, bfloat16 or float16 (or bf16, fp16)")
     memory_mb: float = option(256.0, "budget for the preallocated device buffers, MiB", above=0)
     rows_per_chunk: int | None = option(None, "chunks of at most this many rows instead of what memory_mb holds "
                                               "(whole batches, at least one): exactly this many when every batch "

@@ -190,6 +190,10 @@ def test_rows_are_stored_in_the_models_dtype_by_default_and_float32_stays_availa
     assert torch.equal(rows[SITES[0]], collect(half, SEQUENCES, SITES, storage_dtype="bf16", progress=False)[SITES[0]])
     full = collect(half, SEQUENCES, SITES, storage_dtype="float32", progress=False)[SITES[0]]
     assert full.dtype == torch.float32 and torch.equal(full, rows[SITES[0]].float())
+    means = collect(half, SEQUENCES, SITES, select="mean", progress=False)[SITES[0]]  # float32 means: kept as such
+    assert means.dtype == torch.float32
+    assert torch.equal(means, collect(half, SEQUENCES, SITES, select="mean", storage_dtype="float32",
+                                      progress=False)[SITES[0]])
     assert resolve_storage_dtype("model", torch.float64) == torch.float32
     assert resolve_storage_dtype("fp16", torch.bfloat16) == torch.float16
 
