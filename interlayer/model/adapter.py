@@ -126,6 +126,12 @@ class ModelAdapter(ForwardPasses):
         """The longest sequence the model takes (its config's ``max_position_embeddings``, else 2048)."""
         return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
 
+    @property
+    def attn_implementation(self) -> str | None:
+        """The attention implementation the model runs (its config's ``_attn_implementation``:
+        ``"eager"``, ``"sdpa"``, ...; chosen with ``load_model(attn_implementation=...)``)."""
+        return getattr(self.model.config, "_attn_implementation", None)
+
     def __repr__(self) -> str:
         return (
             f"ModelAdapter({self.name!r}, {type(self.model).__name__}, n_layers={self.n_layers}, "

@@ -16,6 +16,7 @@ import torch
 
 from .adapter import ModelAdapter
 from .architectures import ARCHITECTURES
+from .body import check_attn_implementation, set_attn_implementation
 from .conversion_cache import build_entry, cache_root, verify_entry
 from ..io.dtypes import parse_dtype
 from ..io.files import MANIFEST
@@ -173,7 +174,7 @@ def _quiet_transformers(verbose: bool = False):
 
 
 def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
-                     local_only: bool) -> ModelAdapter:
+                     local_only: bool, attn_implementation: str | None = None) -> ModelAdapter:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
@@ -182,9 +183,12 @@ def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.
             f"unsupported architecture: {', '.join(getattr(config, 'architectures', None) or [config.model_type])} "
             f"(model_type={config.model_type!r}); supported model types: {choices(sorted(ARCHITECTURES))}"
         )
+    # attn_implementation=None lets transformers pick its default (sdpa where supported).
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     with _quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True
+            source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True,
+            **attn,
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
@@ -234,7 +238,7 @@ def _from_object(spec: Any, device: str | torch.device | None, dtype: str | torc
 
 
 def _from_directory(path: Path, text: str, device: torch.device, dtype: torch.dtype,
-                    trust_remote_code: bool) -> ModelAdapter:
+                    trust_remote_code: bool, attn_implementation: str | None) -> ModelAdapter:
     """A local Hugging Face checkpoint directory; anything else there is an :class:`UnknownModelError`."""
     if not (path / "config.json").is_file():
         raise UnknownModelError(
@@ -242,7 +246,8 @@ def _from_directory(path: Path, text: str, device: torch.device, dtype: torch.dt
             f"embedded aliases: {choices(EMBEDDED)}"
         )
     try:
-        return _from_pretrained(str(path), text, device, dtype, trust_remote_code, local_only=True)
+        return _from_pretrained(str(path), text, device, dtype, trust_remote_code, local_only=True,
+                                attn_implementation=attn_implementation)
     except (OSError, ValueError) as err:
         if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
             raise
@@ -257,6 +262,8 @@ def load_model(
     *,
     tokenizer: Any = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    compile: bool = False,
 ) -> ModelAdapter:
     """Load a model as a :class:`ModelAdapter`.
 
@@ -277,7 +284,25 @@ def load_model(
         dtype: defaults to float32, so decoded numbers match the model's own to 1e-4.
         tokenizer: the tokenizer for a bare ``PreTrainedModel``.
         trust_remote_code: passed to transformers; off unless you ask for it.
+        attn_implementation: ``None`` (transformers' default: ``sdpa`` where the model
+            supports it), ``"eager"``, ``"sdpa"``, ``"flash_attention_2"`` or
+            ``"flex_attention"``, checked before anything is loaded. A checkpoint is loaded
+            with it; a loaded object (or adapter) is switched to it in place with
+            transformers' ``set_attn_implementation``, like ``device`` and ``dtype`` (the
+            object you passed changes). :attr:`ModelAdapter.attn_implementation` reports it.
+        compile: compile the decoder blocks (:meth:`ModelAdapter.compile` with its
+            defaults); off unless you ask for it.
     """
+    attn_implementation = check_attn_implementation(attn_implementation)
+    adapter = _load(spec, device, dtype, tokenizer, trust_remote_code, attn_implementation)
+    if attn_implementation is not None and adapter.attn_implementation != attn_implementation:
+        set_attn_implementation(adapter.model, attn_implementation)
+    return adapter.compile() if compile and not adapter.compiled else adapter
+
+
+def _load(spec: Any, device: str | torch.device | None, dtype: str | torch.dtype | None, tokenizer: Any,
+          trust_remote_code: bool, attn_implementation: str | None) -> ModelAdapter:
+    """:func:`load_model` before its attention implementation and compile are applied."""
     if isinstance(spec, ModelAdapter):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
@@ -286,15 +311,16 @@ def load_model(
     device_, dtype_ = _pick_device(device), _pick_dtype(dtype)
     if text in EMBEDDED:
         entry = ensure_converted(text)
-        return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True)
+        return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True,
+                                attn_implementation=attn_implementation)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _from_directory(path, text, device_, dtype_, trust_remote_code)
+        return _from_directory(path, text, device_, dtype_, trust_remote_code, attn_implementation)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_hub_id:
         raise UnknownModelError(f"unknown model {text!r}: not an embedded alias, a checkpoint directory or a hub id "
                                 f"('org/name'); embedded aliases: {choices(EMBEDDED)}")
-    return _from_hub(text, device_, dtype_, trust_remote_code)
+    return _from_hub(text, device_, dtype_, trust_remote_code, attn_implementation)
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -319,12 +345,14 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
-def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool) -> ModelAdapter:
+def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
+              attn_implementation: str | None) -> ModelAdapter:
     """A hub model: from the local Hugging Face cache when the hub cannot be reached
     (failing at once, in one line, instead of retrying), else fetched."""
     reason = hub_unreachable()
     try:
-        return _from_pretrained(hub_id, hub_id, device, dtype, trust_remote_code, local_only=reason is not None)
+        return _from_pretrained(hub_id, hub_id, device, dtype, trust_remote_code, local_only=reason is not None,
+                                attn_implementation=attn_implementation)
     except (OSError, ValueError) as err:
         if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
             raise

@@ -1,6 +1,7 @@
 """Forward passes over the adapter's model: the pass every interlayer module uses, and
 the context managers that stop it after a block, record block outputs, resume from a
-recorded output (shared prefixes) and skip the model's own head.
+recorded output (shared prefixes) and skip the model's own head, and the opt-in compile
+of the blocks (:meth:`ForwardPasses.compile`).
 
 :class:`ForwardPasses` is a base of :class:`~interlayer.model.adapter.ModelAdapter`;
 it needs the adapter's ``model``, ``blocks``, ``spec``, ``unembed``, ``n_layers``,
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .architectures import get_submodule
+from .body import compile_blocks, truncated, truncation_slots, uncompile_blocks
 from .sites import Site
 
 SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -26,6 +28,14 @@ returns a replacement tensor (a write) or ``None`` (a read)."""
 
 class _StopForward(Exception):
     """Raised inside a hook to end a forward pass after the deepest needed layer."""
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: itself when it is there already, else a copy (without
+    blocking the host when it comes from pinned memory)."""
+    if tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=tensor.device.type == "cpu" and tensor.is_pinned())
 
 
 def _first(value: Any) -> torch.Tensor:
@@ -42,6 +52,40 @@ class ForwardPasses:
     """The forward passes of :class:`~interlayer.model.adapter.ModelAdapter`."""
 
     _real_unembed: Callable[[torch.Tensor], torch.Tensor] | None
+    _eager_forwards: dict[nn.Module, Any] | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the decoder blocks run compiled (:meth:`compile`)."""
+        return self._eager_forwards is not None
+
+    def compile(self, mode: str | None = None, *, dynamic: bool | None = None) -> "ForwardPasses":
+        """Compile each decoder block's ``forward`` with ``torch.compile`` (regional
+        compilation); returns the adapter. Opt-in: passes are eager until this is called.
+
+        The hooks at ``resid_pre``/``resid_post`` run eagerly around the compiled blocks; a
+        block with a hook inside it (``attn_out``, ``mlp_out``, ``resid_mid``) runs eagerly
+        while the hook is attached (see :mod:`interlayer.model.body`).
+        The first pass of each block compiles it (seconds to minutes); ``dynamic=None``
+        (torch's default) recompiles once, with dynamic sizes, when the batch or sequence
+        size first changes; ``dynamic=True`` compiles dynamic at once. The values equal the
+        eager ones to float tolerance, not bit for bit (fused kernels sum in another order).
+
+        Args:
+            mode: ``None``/``"default"`` or ``"max-autotune-no-cudagraphs"``; the CUDA-graph
+                modes are refused (see :data:`interlayer.model.body.COMPILE_MODES`).
+            dynamic: passed to ``torch.compile``.
+        """
+        self.uncompile()
+        self._eager_forwards = compile_blocks(self.blocks, mode, dynamic)
+        return self
+
+    def uncompile(self) -> "ForwardPasses":
+        """Undo :meth:`compile`: the blocks run eagerly again; returns the adapter."""
+        if self._eager_forwards is not None:
+            uncompile_blocks(self._eager_forwards)
+            self._eager_forwards = None
+        return self
 
     def run(
         self,
@@ -99,28 +143,47 @@ class ForwardPasses:
         (``cumsum(mask) - 1``), so left padding gives every architecture, absolute
         position embeddings included, the same positions as an unpadded pass.
         """
-        input_ids = input_ids.to(self.device)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
-        if attention_mask is not None:
-            attention_mask = attention_mask.to(self.device)
-            kwargs["attention_mask"] = attention_mask
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs = self._model_inputs(input_ids, attention_mask)
         with torch.no_grad(), self.hooks(hooks or {}), self.stop_after(stop_after_layer), self.resume_after(resume):
             try:
-                return self.model(**kwargs).logits
+                out = self.model(**kwargs)
             except _StopForward:
                 return None
+        return None if stop_after_layer is not None else out.logits
+
+    def _model_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict[str, Any]:
+        """The model call's keyword arguments: ids and mask on the model's device (moved
+        only when they are elsewhere; asynchronously from pinned memory), position ids."""
+        device = self.device
+        input_ids = _on(input_ids, device)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
+        if attention_mask is not None:
+            attention_mask = _on(attention_mask, device)
+            kwargs["attention_mask"] = attention_mask
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return kwargs
 
     @contextlib.contextmanager
     def stop_after(self, layer: int | None) -> Iterator[None]:
         """Within the block, forward passes end right after block ``layer`` (after the
-        final norm for ``layer == n_layers``).
+        final norm for ``layer == n_layers``); ``None`` leaves passes untouched.
 
-        The model call then raises an internal exception that :meth:`forward`
-        catches; ``None`` leaves passes untouched.
+        The model runs only blocks ``0..layer`` (see :mod:`interlayer.model.body`): its
+        layer list is truncated, its final norm (unless ``layer == n_layers``) and its
+        unembedding are skipped, and its logits are ``[batch, seq, 0]``. Where the
+        model's layout does not allow that (no plain ``nn.ModuleList`` at the layers
+        path), the pass raises an internal exception after block ``layer`` instead,
+        which :meth:`forward` catches.
         """
         if layer is None:
             yield
+            return
+        if layer != self.n_layers:
+            self.check_layer(layer)
+        slots = truncation_slots(self.model, self.spec)
+        if slots is not None:
+            with truncated(slots, layer, self.n_layers):
+                yield
             return
 
         def stop(module: nn.Module, args: Any, output: Any) -> None:
@@ -129,7 +192,6 @@ class ForwardPasses:
         if layer == self.n_layers:  # after the final norm (ln_final), before the unembedding
             handle = get_submodule(self.model, self.spec.final_norm, unwrap=False).register_forward_hook(stop)
         else:
-            self.check_layer(layer)
             handle = self.blocks[layer].register_forward_hook(stop)
         try:
             yield
