@@ -33,6 +33,12 @@ top-AFA SAE, ``authors`` for every other SAE; ``eps_lbo_form`` says which);
 pulls it towards 1), ``f_norm_ratio_centred_*`` is ``||f|| / ||x - b_dec||`` (top-AFA's
 selection target).
 
+Memory is flat in the number of tokens: the sums are running sums, the per-token
+diagnostics are kept for at most ``per_token_rows`` tokens (default 65,536; beyond, a
+seeded uniform sample of that many; ``None`` keeps every token), and the medians are
+exact while every token is kept, else within a relative 0.1% of the exact ones (a
+quantile sketch; :mod:`interlayer.saes.reconstruction`).
+
 Splicing: the site's activation at every non-BOS position is replaced by the SAE's
 reconstruction (or by zeros, the baseline), and the rest of the model runs on it::
 
@@ -74,7 +80,7 @@ from interlayer.errors import InterlayerError
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 from interlayer.model.sites import LN_FINAL
 
-from .reconstruction import DENSE_FREQUENCY, Accumulator, eps_lbo_form
+from .reconstruction import DENSE_FREQUENCY, PER_TOKEN_ROWS, Accumulator, eps_lbo_form
 from .sae import SAE
 
 SPLICED_KEYS = ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "eval_positions")
@@ -87,7 +93,11 @@ class SAEEvaluation(Result):
 
     metrics: dict[str, float]
     per_token: pd.DataFrame
-    """``norm_z``, ``norm_f_tilde``, ``norm_f``, ``norm_x``, ``eps_lbo``, ``l0`` per token."""
+    """``norm_z``, ``norm_f_tilde``, ``norm_f``, ``norm_x``, ``eps_lbo``, ``l0`` (and the centred
+    norm and both ε_LBO forms) per token: every token's when the evaluation had at most
+    ``per_token_rows`` of them, else a seeded uniform sample of that many
+    (:class:`~interlayer.saes.reconstruction.Reservoir`; ``len(per_token) < metrics["tokens"]``
+    says so); the plots read it."""
     firing_frequency: np.ndarray
     """Per latent: the fraction of tokens it fires on."""
     d_sae: int
@@ -174,11 +184,14 @@ class SAEEvaluation(Result):
         return self.zf_plot()
 
 
-def evaluate_activations(sae: SAE, activations: Any, label: str = "", batch_size: int = 4096) -> SAEEvaluation:
+def evaluate_activations(sae: SAE, activations: Any, label: str = "", batch_size: int = 4096, *,
+                         per_token_rows: int | None = PER_TOKEN_ROWS) -> SAEEvaluation:
     """Reconstruction and sparsity metrics on activations: a ``[rows, d_in]`` tensor, an
     iterable of such tensors (e.g. batches of a store), or an ActivationStore and site
-    as ``(store, site)``."""
-    acc = Accumulator(sae)
+    as ``(store, site)``. ``per_token_rows``: how many tokens' diagnostics to keep (a
+    seeded sample beyond; ``None``: every token's, memory O(tokens)); memory is otherwise
+    flat in the number of tokens (:mod:`interlayer.saes.reconstruction`)."""
+    acc = Accumulator(sae, per_token_rows)
     was_training = sae.training
     sae.eval()
     try:
@@ -227,24 +240,28 @@ def _score_chunk(chunks: list[Activations], model: ModelAdapter, rows_per_step: 
 
 def evaluate_sae(sae: SAE, model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
                  context_length: int = 128, batch_size: int = 8, text_field: str = "text", label: str = "",
-                 memory_mb: float = 256.0, progress: bool = True) -> SAEEvaluation:
+                 memory_mb: float = 256.0, progress: bool = True,
+                 per_token_rows: int | None = PER_TOKEN_ROWS) -> SAEEvaluation:
     """Evaluate ``sae`` at ``site`` (default: the site in its config) on ``tokens`` tokens of
     ``data``, packed into contexts: reconstruction metrics on the site's activations
     (read in the clean pass), and CE loss recovered and KL with the reconstruction
     spliced in, against zero-ablation. See the module docstring for the formulas;
-    :func:`evaluate_saes` with one SAE."""
+    :func:`evaluate_saes` with one SAE (``per_token_rows`` as there)."""
     return evaluate_saes([sae], model, data, site, tokens=tokens, context_length=context_length, batch_size=batch_size,
-                         text_field=text_field, labels=[label], memory_mb=memory_mb, progress=progress)[0]
+                         text_field=text_field, labels=[label], memory_mb=memory_mb, progress=progress,
+                         per_token_rows=per_token_rows)[0]
 
 
 def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str | None = None, *, tokens: int = 8192,
                   context_length: int = 128, batch_size: int = 8, text_field: str = "text",
                   labels: Sequence[str] | None = None, memory_mb: float = 256.0, rows_per_step: int = 128,
-                  progress: bool = True) -> list[SAEEvaluation]:
+                  progress: bool = True, per_token_rows: int | None = PER_TOKEN_ROWS) -> list[SAEEvaluation]:
     """Evaluate several SAEs of one site on the same ``tokens`` tokens of ``data``: one
     clean pass, one zero-ablated pass and one spliced pass per SAE, each spliced pass
     running only the blocks after the site (see the module docstring). The numbers
-    equal :func:`evaluate_sae` of each SAE alone."""
+    equal :func:`evaluate_sae` of each SAE alone. Each SAE keeps the per-token
+    diagnostics of at most ``per_token_rows`` tokens (the same seeded sample for every
+    SAE; ``None``: every token's), so memory is flat in ``tokens``."""
     saes = list(saes)
     labels = list(labels) if labels is not None else [""] * len(saes)
     site = _evaluated_site(saes, labels, model, site)
@@ -257,7 +274,7 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
     n_contexts = contexts_for_tokens(model, tokens, context_length)
     variants: list[dict[str, Any]] = [{}] + [{site: Edit(sae.reconstruct, rows="tokens")} for sae in saes] + \
         [{site: Edit(torch.zeros_like, rows="tokens")}]
-    accs = [Accumulator(sae) for sae in saes]
+    accs = [Accumulator(sae, per_token_rows) for sae in saes]
     ce = np.zeros(len(variants))  # clean, each SAE, zero
     kl = np.zeros(len(variants))
     positions = 0
