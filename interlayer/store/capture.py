@@ -221,7 +221,10 @@ def row_writer(selector: Selector, batch: Batch) -> Callable[[torch.Tensor, torc
     their ``[batch, d]`` means. The values equal ``selector(x).to(out.dtype)`` exactly."""
     if selector.select in POOLED:
         return lambda x, out: out.copy_(selector(x))
-    span = token_span(selector.select, batch)
+    if getattr(selector, "contiguous_tokens", False):  # the selector's own flag: x[:, 1:], no host check
+        span: tuple[int, int] | None = (1, int(batch.input_ids.shape[1]) - 1)
+    else:
+        span = token_span(selector.select, batch)
     if span is not None and span[1] * int(batch.input_ids.shape[0]) == selector.n_rows:
         first, width = span
         return lambda x, out: out.view(x.shape[0], width, x.shape[-1]).copy_(x[:, first:first + width])

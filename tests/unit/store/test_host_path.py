@@ -59,6 +59,9 @@ def test_the_strided_path_is_taken_exactly_where_the_rows_are_contiguous():
     assert token_span("tokens", _batch(BATCHES["padded"])) is None
     assert token_span("last", _batch(BATCHES["padded"], "right")) is None
     assert token_span("positions", _batch(BATCHES["unpadded"])) is None
+    for name, rows in BATCHES.items():  # the selector's narrower flag agrees where it is set
+        if Selector("tokens", _batch(rows), torch.device("cpu")).contiguous_tokens:
+            assert token_span("tokens", _batch(rows)) == (1, len(rows[0]) - 1), name
 
 
 class DeferredStage(HostStage):
