@@ -21,6 +21,7 @@ implements; how the ranks of a distributed run share its batches is its
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -33,7 +34,8 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.distributed import SINGLE, World, all_reduce, comm_device, gather_objects, split_evenly
 from interlayer.errors import InterlayerError
 from interlayer.io.files import sha256_bytes
-from interlayer.io.seeding import epoch_permutation
+from interlayer.io.seeding import FEISTEL, SCHEMES, epoch_permutation
+from interlayer.store.prefetch import prefetched
 
 
 class SourceBatch(NamedTuple):
@@ -171,10 +173,27 @@ class CachedSource(Source):
     rank reads only its own equal slice of each global batch of ``batch_size`` rows (the
     slices are disjoint, so every row is read once per epoch by one rank);
     ``batches(whole=True)`` serves the global batches (the trainer's initial statistics,
-    the same on every rank)."""
+    the same on every rank).
+
+    ``shuffle`` names the order of each epoch's rows (:func:`interlayer.io.seeding.epoch_order`):
+    ``"feistel"`` (new runs; O(batch) memory, recorded in :meth:`identity` as
+    ``"shuffle": "feistel-v1"``) or ``"randperm"`` (the order before it, 8 bytes a row per
+    epoch; its identity records no ``shuffle``, as the checkpoints written then do, so they
+    resume with ``shuffle="randperm"``, and a resume under the other scheme is refused
+    naming ``source.shuffle``). ``prefetch`` batches are gathered (and copied to the
+    device, from pinned memory on CUDA) ahead on a background thread while the caller
+    trains on the current one; 0 reads each batch when asked. The batches and their
+    order are the same either way."""
 
     def __init__(self, store: ActivationStore | str | Path, site: str | list[str], batch_size: int, seed: int = 0,
-                 device: str | torch.device | None = None, world: World = SINGLE) -> None:
+                 device: str | torch.device | None = None, world: World = SINGLE, shuffle: str = "feistel",
+                 prefetch: int = 2) -> None:
+        if shuffle not in SCHEMES:
+            raise InterlayerError(f"unknown shuffle {shuffle!r}; valid choices: {', '.join(map(repr, SCHEMES))}")
+        if prefetch < 0:
+            raise InterlayerError(f"prefetch must be at least 0, got {prefetch}")
+        self.shuffle = shuffle
+        self.prefetch = prefetch
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         self.sites = [self.store.check_site(s) for s in ([site] if isinstance(site, str) else site)]
         if world.distributed and len(self.sites) > 1:
@@ -191,9 +210,12 @@ class CachedSource(Source):
     def identity(self) -> dict[str, Any]:
         """The store's model, weights checksum, row count and shard checksums, with the site(s), seed and batch size."""
         m = self.store.manifest
-        return {"kind": "cached", "site": self._site_key(), "model": m["model"], "weights_sha256": m["weights_sha256"],
-                "rows": self.store.n_rows, "shards": [s["sha256"] for s in m["shards"]], "seed": self.seed,
-                "batch_size": self.batch_size}
+        identity = {"kind": "cached", "site": self._site_key(), "model": m["model"], "weights_sha256": m["weights_sha256"],
+                    "rows": self.store.n_rows, "shards": [s["sha256"] for s in m["shards"]], "seed": self.seed,
+                    "batch_size": self.batch_size}
+        if self.shuffle == "feistel":  # runs before the lazy order recorded none: they read randperm's
+            identity["shuffle"] = FEISTEL
+        return identity
 
     def batches(self, state: dict[str, int] | None = None, whole: bool = False) -> Iterator[SourceBatch]:
         """Endless seeded epochs of the store's rows from ``state`` (``{"batches": done}``; ``None``:
@@ -204,11 +226,12 @@ class CachedSource(Source):
         world = self.placement.world
         part = (0, 1) if whole else (world.rank, world.size)
         read = self.sites[0] if len(self.sites) == 1 else self.sites  # several: [n_sites, batch, d], the same rows
-        for epochs_batch in self.store.batches(read, self.batch_size, seed=self.seed, epochs=1 << 20, start=done,
-                                               drop_last=True, device=self.device, with_index=True, part=part):
-            x, index = epochs_batch
-            done += 1
-            yield SourceBatch(x, {"batches": done}, lambda i, index=index: self._where(int(index[i])))
+        reads = self.store.batches(read, self.batch_size, seed=self.seed, epochs=1 << 20, start=done, drop_last=True,
+                                   device=self.device, with_index=True, part=part, shuffle_scheme=self.shuffle)
+        with closing(prefetched(reads, self.prefetch)) as ahead:  # the thread stops with this generator
+            for x, index in ahead:
+                done += 1
+                yield SourceBatch(x, {"batches": done}, lambda i, index=index: self._where(int(index[i])))
 
     def _site_key(self) -> str | list[str]:
         """The identity's site: the name for one site (as before), the list for several."""

@@ -30,7 +30,7 @@ from ..distributed import World, current
 from ..errors import InterlayerError, UnknownSiteError, choices
 from ..io.dtypes import dtype_name, parse_dtype
 from ..io.files import check_writable, write_json_atomic
-from ..io.seeding import epoch_permutation
+from ..io.seeding import SCHEMES, epoch_order
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
 from ..options import CONTEXT_LENGTH, Options, option
@@ -305,17 +305,22 @@ class ActivationStore:
     def batches(self, site: str | Sequence[str], batch_size: int, *, seed: int = 0, shuffle: bool = True,
                 epochs: int = 1, start: int = 0, drop_last: bool = False, dtype: torch.dtype = torch.float32,
                 device: str | torch.device | None = None, with_index: bool = False,
-                part: tuple[int, int] = (0, 1)) -> Iterator[Any]:
+                part: tuple[int, int] = (0, 1), shuffle_scheme: str = "feistel") -> Iterator[Any]:
         """Yield ``[batch_size, d]`` batches of one site (``[n_sites, batch_size, d]``
         for a list of sites, the same rows at each).
 
-        With ``shuffle`` every epoch is a seeded permutation of all rows
-        (:func:`interlayer.io.seeding.epoch_permutation`), so a batch mixes rows from
-        across the shards; the same seed gives the same batches. ``start`` skips that
-        many batches, to resume a training run exactly. With ``with_index`` each item
-        is ``(batch, row_index)``; see :meth:`shard_files`. With ``part=(rank, ranks)``
-        only that rank's equal slice of each batch is read (data-parallel training:
-        the ranks' slices are disjoint and together are the whole batch).
+        With ``shuffle`` every epoch is a seeded permutation of all rows, so a batch mixes
+        rows from across the shards; the same seed gives the same batches.
+        ``shuffle_scheme`` names the permutation (:func:`interlayer.io.seeding.epoch_order`):
+        ``"feistel"`` (the default) evaluates a seeded bijection at each batch's positions
+        only, O(batch) memory however many rows; ``"randperm"`` materialises
+        ``torch.randperm`` per epoch (8 bytes a row), the order of releases before it.
+        ``start`` skips that many batches, to resume a training run exactly. With
+        ``with_index`` each item is ``(batch, row_index)``; see :meth:`shard_files`. With
+        ``part=(rank, ranks)`` only that rank's equal slice of each batch is read
+        (data-parallel training: the ranks' slices are disjoint and together are the whole
+        batch). On a CUDA ``device`` the rows are gathered into pinned host memory and
+        copied asynchronously (then cast to ``dtype`` on the device).
         """
         many = not isinstance(site, str)
         names = [self.check_site(s) for s in (site if many else [site])]
@@ -326,22 +331,28 @@ class ActivationStore:
             raise InterlayerError(f"a batch of {batch_size} rows does not split into {ranks} equal parts (part {rank})")
         if ranks > 1 and not drop_last:
             raise InterlayerError("reading a part of each batch needs drop_last=True (a short last batch would not split evenly)")
+        if shuffle_scheme not in SCHEMES:
+            raise InterlayerError(f"unknown shuffle_scheme {shuffle_scheme!r}; valid choices: {choices(SCHEMES)}")
         share = batch_size // ranks
         n = self.n_rows
         per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-        number = 0
-        for epoch in range(epochs):
-            order = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
-            for b in range(per_epoch):
-                number += 1
-                if number <= start:
-                    continue
+        pinned = device is not None and torch.device(device).type == "cuda"
+        first_epoch, first_batch = divmod(start, per_epoch) if per_epoch else (epochs, 0)
+        for epoch in range(first_epoch, epochs):
+            order = epoch_order(n, seed, epoch, scheme=shuffle_scheme) if shuffle else torch.arange(n)
+            for b in range(first_batch if epoch == first_epoch else 0, per_epoch):
                 index = order[b * batch_size : (b + 1) * batch_size]
                 if ranks > 1:
                     index = index[rank * share : (rank + 1) * share]
-                rows = [self._gather(name, index).to(device=device, dtype=dtype) for name in names]
+                rows = [self._to(self._gather(name, index, pinned), device, dtype, pinned) for name in names]
                 batch = torch.stack(rows) if many else rows[0]
                 yield (batch, index) if with_index else batch
+
+    @staticmethod
+    def _to(rows: torch.Tensor, device: str | torch.device | None, dtype: torch.dtype, pinned: bool) -> torch.Tensor:
+        if pinned:  # the copy in the stored dtype, asynchronous from pinned memory; the cast on the device
+            return rows.to(device=device, non_blocking=True).to(dtype)
+        return rows.to(device=device, dtype=dtype)
 
     def shard_files(self, rows: torch.Tensor) -> list[str]:
         """The shard files holding the given global row indices."""
@@ -353,9 +364,10 @@ class ActivationStore:
         shard = int(torch.searchsorted(self.offsets, torch.tensor([row]), right=True)[0]) - 1
         return self.manifest["shards"][shard]["file"], int(row - self.offsets[shard])
 
-    def _gather(self, site: str, index: torch.Tensor) -> torch.Tensor:
+    def _gather(self, site: str, index: torch.Tensor, pinned: bool = False) -> torch.Tensor:
         shard_of = torch.searchsorted(self.offsets, index, right=True) - 1
-        out = torch.empty((index.numel(), self.manifest["d_model"]), dtype=parse_dtype(self.manifest["dtype"]))
+        out = torch.empty((index.numel(), self.manifest["d_model"]), dtype=parse_dtype(self.manifest["dtype"]),
+                          pin_memory=pinned)
         for shard in shard_of.unique().tolist():
             where = (shard_of == shard).nonzero(as_tuple=True)[0]
             local = index[where] - self.offsets[shard]
