@@ -25,7 +25,7 @@ FLOOR_TESTS ?= tests/unit/model/test_adapter.py tests/unit/model/test_loading.py
 	tests/unit/test_decoding.py tests/unit/model/test_sites.py tests/unit/store/test_cache.py tests/unit/store/test_capture.py
 PROMPT ?= The Eiffel Tower is in the city of
 
-.PHONY: demo test test-unit test-floor install install-demo browser docs docs-serve clean
+.PHONY: demo test test-unit test-floor install install-demo browser docs docs-serve clean bench
 
 # Installs torch (the CPU build where there is no GPU) into the venv $(1).
 define install_torch
@@ -99,6 +99,10 @@ docs: install browser
 # The site at http://127.0.0.1:8000, rebuilt on every change.
 docs-serve: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve -a 127.0.0.1:8000
+
+# The CPU benchmark set (benchmarks/__main__.py; `$(PY) -m benchmarks --list` names each command).
+bench: install
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf site $(VENV) $(DEMO_VENV) $(FLOOR_VENV) build *.egg-info
