@@ -43,6 +43,7 @@ if [ "$DRY_RUN" = 1 ]; then
     L="--batch 2 --seq 16 --batches-per-call 1 --repeats 1"
     GEMMA=llama-tiny; LLAMA=llama-tiny; L8=1; FIT="--fit-batches 1,2 --fit-calls 1,2 --seq 16 --repeats 1"
     SAE_FLAGS=${DRY_SAE_FLAGS:-"--batch 64 --d-in 32 --latents 128 --k 4 --rounds 1 --steps 1 --no-saelens"}
+    TOPAFA_FLAGS=${DRY_TOPAFA_FLAGS:-"--batch 64 --d-in 32 --latents 128 --k 4 --rounds 1 --repeats 1"}
 else
     PY=${PYTHON:-python3}
     RESULTS=${RESULTS:-benchmarks/results}
