@@ -247,7 +247,7 @@ def _from_directory(path: Path, text: str, device: torch.device, dtype: torch.dt
         )
     try:
         return _from_pretrained(str(path), text, device, dtype, trust_remote_code, local_only=True,
-                                attn_implementation=attn_implementation)
+                                **_attn(attn_implementation))
     except (OSError, ValueError) as err:
         if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
             raise
@@ -312,7 +312,7 @@ def _load(spec: Any, device: str | torch.device | None, dtype: str | torch.dtype
     if text in EMBEDDED:
         entry = ensure_converted(text)
         return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True,
-                                attn_implementation=attn_implementation)
+                                **_attn(attn_implementation))
     path = Path(text).expanduser()
     if path.is_dir():
         return _from_directory(path, text, device_, dtype_, trust_remote_code, attn_implementation)
@@ -352,7 +352,7 @@ def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remot
     reason = hub_unreachable()
     try:
         return _from_pretrained(hub_id, hub_id, device, dtype, trust_remote_code, local_only=reason is not None,
-                                attn_implementation=attn_implementation)
+                                **_attn(attn_implementation))
     except (OSError, ValueError) as err:
         if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
             raise
@@ -363,6 +363,11 @@ def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remot
         raise UnknownModelError(
             f"could not load {hub_id!r} from the Hugging Face hub ({type(err).__name__}: {_first_line(err)}); "
             f"embedded aliases that need no network: {choices(EMBEDDED)}") from err
+
+
+def _attn(attn_implementation: str | None) -> dict[str, str]:
+    """The ``attn_implementation`` keyword for :func:`_from_pretrained`, only when one is chosen."""
+    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
 
 
 def _first_line(err: BaseException) -> str:
