@@ -13,6 +13,12 @@ settled when its ``m``-prefix already reaches ``A`` (or ``m = h``). The unsettle
 rows are retried with ``4m`` candidates; once ``m`` would reach ``h / 4`` the remaining
 rows are fully sorted instead (``topk`` of that many is no faster): an exact fallback.
 
+:func:`entries` returns the kept latents directly as row-major ``(k, cols, offsets)``
+with no ``[B, h]`` mask: on CUDA a fused Triton kernel per row (threshold search on the
+scores' bits, a sort of the ~k winners only; :mod:`interlayer.saes.topafa_triton`), on
+the CPU :func:`entries_torch` (one ``topk``; a threshold search and one more ``topk`` for
+the rows it does not settle).
+
 The authors' code sets ``C_h = 1e8`` as a sentinel, which excludes ``k = h``; both
 functions here allow every ``k`` from 1 to ``h`` unless ``sentinel=True`` (the
 authors-exact mode), which does as they do. The two differ only for a token that

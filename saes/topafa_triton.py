@@ -134,7 +134,7 @@ if triton is not None:
             tl.store(base + tl.cumsum(cand.to(tl.int32), 0) - 1, offs, mask=cand.to(tl.int32) != 0)
             tl.debug_barrier()
             j = tl.arange(0, CAP)
-            idx = tl.load(base + j, mask=j < m, other=0)
+            idx = tl.load(base + j, mask=j < m, other=0, cache_modifier=".cg")  # written above by other threads
             sj, bj = _scores(keys_ptr, row, idx, j < m, h, KIND)
             packed = tl.where(j < m, (bj.to(tl.int64) << 32) | (h - 1 - idx).to(tl.int64), -1)
             cols, k, best = _choose(tl.sort(packed, 0, descending=True), j, m, h, target, sentinel_c,
