@@ -5,7 +5,8 @@ Three methods compute the same per-layer scores in this process, on the same mod
 sentences and machine, each language embedded once (the pivot included):
 
 * ``interlayer``: ``mexa()`` (the store, ``weighted_mean`` or ``last`` rows at the L+1
-  hidden-state sites, batches of ``--batch-size``);
+  hidden-state sites, batches of ``--batch-size``; the pivot and the languages in one store
+  pass, sorted by length together, which pads less than a pass per language);
 * ``reference``: cisnlp/Mexa's procedure (``probes/reference.py``,
   ``mexa_reference_languages``): one sentence per forward pass through the CausalLM with
   ``output_hidden_states=True`` (its LM head included, as cisnlp/Mexa runs it), pooled,
@@ -131,7 +132,8 @@ def main() -> None:
         "mean": {lang: sum(v) / len(v) for lang, v in fast.items()},
         "anchors": {
             "interlayer": f"interlayer.probes.mexa(model, langs, n={args.n}, pooling={args.pooling!r}, "
-                          f"batch_size={args.batch_size}): store rows at the L+1 hidden-state sites, no LM head",
+                          f"batch_size={args.batch_size}): store rows at the L+1 hidden-state sites, no LM head; the pivot "
+                          "and the languages share store passes (sorted by length together)",
             "reference": "probes/reference.py mexa_reference_languages (cisnlp/Mexa): each language embedded once "
                          f"({sentences} sentences, one AutoModelForCausalLM(**tokens, output_hidden_states=True) "
                          "forward each, LM head included as cisnlp/Mexa runs it), pooled, scored with loops",
