@@ -59,6 +59,79 @@ def timed(fn, device, repeats):
     return statistics.median(times)
 
 
+CONFIGS = {
+    "ours_topk": "interlayer TopK, the trainer's step (batch_losses + optimizer_step): the sparse step "
+                 "(saes/fused_encoder.py), fp32, torch Adam as the trainer builds it, AuxK aux_k=512",
+    "ours_topk_dense": "the same SAE on the dense path the sparse step replaced (dense f, (x - b_dec) W_enc, "
+                       "dense AuxK)",
+    "ours_topk_tf32": "ours_topk with TrainOptions.tf32 (CUDA only)",
+    "ours_topafa": "interlayer top-AFA (centred form), the sparse step, fp32",
+}
+
+
+def _our_trainers(args, x, h, sel_sae, device):
+    """Our steps by name, each as the trainer takes it."""
+    from interlayer.saes.losses import optimizer_step
+    from interlayer.saes.options import matmul_precision
+
+    trainers = {}
+    for name in ("ours_topk", "ours_topk_dense", "ours_topk_tf32", "ours_topafa"):
+        if name == "ours_topk_tf32" and device.type != "cuda":
+            continue
+        arch = "topafa" if name == "ours_topafa" else "topk"
+        cfg = SAEConfig(d_in=args.d_in, d_sae=h, arch=arch, k=args.k if arch == "topk" else None,
+                        normalization=sel_sae.cfg.normalization, scale=sel_sae.cfg.scale)
+        sae = SAE(cfg).to(device).train()
+        if args.sae:  # both start from the trained top-AFA weights, so top-AFA's k is realistic
+            sae.load_state_dict(sel_sae.state_dict())
+        if name == "ours_topk_dense":
+            sae.activation.sparse_step = lambda d_sae: False
+        options = TrainOptions(batch_size=x.shape[0], progress=False, tf32=name == "ours_topk_tf32")
+        opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.99))  # as saes/checkpoint.py builds it
+        dead = torch.zeros(h, dtype=torch.bool, device=device)
+        dead[-h // 4:] = True
+
+        def step(sae=sae, opt=opt, dead=dead, options=options):
+            with matmul_precision(options.tf32):
+                terms = batch_losses(sae, x, options, dead)
+                optimizer_step(sae, opt, terms["loss"], 3e-4)
+        trainers[name] = step
+    return trainers
+
+
+def _anchor_commands(args, batch, h):
+    """The anchors' subprocess command lines by name (SAELens and sparsify, same shape and dead mask)."""
+    python = shutil.which(args.saelens_python) or args.saelens_python
+    common = ["--batch", str(batch), "--d-in", str(args.d_in), "--d-sae", str(h), "--k", str(args.k), "--steps",
+              str(args.steps), "--device", args.device, "--threads", str(torch.get_num_threads())]
+    out = {}
+    if not args.no_saelens and Path(python).exists():
+        out["saelens_topk"] = [str(python), str(ROOT / "benchmarks" / "saelens_step.py"), *common, "--sparse", "1"]
+    if not args.no_sparsify:
+        out["sparsify_topk"] = [str(python), str(ROOT / "benchmarks" / "sparsify_step.py"), *common]
+    return out
+
+
+anchor_notes: dict[str, object] = {}
+
+
+def _run_anchor(command, notes, name):
+    """Seconds per step of one anchor run; SAELens's sparse-activation option is tried
+    first and, if its training step fails, replaced by its dense default (noted)."""
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode and "--sparse" in command and command[-1] == "1":
+        error = [line for line in run.stderr.splitlines() if "Error" in line][-1:]
+        notes[name + "_sparse_activations"] = f"failed, dense default timed instead: {error[0][:160] if error else ''}"
+        command[-1] = "0"
+        run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode:
+        notes[name + "_error"] = run.stderr.strip().splitlines()[-1][:300] if run.stderr.strip() else "failed"
+        return None
+    line = json.loads(run.stdout.strip().splitlines()[-1])
+    notes[name] = line.get("config")
+    return line["seconds_per_step"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,6 +147,7 @@ def main() -> None:
     parser.add_argument("--rows", default=None, help="instead of --activations: a safetensors file whose tensor 'x' "
                         "holds the rows (a batch saved from such a cache, for machines the cache cannot travel to)")
     parser.add_argument("--no-saelens", action="store_true")
+    parser.add_argument("--no-sparsify", action="store_true")
     parser.add_argument("--saelens-python", default=sys.executable,
                         help="the Python that has SAELens (default: this one; SAELens installs beside interlayer)")
     parser.add_argument("--selection-only", action="store_true", help="skip the training-step comparison")
@@ -154,56 +228,42 @@ def main() -> None:
         write_result(args.out, result)
         return
 
-    # ---- training steps: ours TopK, ours top-AFA, SAELens TopK
+    # ---- training steps: ours (sparse and the dense path it replaced), top-AFA, SAELens, sparsify
     x = x_sel if args.sae else torch.randn(batch, args.d_in, device=device)
-    options = TrainOptions(batch_size=batch, progress=False)
-    trainers = {}
-    for arch in ("topk", "topafa"):
-        cfg = SAEConfig(d_in=args.d_in, d_sae=h, arch=arch, k=args.k if arch == "topk" else None,
-                        normalization=sel_sae.cfg.normalization, scale=sel_sae.cfg.scale)
-        sae = SAE(cfg).to(device).train()
-        if args.sae:  # both start from the trained top-AFA weights, so top-AFA's k is realistic
-            sae.load_state_dict(sel_sae.state_dict())
-        opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.99))
-        dead = torch.zeros(h, dtype=torch.bool, device=device)
-        dead[-h // 4:] = True
-
-        def step(sae=sae, opt=opt, dead=dead):
-            terms = batch_losses(sae, x, options, dead)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            sae.constrain_decoder(grad_only=True)
-            opt.step()
-            sae.constrain_decoder()
-        trainers[arch] = step
-    per_step = {"topk": [], "topafa": [], "saelens_topk": []}
-    saelens_python = shutil.which(args.saelens_python) or args.saelens_python
-    use_saelens = not args.no_saelens and Path(saelens_python).exists()
+    trainers = _our_trainers(args, x, h, sel_sae, device)
+    anchors = _anchor_commands(args, batch, h)
+    per_step = {name: [] for name in [*trainers, *anchors]}
     for _ in range(args.rounds):
-        for arch, step in trainers.items():
+        for name, step in trainers.items():
             step()
             sync(device)
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             sync(device)
-            per_step[arch].append((time.perf_counter() - start) / args.steps)
-        if use_saelens:
-            run = subprocess.run([str(saelens_python), str(ROOT / "benchmarks" / "saelens_step.py"), "--batch", str(batch),
-                                  "--d-in", str(args.d_in), "--d-sae", str(h), "--k", str(args.k), "--steps",
-                                  str(args.steps), "--device", args.device, "--threads", str(torch.get_num_threads())],
-                                 capture_output=True, text=True, check=True)
-            per_step["saelens_topk"].append(json.loads(run.stdout.strip().splitlines()[-1])["seconds_per_step"])
+            per_step[name].append((time.perf_counter() - start) / args.steps)
+        for name, command in anchors.items():
+            seconds = _run_anchor(command, anchor_notes, name)
+            if seconds is not None:
+                per_step[name].append(seconds)
     med = {k: statistics.median(v) for k, v in per_step.items() if v}
     tokens_per_s = {k: batch / v for k, v in med.items()}
+
+    def ratio(ours, theirs):
+        return med[theirs] / med[ours] if ours in med and theirs in med else None
+
     result = {
         "device": device_name(device), "batch": batch, "d_in": args.d_in, "d_sae": h, "k_topk": args.k,
         "selection_source": source, "topafa_k": k_stats,
         "selection_ms": selection, "selection_speedup_vs_sort": selection_speedup,
         "selection_with_encoder_speedup_vs_sort": selection_speedup_enc,
-        "train_tokens_per_s": tokens_per_s,
-        "topafa_step_time_over_topk": med["topafa"] / med["topk"],
-        "ours_topk_over_saelens_topk_speed": (med["saelens_topk"] / med["topk"]) if "saelens_topk" in med else None,
+        "train_ms_per_step": {k: v * 1e3 for k, v in med.items()},
+        "train_tokens_per_s": tokens_per_s, "configurations": {**CONFIGS, **anchor_notes},
+        "topafa_step_time_over_topk": med["ours_topafa"] / med["ours_topk"],
+        "ours_topk_over_dense_path_speed": ratio("ours_topk", "ours_topk_dense"),
+        "ours_topk_over_saelens_topk_speed": ratio("ours_topk", "saelens_topk"),
+        "ours_topk_over_sparsify_topk_speed": ratio("ours_topk", "sparsify_topk"),
+        "ours_topk_tf32_over_sparsify_topk_speed": ratio("ours_topk_tf32", "sparsify_topk"),
         "rounds": args.rounds, "steps_per_round": args.steps, "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))

@@ -3,7 +3,9 @@
     .venv-saelens/bin/python benchmarks/saelens_step.py --batch B --d-in D --d-sae H --k K --steps N --device DEV
 
 Prints one JSON line: seconds per step over ``steps`` steps after 2 warm-up steps, with a
-quarter of the latents marked dead so the AuxK path runs (as in ours).
+quarter of the latents marked dead so the AuxK path runs (as in ours). ``--sparse 1``
+sets SAELens's ``use_sparse_activations`` (its TopK code as a sparse COO tensor, decoded
+with ``torch.sparse.mm``: the one speed option its TopK training SAE documents).
 """
 
 import argparse
@@ -19,7 +21,7 @@ from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig  # noqa: E402
 from sae_lens.saes.sae import TrainStepInput  # noqa: E402
 
 parser = argparse.ArgumentParser()
-for name in ("batch", "d-in", "d-sae", "k", "steps", "seed"):
+for name in ("batch", "d-in", "d-sae", "k", "steps", "seed", "sparse"):
     parser.add_argument(f"--{name}", type=int, default=0)
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--threads", type=int, default=0)
@@ -28,7 +30,7 @@ if args.threads:
     torch.set_num_threads(args.threads)
 torch.manual_seed(args.seed)
 sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k, dtype="float32",
-                                            device=args.device))
+                                            device=args.device, use_sparse_activations=bool(args.sparse)))
 sae.train()
 optimizer = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.99))
 x = torch.randn(args.batch, args.d_in, device=args.device)
@@ -56,4 +58,5 @@ start = time.perf_counter()
 for n in range(args.steps):
     step(n)
 sync()
-print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / args.steps}))
+print(json.dumps({"seconds_per_step": (time.perf_counter() - start) / args.steps,
+                  "config": {"package": "sae_lens", "use_sparse_activations": bool(args.sparse)}}))
