@@ -43,7 +43,7 @@ if [ "$DRY_RUN" = 1 ]; then
     L="--batch 2 --seq 16 --batches-per-call 1 --repeats 1"
     GEMMA=llama-tiny; LLAMA=llama-tiny; L8=1; FIT="--fit-batches 1,2 --fit-calls 1,2 --seq 16 --repeats 1"
     SAE_FLAGS=${DRY_SAE_FLAGS:-"--batch 64 --d-in 32 --latents 128 --k 4 --rounds 1 --steps 1 --no-saelens"}
-    TOPAFA_FLAGS=${DRY_TOPAFA_FLAGS:-"--batch 64 --d-in 32 --latents 128 --k 4 --rounds 1 --repeats 1"}
+    TOPAFA_FLAGS=${DRY_TOPAFA_FLAGS:-"--batch 64 --fresh-batch 64 --d-in 32 --latents 128 --k 4 --rounds 1 --repeats 1"}
 else
     PY=${PYTHON:-python3}
     RESULTS=${RESULTS:-benchmarks/results}
@@ -95,6 +95,10 @@ if [ -f benchmarks/topafa.py ]; then
     step topafa 45 $PY benchmarks/topafa.py --device $DEVICE $TOPAFA_FLAGS --out "${P}_topafa.json"
 else
     echo "== topafa: benchmarks/topafa.py missing"; printf 'topafa\tmissing\t0\t\n' >> "$SUMMARY"
+fi
+if [ -d .gpu ]; then  # a trained top-AFA SAE and its rows, carried (see the header of gpu_random_weights.sh's history)
+    step sae_selection_trained 40 $PY benchmarks/sae.py --device $DEVICE --sae .gpu/topafa_sel --rows .gpu/rows_l8.safetensors \
+        --batch 4096 --rounds 5 --selection-only --out "${P}_sae_selection_trained.json"
 fi
 step gemma_all_compiled 100 $S --config $GEMMA $G --compile --methods $COMPILED --out "${P}_store_gemma_all_compiled.json"
 step gemma_fit 60 $S --config $GEMMA --dtype ${DTYPE:-$([ "$DRY_RUN" = 1 ] && echo float32 || echo bfloat16)} --fit $FIT \

@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark scripts' command lines: ``python -m benchmarks`` lists and
 selects, reports a missing script instead of crashing; the store benchmark's arguments, its
-line fit and its on-device Llama build; the shell scripts parse; one tiny store run (slow)."""
+line fit and its on-device Llama build; the shell scripts parse; one tiny store run (a few seconds)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,6 @@ def test_shell_scripts_parse(script):
     subprocess.run(["bash", "-n", str(BENCH / script)], check=True)
 
 
-@pytest.mark.slow
 def test_tiny_store_run_checks_and_records(tmp_path):
     out = tmp_path / "store.json"
     subprocess.run([sys.executable, str(BENCH / "store.py"), "--config", "llama-tiny", "--batch", "2", "--seq", "12",
