@@ -96,7 +96,7 @@ if [ -f benchmarks/topafa.py ]; then
 else
     echo "== topafa: benchmarks/topafa.py missing"; printf 'topafa\tmissing\t0\t\n' >> "$SUMMARY"
 fi
-if [ -d .gpu ]; then  # a trained top-AFA SAE and its rows, carried (see the header of gpu_random_weights.sh's history)
+if [ -d .gpu ]; then  # carried: a trained top-AFA SAE (.gpu/topafa_sel, fp16) and 4,096 of its rows (.gpu/rows_l8.safetensors)
     step sae_selection_trained 40 $PY benchmarks/sae.py --device $DEVICE --sae .gpu/topafa_sel --rows .gpu/rows_l8.safetensors \
         --batch 4096 --rounds 5 --selection-only --out "${P}_sae_selection_trained.json"
 fi
