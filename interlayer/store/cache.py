@@ -113,9 +113,8 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
         write_queue: shards handed to the writer thread and not yet written, at most (the
             bounded queue; 0: each shard is written before the next chunk is computed).
         options: all of the above as one :class:`CacheOptions` (then give none of them as keywords).
-        on_shard: called with each shard's index once it is written and listed in the
-            manifest (on the writer thread; an exception it raises stops the run and is
-            raised here).
+        on_shard: called (on the writer thread) with each shard's index once it is listed in
+            the manifest; an exception it raises stops the run and is raised here.
         dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
         world: the processes that write the cache together (default: the ambient one,
             :func:`interlayer.distributed.current`; one process outside ``torchrun``).
