@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import inspect
 import os
 import statistics
@@ -93,12 +94,10 @@ def load_copies(args, device, dtype):
     if args.config == "gemma-3-270m":
         config = parts.gemma_config()
         torch.manual_seed(0)
-        state = AutoModelForCausalLM.from_config(config, dtype=dtype).state_dict()
+        base = AutoModelForCausalLM.from_config(config, dtype=dtype)  # drawn once, on the CPU
 
         def fresh():
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-            model.load_state_dict(state)
-            return model.to(device).eval()
+            return copy.deepcopy(base).to(device).eval()
 
         return fresh, stand_in_tokenizer(config.vocab_size, tempfile.mkdtemp(prefix="interlayer-tok-"))
     if args.config is not None:  # the Llama configs: made on the device (8B parameters are never drawn on a CPU)
@@ -320,7 +319,7 @@ class Bench:
         batches = inp["batches"]
 
         def run_store(output_device="cpu", model=None):
-            for chunk in stream(model or self.model, inp["ids_host"], sites, batch_size=inp["batch"],
+            for chunk in stream(self.model if model is None else model, inp["ids_host"], sites, batch_size=inp["batch"],
                                 memory_mb=inp["memory_mb"], output_device=output_device, progress=False,
                                 **{STORAGE_DTYPE: args.dtype}):
                 out = chunk  # a streaming consumer keeps the latest chunk only
@@ -338,10 +337,10 @@ class Bench:
                         out = [s.cpu() for s in out]
             return pinned.finish() if pinned is not None else out
 
-        def run_limit(module=None, copy=None):
-            with truncated_body(copy or hf, depth) as body:
+        def run_limit(module=None, other=None):
+            with truncated_body(hf if other is None else other, depth) as body:
                 for batch_ids, batch_mask in batches:
-                    out = (module or body)(input_ids=batch_ids, attention_mask=batch_mask,
+                    out = (body if module is None else module)(input_ids=batch_ids, attention_mask=batch_mask,
                                            use_cache=False).last_hidden_state
             return out
 
@@ -367,7 +366,7 @@ class Bench:
         if self.compiled_model is not None:
             methods["store_compiled"] = lambda: run_store("model", self.compiled_model)
             methods["store_compiled_to_host"] = lambda: run_store("cpu", self.compiled_model)
-            methods["limit_compiled"] = lambda: run_limit(copy=self.compiled_model.model)
+            methods["limit_compiled"] = lambda: run_limit(other=self.compiled_model.model)
         if self.compiled_body is not None:
             methods["limit_compiled_body"] = lambda: run_limit(module=self.compiled_body)
         return {k: v for k, v in methods.items() if self.want(k) or not filtered}
