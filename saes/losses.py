@@ -92,6 +92,8 @@ def batch_losses(sae: SAE, x: torch.Tensor, options: TrainOptions, dead: DeadMas
         aux_hat = torch.zeros_like(dead_pre).scatter(-1, indices, values) @ sae.W_dec[dead]
         terms["auxk"] = (aux_hat - residual).square().mean()
         loss = loss + options.auxk_coeff * terms["auxk"]
+    elif spec.uses_auxk and options.auxk_coeff:  # the sparse step's terms, so ranks on either path agree
+        terms["auxk"] = mse.new_zeros(())
     terms["loss"] = loss
     with torch.no_grad():
         err, norm = (out.x_hat_in - out.x_in).square().sum(), out.x_in.square().sum()

@@ -172,7 +172,7 @@ def test_a_dense_code_falls_back_to_the_dense_step():
     sae = SAE(SAEConfig(d_in=D, d_sae=64, arch="topk", k=16), seed=0).train()
     assert not sae.activation.sparse_step(64)  # k = 25% of h: the dense path
     terms = batch_losses(sae, torch.randn(B, D), TrainOptions(progress=False), _dead("none")[:64])
-    assert "auxk" not in terms  # the dense path skips AuxK without dead latents
+    assert float(terms["auxk"]) == 0.0  # the dense path: no AuxK without dead latents, its term 0 as the sparse one
 
 
 def _saved_step(directory) -> int:
