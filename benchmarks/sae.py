@@ -65,7 +65,7 @@ CONFIGS = {
     "ours_topk_dense": "the same SAE on the dense path the sparse step replaced (dense f, (x - b_dec) W_enc, "
                        "dense AuxK)",
     "ours_topk_tf32": "ours_topk with TrainOptions.tf32 (CUDA only)",
-    "ours_topafa": "interlayer top-AFA (centred form), the sparse step, fp32",
+    "ours_topafa": "interlayer top-AFA (centred form), fp32; on fresh weights (no --sae) its code holds ~40% of the latents, so it trains on the dense path",
 }
 
 
