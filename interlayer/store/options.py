@@ -221,6 +221,8 @@ def check_inputs(inputs: Any) -> None:
             if isinstance(item, str):
                 continue
             if isinstance(item, Sequence) and not isinstance(item, (bytes, bytearray)):
+                if set(map(type, item)) <= {int}:  # the common case, checked at C speed
+                    continue
                 bad = next((t for t in item if not isinstance(t, int) or isinstance(t, bool)), None)
                 if bad is None:
                     continue
