@@ -53,6 +53,9 @@ class TrainOptions(Options):
                                                 "tokens (at most the whole run)", min=1)
     tf32: bool = option(False, "CUDA only: fp32 matrix products on the TensorFloat-32 tensor cores (a 10-bit "
                                "mantissa, as sparsify trains); no effect on the CPU", group="training")
+    shuffle: str = option("feistel", "the order of each epoch's cached rows: 'feistel' (a seeded bijection, O(1) "
+                                     "memory) or 'randperm' (the order of runs started before it, to resume them)",
+                          choices=("feistel", "randperm"), group="training")
     progress: bool = option(True, "show a progress bar with tokens/s, NMSE, L0 and dead %", cli=False)
 
     def __post_init__(self) -> None:
@@ -100,8 +103,8 @@ class TrainOptions(Options):
     def identity(self, cfg: ArchConfig | None = None) -> dict[str, Any]:
         """The options a resumed run must share (not progress or logging); with ``cfg``,
         the learning-rate schedule's defaults are resolved for it."""
-        skip = {"progress", "log_every", "checkpoint_every"} | ({"tf32"} if not self.tf32 else set())
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}  # no tf32: older checkpoints match
+        skip = {"progress", "log_every", "checkpoint_every", "shuffle"} | ({"tf32"} if not self.tf32 else set())
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}  # no tf32: older checkpoints match (the source's identity records the shuffle)
         if cfg is not None:
             out["warmup_steps"], out["decay_fraction"] = self.warmup(cfg), self.decay(cfg)
             out.update(architecture(cfg.arch).resume_identity(cfg))  # JumpReLU's threshold, where it was an option

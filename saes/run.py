@@ -143,7 +143,7 @@ def plan_sweep(spec: SweepSpec, base: TrainOptions) -> SweepPlan:
     members = parse_grid(spec.grid, archs, latents)
     check_writable(spec.out, directory=True)
     plan = SweepPlan(spec, store, site, latents, base)
-    source_identity = CachedSource(store, site, base.batch_size, seed=base.seed).identity()
+    source_identity = CachedSource(store, site, base.batch_size, seed=base.seed, shuffle=base.shuffle).identity()
     for member in members:
         cfg = member.sae_config(d_in, latents, spec.normalization, store.manifest["model"], site,
                                 spec.jumprelu_threshold)
@@ -202,7 +202,7 @@ def sweep_saes(plan: SweepPlan, model: ModelAdapter, evaluation: EvalOptions) ->
     """Train, finish and compare the members of ``plan`` (see the module docstring)."""
     out, base = plan.out, plan.base
     source = CachedSource(ActivationStore(plan.spec.activations, model=model), plan.site, base.batch_size,
-                          seed=base.seed, device=model.device)
+                          seed=base.seed, device=model.device, shuffle=base.shuffle)
     trained, failed = _train(plan, source, model.device)
     if trained:
         finish_saes([_trained(p, trained[p.name], plan) for p in plan.members if p.name in trained], model,

@@ -135,7 +135,8 @@ def _train_source(cfg: SAETrainConfig, options: TrainOptions, world: World) -> t
         verify_on_every_rank(store)
     site = model.site(cfg.site).name if model is not None else cfg.site
     device = model.device if model is not None else device_of(world, cfg.device)
-    return model, CachedSource(store, site, options.batch_size, seed=options.seed, device=device, world=world)
+    return model, CachedSource(store, site, options.batch_size, seed=options.seed, device=device, world=world,
+                              shuffle=options.shuffle)
 
 
 def _train_sites(cfg: SAETrainConfig, options: TrainOptions, world: World) -> TrainRun:
@@ -148,7 +149,8 @@ def _train_sites(cfg: SAETrainConfig, options: TrainOptions, world: World) -> Tr
     source: Source
     if store is not None:
         verify_on_every_rank(store)
-        source = CachedSource(store, own, options.batch_size, seed=options.seed, device=model.device)
+        source = CachedSource(store, own, options.batch_size, seed=options.seed, device=model.device,
+                              shuffle=options.shuffle)
     else:
         streamed = StreamedSource(model, cfg.data, sites, options.batch_size, seed=options.seed,
                                   context_length=cfg.context_length, forward_batch_size=cfg.forward_batch_size,
