@@ -76,8 +76,9 @@ class CacheConfig(ModelOptions):
     out: str = out_option("output directory (an unfinished run there is resumed)", required=True)
     context_length: int = CacheOptions.variant("context_length")
     batch_size: int = CacheOptions.variant("batch_size")
-    storage_dtype: str = CacheOptions.variant("storage_dtype", help="dtype of the stored activations",
-                                              choices=DTYPE_CHOICES)
+    storage_dtype: str = CacheOptions.variant("storage_dtype", help="dtype of the stored activations ('model': the model's "
+                                              "own; the manifest records the dtype itself)",
+                                              choices=("model", *DTYPE_CHOICES))
     memory_mb: float = CacheOptions.variant("memory_mb")
     disk_budget_mb: float | None = CacheOptions.variant("disk_budget_mb")
     seed: int = CacheOptions.variant("seed")

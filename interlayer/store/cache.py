@@ -40,7 +40,7 @@ from .cache_ranks import cache_on_ranks
 from .capture import row_bytes
 from .collect import Activations
 from .inputs import contexts_for_tokens, data_fingerprint
-from .options import KeywordOptions, check_inputs, check_sites
+from .options import MODEL_DTYPE, KeywordOptions, check_inputs, check_sites, check_storage_dtype, resolve_storage_dtype
 from .shards import read_shard
 from .writer import ShardWriter
 
@@ -62,7 +62,8 @@ class CacheOptions(KeywordOptions, Options):
     tokens: int = option(100_000, "how many tokens to cache (BOS excluded)", min=1)
     context_length: int = option(CONTEXT_LENGTH, "tokens per packed context, BOS included", min=2)
     batch_size: int = option(8, "sequences (packed contexts) per forward pass", min=1)
-    storage_dtype: str = option("float32", "dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16)")
+    storage_dtype: str = option(MODEL_DTYPE, "dtype of the stored activations: 'model' (the model's own dtype), float32, "
+                                             "bfloat16 or float16 (or bf16, fp16); the manifest records the dtype itself")
     memory_mb: float = option(256.0, "device buffer budget, MiB; also the size of one shard", above=0)
     write_queue: int = option(2, "shards handed to the writer thread and not yet written, at most (0: each shard "
                                  "is written on the calling thread before the next chunk is computed)", min=0, cli=False)
@@ -73,14 +74,14 @@ class CacheOptions(KeywordOptions, Options):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # bounds and choices (check_options)
-        parse_dtype(self.storage_dtype, "storage dtype")
+        check_storage_dtype(self.storage_dtype)
 
     def shard_rows(self, model: ModelAdapter, n_sites: int) -> int:
         """Rows per shard: the whole batches that fit in ``memory_mb``, at most what ``tokens`` needs.
         (Counted with ``context_length - 1`` rows per context whatever the model's BOS: this
         value is part of a cache's identity, so it stays as caches already record it.)"""
         batch_rows = self.batch_size * (self.context_length - 1)
-        one_row = row_bytes(model, n_sites, parse_dtype(self.storage_dtype), False)
+        one_row = row_bytes(model, n_sites, resolve_storage_dtype(self.storage_dtype, model.dtype), False)
         batches_per_shard = int(self.memory_mb * 2**20 // (one_row * batch_rows))
         if batches_per_shard < 1:
             raise InterlayerError(f"memory_mb={self.memory_mb} cannot hold one batch of {batch_rows} tokens at "
@@ -90,7 +91,7 @@ class CacheOptions(KeywordOptions, Options):
 
 
 def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out: str | Path, tokens: int | None = None,
-          *, context_length: int = CONTEXT_LENGTH, batch_size: int = 8, storage_dtype: str = "float32", memory_mb: float = 256.0,
+          *, context_length: int = CONTEXT_LENGTH, batch_size: int = 8, storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0,
           disk_budget_mb: float | None = None, text_field: str = "text", seed: int = 0, progress: bool = True,
           write_queue: int = 2, options: CacheOptions | None = None, on_shard: Callable[[int], None] | None = None,
           dtype: str | None = None, world: World | None = None) -> ActivationStore | None:
@@ -104,14 +105,13 @@ def cache(model: ModelAdapter, data: Any, sites: str | Sequence[str | Site], out
         tokens: how many tokens to cache, BOS excluded (default 100,000).
         context_length: tokens per packed context, BOS included.
         batch_size: contexts per forward pass.
-        storage_dtype: dtype of the stored activations: float32, bfloat16 or float16 (or bf16, fp16).
+        storage_dtype: ``"model"`` (the model's dtype, the default), float32, bfloat16 or float16 (bf16, fp16).
         memory_mb: device buffer budget, MiB; also the size of one shard.
         disk_budget_mb: stop cleanly before the shards exceed this many MiB.
         text_field: JSON field or parquet column holding the text.
         seed: under torchrun, the seed of the split of the token stream among the ranks.
         progress: show a progress bar.
-        write_queue: shards handed to the writer thread and not yet written, at most (the
-            bounded queue; 0: each shard is written before the next chunk is computed).
+        write_queue: at most this many shards wait for the writer thread (0: written before the next chunk).
         options: all of the above as one :class:`CacheOptions` (then give none of them as keywords).
         on_shard: called (on the writer thread) with each shard's index once it is listed in
             the manifest; an exception it raises stops the run and is raised here.
@@ -155,7 +155,7 @@ def cache_identity(model: ModelAdapter, data: Any, sites: list[Site], options: C
     """What a cache's manifest records of the run that writes it (a resumed run must match)."""
     return {
         "model": model.name, "weights_sha256": model.weights_sha256(), "sites": [s.name for s in sites],
-        "select": "tokens", "dtype": dtype_name(parse_dtype(options.storage_dtype)), "context_length": options.context_length,
+        "select": "tokens", "dtype": dtype_name(resolve_storage_dtype(options.storage_dtype, model.dtype)), "context_length": options.context_length,
         "batch_size": options.batch_size, "shard_rows": options.shard_rows(model, len(sites)),
         "tokens_target": int(options.tokens), "data_sha256": data_fingerprint(data),
         "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__, "text_field": options.text_field,
