@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the CPU benchmark results: store.json, store_layer8.json (issue 22's corrected
-# anchors), cache_cpu.json, cache_cpu_3layers.json, sae.json, topafa_cpu.json, mexa.json and steering.json (issue 25).
+# anchors), cache_cpu_all_layers.json, cache_cpu.json, sae_step_cpu.json, topafa_cpu.json, mexa.json and steering.json (issue 25).
 # The commands live in benchmarks/__main__.py (`python -m benchmarks --list` prints them); this
 # script runs that set. Run from the repository root on an otherwise idle machine (the figures
 # are tokens/s and seconds), with the embedded models installed (gemma-3-270m;

@@ -29,6 +29,13 @@ FALLBACK = ("best_cell.shift", "best_cell.random_shift", "wall_clock_seconds", "
 SCRIPTS = (
     (r"^gpu_h200_store", "`store.py` (by `gpu_random_weights.sh`)"),
     (r"^gpu_h200_sae", "`sae.py` (by `gpu_random_weights.sh`)"),
+    (r"^gpu_.*_suite\.json$", "`gpu_suite.sh`"),
+    (r"^gpu_.*_topafa", "`topafa.py` (by `gpu_suite.sh`)"),
+    (r"^gpu_.*_(store|copy)", "`store.py` (by `gpu_suite.sh`)"),
+    (r"^gpu_.*_sae", "`sae.py` (by `gpu_suite.sh`)"),
+    (r"^cache_cpu", "`cache.py` (by `python -m benchmarks`)"),
+    (r"^topafa", "`topafa.py` (by `python -m benchmarks`)"),
+    (r"^sae_step", "`sae.py` (by `python -m benchmarks`)"),
     (r"^store", "`store.py` (by `run_cpu_fair.sh`)"),
     (r"^sae_sweep_eval\.json$", "`sae_sweep_eval.py`"),
     (r"^sae(_selection_random_init)?\.json$", "`sae.py`"),
