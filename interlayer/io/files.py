@@ -16,7 +16,8 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from ..errors import InterlayerError
 
@@ -62,17 +63,23 @@ def temporary_file(path: str | os.PathLike) -> tuple[int, Path]:
             continue
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically, creating its parent directories; returns its
-    sha256. On any failure (a full disk included) no partial file is left behind."""
+def write_atomic_with(path: str | os.PathLike, write: Callable[[BinaryIO], None], nbytes: int, *,
+                      buffering: int = -1, after_sync: Callable[[int], None] | None = None) -> None:
+    """Write ``path`` atomically by calling ``write(handle)`` on a temporary file beside it,
+    then flush, fsync (and ``after_sync(descriptor)``, e.g. to drop the written pages from the
+    page cache) and rename it into place, creating the parent directories. On any failure (a
+    full disk included) no partial file is left behind and :class:`WriteError` names the file,
+    its size (``nbytes``) and the cause."""
     path = Path(path)
     tmp: Path | None = None
     try:
         descriptor, tmp = temporary_file(path)
-        with open(descriptor, "wb") as handle:
-            handle.write(data)
+        with open(descriptor, "wb", buffering=buffering) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+            if after_sync is not None:
+                after_sync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
         if tmp is not None:
@@ -80,7 +87,13 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> str:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-        raise WriteError(f"could not write {path} ({len(data) / 2**20:.1f} MiB): {err.strerror or err}") from err
+        raise WriteError(f"could not write {path} ({nbytes / 2**20:.1f} MiB): {err.strerror or err}") from err
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically, creating its parent directories; returns its
+    sha256. On any failure (a full disk included) no partial file is left behind."""
+    write_atomic_with(path, lambda handle: handle.write(data), len(data))
     return sha256_bytes(data)
 
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save
 
 from ..errors import CacheCorruptError
-from ..io.files import WriteError, sha256_file, temporary_file
+from ..io.files import WriteError, sha256_file, write_atomic_with
 
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64}
 _NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
@@ -79,29 +79,19 @@ def write_shard_file(path: Path, layout: ShardLayout) -> str:
     way); returns the file's sha256. On any failure (a full disk included) no partial file is
     left behind and :class:`~interlayer.io.files.WriteError` names the shard and the cause."""
     digest = hashlib.sha256(layout.header)
-    tmp: Path | None = None
-    try:
-        descriptor, tmp = temporary_file(path)
-        with open(descriptor, "wb", buffering=0) as handle:
-            handle.write(layout.header)
-            for tensor in layout.tensors:
-                if not tensor.numel():
-                    continue
-                data = memoryview(tensor.view(_RAW[tensor.dtype]).numpy()).cast("B")
-                for start in range(0, len(data), _PIECE):  # hashed and written while in the cache
-                    piece = data[start:start + _PIECE]
-                    digest.update(piece)
-                    _write_all(handle, piece)
-            os.fsync(handle.fileno())
-            _drop_cached_pages(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-        raise WriteError(f"could not write {path} ({layout.nbytes / 2**20:.1f} MiB): {err.strerror or err}") from err
+
+    def write(handle) -> None:
+        _write_all(handle, memoryview(layout.header))
+        for tensor in layout.tensors:
+            if not tensor.numel():
+                continue
+            data = memoryview(tensor.view(_RAW[tensor.dtype]).numpy()).cast("B")
+            for start in range(0, len(data), _PIECE):  # hashed and written while in the cache
+                piece = data[start:start + _PIECE]
+                digest.update(piece)
+                _write_all(handle, piece)
+
+    write_atomic_with(path, write, layout.nbytes, buffering=0, after_sync=_drop_cached_pages)
     return digest.hexdigest()
 
 
