@@ -1,15 +1,17 @@
-"""Helpers shared by the benchmarks: device names and peak-memory measurement."""
+"""Helpers shared by the benchmarks: device names, peak-memory measurement and synchronised timing."""
 
 from __future__ import annotations
 
 import ctypes
 import json
 import platform
+import statistics
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
 import torch
 
 
@@ -83,3 +85,22 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """``||got - want|| / ||want||`` (Frobenius), computed in float32 on the host."""
     got, want = got.detach().float().cpu(), want.detach().float().cpu()
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """The median seconds of ``repeats`` calls of ``fn`` after one warm-up call, each synchronised."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

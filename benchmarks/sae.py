@@ -33,30 +33,13 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after an installed interlayer
 
-from benchmarks.common import device_name, write_result  # noqa: E402
+from benchmarks.common import device_name, sync, timed, write_result  # noqa: E402
 from interlayer.saes import SAE, SAEConfig  # noqa: E402
 from interlayer.saes import topafa  # noqa: E402
 from interlayer.saes.archs import candidates_for  # noqa: E402
 from interlayer.saes.training import TrainOptions, batch_losses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats):
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 CONFIGS = {

@@ -37,35 +37,17 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after an installed interlayer
 
-from benchmarks.common import device_name, write_result  # noqa: E402
+from benchmarks.common import device_name, sync, timed, write_result  # noqa: E402
 from interlayer.saes import SAE, SAEConfig, topafa  # noqa: E402
 from interlayer.saes.archs import candidates_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def setup(batch: int, d_in: int, h: int, active: float, bias: float, device: torch.device, seed: int,
