@@ -34,7 +34,9 @@ class Lens(Protocol):
     model's own head (tuned-lens's ``Lens``; Belrose et al. 2023).
 
     ``transform(hidden, layer)`` maps ``[..., d_model]`` states of decoder layer
-    ``layer`` (``resid_post.layer``; ``None`` when the caller did not say) to states the
+    ``layer`` (``resid_post.layer``; ``None``: the embedding output ``resid_pre.0``, as in
+    :mod:`interlayer.layers`, or a caller that did not say, which a lens with an embedding
+    translator refuses before decoding) to states the
     final norm and unembedding decode. ``name`` labels results ("logit", "tuned").
     Anything with these two members is a lens, and every method that decodes takes one.
     """
@@ -201,7 +203,7 @@ class LayerDecoder:
         reference: torch.Tensor | None = None,
         token_ids: Sequence[int] | torch.Tensor | None = None,
         probs: bool = False,
-        layers: Sequence[int] | None = None,
+        layers: Sequence[int | None] | None = None,
         targets: torch.Tensor | None = None,
         ranks: bool = False,
         progress: bool = False,
@@ -221,7 +223,7 @@ class LayerDecoder:
                 on the CPU; ask only for what fits).
             layers: the layer of each ``[n, d]`` slice of ``hidden`` (its leading
                 dimensions flattened), passed to the lens; a lens that depends on the
-                layer (a tuned lens) needs it. The reference is always decoded as the
+                layer (a tuned lens) needs it; ``None`` is the embedding output. The reference is always decoded as the
                 final layer, through no lens.
             targets: ``[n]`` one token id per position (shared across ``*lead``), whose
                 log-probability to return, e.g. the true next token for a cross-entropy.
@@ -253,10 +255,13 @@ class LayerDecoder:
         result.n_chunks = len(starts) * g
         return result
 
-    def _check_layers(self, layers: Sequence[int] | None, g: int) -> list[int | None]:
+    def _check_layers(self, layers: Sequence[int | None] | None, g: int) -> list[int | None]:
         if layers is None:
+            if getattr(self.lens, "embedding", False):  # None would mean "the embeddings" to this lens
+                raise InterlayerError("this lens has a translator for the embedding output, so decode needs the layer "
+                                      "of each slice: pass layers= (None for the embedding output, resid_pre.0)")
             return [None] * g
-        layer_of: list[int | None] = [self.model.check_layer(int(layer)) for layer in layers]
+        layer_of: list[int | None] = [None if layer is None else self.model.check_layer(int(layer)) for layer in layers]
         if len(layer_of) != g:
             raise InterlayerError(f"layers has {len(layer_of)} entries but hidden holds {g} slices of [n, d]")
         return layer_of

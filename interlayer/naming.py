@@ -92,7 +92,7 @@ def from_hf_hidden_state(index: int, n_layers: int) -> str:
 
 
 # ------------------------------------------------------------------ TransformerLens and its Bridge
-_TL = re.compile(r"^blocks\.-?\d+\.hook_[a-z_]+$")
+_TL = re.compile(r"^blocks\.-?\d+\.(?:hook_[a-z_]+|ln2\.hook_normalized)$")
 _TL_FINAL = "ln_final.hook_normalized"
 
 
@@ -105,7 +105,8 @@ def to_transformer_lens(site: str | Site, n_layers: int) -> str:
 
 def from_transformer_lens(name: str, n_layers: int) -> str:
     """The site of a ``HookedTransformer`` hook name (``blocks.l.hook_resid_post``,
-    ``hook_resid_pre``/``mid``, ``hook_attn_out``, ``hook_mlp_out``, ``ln_final.hook_normalized``)."""
+    ``hook_resid_pre``/``mid``, ``hook_attn_out``, ``hook_mlp_out``, ``ln2.hook_normalized`` (``mlp_in.l``),
+    ``ln_final.hook_normalized``)."""
     text = str(name).strip()
     if not (_TL.match(text) or text == _TL_FINAL):
         raise UnknownSiteError(f"{name!r} is not a TransformerLens hook interlayer has; valid forms: "
@@ -114,7 +115,7 @@ def from_transformer_lens(name: str, n_layers: int) -> str:
 
 
 _BRIDGE = {"resid_pre": "hook_in", "attn_out": "hook_attn_out", "resid_mid": "ln2.hook_in",
-           "mlp_out": "hook_mlp_out", "resid_post": "hook_out"}
+           "mlp_in": "ln2.hook_out", "mlp_out": "hook_mlp_out", "resid_post": "hook_out"}
 """TransformerBridge (TransformerLens 3) names inside ``blocks.l``: its own hook points
 for the residual stream, and for the sublayers the aliases, which the Bridge points at
 the post-norm on Gemma 2/3 (``ln1_post``/``ln2_post``) and at ``attn``/``mlp`` elsewhere."""
@@ -186,6 +187,8 @@ def to_sparsify(site: str | Site, n_layers: int, model_type: str | None = None) 
     blocks, embed = _sparsify_names(spec)
     if s.kind == "resid_pre" and s.layer == 0 and embed is not None:
         return embed
+    if s.kind == "mlp_in":  # a transcoder on the MLP module reads its input
+        return f"{blocks}.{s.layer}.{spec.mlp_in}"
     _only(s, ("resid_post", "attn_out", "mlp_out"), "sparsify",
           f"module outputs: {blocks}.<l> (resid_post.l), the sublayers {blocks}.<l>.{spec.attn_out} and "
           f"{blocks}.<l>.{spec.mlp_out}" + (f", {embed} (resid_pre.0)" if embed else ""))
@@ -193,11 +196,17 @@ def to_sparsify(site: str | Site, n_layers: int, model_type: str | None = None) 
     return f"{blocks}.{s.layer}{sub}"
 
 
-def from_sparsify(hookpoint: str, n_layers: int, model_type: str | None = None) -> str:
+def from_sparsify(hookpoint: str, n_layers: int, model_type: str | None = None, *,
+                  transcoder_input: bool = False) -> str:
     """The site of a sparsify hookpoint (the inverse of :func:`to_sparsify`). A
     transcoder trained on ``layers.l.mlp`` reads that module's *input* (after the pre-MLP
-    norm) and predicts its output: its output side is this site."""
+    norm) and predicts its output: with ``transcoder_input`` the MLP hookpoint names the
+    input side, ``mlp_in.l``; without it, the output side (``mlp_out.l`` on Llama-like models)."""
     spec = _spec(model_type)
+    text = str(hookpoint).strip()
+    mlp_in = re.match(rf"^{re.escape(_sparsify_names(spec)[0])}\.(?P<layer>\d+)\.{re.escape(spec.mlp_in)}$", text)
+    if transcoder_input and mlp_in is not None:
+        return _site(f"mlp_in.{mlp_in.group('layer')}", n_layers).name
     blocks, embed = _sparsify_names(spec)
     text = str(hookpoint).strip()
     if embed is not None and text == embed:
@@ -213,22 +222,21 @@ def from_sparsify(hookpoint: str, n_layers: int, model_type: str | None = None) 
             right = spec.mlp_out if sub == "mlp" else spec.attn_out
             raise UnknownSiteError(f"sparsify hookpoint {text!r} on {spec.family} is the sublayer before its "
                                    f"post-norm, which interlayer has no site for; {kind}.{layer} is "
-                                   f"{blocks}.{layer}.{right}")
+                                   f"{blocks}.{layer}.{right}" + (f" (as a transcoder's input, mlp_in.{layer}: pass "
+                                   "transcoder_input=True)" if sub == "mlp" else ""))
     raise UnknownSiteError(f"sparsify hookpoint {hookpoint!r} has no interlayer site; valid forms: '{blocks}.<l>', "
                            f"'{blocks}.<l>.{spec.attn_out}', '{blocks}.<l>.{spec.mlp_out}'"
                            + (f", {embed!r}" if embed else "") + f" (model_type {model_type or 'llama'!r})")
 
 
 # ------------------------------------------------------------------ Gemma Scope 2
-_GEMMA_SCOPE = {".output": "resid_post", ".post_feedforward_layernorm.output": "mlp_out"}
+_GEMMA_SCOPE = {".output": "resid_post", ".post_feedforward_layernorm.output": "mlp_out",
+                ".pre_feedforward_layernorm.output": "mlp_in"}
 _GEMMA_SCOPE_NAME = re.compile(r"^model\.layers\.(?P<layer>\d+)(?P<rest>(?:\.[a-z_]+)*\.(?:output|input))$")
 _GEMMA_SCOPE_ELSEWHERE = {
     ".self_attn.o_proj.input": "the attention heads' concatenated outputs before o_proj (TransformerLens "
                                "blocks.{l}.attn.hook_z, width n_heads * head_dim), where Gemma Scope 2's attn_out "
                                "SAEs read; interlayer's attn_out.{l} is after o_proj and the post-attention norm",
-    ".pre_feedforward_layernorm.output": "the MLP's input after the pre-MLP norm, where Gemma Scope 2's transcoders "
-                                         "read (their output side is mlp_out.{l}); the nearest site is resid_mid.{l}, "
-                                         "before that norm",
 }
 
 
@@ -236,10 +244,12 @@ def to_gemma_scope(site: str | Site, n_layers: int) -> str:
     """Gemma Scope 2's ``hf_hook_point_in``/``out`` for ``site`` (Hugging Face module
     naming, ``<module>.output``): ``model.layers.l.output`` for ``resid_post.l``,
     ``model.layers.l.post_feedforward_layernorm.output`` for ``mlp_out.l`` (also a
-    transcoder's output). Its attn_out SAEs read no interlayer site (see :func:`from_gemma_scope`)."""
+    transcoder's output) and ``model.layers.l.pre_feedforward_layernorm.output`` for ``mlp_in.l`` (a
+    transcoder's input). Its attn_out SAEs read no interlayer site (see :func:`from_gemma_scope`)."""
     s = _site(site, n_layers)
-    _only(s, tuple(_GEMMA_SCOPE.values()), "Gemma Scope 2", "resid_post.l (model.layers.l.output) and mlp_out.l "
-          "(model.layers.l.post_feedforward_layernorm.output); its attn_out SAEs read "
+    _only(s, tuple(_GEMMA_SCOPE.values()), "Gemma Scope 2", "resid_post.l (model.layers.l.output), mlp_out.l "
+          "(model.layers.l.post_feedforward_layernorm.output) and mlp_in.l "
+          "(model.layers.l.pre_feedforward_layernorm.output); its attn_out SAEs read "
           "model.layers.l.self_attn.o_proj.input, before the output projection, which is no interlayer site")
     return f"model.layers.{s.layer}" + {v: k for k, v in _GEMMA_SCOPE.items()}[s.kind]
 
@@ -259,7 +269,8 @@ def from_gemma_scope(hook_point: str, n_layers: int) -> str:
             raise UnknownSiteError(f"Gemma Scope 2 hook point {text!r} is {what}; interlayer has no site there")
     raise UnknownSiteError(f"Gemma Scope 2 hook point {hook_point!r} has no interlayer site; valid forms: "
                            "'model.layers.<l>.output' (resid_post.l), "
-                           "'model.layers.<l>.post_feedforward_layernorm.output' (mlp_out.l)")
+                           "'model.layers.<l>.post_feedforward_layernorm.output' (mlp_out.l), "
+                           "'model.layers.<l>.pre_feedforward_layernorm.output' (mlp_in.l)")
 
 
 # ------------------------------------------------------------------ tuned-lens

@@ -233,6 +233,9 @@ class ModelAdapter(ForwardPasses):
         if site.kind == "mlp_out":
             module = get_submodule(block, self.spec.mlp_out, unwrap=False)
             return _Handle([module.register_forward_hook(_output_hook(fn))])
+        if site.kind == "mlp_in":
+            module = get_submodule(block, self.spec.mlp_in, unwrap=False)
+            return _Handle([module.register_forward_pre_hook(_input_hook(fn), with_kwargs=True)])
         return self._hook_resid_mid(block, fn)
 
     def _hook_resid_mid(self, block: nn.Module, fn: SiteFn) -> _Handle:

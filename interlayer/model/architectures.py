@@ -12,6 +12,9 @@ Hook sites (per layer ``l``; TransformerLens names in brackets):
   the residual stream (after the post-attention norm on Gemma 2/3 and OLMo-2).
 * ``resid_mid.l``  [``blocks.l.hook_resid_mid``]:  ``resid_pre + attn_out``, the
   residual stream between attention and MLP.
+* ``mlp_in.l``     [``blocks.l.ln2.hook_normalized``]: the MLP module's input, after
+  its pre-norm (Llama ``post_attention_layernorm``, Gemma ``pre_feedforward_layernorm``;
+  ``resid_mid`` itself on OLMo-2), where transcoders read.
 * ``mlp_out.l``    [``blocks.l.hook_mlp_out``]:    what the MLP sublayer adds.
 * ``resid_post.l`` [``blocks.l.hook_resid_post``]: output of block ``l``.
 """
@@ -47,6 +50,8 @@ class ArchSpec:
     attn_input: str
     """Submodule of a block whose input is ``resid_pre`` as the block body sees it
     (after any edits at ``resid_pre``)."""
+    mlp_in: str = "mlp"
+    """Submodule of a block whose (first positional) input is ``mlp_in``: the MLP itself."""
     parallel_residual: Callable[[object], bool] = lambda config: False
     """True when attention and MLP both read ``resid_pre`` (GPT-NeoX default), so
     there is no ``resid_mid`` between them."""

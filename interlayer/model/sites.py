@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 from ..errors import InterlayerError, LayerIndexError, UnknownSiteError, choices
 
-SITE_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
-"""Site kinds in the order a block computes them."""
+SITE_KINDS: tuple[str, ...] = ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post")
+"""Site kinds in the order a block computes them. ``mlp_in`` is the MLP module's input,
+after its pre-norm where the block has one (TransformerLens ``blocks.l.ln2.hook_normalized``)."""
+
+_TL_MLP_IN = re.compile(r"^blocks\.(?P<layer>-?\d+)\.ln2\.hook_normalized$")
 
 LN_FINAL = "ln_final"
 """The output of the final norm (TransformerLens ``ln_final.hook_normalized``): the last
@@ -36,6 +39,8 @@ class Site:
         """The TransformerLens name, e.g. ``blocks.6.hook_resid_post``."""
         if self.kind == LN_FINAL:
             return "ln_final.hook_normalized"
+        if self.kind == "mlp_in":
+            return f"blocks.{self.layer}.ln2.hook_normalized"
         return f"blocks.{self.layer}.hook_{self.kind}"
 
     @property
@@ -61,19 +66,31 @@ def parse_site(name: str | Site, n_layers: int) -> Site:
         text = str(name).strip()
         if text in _LN_FINAL_ALIASES:
             return Site(layer=n_layers, kind=LN_FINAL)
-        match = _SHORT.match(text) or _TRANSFORMER_LENS.match(text)
+        match = _match(text)
         if match is None:
             raise UnknownSiteError(
                 f"unknown hook site {name!r}; expected '<kind>.<layer>' or "
                 f"'blocks.<layer>.hook_<kind>' with kind one of {choices(SITE_KINDS)} "
                 f"and layer in 0..{n_layers - 1}, or 'ln_final'"
             )
-        kind, layer = match.group("kind"), int(match.group("layer"))
+        kind, layer = match["kind"], int(match["layer"])
     if kind not in SITE_KINDS:
         raise UnknownSiteError(f"unknown site kind {kind!r} in {name!r}; valid kinds: {choices(SITE_KINDS)}")
     if not 0 <= layer < n_layers:
         raise LayerIndexError(f"layer {layer} in site {name!r} is out of range; valid layers are 0..{n_layers - 1}")
     return Site(layer=layer, kind=kind)
+
+
+def _match(text: str) -> dict[str, str] | None:
+    """``{"kind", "layer"}`` of a short or TransformerLens name, else ``None``."""
+    if _TRANSFORMER_LENS.match(text) and text.endswith(".hook_mlp_in"):
+        raise UnknownSiteError(f"{text!r} is TransformerLens's MLP input before ln2, which is resid_mid; "
+                               "interlayer's mlp_in is after the norm, blocks.<l>.ln2.hook_normalized")
+    tl_mlp_in = _TL_MLP_IN.match(text)
+    if tl_mlp_in is not None:
+        return {"kind": "mlp_in", "layer": tl_mlp_in.group("layer")}
+    match = _SHORT.match(text) or _TRANSFORMER_LENS.match(text)
+    return None if match is None else match.groupdict()
 
 
 def wildcard_kind(name: str) -> str | None:
@@ -83,6 +100,8 @@ def wildcard_kind(name: str) -> str | None:
         return text[:-2]
     if text.startswith("blocks.*.hook_"):
         return text[len("blocks.*.hook_"):]
+    if text == "blocks.*.ln2.hook_normalized":
+        return "mlp_in"
     return None
 
 
@@ -97,10 +116,10 @@ def check_site_syntax(names: str | list[str]) -> list[str]:
         if kind is None:
             if name in _LN_FINAL_ALIASES:
                 continue
-            match = _SHORT.match(name) or _TRANSFORMER_LENS.match(name)
+            match = _match(name)
             if match is None:
                 parse_site(name, 1 << 30)  # raises, naming the expected forms
-            kind = match.group("kind")
+            kind = match["kind"]
         if kind not in SITE_KINDS:
             raise UnknownSiteError(f"unknown site kind {kind!r} in {name!r}; valid kinds: {choices(SITE_KINDS)}")
     return items

@@ -12,7 +12,7 @@ with or without interventions, reads through it (:mod:`interlayer.store.collect`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -37,10 +37,16 @@ class Edit:
     ``rows="tokens"``: ``fn`` receives only the real, non-BOS token rows ``[n, d_model]``
     (the rows ``select="tokens"`` keeps) and returns ``[n, d_model]``; BOS and padding
     are left as they are. A plain function passed as an edit means ``rows="all"``.
+
+    ``source``: another site, earlier in the pass; ``fn`` then receives *that* site's
+    activation from the same pass (the same rows, after any edit there) and its result
+    replaces this site's (a transcoder splice: ``Edit(tc.reconstruct, rows="tokens",
+    source="mlp_in.3")`` at ``mlp_out.3``).
     """
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     rows: str = "all"
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.rows not in EDIT_ROWS:
@@ -112,7 +118,8 @@ class Capture:
         the same batch (see :meth:`ModelAdapter.resume_after`): the block before its first
         read or edit, or that read's or edit's own block for ``resid_post``; ``None`` if
         it must run from the start."""
-        first = min([_start(s) for s in self.sites] + [_start(self.model.site(n)) for n in self.edits]
+        edited = [*self.edits, *(e.source for e in self.edits.values() if e.source is not None)]
+        first = min([_start(s) for s in self.sites] + [_start(self.model.site(n)) for n in edited]
                     + [self.model.n_layers])
         return first - 1 if first >= 1 else None
 
@@ -130,12 +137,7 @@ class Capture:
             self._allocate(n)  # a chunk holds at least one batch, however large
         if start == 0 and self.stage is not None:
             self.stage.open(self.buffers)
-        hooks: dict[str, list[SiteFn]] = {}
-        token_rows = None
-        for name, edit in self.edits.items():
-            if edit.rows == "tokens" and token_rows is None:
-                token_rows = (batch.attention_mask.bool() & ~batch.bos).to(self.model.device)
-            hooks.setdefault(name, []).append(_apply_edit(edit, token_rows))
+        hooks = self._edit_hooks(batch)
 
         write = row_writer(selector, batch)
         for site in self.sites:  # after the edits: a read at an edited site sees the edit
@@ -152,6 +154,21 @@ class Capture:
         self.fill = stop
         self.sequences += int(batch.input_ids.shape[0])
         return recorded
+
+    def _edit_hooks(self, batch: Batch) -> dict[str, list[SiteFn]]:
+        """The edits' hooks; a source site gets a hook keeping its activation (after
+        any edit there) for the edit that reads it."""
+        hooks: dict[str, list[SiteFn]] = {}
+        token_rows = None
+        kept: dict[str, torch.Tensor] = {}
+        for name, edit in self.edits.items():
+            if edit.rows == "tokens" and token_rows is None:
+                token_rows = (batch.attention_mask.bool() & ~batch.bos).to(self.model.device)
+            hooks.setdefault(name, []).append(_apply_edit(edit, token_rows, kept))
+        for edit in self.edits.values():
+            if edit.source is not None:
+                hooks.setdefault(edit.source, []).append(lambda x, src=edit.source: kept.__setitem__(src, x))
+        return hooks
 
     def _writer(self, name: str, start: int, stop: int, write: Callable[[torch.Tensor, torch.Tensor], None]) -> SiteFn:
         """The hook that writes a site's rows into ``buffers[name][start:stop]`` (and
@@ -245,12 +262,26 @@ def _start(site: Site) -> int:
     return site.layer + 1 if site.kind == "resid_post" else site.layer
 
 
-def _apply_edit(edit: Edit, token_rows: torch.Tensor | None) -> SiteFn:
+def _apply_edit(edit: Edit, token_rows: torch.Tensor | None, kept: dict[str, torch.Tensor]) -> SiteFn:
+    def source(x: torch.Tensor) -> torch.Tensor:
+        if edit.source is None:
+            return x
+        if edit.source not in kept:
+            raise InterlayerError(f"the edit reading {edit.source!r} ran before that site did in this pass")
+        return kept[edit.source]
+
     if edit.rows == "all":
-        return edit.fn
+        def on_all(x: torch.Tensor) -> torch.Tensor:
+            new = edit.fn(source(x))
+            if edit.source is not None and (not isinstance(new, torch.Tensor) or new.shape != x.shape):
+                got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise InterlayerError(f"an edit with source={edit.source!r} must return {tuple(x.shape)}, got {got}")
+            return new
+
+        return on_all if edit.source is not None else edit.fn
 
     def on_tokens(x: torch.Tensor) -> torch.Tensor:
-        new = edit.fn(x[token_rows])
+        new = edit.fn(source(x)[token_rows])
         if not isinstance(new, torch.Tensor) or new.shape != (int(token_rows.sum()), x.shape[-1]):
             got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
             raise InterlayerError(f"an edit with rows='tokens' must return [{int(token_rows.sum())}, {x.shape[-1]}], got {got}")
@@ -268,7 +299,15 @@ def check_edits(model: ModelAdapter, edits: Mapping[str, Any] | None) -> dict[st
         site = model.site(name)
         if site.name in out:
             raise InterlayerError(f"two edits name the same site {site.name!r}; combine them into one function")
-        out[site.name] = as_edit(value)
+        edit = as_edit(value)
+        if edit.source is not None:
+            src = model.site(edit.source)
+            if src.order >= site.order:
+                raise InterlayerError(f"the edit at {site.name!r} reads source {src.name!r}, which the pass computes "
+                                      f"{'at the same place' if src == site else 'after it'}; a source must be an "
+                                      f"earlier site, e.g. one of {choices(model.sites()[:3])}")
+            edit = replace(edit, source=src.name)
+        out[site.name] = edit
     return out
 
 

@@ -158,12 +158,26 @@ def test_sparsify_hookpoints_name_modules_under_base_model(arch):
         with pytest.raises(UnknownSiteError, match=r"'layers\.1\.mlp' on gemma3 is the sublayer before its post-norm"):
             naming.from_sparsify("layers.1.mlp", 3, model_type)
     else:
+        assert names["mlp_out.1"].endswith(".1.mlp")
         assert names["resid_post.1"] in ("layers.1", "h.1")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_sparsify_mlp_hookpoint_as_transcoder_input_is_mlp_in(arch):
+    hf, model, acts = _run(arch, ["mlp_in.1"], IDS)
+    model_type = hf.config.model_type
+    assert naming.from_sparsify("layers.1.mlp", 3, model_type, transcoder_input=True) == "mlp_in.1"
+    assert naming.to_sparsify("mlp_in.1", 3, model_type) == "layers.1.mlp"
+    seen = {}
+    handle = hf.base_model.layers[1].mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    hf(IDS)
+    handle.remove()
+    assert torch.allclose(seen["x"], acts["mlp_in.1"], atol=1e-6)
 
 
 # ------------------------------------------------------------------ Gemma Scope 2
 def test_gemma_scope_2_hook_points_are_hf_module_outputs():
-    sites = [f"{k}.{l}" for l in range(3) for k in ("resid_post", "mlp_out")]
+    sites = [f"{k}.{l}" for l in range(3) for k in ("resid_post", "mlp_out", "mlp_in")]
     hf, model, acts = _run("gemma3", sites, IDS)
     names = {site: naming.to_gemma_scope(site, 3) for site in sites}
     assert names["resid_post.1"] == "model.layers.1.output"
@@ -188,8 +202,7 @@ def test_gemma_scope_2_names_as_sae_lens_records_them():
     assert naming.from_gemma_scope(hook_in("mlp_out"), 3) == "mlp_out.2"
     transcoder = infer(repo, "transcoder/layer_2_width_16k_l0_small_affine")
     assert naming.from_gemma_scope(transcoder["hf_hook_point_out"], 3) == "mlp_out.2"
-    with pytest.raises(UnknownSiteError, match="the MLP's input after the pre-MLP norm.*nearest site is resid_mid.2"):
-        naming.from_gemma_scope(transcoder["hf_hook_point_in"], 3)
+    assert naming.from_gemma_scope(transcoder["hf_hook_point_in"], 3) == "mlp_in.2"
     with pytest.raises(UnknownSiteError, match=r"before o_proj \(TransformerLens blocks\.2\.attn\.hook_z"):
         naming.from_gemma_scope(hook_in("attn_out"), 3)
     with pytest.raises(UnknownSiteError, match="attn_out.2 has no Gemma Scope 2 name"):

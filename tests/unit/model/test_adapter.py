@@ -190,4 +190,4 @@ def test_shape_attributes():
     model = interlayer.load_model(make_tiny("gemma2"))
     assert (model.n_layers, model.d_model, model.vocab_size) == (3, 32, 64)
     assert model.logit_softcap == 2.0
-    assert len(model.sites()) == 15 and model.sites()[:2] == ["resid_pre.0", "attn_out.0"]
+    assert len(model.sites()) == 18 and model.sites()[:2] == ["resid_pre.0", "attn_out.0"]
