@@ -56,6 +56,8 @@ def full_set() -> dict[str, tuple[str, list[str]]]:
                                      "--prompts", "64", "--batch-size", "16", "--new-tokens", "64", "--repeats", "5",
                                      "--sweep-repeats", "2", "--vector-repeats", "3", "--vector-pairs", "64",
                                      "--out", str(RESULTS / "steering.json")]),
+        # issue 26: logit, tuned and Jacobian lenses on both embedded models (a findings run, not a ratio)
+        "lens_comparison": ("lens_comparison.py", ["--out", str(RESULTS / "lens_comparison.json")]),
     }
 
 

@@ -1,7 +1,8 @@
 """interlayer.lens: decode intermediate layers.
 
 * :func:`logit_lens` (nostalgebraist 2020), with a :class:`TunedLens` as a drop-in
-  (Belrose et al. 2023; :func:`train_tuned_lens`, :func:`compare_lenses`);
+  (Belrose et al. 2023; :func:`train_tuned_lens`, :func:`compare_lenses`) and a
+  :class:`JacobianLens` (Gurnee et al. 2026; :func:`fit_jacobian_lens`);
 * latent-language analysis (Wendler et al. 2024; Zhong et al. 2024);
 * layer saturation and early exit;
 * knowledge layers (this project's reading of LFD, Sun et al. 2025): IKS per layer
@@ -23,9 +24,15 @@ from .latent import LatentResult, latent_language
 from .logit_lens import LogitLensResult, logit_lens
 from .saturation import SaturationResult, saturation
 from .tuning import LensComparison, compare_lenses, train_tuned_lens, tune_lens
-from .tuning_options import TuneOptions
+from .tuning_options import JacobianOptions, TuneOptions
+from .jacobian import JacobianLens
+from .jacobian_fit import fit_jacobian_lens
+from .tuned_lens_io import is_tuned_lens_dir, read_tuned_lens, write_tuned_lens
 
 __all__ = [
+    "is_tuned_lens_dir",
+    "read_tuned_lens",
+    "write_tuned_lens",
     "DecodingOptions",
     "GenerateConfig",
     "Generation",
@@ -63,4 +70,7 @@ __all__ = [
     "train_tuned_lens",
     "tune_lens",
     "TuneOptions",
+    "JacobianLens",
+    "JacobianOptions",
+    "fit_jacobian_lens",
 ]

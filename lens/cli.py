@@ -1,4 +1,4 @@
-"""``interlayer lens ...`` commands: ``logit``, ``tune``, ``latent``, ``saturation``, ``iks``,
+"""``interlayer lens ...`` commands: ``logit``, ``tune``, ``jacobian``, ``latent``, ``saturation``, ``iks``,
 ``generate`` and ``qa`` (the last three were top-level; those names still work, deprecated)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from interlayer.io.files import check_writable
 from interlayer.store.inputs import check_data_file
 from interlayer.options import as_list
 
+from .tuning_options import JacobianConfig
 from .config import (GenerateConfig, IKSConfig, LatentConfig, LogitLensConfig, QAConfig, SaturationConfig, TuneConfig,
                      decoding_options)
 
@@ -77,6 +78,24 @@ def run_tune(cfg: TuneConfig) -> int:
     if len(worse):
         say(f"warning: the tuned lens does not beat the logit lens at layers {worse.layer.tolist()}")
     say(f"saved {cfg.out}")
+    return 0
+
+
+@command("lens jacobian", JacobianConfig)
+def run_jacobian(cfg: JacobianConfig) -> int:
+    from .jacobian_fit import fit_jacobian_lens
+    from .tuning_options import JacobianOptions
+
+    check_writable(cfg.out, directory=True)
+    if cfg.data is not None:
+        check_data_file(cfg.data, text_field=cfg.text_field)
+    options = JacobianOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(JacobianOptions)})
+    lens = fit_jacobian_lens(cfg.load(), cfg.data, options, tokens=cfg.tokens, context_length=cfg.context_length,
+                             text_field=cfg.text_field, out=cfg.out, progress=not cfg.no_progress)
+    rows = [r for r in lens.convergence if r["batch"] == lens.convergence[-1]["batch"]]
+    show("\n".join(f"layer {r['layer']:>3}  last relative change of J: {r['rel_change'] or '-'}" for r in rows),
+         {"source_layers": lens.source_layers, "contexts": lens.n_contexts, "convergence": rows})
+    say(f"saved {cfg.out}/lens.pt ({lens.n_contexts} contexts, {lens.provenance['source_positions']} source positions)")
     return 0
 
 

@@ -11,43 +11,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import plotly.graph_objects as go
 import torch
 from safetensors.torch import load_file, save
 from interlayer.progress import tqdm
 
 from interlayer.store.collect import Activations
 from interlayer.model.adapter import ModelAdapter
-from interlayer.model.sites import Site
 from interlayer.io.checkpointing import check_resume_identity, load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.io.files import write_atomic, write_json_atomic
 from interlayer.options import CONTEXT_LENGTH, resolve_layers
-from interlayer.intervals import mean_interval
-from interlayer.results import Result, require
 from interlayer.io.seeding import epoch_permutation
 
 from .tuning_options import TuneOptions
 from .lenses import TunedLens
+from .comparison import LensComparison, compare_lenses, stacked_resid
+
+__all__ = ["LensComparison", "compare_lenses", "stacked_resid", "train_tuned_lens", "tune_lens"]
 
 log = logging.getLogger(__name__)
-
-
-def stacked_resid(acts: Activations, n_layers: int) -> torch.Tensor:
-    """``[n_layers, rows, d]``: resid_post of every layer from collected activations."""
-    names = [Site(l, "resid_post").name for l in range(n_layers)]
-    missing = [l for l, name in zip(range(n_layers), names) if name not in acts.tensors]
-    if missing:
-        raise InterlayerError(f"the activations lack resid_post at layers {missing}; collect 'resid_post.*'")
-    return acts.stack(names)
 
 
 def _row_order(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -159,92 +146,8 @@ def _load_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, options: 
 
 
 # --------------------------------------------------------------- evaluation
-@dataclass
-class LensComparison(Result):
-    """Per-layer KL to the final layer and next-token cross-entropy (nats), for the
-    logit lens and a tuned lens, on held-out tokens; ``intervals`` holds each series'
-    95% bootstrap interval over tokens (``{"kl_logit": [[low, high], ...], ...}``)."""
-
-    model: str
-    layers: list[int]
-    kl_logit: list[float]
-    kl_tuned: list[float]
-    ce_logit: list[float]
-    ce_tuned: list[float]
-    n_tokens: int
-    intervals: dict[str, list[list[float]]] = field(default_factory=dict)
-
-    SERIES = ("kl_logit", "kl_tuned", "ce_logit", "ce_tuned")
-
-    def to_frame(self) -> pd.DataFrame:
-        """Per layer: each series, its interval (``*_low``, ``*_high``) and the reductions."""
-        frame = pd.DataFrame({"layer": self.layers, "kl_logit": self.kl_logit, "kl_tuned": self.kl_tuned,
-                              "ce_logit": self.ce_logit, "ce_tuned": self.ce_tuned})
-        frame["kl_reduction"] = frame.kl_logit - frame.kl_tuned
-        frame["ce_reduction"] = frame.ce_logit - frame.ce_tuned
-        for name in (n for n in self.SERIES if n in self.intervals):
-            bounds = self.intervals[name]
-            frame[f"{name}_low"], frame[f"{name}_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
-        return frame
-
-    def to_json(self) -> dict[str, Any]:
-        """Every field: what :meth:`save` writes."""
-        return {"model": self.model, "layers": self.layers, "kl_logit": self.kl_logit, "kl_tuned": self.kl_tuned,
-                "ce_logit": self.ce_logit, "ce_tuned": self.ce_tuned, "n_tokens": self.n_tokens,
-                "intervals": self.intervals}
-
-    @classmethod
-    def from_json(cls, payload: dict[str, Any]) -> "LensComparison":
-        """The result :meth:`to_json` described."""
-        require(payload, "model", "layers", *cls.SERIES, "n_tokens", what="LensComparison")
-        return cls(payload["model"], [int(x) for x in payload["layers"]], *(list(payload[k]) for k in cls.SERIES),
-                   int(payload["n_tokens"]), dict(payload.get("intervals", {})))
-
-    def headline(self) -> dict[str, Any]:
-        """Tokens and the mean KL of each lens over the layers."""
-        return {"model": self.model, "tokens": self.n_tokens, "layers": len(self.layers),
-                "mean KL, logit lens (nats)": sum(self.kl_logit) / len(self.kl_logit),
-                "mean KL, tuned lens (nats)": sum(self.kl_tuned) / len(self.kl_tuned)}
-
-    def plot(self) -> go.Figure:
-        """KL and CE by layer for both lenses, with 95% bootstrap intervals over tokens."""
-        fig = go.Figure()
-        for key, name, dash in (("kl_logit", "KL logit lens", "dot"), ("kl_tuned", "KL tuned lens", "solid"),
-                                ("ce_logit", "CE logit lens", "dot"), ("ce_tuned", "CE tuned lens", "solid")):
-            values = getattr(self, key)
-            error = None
-            if key in self.intervals:
-                error = {"type": "data", "symmetric": False,
-                         "array": [b[1] - v for b, v in zip(self.intervals[key], values)],
-                         "arrayminus": [v - b[0] for b, v in zip(self.intervals[key], values)]}
-            fig.add_trace(go.Scatter(x=self.layers, y=values, name=name, line={"dash": dash}, error_y=error))
-        fig.update_layout(title=f"Tuned vs logit lens on held-out text ({self.n_tokens} tokens)",
-                          xaxis_title="layer", yaxis_title="nats")
-        return fig
-
-
-def compare_lenses(model: ModelAdapter, lens: TunedLens, acts: Activations, memory_mb: float = 256.0,
-                   layers: list[int] | None = None) -> LensComparison:
-    """Evaluate ``lens`` against the logit lens on held-out token activations
-    (resid_post of every layer): mean KL(final || layer) and mean next-token CE,
-    at every layer or at ``layers``."""
-    stacked = stacked_resid(acts, model.n_layers)
-    targets, has_next = acts.next_tokens()
-    layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
-    hidden = stacked[layers]
-    results = {}
-    intervals: dict[str, list[list[float]]] = {}
-    for name, decoder in (("logit", LayerDecoder(model, memory_mb)), ("tuned", LayerDecoder(model, memory_mb, lens=lens))):
-        # KL and the next-token loss from one decoding (its target log-probabilities are
-        # LayerDecoder's own, as next_token_nll's): decoding twice would double the head's work
-        out = decoder.decode(hidden, reference=stacked[-1], targets=targets, layers=layers)
-        nll = -out.target_logprobs[:, has_next]
-        results[name] = (out.kl_to_final.mean(-1).tolist(), nll.mean(-1).tolist())
-        for series, per_token in ((f"kl_{name}", out.kl_to_final), (f"ce_{name}", nll)):
-            low, high = mean_interval(per_token.double().numpy().T, bounds=(0.0, math.inf), n_resamples=500)
-            intervals[series] = [[float(a), float(b)] for a, b in zip(low, high)]
-    return LensComparison(model.name, layers, results["logit"][0], results["tuned"][0], results["logit"][1],
-                          results["tuned"][1], int(hidden.shape[1]), intervals)
+# LensComparison and compare_lenses live in .comparison (any set of lenses); imported here
+# under their old home's names.
 
 
 def tune_lens(model: ModelAdapter, data: Any = None, options: TuneOptions | None = None, *, tokens: int = 8192,

@@ -1,11 +1,13 @@
-"""The training options of a tuned lens (:func:`interlayer.lens.tune_lens`), one option
-group shared by the ``lens tune`` command and the Python API."""
+"""The training options of a tuned lens (:func:`interlayer.lens.tune_lens`) and the fitting
+options of a Jacobian lens (:func:`interlayer.lens.fit_jacobian_lens`): option groups shared
+by the ``lens tune`` and ``lens jacobian`` commands and the Python API."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interlayer.options import Options, layer_spec, option
+from interlayer.model.options import ModelOptions
+from interlayer.options import Options, RunOptions, TextOptions, layer_spec, option, out_option
 
 
 @dataclass
@@ -22,3 +24,27 @@ class TuneOptions(Options):
     warmup: int = option(20, "linear learning-rate warmup steps", min=0, flag="--warmup-steps", group="training")
     seed: int = option(0, "seed of the row order", group="training")
     checkpoint_every: int = option(50, "write a resumable checkpoint every N steps (0: never)", min=0)
+
+
+@dataclass
+class JacobianOptions(Options):
+    """How a Jacobian lens is fitted (:func:`interlayer.lens.fit_jacobian_lens`): which source
+    layers, how many leading positions of each context to leave out, and how many contexts
+    each store pass (one graph, ``d_model`` backward passes, one checkpoint) holds."""
+
+    layers: str = option("all", "source layers: 'all' (every layer but the last), or indices and ranges such as "
+                                "0-8,-2 (negative: from the end)", parse=layer_spec, group="method")
+    skip_first: int = option(16, "leading positions of each context left out as sources and targets (BOS and "
+                                 "attention sinks; TransformerLens's skip_first_positions)", min=0, group="method")
+    batch_size: int = option(4, "contexts per pass: bounds memory (one pass's autograd graph) and sets the "
+                                "checkpoint interval", min=1, flag="--contexts-per-pass", group="training")
+
+
+@dataclass
+class JacobianConfig(JacobianOptions, RunOptions, TextOptions, ModelOptions):
+    """Fit a Jacobian lens (one average Jacobian per layer) on the model's own passes."""
+
+    out: str | None = out_option("directory for lens.pt and convergence.csv (and the checkpoint while it fits)",
+                                 required=True)
+    tokens: int = TextOptions.variant("tokens", 2048, "tokens to fit on, taken from the start of --data "
+                                                      "(full contexts only)")
