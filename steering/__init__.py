@@ -17,10 +17,10 @@ Renamed (the old names stay in their modules, deprecated, for one release):
 from .capability import Calibration, calibrate_strength, capability_cost, choice_accuracy, fluency, stability
 from .datasets import ContrastPair, dataset_names, load_pairs
 from .evaluation import SteeringSweepResult, answer_prompts, generate_text, p_matching, perplexity, sweep
-from .gguf_io import from_gguf, to_gguf
+from .gguf_io import from_gguf, from_repeng, to_gguf
 from .inject import Injection, Steering, steer
 from .vectors import SteeringVector, purify, train_vectors
 
 __all__ = ["Calibration", "ContrastPair", "calibrate_strength", "capability_cost", "choice_accuracy", "fluency", "stability", "Injection", "Steering", "SteeringVector", "SteeringSweepResult", "answer_prompts", "generate_text", "dataset_names",
-           "from_gguf", "load_pairs", "p_matching", "perplexity", "purify", "steer", "sweep", "to_gguf",
+           "from_gguf", "from_repeng", "load_pairs", "p_matching", "perplexity", "purify", "steer", "sweep", "to_gguf",
            "train_vectors"]

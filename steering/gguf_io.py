@@ -202,3 +202,16 @@ def from_gguf(path: str | Path, model: ModelAdapter | None = None) -> SteeringVe
         except InterlayerError as err:
             raise type(err)(f"{path}: {err}") from None
     return vector
+
+
+def from_repeng(control: object) -> SteeringVector:
+    """A repeng ``ControlVector`` (or its ``directions`` dict ``{layer: array}``) as a
+    :class:`SteeringVector`, keys kept: repeng's key ``l`` is added to the output of
+    ``model.layers[l]``, interlayer's ``resid_post.l`` and llama.cpp's ``direction.l``
+    (repeng trains it on ``hidden_states[l + 1]``; docs/guide/steering.md)."""
+    directions = getattr(control, "directions", control)
+    if not isinstance(directions, dict):
+        raise InterlayerError(f"expected a repeng ControlVector or its directions dict, got {type(control).__name__}")
+    hint = str(getattr(control, "model_type", "") or "")
+    tensors = {int(layer): torch.as_tensor(np.asarray(v, dtype=np.float32)) for layer, v in directions.items()}
+    return SteeringVector(tensors, method="repeng", model=hint, extra={"model_hint": hint} if hint else {})

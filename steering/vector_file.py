@@ -29,6 +29,8 @@ from interlayer.io.files import write_atomic
 from interlayer.model.adapter import ModelAdapter
 from interlayer.model.sites import SITE_KINDS, Site
 
+from . import arithmetic
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -149,6 +151,40 @@ class SteeringVector:
     def norms(self) -> pd.DataFrame:
         """One row per layer: ``layer`` and the L2 ``norm`` of its direction."""
         return pd.DataFrame({"layer": self.layers, "norm": [float(v.norm()) for v in self.directions.values()]})
+
+    # ------------------------------------------------------------ arithmetic (:mod:`.arithmetic`)
+    __array_ufunc__ = None  # NumPy scalars defer to the methods below (np.float32(2) * v)
+
+    def __add__(self, other: "SteeringVector") -> "SteeringVector":
+        """``a + b``: per layer over the union of both vectors' layers (same model, site kind and width)."""
+        return arithmetic.combine(self, other, 1.0)
+
+    def __radd__(self, other: Any) -> "SteeringVector":
+        """``0 + v`` is ``v`` (so ``sum(vectors)`` works); anything else as ``+``."""
+        return self if isinstance(other, int) and not isinstance(other, bool) and other == 0 else self + other
+
+    def __sub__(self, other: "SteeringVector") -> "SteeringVector":
+        """``a - b``: per layer over the union of the layers; a layer only ``b`` has is negated."""
+        return arithmetic.combine(self, other, -1.0)
+
+    def __neg__(self) -> "SteeringVector":
+        """``-v``: every direction negated."""
+        return arithmetic.scale(self, -1.0)
+
+    def __mul__(self, factor: float) -> "SteeringVector":
+        """``v * k``: every direction times the number ``k``."""
+        return arithmetic.scale(self, arithmetic.scalar(factor, "*"))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, factor: float) -> "SteeringVector":
+        """``v / k``: every direction divided by the non-zero number ``k``."""
+        return arithmetic.scale(self, arithmetic.scalar(factor, "/"), "/")
+
+    def __rtruediv__(self, other: Any) -> "SteeringVector":
+        """``k / v`` is refused: a steering vector is divided by a number, not into one."""
+        raise InterlayerError(f"cannot divide {type(other).__name__} {other!r} by a steering vector; "
+                              "divide the vector by a number instead (v / k)")
 
     # ------------------------------------------------------------ save / load
     def metadata(self) -> dict[str, str]:
