@@ -18,6 +18,7 @@ class ReportConfig(RunOptions, LensOptions, ModelOptions):
                       suffixes=(".html",), short="-o", group="output")
     only: str | None = option(None, "comma-separated sections to run (default: all)", group="method")
     skip: str | None = option(None, "comma-separated sections to leave out")
-    sae: str | None = option(None, "a saved interlayer SAE directory: adds the SAE panel")
+    sae: str | None = option(None, "an SAE in any format interlayer loads (checked on held-out tokens first): "
+                                   "adds the SAE panel")
     profile: str = option("quick", "quick (minutes on a CPU) or full (the README findings' sizes)",
                           choices=("quick", "full"))

@@ -69,37 +69,39 @@ def steering_section(ctx: ReportContext) -> SectionResult:
 # ------------------------------------------------------------------------ SAE
 def check_sae_dir(path: str, model_name: str | None = None, d_model: int | None = None,
                   n_layers: int | None = None) -> dict[str, Any]:
-    """The SAE config of ``path``, checked against the model before any computation:
+    """The config of the SAE at ``path`` (any format :func:`interlayer.saes.sae_formats`
+    names, recognised by content), checked against the model before any computation:
     its width must be the model's, its site one the model has, its model (when it names
     one) this model."""
-    from interlayer.saes.formats import is_interlayer_dir, read_config
+    from interlayer.saes.loading import load
+    from interlayer.saes.pathcheck import check_sae_path
 
-    folder = Path(path)
-    if not folder.is_dir() or not is_interlayer_dir(folder):
-        raise InterlayerError(f"--sae {path!r} is not a saved interlayer SAE (a directory with cfg.json and the weights)")
-    cfg = read_config(folder)  # invalid JSON, a sparsify SAE, a wrong type: one line naming the file
-    site = cfg.get("site")
-    if not site:
-        raise InterlayerError(f"--sae {path!r} names no hook site in cfg.json; the report needs one")
-    if d_model is not None and int(cfg.get("d_in", -1)) != d_model:
-        raise InterlayerError(f"--sae {path!r} reads vectors of width {cfg.get('d_in')}, but the model has "
+    check_sae_path(path)
+    sae = load(path, verify=False)  # no known format: each one tried, and why not; a damaged file: named
+    cfg = sae.cfg
+    if not cfg.site:
+        raise InterlayerError(f"--sae {path!r} names no hook site; the report needs one")
+    if d_model is not None and sae.d_in != d_model:
+        raise InterlayerError(f"--sae {path!r} reads vectors of width {sae.d_in}, but the model has "
                               f"d_model={d_model}: it belongs to another model")
-    if model_name is not None and cfg.get("model") and Path(str(cfg["model"])).name != Path(str(model_name)).name:
-        raise InterlayerError(f"--sae {path!r} was trained on {cfg['model']!r}, not {model_name!r}")
+    if model_name is not None and cfg.model and Path(str(cfg.model)).name != Path(str(model_name)).name:
+        raise InterlayerError(f"--sae {path!r} was trained on {cfg.model!r}, not {model_name!r}")
     if n_layers is not None:
         from interlayer.model.sites import parse_site
 
-        parse_site(site, n_layers)
-    return cfg
+        parse_site(cfg.site, n_layers)
+    return cfg.to_dict()
 
 
 def sae_section(ctx: ReportContext) -> SectionResult:
     from interlayer.model.loading import SAMPLE_TEXT
-    from interlayer.saes import SAE, evaluate_sae
+    from interlayer.saes import evaluate_sae
+    from interlayer.saes.loading import load
 
     if ctx.sae_dir is None:
         raise InterlayerError("no SAE given (--sae DIR)")
-    sae = SAE.load(ctx.sae_dir, device=ctx.model.device)
+    # identity and behaviour on held-out tokens: a refused SAE fails this section with the reason
+    sae = load(ctx.sae_dir, ctx.model, verify=True, quiet=True)
     site = sae.cfg.site
     res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
                        context_length=min(CONTEXT_LENGTH, ctx.model.max_positions), progress=False)

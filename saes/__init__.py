@@ -17,6 +17,9 @@ from .pareto import SAESweep, SAESweepResult
 from .records import EvalOptions, TrainedSAE, finish_sae, finish_saes
 from .run import SweepSpec, plan_sweep, sweep_saes
 from .saelens import load_sae
+from .loading import list_saes, load, sae_formats
+from .identity import SAEMismatchError
+from .formats import SAEFormatError
 from .sources import Placement, Source
 from .sweep import run_sweep
 from .training import (CheckpointMismatchError, NonFiniteError, TrainMember, TrainOptions, TrainResult, train_sae,
@@ -27,4 +30,4 @@ __all__ = ["SAE_ARCHITECTURES", "AFA_FORMS", "SAE", "SAEConfig", "SAEOutput", "S
            "TensorSource", "CheckpointMismatchError", "NonFiniteError", "TrainMember", "TrainOptions", "TrainResult",
            "train_sae", "train_saes", "topafa", "SAESweepResult", "run_sweep", "top_contexts", "SAESweep", "load_sae",
            "Source", "Placement", "EvalOptions", "TrainedSAE", "finish_sae", "finish_saes", "SweepSpec", "plan_sweep",
-           "sweep_saes"]
+           "sweep_saes", "load", "sae_formats", "list_saes", "SAEMismatchError", "SAEFormatError"]

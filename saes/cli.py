@@ -1,16 +1,17 @@
-"""``interlayer sae train``, ``interlayer sae eval``, ``interlayer sae sweep`` and
-``interlayer sae convert``: each command calls its run (:mod:`~interlayer.saes.runs`)
+"""``interlayer sae train``, ``interlayer sae eval``, ``interlayer sae sweep``,
+``interlayer sae check`` and ``interlayer sae convert``: each command calls its run (:mod:`~interlayer.saes.runs`)
 and shows what it returns."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
-from interlayer.cli.registry import command, say, show
+from interlayer.cli.registry import command, note, say, show, write_json_output
 from interlayer.distributed import leave
 from interlayer.io.files import check_writable
 
-from .config import SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
+from .config import SAECheckConfig, SAEEvalConfig, SAEExportConfig, SAESweepConfig, SAETrainConfig
 from .options import train_options
 from .records import write_figures
 from .runs import check_sae_dir, run_eval, run_train
@@ -73,6 +74,43 @@ def _sweep(cfg: SAESweepConfig) -> int:
         say(f"failed: {name}: {error}")
     say(f"wrote {result.out}/pareto.csv, pareto.html, sweep.json and one directory per member")
     return 3 if result.failed else 0  # finished, with failed members
+
+
+@command("sae check", SAECheckConfig)
+def _check(cfg: SAECheckConfig) -> int:
+    """Load ``--sae`` in any format against ``--model`` (identity: site, width, model) and
+    check its behaviour (:func:`~interlayer.saes.verify.check_sae`); exit 1 when refused."""
+    from interlayer.cli.config import check_required
+    from interlayer.model.sites import check_site_syntax
+    from interlayer.store.inputs import check_data_file
+
+    from .loading import load
+    from .pathcheck import check_sae_path
+    from .verify import check_sae
+
+    check_required(cfg)
+    if cfg.site is not None:
+        check_site_syntax([cfg.site])
+    if cfg.data is not None:
+        check_data_file(cfg.data, text_field=cfg.text_field)
+    if cfg.out is not None:
+        from interlayer.io.files import check_writable
+
+        check_writable(cfg.out, suffixes=(".json",))
+    check_sae_path(cfg.sae, cfg.site)  # the format (each tried, and why not) before the model loads
+    model = cfg.load()
+    sae = load(cfg.sae, model, cfg.site, verify=False, allow_model_mismatch=cfg.allow_model_mismatch)
+    result = check_sae(sae, model, tokens=cfg.tokens, data=cfg.data, context_length=cfg.context_length,
+                       text_field=cfg.text_field)
+    show(result.summary(), result.to_json())
+    if cfg.out is not None:
+        write_json_output(cfg.out, result.to_json())
+    for message in result.warnings:
+        note(message)
+    if result.refusal is not None:
+        print(f"interlayer: error: {result.refusal}", file=sys.stderr)
+        return 1
+    return 0
 
 
 @command("sae convert", SAEExportConfig)

@@ -91,6 +91,25 @@ class SAEEvalConfig(RunOptions, TextOptions, ModelOptions):
 
 
 @dataclass
+class SAECheckConfig(RunOptions, ModelOptions):
+    """Load an SAE of any format and check it on held-out tokens of the model: L0, explained
+    variance, NMSE, CE loss recovered and KL; refused (non-zero exit) when worse than zero-ablation."""
+
+    sae: str = option(None, "the SAE: a file or folder in any format `interlayer.saes.sae_formats()` names",
+                      required=True, group="data")
+    site: str | None = option(None, "the site it is for (any naming; narrows a repository of several SAEs)",
+                              parse=one_site, group="data")
+    data: str | None = data_option("held-out text: a .txt, .jsonl or .parquet file, or a folder of them "
+                                   "(default: the packaged sample)")
+    text_field: str = text_field_option("--data")
+    tokens: int = option(512, "held-out tokens", min=1)
+    context_length: int = option(64, "tokens per packed context, BOS included", min=2)
+    allow_model_mismatch: bool = option(False, "accept an SAE whose files name another model")
+    out: str | None = out_option("also write the check (SAECheck.load reads it) to this .json file",
+                                 suffixes=(".json",))
+
+
+@dataclass
 class SAEExportConfig(Options):
     """Convert a saved SAE to the SAELens on-disk format, or a SAELens SAE to ours."""
 

@@ -269,11 +269,12 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
         raise InterlayerError(f"tokens must be at least 1, got {tokens}")
     if rows_per_step < 1:
         raise InterlayerError(f"rows_per_step must be at least 1, got {rows_per_step}")
+    output = _output_site(saes, model, site)
     saes = [sae.to(model.device) for sae in saes]
     context_length = min(context_length, model.max_positions)
     n_contexts = contexts_for_tokens(model, tokens, context_length)
-    variants: list[dict[str, Any]] = [{}] + [{site: Edit(sae.reconstruct, rows="tokens")} for sae in saes] + \
-        [{site: Edit(torch.zeros_like, rows="tokens")}]
+    variants = _variants(saes, site, output)
+    read = [site, LN_FINAL] if output == site else [site, output, LN_FINAL]
     accs = [Accumulator(sae, per_token_rows) for sae in saes]
     ce = np.zeros(len(variants))  # clean, each SAE, zero
     kl = np.zeros(len(variants))
@@ -284,12 +285,13 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
     bar = tqdm(total=n_contexts, unit="ctx", disable=not progress, desc="sae eval" if len(saes) == 1 else f"eval {len(saes)} SAEs")
     try:
         with torch.no_grad():
-            for chunks in stream_variants(model, data, [site, LN_FINAL], variants, select="tokens",
+            for chunks in stream_variants(model, data, read, variants, select="tokens",
                                           context_length=context_length, batch_size=batch_size, limit=n_contexts,
                                           text_field=text_field, memory_mb=memory_mb, output_device="model",
                                           progress=False):
+                target = None if output == site else chunks[0][output]
                 for acc in accs:
-                    acc.add(chunks[0][site])
+                    acc.add(chunks[0][site], target)
                 positions += _score_chunk(chunks, model, rows_per_step, ce, kl)
                 bar.update(chunks[0].n_sequences)
     finally:
@@ -320,6 +322,35 @@ def _evaluated_site(saes: list[SAE], labels: list[str], model: ModelAdapter, sit
         if sae.d_in != model.d_model:
             raise InterlayerError(f"the SAE has d_in={sae.d_in} but {site} of {model.name} has width {model.d_model}")
     return site
+
+
+def _output_site(saes: list[SAE], model: ModelAdapter, site: str) -> str:
+    """The site the SAEs write: ``site`` for autoencoders, else the transcoders' common
+    output site (later in the pass than ``site``, of the transcoders' output width)."""
+    outputs = {sae.cfg.output_site if sae.cfg.transcoder else None for sae in saes}
+    if len(outputs) > 1:
+        raise InterlayerError(f"the SAEs write different sites {sorted(map(str, outputs))} (transcoders and "
+                              "autoencoders, or transcoders to different sites); evaluate them separately")
+    output = outputs.pop()
+    if output is None:
+        if any(sae.cfg.transcoder for sae in saes):
+            raise InterlayerError("a transcoder names no output_site; it cannot be spliced")
+        return site
+    output = model.site(output).name
+    for sae in saes:
+        if sae.cfg.output_width != model.d_model:
+            raise InterlayerError(f"the transcoder outputs width {sae.cfg.output_width} but {output} of {model.name} "
+                                  f"has width {model.d_model}")
+    return output
+
+
+def _variants(saes: list[SAE], site: str, output: str) -> list[dict[str, Any]]:
+    """The passes of an evaluation: clean, each SAE spliced, and the written site zero-ablated.
+    An autoencoder replaces ``site`` by its reconstruction; a transcoder replaces its output
+    site by its prediction from ``site`` in the same pass (``Edit(source=site)``)."""
+    source = None if output == site else site
+    spliced = [{output: Edit(sae.reconstruct, rows="tokens", source=source)} for sae in saes]
+    return [{}] + spliced + [{output: Edit(torch.zeros_like, rows="tokens")}]
 
 
 def _evaluation(acc: Accumulator, label: str, i: int, ce: np.ndarray, kl: np.ndarray, positions: int) -> SAEEvaluation:

@@ -19,7 +19,7 @@ import torch
 from interlayer.errors import InterlayerError
 from interlayer.options import Options, option
 
-from .archs import ArchConfig, architecture
+from .archs import REGISTRY, ArchConfig, architecture
 
 
 @dataclass
@@ -96,6 +96,9 @@ class TrainOptions(Options):
 
     def check(self, cfg: ArchConfig) -> None:
         """Refuse options the SAE's mode cannot honour (before any training)."""
+        if not architecture(cfg.arch).trainable:  # a Gated SAE: loaded and evaluated, not trained
+            raise InterlayerError(f"architecture {cfg.arch!r} is loaded and evaluated, not trained by interlayer; "
+                                  f"trainable: {', '.join(n for n, a in REGISTRY.items() if a.trainable)}")
         if cfg.authors_exact and (self.warmup(cfg) or self.decay(cfg)):
             raise InterlayerError("top-AFA's authors-exact mode trains at a constant learning rate: warmup_steps and "
                                   f"decay_fraction must be 0 (got {self.warmup(cfg)} and {self.decay(cfg)})")

@@ -25,7 +25,7 @@ import torch
 
 from interlayer.errors import InterlayerError
 
-from .normalization import STD_EPS
+from .normalization import STD_EPS, normalize
 from .sae import SAE
 
 DENSE_FREQUENCY = 0.1
@@ -187,23 +187,32 @@ class Accumulator:
         self.sums = {"eps_lbo": 0.0, "f_norm_ratio": 0.0}
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor) -> None:
-        """Add a batch of activations ``[..., d_in]``."""
+    def add(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Add a batch of activations ``[..., d_in]``. ``target``: what the output is
+        compared with (a transcoder's output-site activations ``[..., d_out]``, row for
+        row); ``None``: ``x`` itself."""
         sae = self.sae
         x = x.reshape(-1, x.shape[-1]).to(sae.device, sae.W_enc.dtype)
         out = sae(x)
-        diff = (x - out.x_hat).double()
+        if target is None:
+            y, y_in = x, out.x_in
+        else:
+            y = target.reshape(-1, target.shape[-1]).to(sae.device, sae.W_enc.dtype)
+            if y.shape != out.x_hat.shape:
+                raise InterlayerError(f"the target has shape {tuple(y.shape)}; the SAE outputs {tuple(out.x_hat.shape)}")
+            y_in = normalize(y, sae.cfg.normalization, sae.cfg.scale)[0]  # a transcoder's: none or mean_norm
+        diff = (y - out.x_hat).double()
         self.err += float(diff.square().sum())
-        self.sq += float(x.double().square().sum())
-        self.err_in += float((out.x_in - out.x_hat_in).double().square().sum())
-        self.sq_in += float(out.x_in.double().square().sum())
-        s = x.double().sum(0)
+        self.sq += float(y.double().square().sum())
+        self.err_in += float((y_in - out.x_hat_in).double().square().sum())
+        self.sq_in += float(y_in.double().square().sum())
+        s = y.double().sum(0)
         self.sum_x = s if self.sum_x is None else self.sum_x + s
         active = out.f > 0
         self.l0 += float(active.sum())
         self.fires += active.sum(0).cpu()
         self.n += x.shape[0]
-        xd = x.double()
+        xd = y.double()
         std = (xd - xd.mean(-1, keepdim=True)).std(-1, keepdim=True)
         self.sq_std += float((diff / (std + STD_EPS)).square().sum())
         self._add_tokens(self._token_columns(out, active))
@@ -256,7 +265,7 @@ class Accumulator:
             "nmse": self.err / self.sq,
             "explained_variance": 1 - self.err / total_var,
             "nmse_normalized": self.err_in / self.sq_in,
-            "mse_standardized": self.sq_std / (self.n * self.sae.d_in),
+            "mse_standardized": self.sq_std / (self.n * self.sae.cfg.output_width),
             "l0": self.l0 / self.n,
             "dead_frac": float((self.fires == 0).double().mean()),
             "dense_frac": float((freq > DENSE_FREQUENCY).double().mean()),

@@ -27,13 +27,14 @@ from .config import LATENTS_PER_D_MODEL, SAEEvalConfig, SAESweepConfig, SAETrain
 from .evaluation import evaluate_sae
 from .formats import is_interlayer_dir, is_saelens_dir
 from .layer_parallel import ScatteredSource, expand_cached_sites, owned_sites, train_sites
+from .loading import load
 from .loop import TrainMember, train_sae
 from .options import TrainOptions, train_options
 from .pareto import SAESweep
+from .pathcheck import check_sae_path
 from .records import EvalOptions, TrainedSAE, describe, finish_sae, metrics_record, write_figures
 from .run import SweepSpec, plan_sweep, sweep_saes
 from .sae import SAEConfig, check_sae_fields
-from .saelens import load_sae
 from .sources import CachedSource, Source, StreamedSource
 
 
@@ -167,16 +168,16 @@ def run_eval(cfg: SAEEvalConfig) -> dict[str, Any]:
     """``interlayer sae eval`` as a function; returns the metrics (``--out`` holds them and
     the whole evaluation, which :meth:`SAEEvaluation.load` reads back)."""
     check_required(cfg)
-    check_sae_dir(cfg.sae)
     if cfg.data is not None:
         check_data_file(cfg.data, text_field=cfg.text_field)
     check_writable(cfg.out, suffixes=(".json",))
     if cfg.figures:
         check_writable(cfg.figures, flag="--figures", suffixes=(".html",))
-    sae = load_sae(cfg.sae)
     if cfg.site is not None:
         check_site_syntax([cfg.site])
+    check_sae_path(cfg.sae, cfg.site)  # any format, by content (each tried, and why not), before the model loads
     model = cfg.load()
+    sae = load(cfg.sae, model, cfg.site, verify=False)  # site, width and model checked; the evaluation follows
     data = cfg.data or str(SAMPLE_TEXT)
     evaluation = evaluate_sae(sae, model, data, cfg.site, tokens=cfg.tokens, context_length=cfg.context_length,
                               batch_size=cfg.batch_size, text_field=cfg.text_field, label=Path(cfg.sae).name,

@@ -61,9 +61,23 @@ class SAEConfig:
     jumprelu_bandwidth: float = BANDWIDTH
     """Width of the JumpReLU straight-through rectangle kernel."""
     model: str | None = None
-    """The model the SAE was trained on (informational)."""
+    """The model the SAE was trained on (checked on load by :func:`interlayer.saes.load`)."""
     site: str | None = None
-    """The hook site it reads, e.g. resid_post.6 (informational)."""
+    """The hook site it reads, e.g. resid_post.6 (checked on load)."""
+    output_site: str | None = None
+    """A transcoder's output site (e.g. ``mlp_out.6`` for input ``resid_mid.6``): the SAE
+    predicts this site's activation from ``site``'s. ``None``: an autoencoder."""
+    d_out: int | None = None
+    """Width of the output (a transcoder's output site); ``None``: ``d_in``."""
+    apply_b_dec_to_input: bool = True
+    """Subtract ``b_dec`` from the input before encoding (SAELens's name). Transcoders,
+    Gemma Scope and Llama Scope encode the raw input: ``False``."""
+    skip: str | None = None
+    """A skip connection added to the output: ``linear`` (``x W_skip``) or ``affine``
+    (``x W_skip + b_skip``), on the raw input; ``None``: none."""
+    origin: dict[str, Any] | None = None
+    """Where a loaded SAE came from: its format, file, the hook names as its files wrote
+    them, its dtype (filled by :func:`interlayer.saes.load`; kept when re-saved)."""
 
     def __post_init__(self) -> None:
         if self.d_in < 1 or self.d_sae < 1:
@@ -73,6 +87,17 @@ class SAEConfig:
                                          self.normalization).afa_form
         if not self.scale > 0:
             raise InterlayerError(f"scale must be positive, got {self.scale}")
+        check_output_fields(self)
+
+    @property
+    def output_width(self) -> int:
+        """Width of the reconstruction: ``d_out``, else ``d_in``."""
+        return self.d_out if self.d_out is not None else self.d_in
+
+    @property
+    def transcoder(self) -> bool:
+        """Whether the SAE predicts another site (or another width) than it reads."""
+        return (self.output_site is not None and self.output_site != self.site) or self.output_width != self.d_in
 
     @property
     def mode(self) -> str:
@@ -122,6 +147,26 @@ def check_sae_fields(fields: ArchFields, normalization: str = "standardize") -> 
     return fields
 
 
+SKIPS = ("linear", "affine")
+"""The skip connections an SAE (a transcoder, usually) may carry."""
+
+
+def check_output_fields(cfg: "SAEConfig") -> None:
+    """Check a config's transcoder fields: the skip's name, the output width, and that an
+    SAE whose output is not its input neither centres its input on ``b_dec`` nor
+    normalises with per-token statistics (neither means anything across two sites)."""
+    if cfg.skip is not None and cfg.skip not in SKIPS:
+        raise InterlayerError(f"unknown skip connection {cfg.skip!r}; valid choices: {choices(list(SKIPS))} or None")
+    if cfg.d_out is not None and (isinstance(cfg.d_out, bool) or cfg.d_out < 1):
+        raise InterlayerError(f"d_out must be a positive width, got {cfg.d_out!r}")
+    if cfg.transcoder and cfg.apply_b_dec_to_input and cfg.output_width != cfg.d_in:
+        raise InterlayerError(f"a transcoder from width {cfg.d_in} to {cfg.output_width} cannot subtract b_dec "
+                              "(the output bias) from its input: set apply_b_dec_to_input=False")
+    if cfg.transcoder and cfg.normalization == "standardize":
+        raise InterlayerError("a transcoder cannot use normalization 'standardize' (the output would be rescaled by "
+                              "the input's statistics); valid choices for a transcoder: 'none', 'mean_norm'")
+
+
 class SAEOutput(NamedTuple):
     """One forward pass of an :class:`SAE`."""
 
@@ -150,8 +195,16 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(w_enc)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         # row-major, so the sparse decode gathers contiguous rows (the transpose's strides made it 50x slower)
-        self.W_dec = nn.Parameter((w_enc.t() / w_enc.t().norm(dim=-1, keepdim=True)).contiguous())
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        w_dec = w_enc.t() / w_enc.t().norm(dim=-1, keepdim=True)
+        if cfg.output_width != cfg.d_in:  # a transcoder to another width: rows of its own
+            w_dec = torch.rand(cfg.d_sae, cfg.output_width, generator=gen) - 0.5
+            w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec.contiguous())
+        self.b_dec = nn.Parameter(torch.zeros(cfg.output_width))
+        if cfg.skip is not None:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.output_width))
+        if cfg.skip == "affine":
+            self.b_skip = nn.Parameter(torch.zeros(cfg.output_width))
         self.activation = architecture(cfg.arch).activation(cfg)
 
     @property
@@ -192,15 +245,22 @@ class SAE(nn.Module):
         """Encode and decode ``x`` (``[..., d_in]``, any dtype; computed in the SAE's dtype)."""
         self.check_input(x)
         x_in, stats = normalize(x.to(self.W_enc.dtype), self.cfg.normalization, self.cfg.scale)
-        centred = x_in - self.b_dec
+        centred = x_in - self.b_dec if self.cfg.apply_b_dec_to_input else x_in
         pre = centred @ self.W_enc
         if not self.cfg.authors_exact:  # the authors' top-AFA encoder has no b_enc
             pre = pre + self.b_enc
         code = self.activation.encode(pre.reshape(-1, self.d_sae), EncodeContext(centred, self.W_dec.norm(dim=-1)))
         f = code.f.reshape(pre.shape)
-        x_hat_in = self.decode(code).reshape(centred.shape)
+        x_hat_in = self.decode(code).reshape(*centred.shape[:-1], self.cfg.output_width)
         x_hat = denormalize(x_hat_in, self.cfg.normalization, self.cfg.scale, stats)
+        if self.cfg.skip is not None:
+            x_hat = x_hat + self.skip_term(x.to(self.W_enc.dtype))
         return SAEOutput(x_hat, f, pre, x_in, x_hat_in)
+
+    def skip_term(self, x: torch.Tensor) -> torch.Tensor:
+        """The skip connection's part of the output: ``x W_skip`` (+ ``b_skip``), on the raw input."""
+        out = x @ self.W_skip
+        return out + self.b_skip if self.cfg.skip == "affine" else out
 
     def decode(self, code: Code) -> torch.Tensor:
         """``f W_dec + b_dec`` in the normalised space; for a code with known nonzero entries

@@ -21,7 +21,10 @@ from .topk import DEFAULT_K, TopK
 
 SAE_ARCHITECTURES = tuple(REGISTRY)
 """The built-in SAE architectures, by ``--arch`` name."""
+# after SAE_ARCHITECTURES (the --arch choices): read from other libraries' checkpoints
+from . import gated  # noqa: E402  (loaded and evaluated, not trained)
+from . import groupmax  # noqa: E402  (sparsify's; not an --arch choice)
 
-__all__ = ["relu", "topk", "batchtopk", "jumprelu", "topafa", "SAE_ARCHITECTURES", "AFA_FORMS", "DEFAULT_K", "REGISTRY", "Architecture", "ArchConfig", "ArchFields", "architecture", "register",
+__all__ = ["relu", "topk", "batchtopk", "jumprelu", "topafa", "gated", "groupmax", "SAE_ARCHITECTURES", "AFA_FORMS", "DEFAULT_K", "REGISTRY", "Architecture", "ArchConfig", "ArchFields", "architecture", "register",
            "Activation", "Code", "EncodeContext", "coo_code", "dense_code", "SPARSE_DENSITY", "ReLU", "TopK",
            "BatchTopK", "JumpReLU", "TopAFA", "candidates_for"]

@@ -194,6 +194,8 @@ class Architecture:
     resume_identity: Callable[[ArchConfig], dict[str, Any]] = no_identity
     """Entries a resumed run's options identity adds for this architecture (JumpReLU's
     initial threshold, under the name it had as a training option, so older checkpoints match)."""
+    trainable: bool = True
+    """Whether interlayer trains it (``False``: loaded and evaluated only, e.g. a Gated SAE read from another library)."""
 
     @property
     def takes_k(self) -> bool:

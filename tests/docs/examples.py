@@ -29,6 +29,7 @@ SKIP_REASONS = {
     "gpu": "needs a GPU or several processes on several machines",
     "long": "runs the full-size job the page measures (minutes to hours on a CPU); a smaller form of it runs",
     "interactive": "starts a server or an interactive program (jupyter, mkdocs serve)",
+    "hub-files": "reads files downloaded from a hub (the tests build such files in the published layout)",
 }
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+)(?P<info>[^`\n]*)$")
 

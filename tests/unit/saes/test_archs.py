@@ -1,14 +1,18 @@
 """The architecture registry (``saes/archs/``): a new architecture is one registration,
 and the SAE, the trainer and the sweep need no edit to train it."""
 
+import ast
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from interlayer.errors import InterlayerError
 from interlayer.saes import SAE, SAEConfig, SAE_ARCHITECTURES
-from interlayer.saes.archs import REGISTRY, Activation, Architecture, EncodeContext, architecture, register
+from interlayer.saes.archs import REGISTRY, Activation, ArchFields, Architecture, EncodeContext, architecture, register
+from interlayer.saes.archs.gated import gated_state
 from interlayer.saes.sources import TensorSource
 from interlayer.saes.training import TrainOptions, train_sae
 
@@ -49,8 +53,48 @@ def test_the_built_in_architectures_are_registered_and_unknown_names_are_refused
     assert architecture("relu").sparsity_coefficient == "l1_coeff"
     assert architecture("jumprelu").sparsity_coefficient == "l0_coeff"
     assert TrainOptions().afa("topafa") == 1 / 32 and TrainOptions().afa("topk") == 0.0
-    with pytest.raises(InterlayerError, match="unknown SAE architecture 'gated'; valid choices"):
-        SAEConfig(d_in=4, d_sae=8, arch="gated")
+    with pytest.raises(InterlayerError, match="unknown SAE architecture 'nope'; valid choices: .*'gated'.*'groupmax'"):
+        SAEConfig(d_in=4, d_sae=8, arch="nope")
+
+
+def test_every_architecture_module_is_registered_on_import_of_the_package():
+    """``import interlayer.saes`` registers every ``saes/archs/<name>.py`` (gated and groupmax
+    included, not only when a format reader imports them): the package imports each module."""
+    folder = Path(__file__).resolve().parents[3] / "saes" / "archs"
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    tree = ast.parse((folder / "__init__.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+                and node.module is None for alias in node.names}
+    assert modules <= imported, f"not imported by saes/archs/__init__.py: {sorted(modules - imported)}"
+    assert modules <= set(REGISTRY)
+    assert set(SAE_ARCHITECTURES) == {"relu", "topk", "batchtopk", "jumprelu", "topafa"}  # the --arch choices
+
+
+def test_gated_is_read_only_and_computes_the_gated_code():
+    """f = 1[pi_gate > 0] ReLU(exp(r_mag) x_enc + b_mag), x_enc = (x - b_dec) W_enc, pi_gate = x_enc + b_gate
+    (Rajamanoharan et al. 2024), against NumPy in float64; training a Gated SAE is refused."""
+    spec = architecture("gated")
+    assert not spec.trainable and spec.latent_parameters == 2 and not spec.takes_k
+    with pytest.raises(InterlayerError, match=r"'gated' is loaded and evaluated, not trained.*trainable: relu, topk"):
+        TrainOptions().check(ArchFields("gated"))
+    gen = torch.Generator().manual_seed(0)
+    d, h = 6, 10
+    w_enc, w_dec = torch.randn(d, h, generator=gen), torch.randn(h, d, generator=gen)
+    b_dec, b_gate, b_mag, r_mag = (torch.randn(n, generator=gen) * 0.5 for n in (d, h, h, h))
+    sae = SAE(SAEConfig(d, h, arch="gated", normalization="none"))
+    sae.load_tensors({"W_enc": w_enc, "b_enc": b_gate, "W_dec": w_dec, "b_dec": b_dec,
+                      **gated_state(r_mag, b_mag, b_gate)}, "test")
+    x = torch.randn(64, d, generator=gen)
+    with torch.no_grad():
+        out = sae(x)
+    xn, wn = x.double().numpy(), w_enc.double().numpy()
+    x_enc = (xn - b_dec.double().numpy()) @ wn
+    gate = (x_enc + b_gate.double().numpy()) > 0
+    f = gate * np.maximum(np.exp(r_mag.double().numpy()) * x_enc + b_mag.double().numpy(), 0)
+    assert 0 < gate.mean() < 1
+    np.testing.assert_allclose(out.f.numpy(), f, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.x_hat.numpy(), f @ w_dec.double().numpy() + b_dec.double().numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_jumprelu_trains_from_and_records_its_initial_threshold(tmp_path):

@@ -5,8 +5,9 @@ neither imports the other to detect a format.
 
 EleutherAI/sparsify saves ``cfg.json`` + ``sae.safetensors`` too, with a config of its
 own (``expansion_factor``, ``num_latents``, ``k``, no ``format``): :func:`read_config`
-recognises it and says so (loading it is not supported yet), where a bare format check
-would call it a damaged interlayer config.
+recognises it and points to :func:`interlayer.saes.load` (which reads it,
+:mod:`~interlayer.saes.formats.sparsify`), where a bare format check would call it a
+damaged interlayer config.
 """
 
 from __future__ import annotations
@@ -71,14 +72,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """The checked ``cfg.json`` of an interlayer SAE directory, ``format`` included.
 
     Raises :class:`SAEFormatError` naming the file for invalid JSON, a config of another
-    format (a sparsify SAE is named as such), or fields of the wrong type."""
+    format (a sparsify SAE is named as such, pointing to ``interlayer.saes.load``), or fields of the wrong type."""
     file = Path(path) / CONFIG
     data = read_json_config(file)
     if data.get("format") != FORMAT:
         if looks_like_sparsify(data):
             raise SAEFormatError(f"{Path(path)} looks like an EleutherAI/sparsify SAE (cfg.json with "
-                                 f"{', '.join(sorted(SPARSIFY_KEYS & set(data)))}); interlayer does not load that "
-                                 "format yet: convert it, or train an interlayer SAE")
+                                 f"{', '.join(sorted(SPARSIFY_KEYS & set(data)))}), not interlayer's own format; load it "
+                                 "with interlayer.saes.load(path), which reads sparsify SAEs and transcoders")
         raise SAEFormatError(f"{file} is not an interlayer SAE config of format {FORMAT} "
                              f"(its 'format' is {data.get('format')!r})")
     for key in ("d_in", "d_sae", "k"):
