@@ -4,7 +4,8 @@ as one :class:`SAE` with a pluggable activation (one module per architecture und
 :mod:`interlayer.saes.archs`), one trainer (:func:`train_sae`; several
 SAEs on one pass with :func:`train_saes`), evaluation (:func:`evaluate_sae`,
 :func:`evaluate_saes`), Pareto sweeps (:mod:`interlayer.saes.sweep`), and the SAELens
-on-disk format (:func:`to_saelens`, :func:`from_saelens`)."""
+on-disk format (:func:`to_saelens`, :func:`from_saelens`); every other format through
+:func:`load` (:mod:`interlayer.saes.formats`), sparsify written by :func:`to_sparsify`."""
 
 from . import topafa
 from .archs import AFA_FORMS, SAE_ARCHITECTURES
@@ -20,6 +21,7 @@ from .saelens import load_sae
 from .loading import list_saes, load, sae_formats
 from .identity import SAEMismatchError
 from .formats import SAEFormatError
+from .formats.sparsify import to_sparsify
 from .sources import Placement, Source
 from .sweep import run_sweep
 from .training import (CheckpointMismatchError, NonFiniteError, TrainMember, TrainOptions, TrainResult, train_sae,
@@ -30,4 +32,4 @@ __all__ = ["SAE_ARCHITECTURES", "AFA_FORMS", "SAE", "SAEConfig", "SAEOutput", "S
            "TensorSource", "CheckpointMismatchError", "NonFiniteError", "TrainMember", "TrainOptions", "TrainResult",
            "train_sae", "train_saes", "topafa", "SAESweepResult", "run_sweep", "top_contexts", "SAESweep", "load_sae",
            "Source", "Placement", "EvalOptions", "TrainedSAE", "finish_sae", "finish_saes", "SweepSpec", "plan_sweep",
-           "sweep_saes", "load", "sae_formats", "list_saes", "SAEMismatchError", "SAEFormatError"]
+           "sweep_saes", "load", "sae_formats", "list_saes", "SAEMismatchError", "SAEFormatError", "to_sparsify"]

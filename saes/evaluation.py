@@ -7,6 +7,12 @@ Reconstruction (over tokens ``b``, in the activations' own space)::
     explained_variance = 1 - sum_b ||x_b - x_hat_b||^2 / sum_b ||x_b - mean(x)||^2
     l0                 = mean_b #{i : f_bi > 0}
 
+A transcoder (``site`` -> ``output_site``, e.g. ``mlp_in.6`` -> ``mlp_out.6``) is
+evaluated on the same path: ``x_hat`` is its prediction from the input site's rows and
+the sums compare it with the output site's rows ``y`` (``x`` above becomes ``y``); the
+spliced pass replaces the output site by the prediction computed from the input site of
+the same pass, and zero-ablation zeroes the output site.
+
 ``nmse_normalized`` is the same ratio in the SAE's normalised space (its training
 objective). A latent is dead if it never fires on the evaluation tokens and dense if
 it fires on more than 10% of them.
