@@ -55,7 +55,29 @@ def detect(path: str | Path, site: str | None = None) -> tuple[Reader, Path]:
         found = reader.entries(path) if reader.entries is not None and path.is_dir() else []
         if found:
             return reader, _pick(path, reader, found, site).path
-    raise SAEFormatError(f"{path} holds no SAE in a format interlayer reads; tried:\n  - " + "\n  - ".join(tried))
+    listing = "\n  - ".join(tried)
+    _refuse_damaged_config(path, listing)
+    raise SAEFormatError(f"{path} holds no SAE in a format interlayer reads; tried:\n  - {listing}")
+
+
+CONFIG_FILES = ("cfg.json", "config.json", "hyperparams.json")
+"""The JSON configs the formats read (interlayer, SAELens, sparsify; Gemma Scope 2,
+dictionary_learning, tuned-lens; Llama Scope)."""
+
+
+def _refuse_damaged_config(path: Path, listing: str) -> None:
+    """A folder whose config is unreadable, not JSON or not an object is damaged, whatever
+    its format: name the file and what is wrong with it (then the formats tried)."""
+    from .formats import read_json_config
+
+    if not path.is_dir():
+        return
+    for name in CONFIG_FILES:
+        if (path / name).is_file():
+            try:
+                read_json_config(path / name)
+            except SAEFormatError as err:
+                raise SAEFormatError(f"{err}; formats tried:\n  - {listing}") from None
 
 
 def _pick(path: Path, reader: Reader, found: list[Entry], site: str | None) -> Entry:

@@ -22,6 +22,8 @@ def match(path: Path) -> str | None:
         data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return f"{CONFIG} is not valid JSON"
+    if isinstance(data, dict) and "format" in data and data["format"] != FORMAT:
+        return f"{CONFIG} is not an interlayer SAE config of format {FORMAT} (its 'format' is {data['format']!r})"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return f"{CONFIG} has no \"format\": {FORMAT}"
     return None

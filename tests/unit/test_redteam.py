@@ -361,15 +361,15 @@ def test_P8_a_sparsify_folder_is_named_as_such(tmp_path):
 
     folder = tmp_path / "layers.6"  # as EleutherAI/sparsify saves one hookpoint
     folder.mkdir()
-    (folder / "cfg.json").write_text(json.dumps({"expansion_factor": 32, "normalize_decoder": True, "num_latents": 0,
+    (folder / "cfg.json").write_text(json.dumps({"expansion_factor": 2, "normalize_decoder": True, "num_latents": 0,
                                                  "k": 32, "multi_topk": False, "skip_connection": False, "d_in": D}))
     save_file({"encoder.weight": torch.zeros(64, D), "encoder.bias": torch.zeros(64), "W_dec": torch.zeros(64, D),
                "b_dec": torch.zeros(D)}, str(folder / "sae.safetensors"))
-    for load in (SAE.load, check_sae_dir):
-        with pytest.raises(InterlayerError, match=r"layers\.6 looks like an EleutherAI/sparsify SAE .* interlayer "
-                                                  "does not load that format yet") as err:
-            load(str(folder))
-        one_line(err)
+    with pytest.raises(InterlayerError, match=r"layers\.6 looks like an EleutherAI/sparsify SAE .* not interlayer's "
+                                              r"own format; load it with interlayer\.saes\.load\(path\)") as err:
+        SAE.load(str(folder))
+    one_line(err)
+    assert check_sae_dir(str(folder))["site"] == "resid_post.6"  # the one loader reads it
     assert SAE.load(_sae_dir(tmp_path, "ours")).d_sae == 64  # interlayer's own still loads
 
 

@@ -105,7 +105,7 @@ def test_report_bad_input(model, tmp_path, capsys):
         build_report(model, tmp_path / "r.html", sae=str(tmp_path / "sae"), profile=TINY, progress=False)
     assert not (tmp_path / "r.html").exists()
     assert cli.main(["report", "--sae", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html")]) == 2
-    assert "not a saved interlayer SAE" in capsys.readouterr().err
+    assert "--sae: " in (err := capsys.readouterr().err) and "does not exist" in err
 
 
 def test_report_sae_panel_equals_evaluate_sae(model, tmp_path):
@@ -115,7 +115,17 @@ def test_report_sae_panel_equals_evaluate_sae(model, tmp_path):
     import torch
 
     torch.manual_seed(0)
-    sae = SAE(SAEConfig(d_in=model.d_model, d_sae=16, arch="relu", model=model.name, site="resid_post.1"))
+    bad = SAE(SAEConfig(d_in=model.d_model, d_sae=16, arch="relu", model=model.name, site="resid_post.1"))
+    bad.save(tmp_path / "bad")  # random weights: refused by the check on load, the panel says why
+    files = build_report(model, tmp_path / "bad.html", only="model,sae", sae=str(tmp_path / "bad"), profile=TINY,
+                         progress=False)
+    assert files.results["sae"].status == "failed" and "worse than" in files.results["sae"].error
+    d = model.d_model  # the exact ReLU SAE [I, -I]: passes the check
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, arch="relu", model=model.name, site="resid_post.1",
+                        normalization="none", apply_b_dec_to_input=False))
+    eye = torch.eye(d)
+    sae.load_tensors({**sae.state_dict(), "W_enc": torch.cat([eye, -eye], 1), "W_dec": torch.cat([eye, -eye], 0),
+                      "b_enc": torch.zeros(2 * d), "b_dec": torch.zeros(d)}, "the exact SAE")
     sae.save(tmp_path / "sae")
     files = build_report(model, tmp_path / "r.html", only="model,sae", sae=str(tmp_path / "sae"), profile=TINY,
                          progress=False)

@@ -11,8 +11,8 @@ from interlayer.saes.normalization import denormalize, mean_norm_scale, normaliz
 
 
 def test_config_errors_name_the_problem_and_choices():
-    with pytest.raises(InterlayerError, match="unknown SAE architecture 'gated'.*'topafa'"):
-        SAEConfig(d_in=8, d_sae=32, arch="gated")
+    with pytest.raises(InterlayerError, match="unknown SAE architecture 'gatedx'.*'topafa'"):
+        SAEConfig(d_in=8, d_sae=32, arch="gatedx")
     with pytest.raises(InterlayerError, match="needs k"):
         SAEConfig(d_in=8, d_sae=32, arch="topk")
     with pytest.raises(InterlayerError, match="takes no k"):

@@ -177,8 +177,9 @@ def test_the_thresholds_refuse_and_warn():
     assert verify.LOW_EXPLAINED_VARIANCE == 0.5
 
 
-def test_a_transcoder_is_checked_on_its_reconstruction_only(tiny, capsys):
-    """resid_post.0 -> resid_pre.1 (the same vectors): the exact map reconstructs them; nothing is spliced."""
+def test_a_transcoder_is_checked_with_its_prediction_spliced(tiny, capsys):
+    """resid_post.0 -> resid_pre.1 (the same vectors): the exact map reconstructs them, and
+    spliced at resid_pre.1 from resid_post.0 it changes nothing (CE recovered 1, KL 0)."""
     _, text, model = tiny
     d = model.d_model
     sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, arch="relu", normalization="none", apply_b_dec_to_input=False,
@@ -187,10 +188,16 @@ def test_a_transcoder_is_checked_on_its_reconstruction_only(tiny, capsys):
     sae.load_tensors({**sae.state_dict(), "W_enc": torch.cat([eye, -eye], 1), "W_dec": torch.cat([eye, -eye], 0),
                       "b_enc": torch.zeros(2 * d), "b_dec": torch.zeros(d)}, "the exact transcoder")
     assert sae.cfg.transcoder
-    with pytest.warns(UserWarning, match="transcoder; only its reconstruction numbers"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         check = verify_sae(sae.eval(), model, data=str(text), tokens=100, context_length=16)
-    assert not check.spliced and check.metrics["explained_variance"] == pytest.approx(1, abs=1e-5)
-    assert check.metrics["nmse"] == pytest.approx(0, abs=1e-6) and "not spliced" in capsys.readouterr().out
+    assert check.spliced and check.site == "resid_post.0->resid_pre.1"
+    assert check.metrics["explained_variance"] == pytest.approx(1, abs=1e-5)
+    assert check.metrics["nmse"] == pytest.approx(0, abs=1e-6)
+    assert check.metrics["ce_loss_recovered"] == pytest.approx(1, abs=1e-4)
+    assert check.metrics["kl_sae"] == pytest.approx(0, abs=1e-6)
+    out = capsys.readouterr().out
+    assert "resid_post.0->resid_pre.1" in out and "not spliced" not in out
 
 
 def test_sae_eval_and_check_read_a_sparsify_folder(tiny, tmp_path, capsys):
