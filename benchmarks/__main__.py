@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, (script, rest) in chosen.items():
             present = "" if (HERE / script).is_file() else "   (missing)"
-            print(f"{name:14s}{args.python} benchmarks/{script} {' '.join(rest)}{present}")
+            print(f"{name:<16s} {args.python} benchmarks/{script} {' '.join(rest)}{present}")
         return 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     status = {}

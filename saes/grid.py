@@ -22,7 +22,7 @@ from fractions import Fraction
 from interlayer.errors import InterlayerError, choices
 from interlayer.options import comma_list
 
-from .archs import REGISTRY, architecture
+from .archs import SAE_ARCHITECTURES, architecture
 from .archs.jumprelu import INITIAL_THRESHOLD
 from .options import TrainOptions
 from .sae import SAEConfig
@@ -106,10 +106,10 @@ def parse_grid(text: str | None, archs: list[str] | tuple[str, ...], latents: in
     """The members of a grid string (see the module docstring), restricted to ``archs``;
     an architecture of ``archs`` the text does not mention takes :data:`DEFAULT_GRID`'s
     values. Every value is checked against its range here, before any training."""
-    unknown = [a for a in archs if a not in list(REGISTRY)]
+    unknown = [a for a in archs if a not in list(SAE_ARCHITECTURES)]
     if unknown:
         raise InterlayerError(f"unknown architecture(s) {choices(unknown)} in --arch; valid choices: "
-                              f"{choices(list(REGISTRY))}")
+                              f"{choices(list(SAE_ARCHITECTURES))}")
     given = _split(text) if text else {}
     extra = [a for a in given if a not in archs]
     if extra:
@@ -135,8 +135,8 @@ def _split(text: str) -> dict[str, list[str]]:
         arch = arch.strip()
         if not sep or not values.strip():
             raise InterlayerError(f"grid entry {part!r} is not ARCH=V,V,...; e.g. 'topk=16,32;topafa=centred:1/32'")
-        if arch not in list(REGISTRY):
-            raise InterlayerError(f"unknown architecture {arch!r} in --grid; valid choices: {choices(list(REGISTRY))}")
+        if arch not in list(SAE_ARCHITECTURES):
+            raise InterlayerError(f"unknown architecture {arch!r} in --grid; valid choices: {choices(list(SAE_ARCHITECTURES))}")
         out.setdefault(arch, []).extend(comma_list(values, kind="grid values", example="topk=16,32"))
     return out
 

@@ -32,7 +32,8 @@ def test_list_names_every_benchmark():
     out = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     names = [line.split()[0] for line in out.splitlines()]
-    assert names == ["store", "store_layer8", "cache", "cache_3layers", "sae", "topafa", "mexa", "steering"]
+    assert names == ["store", "store_layer8", "cache", "cache_3layers", "sae", "topafa", "mexa", "steering",
+                     "lens_comparison"]
     assert "--layer 8" in out.splitlines()[1]
 
 

@@ -34,13 +34,13 @@ def test_grid_parsing_and_ranges():
         ("jumprelu=abc", ["jumprelu"], "'abc' for jumprelu is not a number"),
         ("topafa=middle:1", ["topafa"], "unknown top-AFA form 'middle'"),
         ("topk=4", ["relu"], "--grid names 'topk', which --arch"),
-        ("gated=4", ["topk"], "unknown architecture 'gated' in --grid"),
+        ("gatedx=4", ["topk"], "unknown architecture 'gatedx' in --grid"),
         ("topk=4,4", ["topk"], "lists 'topk-k4' more than once"),
     ]:
         with pytest.raises(interlayer.InterlayerError, match=message.replace("(", r"\(").replace(")", r"\)")):
             parse_grid(grid, archs, 64)
-    with pytest.raises(interlayer.InterlayerError, match="unknown architecture.*'gated'.*valid choices"):
-        parse_grid(None, ["gated"], 64)
+    with pytest.raises(interlayer.InterlayerError, match="unknown architecture.*'gatedx'.*valid choices"):
+        parse_grid(None, ["gatedx"], 64)
 
 
 def test_training_together_equals_training_alone(tmp_path):
@@ -215,8 +215,8 @@ def test_sweep_bad_input_before_any_work(tmp_path, capsys, cache):
     out = tmp_path / "sweep"
     code, _, err = _sweep(capsys, ckpt, text, acts, out, "--arch", "topk", "--grid", "topk=49")
     assert code == 2 and "k=49 for topk is out of range" in err and not out.exists()
-    code, _, err = _sweep(capsys, ckpt, text, acts, out, "--arch", "topk,gated")
-    assert code == 2 and "unknown architecture(s) 'gated'" in err
+    code, _, err = _sweep(capsys, ckpt, text, acts, out, "--arch", "topk,gatedx")
+    assert code == 2 and "unknown architecture(s) 'gatedx'" in err
     code, _, err = _sweep(capsys, ckpt, text, tmp_path, out, "--arch", "topk")
     assert code == 2 and "not an activation cache" in err
     (out / "topk-k16").mkdir(parents=True)
