@@ -53,16 +53,22 @@ def test_two_processes_equal_one(cached, tmp_path, arch):
     assert one.keys() == two.keys()
     # The ranks sum the gradient in another order, so weights differ by rounding; a top-AFA
     # selection can flip on such a difference (seen: one latent of one token at step 13),
-    # which moves a few weights by ~4e-4. The stated tolerance: 1e-3.
-    tolerance = 1e-3 if arch == "topafa" else 1e-5
+    # which moves a few weights by ~4e-4. Where the flips land depends on the CPU's rounding:
+    # on the 2026-12 CI machine 3 of 1,536 W_enc entries end 1.17e-3 apart (the same at the
+    # commit before issue 26, so not a regression). The stated tolerance: 2e-3.
+    tolerance = 2e-3 if arch == "topafa" else 1e-5
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=tolerance, atol=tolerance, msg=name)
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     # A top-AFA selection flip (above) moves the evaluation's metrics too (seen:
     # ce_loss_recovered -0.13167 against -0.13186), so for top-AFA they are compared to
-    # 1e-2 relative; the weights' 1e-3 check above is what catches a real bug there.
+    # 1e-2 relative; the weights' 2e-3 check above is what catches a real bug there.
     metric_tolerance = dict(rel=1e-2, abs=1e-3) if arch == "topafa" else dict(rel=1e-3, abs=1e-6)
-    for key in ("nmse", "explained_variance", "ce_loss_recovered", "dead_frac"):
+    # CE loss recovered divides by ce_zero - ce_clean, only 0.035 nats on this tiny model, so a
+    # flip's 1.3e-4 change of ce_sae shows as 3.7e-3 there: for top-AFA the spliced CE itself
+    # is compared (the same numerator, without the amplification).
+    spliced = "ce_sae" if arch == "topafa" else "ce_loss_recovered"
+    for key in ("nmse", "explained_variance", spliced, "dead_frac"):
         assert m2[key] == pytest.approx(m1[key], **metric_tolerance), key
     # L0 is a count averaged over the 45 evaluation tokens: one top-AFA selection that flips
     # on a rounding difference moves it by exactly 1/45 (seen on another machine: 20.489
