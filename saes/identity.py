@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .sae import SAE
 
-__all__ = ["SAEMismatchError", "canonical_site", "check_identity", "same_model"]
+__all__ = ["SAEMismatchError", "canonical_site", "check_identity", "refuse_siteless", "same_model"]
 
 _VARIANT = re.compile(r"[-_](it|instruct|chat|base|pt)$")
 _QUANT = re.compile(r"[-_](q\d[-_a-z0-9]*|gguf|fp16|bf16|f16|f32)+$")
@@ -87,6 +87,7 @@ def check_identity(sae: "SAE", model: "ModelAdapter | None", site: str | None, *
         raw = (cfg.origin or {}).get("hook_name") or cfg.site
         raise SAEMismatchError(f"the SAE's files say it reads {written} (written {raw!r}), but it is loaded for "
                                f"{asked}; load the SAE of that site, or pass site={written!r}")
+    refuse_siteless(sae, asked)
     cfg.site = asked or written
     if cfg.output_site is not None:
         cfg.output_site = canonical_site(cfg.output_site, n_layers)
@@ -109,6 +110,18 @@ def check_identity(sae: "SAE", model: "ModelAdapter | None", site: str | None, *
                           stacklevel=3)
     else:
         cfg.model = model.name
+
+
+def refuse_siteless(sae: "SAE", site: str | None) -> None:
+    """Refuse to put an SAE its reader found at no interlayer site (``origin['no_site']``
+    says what it reads, e.g. Gemma Scope's attention SAEs before ``o_proj``) at ``site``.
+
+    Raises:
+        SAEMismatchError: such an SAE asked for at a site.
+    """
+    why = (sae.cfg.origin or {}).get("no_site")
+    if site is not None and sae.cfg.site is None and why:
+        raise SAEMismatchError(f"the SAE reads no interlayer site ({why}), so it cannot be used at {site}")
 
 
 def _resolve(site: str, model: "ModelAdapter | None") -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .formats import SAEFormatError
 from .formats.base import Entry, Reader, readers
-from .identity import canonical_site, check_identity
+from .identity import canonical_site, check_identity, refuse_siteless
 
 if TYPE_CHECKING:
     from interlayer.model.adapter import ModelAdapter
@@ -140,6 +140,7 @@ def load(path: str | Path, model: "ModelAdapter | None" = None, site: str | None
     if verify or model is not None:
         check_identity(sae, model, site, allow_model_mismatch=allow_model_mismatch)
     elif site is not None:
+        refuse_siteless(sae, site)
         sae.cfg.site = canonical_site(site)
     target_device = device or (model.device if model is not None else None)
     if target_device is not None:

@@ -1,7 +1,14 @@
-"""On-disk SAE formats, told apart by their files: interlayer's own (``cfg.json`` +
-``sae.safetensors``) and SAELens's (``cfg.json`` + ``sae_weights.safetensors``).
-Both :mod:`~interlayer.saes.sae` and :mod:`~interlayer.saes.saelens` ask here, so
-neither imports the other to detect a format.
+"""On-disk SAE formats, told apart by their files' content. One module per format, each
+with a ``READERS`` list (:mod:`~interlayer.saes.formats.base`), which
+:func:`interlayer.saes.load` tries in turn: interlayer's own (``cfg.json`` +
+``sae.safetensors``, :mod:`.own`), SAELens's (``cfg.json`` + ``sae_weights.safetensors``,
+:mod:`.saelens_dir`), EleutherAI sparsify (:mod:`.sparsify`), dictionary_learning
+(``ae.pt`` + ``config.json``, :mod:`.dictionary_learning`), Gemma Scope (``params.npz``,
+:mod:`.gemma_scope`), Gemma Scope 2 (``params.safetensors`` + ``config.json``,
+:mod:`.gemma_scope_2`) and Llama Scope (``hyperparams.json`` +
+``checkpoints/final.safetensors``, :mod:`.llama_scope`). This module holds the file names
+and config checks that :mod:`~interlayer.saes.sae` and :mod:`~interlayer.saes.saelens`
+share, so neither imports the other to detect a format.
 
 EleutherAI/sparsify saves ``cfg.json`` + ``sae.safetensors`` too, with a config of its
 own (``expansion_factor``, ``num_latents``, ``k``, no ``format``): :func:`read_config`

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
-from interlayer.saes import SAEFormatError, list_saes, load
+from interlayer.saes import SAEFormatError, SAEMismatchError, list_saes, load
 from interlayer.saes.archs.base import Code
 
 D, H = 16, 32
@@ -172,6 +172,9 @@ def test_gemma_scope_2_without_config_infers_from_folders_and_attn_has_no_site(t
     _gs2(att, hook_in="model.layers.2.self_attn.o_proj.input")
     sae = load(att, verify=False)
     assert sae.cfg.site is None and "o_proj" in sae.cfg.origin["no_site"]
+    for verify in (False, True):  # asked for a site it does not read: refused, with what it reads
+        with pytest.raises(SAEMismatchError, match=r"reads no interlayer site \(.*o_proj.*cannot be used at attn_out\.2"):
+            load(att, site="attn_out.2", verify=verify)
 
 
 # ------------------------------------------------------------------ Llama Scope
