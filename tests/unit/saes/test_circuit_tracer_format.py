@@ -46,7 +46,8 @@ def _config(root: Path, hooks: str = "gemma", **extra) -> None:
 
 
 def _yaml(cfg: dict) -> str:
-    yaml = pytest.importorskip("yaml")
+    import yaml  # transformers requires PyYAML: always there
+
     return yaml.safe_dump(cfg)
 
 
@@ -195,7 +196,10 @@ def test_a_cross_layer_transcoder_is_refused_as_such(tmp_path, config):
 @pytest.fixture(scope="module")
 def peer():
     """circuit-tracer's transcoder module (installed with --no-deps; it needs torch, safetensors, huggingface_hub)."""
-    return pytest.importorskip("circuit_tracer.transcoder.single_layer_transcoder")
+    import importlib
+
+    # the peer, installed by `make install` (--no-deps): missing, the test fails, it never skips
+    return importlib.import_module("circuit_tracer.transcoder.single_layer_transcoder")
 
 
 def _peer_compare(sae, transcoder, x: torch.Tensor) -> None:
@@ -230,7 +234,9 @@ def test_a_set_circuit_tracer_writes_and_reads_from_its_config(tmp_path, peer, m
     # circuit-tracer 0.5 pins huggingface-hub<1.0 and imports HF_HUB_ENABLE_HF_TRANSFER, which
     # later hubs dropped (hf_transfer retired); False is its value there when the variable is unset
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_ENABLE_HF_TRANSFER", False, raising=False)
-    hf_utils = pytest.importorskip("circuit_tracer.utils.hf_utils")
+    import importlib
+
+    hf_utils = importlib.import_module("circuit_tracer.utils.hf_utils")
     from circuit_tracer.transcoder.activation_functions import JumpReLU
 
     made = {}
