@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from interlayer.errors import InterlayerError
+
 if TYPE_CHECKING:
     from ..sae import SAE
 
-__all__ = ["Entry", "Reader", "readers", "origin"]
+__all__ = ["Entry", "Reader", "readers", "origin", "find_entries", "load_state", "missing_files"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,41 @@ def origin(fmt: str, path: Path, **fields: Any) -> dict[str, Any]:
     """An ``origin`` record for :attr:`~interlayer.saes.SAEConfig.origin`: the format, the
     path read, and ``fields`` (hook names as written, dtype, ...) with ``None`` left out."""
     return {"format": fmt, "path": str(path), **{k: v for k, v in fields.items() if v is not None}}
+
+
+def find_entries(path: Path, name: str, depth: int, keep: Callable[[Path], bool],
+                 site_of: Callable[[Path], str | None]) -> list[Entry]:
+    """The SAEs of a repository layout under ``path``: every folder one to ``depth`` levels
+    down that holds a file ``name`` and that ``keep(folder)`` accepts, with its site
+    (``site_of(folder)``) and its path relative to ``path`` as label, in path order per level."""
+    if not path.is_dir():
+        return []
+    found = []
+    for level in range(1, depth + 1):
+        for file in sorted(path.glob("/".join(["*"] * level) + f"/{name}")):
+            if keep(file.parent):
+                found.append(Entry(file.parent, site_of(file.parent), str(file.parent.relative_to(path))))
+    return found
+
+
+def load_state(sae: "SAE", state: dict[str, torch.Tensor | None], source: Path | str) -> "SAE":
+    """``sae`` with ``state`` loaded (float32, contiguous; ``None`` entries left out), in eval
+    mode; tensors that do not fit are one :class:`~interlayer.saes.formats.SAEFormatError`
+    naming ``source``."""
+    from . import SAEFormatError
+
+    try:
+        sae.load_tensors({k: v.float().contiguous() for k, v in state.items() if v is not None}, str(source))
+    except InterlayerError as err:
+        message = str(err)
+        raise SAEFormatError(message if str(source) in message else f"{source}: {message}") from None
+    return sae.eval()
+
+
+def missing_files(path: Path, names: tuple[str, ...]) -> str | None:
+    """Why ``path`` is not a folder holding every file of ``names`` (``"not a folder"``,
+    ``"no a or b"``), or ``None`` when it is."""
+    if not path.is_dir():
+        return "not a folder"
+    missing = [name for name in names if not (path / name).is_file()]
+    return f"no {' or '.join(missing)}" if missing else None

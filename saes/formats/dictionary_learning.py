@@ -30,7 +30,6 @@ in ``origin`` (pass ``site=`` to :func:`interlayer.saes.load`).
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 import warnings
@@ -42,7 +41,7 @@ import torch
 from interlayer.errors import InterlayerError, choices
 
 from . import SAEFormatError
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, load_state, origin
 
 if TYPE_CHECKING:
     from ..sae import SAE
@@ -261,10 +260,9 @@ def _build(cfg_fields: dict[str, Any], tensors: dict[str, torch.Tensor], d: int,
 
     try:
         sae = SAE(SAEConfig(d, h, **cfg_fields))
-        sae.load_tensors({key: value.float().contiguous() for key, value in tensors.items()}, str(weights))
     except InterlayerError as err:
         raise SAEFormatError(f"{weights}: {err}") from None
-    return sae
+    return load_state(sae, tensors, weights)
 
 
 def read(path: Path) -> "SAE":
@@ -315,16 +313,15 @@ def read(path: Path) -> "SAE":
 
 def entries(path: Path) -> list[Entry]:
     """The dictionaries of a ``trainSAE`` save folder (``trainer_<i>/``, up to three folders down)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for depth in ("*", "*/*", "*/*/*"):
-        for file in sorted(path.glob(f"{depth}/{WEIGHTS}")):
-            data = _config(file.parent / CONFIG) if (file.parent / CONFIG).is_file() else None
-            if isinstance(data, dict):
-                site = site_of(data["trainer"], data.get("buffer") or {}, file)
-                found.append(Entry(file.parent, site, str(file.parent.relative_to(path))))
-    return found
+    def config(folder: Path) -> dict[str, Any] | None:
+        data = _config(folder / CONFIG) if (folder / CONFIG).is_file() else None
+        return data if isinstance(data, dict) else None
+
+    def site(folder: Path) -> str | None:
+        data = config(folder)
+        return site_of(data["trainer"], data.get("buffer") or {}, folder / WEIGHTS) if data else None
+
+    return find_entries(path, WEIGHTS, 3, lambda folder: config(folder) is not None, site)
 
 
 READERS = [Reader("dictionary_learning", f"{CONFIG} (with a 'trainer' object: dict_class, activation_dim, "

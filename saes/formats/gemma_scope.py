@@ -46,7 +46,7 @@ import torch
 from interlayer.errors import InterlayerError
 
 from . import SAEFormatError
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, load_state, origin
 
 if TYPE_CHECKING:
     from ..sae import SAE
@@ -130,12 +130,7 @@ def build_sae(file: Path, state: dict[str, torch.Tensor], threshold: torch.Tenso
         if not torch.isfinite(threshold).all():
             raise SAEFormatError(f"{file}: the JumpReLU threshold has values that are not finite (NaN or inf)")
         state["activation.log_threshold"] = threshold.float().clamp_min(0).log()
-    sae = SAE(cfg)
-    try:
-        sae.load_tensors({k: v.float().contiguous() for k, v in state.items()}, str(file))
-    except InterlayerError as err:
-        raise SAEFormatError(str(err)) from None
-    return sae.eval()
+    return load_state(SAE(cfg), state, file)
 
 
 def release_of(path: Path, pattern: re.Pattern[str]) -> re.Match[str] | None:
@@ -248,16 +243,11 @@ def read(path: Path) -> "SAE":
 
 def entries(path: Path) -> list[Entry]:
     """The Gemma Scope SAEs under ``path`` (a release snapshot, or a ``layer_L/`` or ``width_W/`` of one)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for depth in (1, 2, 3):
-        for file in sorted(path.glob("/".join(["*"] * depth) + f"/{PARAMS}")):
-            layout = _layout(file.parent)
-            release = release_of(file.parent, _RELEASE)
-            site, _, _ = sites(release["kind"] if release else None, layout["layer"], layout["embedding"])
-            found.append(Entry(file.parent, site, str(file.parent.relative_to(path))))
-    return found
+    def site(folder: Path) -> str | None:
+        layout, release = _layout(folder), release_of(folder, _RELEASE)
+        return sites(release["kind"] if release else None, layout["layer"], layout["embedding"])[0]
+
+    return find_entries(path, PARAMS, 3, lambda folder: True, site)
 
 
 READERS = [Reader("gemma-scope", f"{PARAMS} (W_enc, W_dec, b_enc, b_dec, threshold) under "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from interlayer.errors import InterlayerError
 
 from . import SAEFormatError, read_json_config
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, origin
 from .gemma_scope import build_sae, check_shapes, check_width, read_safetensors, release_of
 
 if TYPE_CHECKING:
@@ -180,19 +180,13 @@ def read(path: Path) -> "SAE":
 
 def entries(path: Path) -> list[Entry]:
     """The Gemma Scope 2 SAEs under ``path`` (a repository snapshot, or one ``<site>/`` folder of it)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for pattern in (f"*/{PARAMS}", f"*/*/{PARAMS}"):
-        for file in sorted(path.glob(pattern)):
-            if match(file.parent) is not None:
-                continue
-            try:
-                site = sites(hook_points(file.parent))[0]
-            except SAEFormatError:
-                site = None
-            found.append(Entry(file.parent, site, str(file.parent.relative_to(path))))
-    return found
+    def site(folder: Path) -> str | None:
+        try:
+            return sites(hook_points(folder))[0]
+        except SAEFormatError:
+            return None
+
+    return find_entries(path, PARAMS, 2, lambda folder: match(folder) is None, site)
 
 
 READERS = [Reader("gemma-scope-2", f"{PARAMS} (w_enc, w_dec, b_enc, b_dec, threshold) + {CONFIG} "

@@ -31,7 +31,7 @@ import torch
 from interlayer.errors import InterlayerError, choices
 
 from . import SAEFormatError, read_json_config
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, origin
 from .gemma_scope import build_sae, check_shapes, read_safetensors
 
 if TYPE_CHECKING:
@@ -200,16 +200,11 @@ def read(path: Path) -> "SAE":
 
 def entries(path: Path) -> list[Entry]:
     """The Llama Scope SAEs under ``path`` (a repository snapshot: one folder per SAE, one or two levels down)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for pattern in (f"*/{HYPERPARAMS}", f"*/*/{HYPERPARAMS}"):
-        for file in sorted(path.glob(pattern)):
-            if match(file.parent) is None:
-                hp = _hyperparams(file.parent)
-                site = sites(hp)[0] if isinstance(hp, dict) else None
-                found.append(Entry(file.parent, site, str(file.parent.relative_to(path))))
-    return found
+    def site(folder: Path) -> str | None:
+        hp = _hyperparams(folder)
+        return sites(hp)[0] if isinstance(hp, dict) else None
+
+    return find_entries(path, HYPERPARAMS, 2, lambda folder: match(folder) is None, site)
 
 
 READERS = [Reader("llama-scope", f"{HYPERPARAMS} (d_model, hook_point_in, act_fn) + {WEIGHTS}", match, read,

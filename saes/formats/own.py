@@ -8,16 +8,14 @@ import json
 from pathlib import Path
 
 from . import CONFIG, FORMAT, WEIGHTS
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, missing_files, origin
 
 
 def match(path: Path) -> str | None:
     """``None`` for a folder holding an interlayer SAE, else why not."""
-    if not path.is_dir():
-        return "not a folder"
-    missing = [name for name in (CONFIG, WEIGHTS) if not (path / name).is_file()]
-    if missing:
-        return f"no {' or '.join(missing)}"
+    why = missing_files(path, (CONFIG, WEIGHTS))
+    if why:
+        return why
     try:
         data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -39,19 +37,16 @@ def read(path: Path):
     return sae
 
 
+def _site(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("site")
+    except (OSError, ValueError):
+        return None
+
+
 def entries(path: Path) -> list[Entry]:
     """interlayer SAEs in the folders below ``path`` (a sweep's output: one per member)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for cfg in sorted(path.glob(f"*/{CONFIG}")) + sorted(path.glob(f"*/*/{CONFIG}")):
-        if match(cfg.parent) is None:
-            try:
-                site = json.loads(cfg.read_text(encoding="utf-8")).get("site")
-            except (OSError, ValueError):
-                site = None
-            found.append(Entry(cfg.parent, site, str(cfg.parent.relative_to(path))))
-    return found
+    return find_entries(path, CONFIG, 2, lambda folder: match(folder) is None, _site)
 
 
 READERS = [Reader("interlayer", f"{CONFIG} (with \"format\": {FORMAT}) + {WEIGHTS}", match, read, entries, priority=0)]

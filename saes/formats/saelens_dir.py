@@ -8,16 +8,14 @@ import json
 from pathlib import Path
 
 from . import SAELENS_CONFIG, SAELENS_WEIGHTS
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, missing_files, origin
 
 
 def match(path: Path) -> str | None:
     """``None`` for a folder holding one SAELens SAE, else why not."""
-    if not path.is_dir():
-        return "not a folder"
-    missing = [name for name in (SAELENS_CONFIG, SAELENS_WEIGHTS) if not (path / name).is_file()]
-    if missing:
-        return f"no {' or '.join(missing)}"
+    why = missing_files(path, (SAELENS_CONFIG, SAELENS_WEIGHTS))
+    if why:
+        return why
     try:
         data = json.loads((path / SAELENS_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -41,14 +39,8 @@ def read(path: Path):
 
 def entries(path: Path) -> list[Entry]:
     """The SAELens SAEs in a release snapshot under ``path`` (folders up to three deep)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for depth in ("*", "*/*", "*/*/*"):
-        for cfg in sorted(path.glob(f"{depth}/{SAELENS_CONFIG}")):
-            if match(cfg.parent) is None:
-                found.append(Entry(cfg.parent, _site(cfg), str(cfg.parent.relative_to(path))))
-    return found
+    return find_entries(path, SAELENS_CONFIG, 3, lambda folder: match(folder) is None,
+                        lambda folder: _site(folder / SAELENS_CONFIG))
 
 
 def _site(cfg: Path) -> str | None:

@@ -25,7 +25,7 @@ import torch
 from interlayer.errors import InterlayerError, choices
 
 from . import CONFIG, WEIGHTS, SAEFormatError, looks_like_sparsify
-from .base import Entry, Reader, origin
+from .base import Entry, Reader, find_entries, missing_files, load_state, origin
 
 if TYPE_CHECKING:
     from ..sae import SAE
@@ -51,11 +51,9 @@ def _config(path: Path) -> dict[str, Any] | str:
 
 def match(path: Path) -> str | None:
     """``None`` for a folder holding one sparsify SAE or transcoder, else why not."""
-    if not path.is_dir():
-        return "not a folder"
-    missing = [name for name in (CONFIG, WEIGHTS) if not (path / name).is_file()]
-    if missing:
-        return f"no {' or '.join(missing)}"
+    why = missing_files(path, (CONFIG, WEIGHTS))
+    if why:
+        return why
     data = _config(path)
     return data if isinstance(data, str) else None
 
@@ -139,11 +137,7 @@ def read(path: Path) -> "SAE":
              "b_dec": tensors.get("b_dec")}
     if "W_skip" in tensors:
         state["W_skip"] = tensors["W_skip"].T
-    state = {key: value.float().contiguous() for key, value in state.items() if value is not None}
-    try:
-        sae.load_tensors(state, str(path / WEIGHTS))
-    except InterlayerError as err:
-        raise SAEFormatError(str(err)) from None
+    load_state(sae, state, path / WEIGHTS)
     sae.cfg.origin = origin("sparsify", path, hookpoint=hookpoint, transcode=transcode,
                             dtype=str(enc.dtype).removeprefix("torch."))
     return sae
@@ -151,15 +145,11 @@ def read(path: Path) -> "SAE":
 
 def entries(path: Path) -> list[Entry]:
     """The sparsify SAEs of a run folder (one ``<hookpoint>/`` each, one or two levels down)."""
-    if not path.is_dir():
-        return []
-    found = []
-    for cfg in sorted(path.glob(f"*/{CONFIG}")) + sorted(path.glob(f"*/*/{CONFIG}")):
-        data = _config(cfg.parent)
-        if isinstance(data, dict) and (cfg.parent / WEIGHTS).is_file():
-            site, _ = sites(cfg.parent.name, bool(data.get("transcode")))
-            found.append(Entry(cfg.parent, site, str(cfg.parent.relative_to(path))))
-    return found
+    def site(folder: Path) -> str | None:
+        data = _config(folder)
+        return sites(folder.name, bool(data.get("transcode")))[0] if isinstance(data, dict) else None
+
+    return find_entries(path, CONFIG, 2, lambda folder: match(folder) is None, site)
 
 
 def _sparsify_tensors(sae: "SAE") -> tuple[dict[str, torch.Tensor], bool]:
