@@ -19,7 +19,8 @@ import torch
 
 from interlayer import load_model
 from interlayer.model.loading import EMBEDDED
-from interlayer.steering import SteeringVector, steer, to_gguf
+from interlayer.steering import SteeringVector, to_gguf
+from tests.peers.deltas import steered_logit_deltas
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMACPP_PY = ROOT / ".venv-llamacpp" / "bin" / "python"
@@ -59,19 +60,7 @@ def test_llama_cpp_applies_direction_n_where_interlayer_steers_resid_post_n(tmp_
     theirs = _llama_cpp_logits(tmp_path, path, ids)
     theirs_delta = theirs["steered"] - theirs["base"]
 
-    def ours(layer: int) -> np.ndarray:
-        moved = SteeringVector({layer: vector[LAYER]})
-        rows = []
-        for row in ids:
-            x = torch.tensor([row])
-            with torch.no_grad():
-                base = model.model(input_ids=x).logits[0, -1]
-                with steer(model, moved, 1.0):
-                    steered = model.model(input_ids=x).logits[0, -1]
-            rows.append((steered - base).double().numpy())
-        return np.stack(rows)
-
-    deltas = {layer: ours(layer) for layer in (LAYER - 1, LAYER, LAYER + 1)}
+    deltas = {layer: steered_logit_deltas(model, vector[LAYER], layer, ids) for layer in (LAYER - 1, LAYER, LAYER + 1)}
     base_ours = np.stack([model.model(input_ids=torch.tensor([r])).logits[0, -1].detach().double().numpy()
                           for r in ids])
     report = {"noise_rms": float(np.sqrt(((base_ours - theirs["base"]) ** 2).mean())),

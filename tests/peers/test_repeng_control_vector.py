@@ -48,7 +48,7 @@ def test_repeng_control_model_steers_where_interlayer_steers_resid_post_l(tmp_pa
     import json
 
     from interlayer import load_model
-    from interlayer.steering import steer
+    from tests.peers.deltas import steered_logit_deltas
     from tests.tiny_models import make_tiny, make_tokenizer
 
     if not REPENG_PY.exists():
@@ -69,15 +69,7 @@ def test_repeng_control_model_steers_where_interlayer_steers_resid_post_l(tmp_pa
     assert theirs["layers"].tolist() == [layer]
 
     def delta(at: int) -> np.ndarray:
-        moved = SteeringVector({at: vector[layer]})
-        rows = []
-        for row in ids:
-            x = torch.tensor([row])
-            with torch.no_grad():
-                base = model.model(input_ids=x).logits[0, -1]
-                with steer(model, moved, 1.0):
-                    rows.append((model.model(input_ids=x).logits[0, -1] - base).double().numpy())
-        return np.stack(rows)
+        return steered_logit_deltas(model, vector[layer], at, ids)
 
     theirs_delta = theirs["steered"] - theirs["base"]
     assert np.abs(theirs_delta).max() > 1e-2  # the control moved the logits
