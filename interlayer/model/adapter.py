@@ -21,6 +21,7 @@ from .padding import check_padding_side, pad_rows
 from ..errors import LayerIndexError, UnknownSiteError, choices
 from .passes import ForwardPasses, SiteFn, _first, _replace_first
 from .positions import PositionTracker
+from .site_identity import SiteIdentity
 from .sites import LN_FINAL, SITE_KINDS, Site, parse_site, wildcard_kind
 
 __all__ = ["ModelAdapter", "PositionTracker", "SiteFn"]
@@ -49,6 +50,8 @@ class ModelAdapter(ForwardPasses):
         embed: the model's own token embedding.
         unembed: the model's own unembedding (the LM head).
         logit_softcap: final-logit soft-cap ``c`` or ``None``.
+        site_identity: what :func:`~interlayer.model.site_identity.check_site_identity`
+            found when :func:`~interlayer.load_model` built this adapter (``None`` unchecked).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, name: str | None = None) -> None:
@@ -62,6 +65,7 @@ class ModelAdapter(ForwardPasses):
         self.unembed: nn.Module = get_submodule(model, self.spec.unembed)
         self.logit_softcap: float | None = final_logit_softcap(model, self.spec)
         self.parallel_residual: bool = self.spec.parallel_residual(model.config)
+        self.site_identity: SiteIdentity | None = None
         self._weights_sha256: str | None = None
         self._real_unembed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -125,6 +129,13 @@ class ModelAdapter(ForwardPasses):
     def max_positions(self) -> int:
         """The longest sequence the model takes (its config's ``max_position_embeddings``, else 2048)."""
         return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
+
+    @property
+    def last_hidden_state(self) -> str | None:
+        """Whether the model's final ``hidden_states`` entry is after its final norm
+        (``"post_norm"``: ``ln_final``) or before it (``"pre_norm"``: ``resid_post.{L-1}``),
+        as the load-time site check found; ``None`` when the adapter was not checked."""
+        return None if self.site_identity is None else self.site_identity.last_hidden_state
 
     @property
     def attn_implementation(self) -> str | None:

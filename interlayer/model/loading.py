@@ -18,6 +18,7 @@ from .adapter import ModelAdapter
 from .architectures import ARCHITECTURES
 from .body import check_attn_implementation, set_attn_implementation
 from .conversion_cache import build_entry, cache_root, verify_entry
+from .site_identity import check_site_identity
 from ..io.dtypes import parse_dtype
 from ..io.files import MANIFEST
 from ..errors import CacheCorruptError, UnknownModelError, UnsupportedArchitectureError, choices
@@ -264,6 +265,7 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     compile: bool = False,
+    check_sites: bool = True,
 ) -> ModelAdapter:
     """Load a model as a :class:`ModelAdapter`.
 
@@ -292,11 +294,21 @@ def load_model(
             object you passed changes). :attr:`ModelAdapter.attn_implementation` reports it.
         compile: compile the decoder blocks (:meth:`ModelAdapter.compile` with its
             defaults); off unless you ask for it.
+        check_sites: check a newly built adapter's residual sites against the model's own
+            ``hidden_states`` by one forward pass of 4 tokens
+            (:func:`~interlayer.model.site_identity.check_site_identity`; the result is
+            :attr:`ModelAdapter.site_identity`); on unless you turn it off.
+
+    Raises:
+        SiteIdentityError: with ``check_sites``, a site is not the model's own hidden state.
     """
     attn_implementation = check_attn_implementation(attn_implementation)
     adapter = _load(spec, device, dtype, tokenizer, trust_remote_code, attn_implementation)
     if attn_implementation is not None and adapter.attn_implementation != attn_implementation:
         set_attn_implementation(adapter.model, attn_implementation)
+    # hook-site identity (interlayer.model.site_identity), once, for an adapter built here
+    if check_sites and adapter is not spec:
+        adapter.site_identity = check_site_identity(adapter)
     return adapter.compile() if compile and not adapter.compiled else adapter
 
 
