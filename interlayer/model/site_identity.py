@@ -20,11 +20,14 @@ activation. The check costs one forward of ``tokens`` tokens: on the tiny models
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from torch import nn
 
 from ..errors import InterlayerError
 
@@ -90,6 +93,39 @@ def _diff(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
     return diff, _TOLERANCE.get(ours.dtype, 1e-2) * scale
 
 
+_CAPTURE_FLAG = "_output_capturing_hooks_installed"
+"""The attribute transformers 5 sets on a model once it has installed its (inactive
+between passes) hidden-state capture hooks on the blocks and attention modules."""
+
+
+@contextlib.contextmanager
+def _as_found(model: nn.Module) -> Iterator[None]:
+    """Leave ``model`` with the hooks it had: the first ``output_hidden_states`` pass makes
+    transformers install capture hooks for good, and a hook inside a block keeps
+    :meth:`~interlayer.model.adapter.ModelAdapter.compile`'s blocks eager. Hooks added
+    during the pass are removed, and the flag reset so that transformers reinstalls them
+    when a later pass asks for hidden states; where no such flag was set (another
+    transformers), they stay, which costs speed, never a value."""
+    modules = list(model.modules())
+    hooks_before = [(set(m._forward_hooks), set(m._forward_pre_hooks)) for m in modules]
+    flags_before = [getattr(m, _CAPTURE_FLAG, False) for m in modules]
+    try:
+        yield
+    finally:
+        flipped = [m for m, was in zip(modules, flags_before) if not was and getattr(m, _CAPTURE_FLAG, False)]
+        if flipped:
+            for module, (forward, pre) in zip(modules, hooks_before):
+                for key in set(module._forward_hooks) - forward:
+                    for table in (module._forward_hooks, module._forward_hooks_with_kwargs,
+                                  module._forward_hooks_always_called):
+                        table.pop(key, None)
+                for key in set(module._forward_pre_hooks) - pre:
+                    module._forward_pre_hooks.pop(key, None)
+                    module._forward_pre_hooks_with_kwargs.pop(key, None)
+            for module in flipped:
+                setattr(module, _CAPTURE_FLAG, False)
+
+
 def _capture(adapter: "ModelAdapter", ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """One pass: the adapter's reads and the model's own ``hidden_states``."""
     sites = ["resid_pre.0", *(f"resid_post.{layer}" for layer in range(adapter.n_layers)), "ln_final"]
@@ -98,7 +134,7 @@ def _capture(adapter: "ModelAdapter", ids: torch.Tensor) -> tuple[dict[str, torc
     def reader(name: str):
         return lambda x: seen.__setitem__(name, x.detach())
 
-    with torch.no_grad(), adapter.hooks({site: reader(site) for site in sites}):
+    with torch.no_grad(), _as_found(adapter.model), adapter.hooks({site: reader(site) for site in sites}):
         out = adapter.model(input_ids=ids, output_hidden_states=True, use_cache=False)
     hidden = getattr(out, "hidden_states", None)
     if hidden is None or len(hidden) != adapter.n_layers + 1 or set(seen) != set(sites):
