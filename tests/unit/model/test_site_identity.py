@@ -75,7 +75,8 @@ def test_a_wrong_architecture_entry_is_refused_at_load(monkeypatch):
     model = interlayer.ModelAdapter(make_tiny("mistral"))
     first, second, third = model.blocks
     model.blocks = torch.nn.ModuleList([first, third, second])
-    with pytest.raises(SiteIdentityError, match=r"mistral: site resid_post\.1 differs from the model's hidden_states\[2\]"):
+    wrong_block = r"mistral: site resid_post\.1 differs from the model's hidden_states\[2\]"
+    with pytest.raises(SiteIdentityError, match=wrong_block):
         check_site_identity(model)
     # a final norm registered at the wrong module: load_model refuses before returning
     wrong = dataclasses.replace(ARCHITECTURES["llama"], final_norm="model.layers.0.input_layernorm")
