@@ -20,6 +20,7 @@ from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_blocks,
 from .padding import check_padding_side, pad_rows
 from ..errors import LayerIndexError, UnknownSiteError, choices
 from .passes import ForwardPasses, SiteFn, _first, _replace_first
+from .placement import input_device, materialized_state
 from .positions import PositionTracker
 from .site_identity import SiteIdentity
 from .sites import LN_FINAL, SITE_KINDS, Site, parse_site, wildcard_kind
@@ -87,8 +88,10 @@ class ModelAdapter(ForwardPasses):
 
     @property
     def device(self) -> torch.device:
-        """The device of the model's weights (that of the unembedding)."""
-        return self.unembed.weight.device
+        """The device inputs go to: the token embedding's (for a model accelerate placed over
+        several devices or offloaded, the device its embedding runs on; see
+        :func:`~interlayer.model.placement.input_device`)."""
+        return input_device(self.model, self.embed)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -159,7 +162,7 @@ class ModelAdapter(ForwardPasses):
             import hashlib
 
             digest = hashlib.sha256()
-            for name, param in self.model.state_dict().items():
+            for name, param in materialized_state(self.model).items():  # offloaded weights read in
                 digest.update(f"{name}:{param.dtype}:{tuple(param.shape)};".encode())
                 tensor = param.detach().contiguous().cpu()
                 digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
