@@ -25,15 +25,12 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..errors import InterlayerError
-
-if TYPE_CHECKING:
-    from .adapter import ModelAdapter
 
 __all__ = ["SiteIdentity", "SiteIdentityError", "check_site_identity", "LAST_HIDDEN_STATES"]
 
@@ -73,15 +70,13 @@ class SiteIdentity:
     seconds: float = 0.0
 
 
-def _probe_ids(adapter: "ModelAdapter", tokens: int) -> torch.Tensor:
+def _probe_ids(adapter: Any, tokens: int) -> torch.Tensor:
     """``tokens`` ids spread over the vocabulary (BOS first where the model has one)."""
     vocab = adapter.vocab_size
     ids = torch.linspace(3, vocab - 1, tokens).long().clamp(0, vocab - 1)
     if adapter.bos_token_id is not None and adapter.bos_token_id < vocab:
         ids[0] = adapter.bos_token_id
-    device = adapter.embed.weight.device
-    # an embedding offloaded by accelerate keeps its weight on "meta"; its hook moves inputs
-    return ids.unsqueeze(0).to(device if device.type != "meta" else "cpu")
+    return ids.unsqueeze(0).to(adapter.device)  # where the embedding runs (also when placed by accelerate)
 
 
 def _diff(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
@@ -127,7 +122,7 @@ def _as_found(model: nn.Module) -> Iterator[None]:
                 setattr(module, _CAPTURE_FLAG, False)
 
 
-def _capture(adapter: "ModelAdapter", ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+def _capture(adapter: Any, ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """One pass: the adapter's reads and the model's own ``hidden_states``."""
     sites = ["resid_pre.0", *(f"resid_post.{layer}" for layer in range(adapter.n_layers)), "ln_final"]
     seen: dict[str, torch.Tensor] = {}
@@ -150,7 +145,7 @@ def _capture(adapter: "ModelAdapter", ids: torch.Tensor) -> tuple[dict[str, torc
     return seen, tuple(hidden)
 
 
-def _mismatch(adapter: "ModelAdapter", site: str, entry: str, diff: float, tol: float) -> SiteIdentityError:
+def _mismatch(adapter: Any, site: str, entry: str, diff: float, tol: float) -> SiteIdentityError:
     return SiteIdentityError(
         f"{adapter.model_type}: site {site} differs from the model's {entry} by up to {diff:.3g} "
         f"(tolerance {tol:.3g}); its entry in interlayer.model.architectures does not fit this model "
@@ -158,7 +153,7 @@ def _mismatch(adapter: "ModelAdapter", site: str, entry: str, diff: float, tol: 
     )
 
 
-def check_site_identity(adapter: "ModelAdapter", tokens: int = 4) -> SiteIdentity:
+def check_site_identity(adapter: Any, tokens: int = 4) -> SiteIdentity:
     """Check the adapter's residual sites against the model's own hidden states.
 
     One forward pass of ``tokens`` tokens with ``output_hidden_states=True``:
