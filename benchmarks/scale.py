@@ -102,24 +102,29 @@ def _collect_code(tokens: int, memory_mb: int) -> str:
             "print('TIMED', time.perf_counter() - t)")
 
 
-def tasks(ckpt: Path, tmp: Path, tokens: int, memory_mb: int) -> dict[str, tuple[list[str], int]]:
-    """Each task's command line and the tokens it runs the model on (0: not a throughput task)."""
+def tasks(ckpt: Path, tmp: Path, tokens: int, memory_mb: int, layers: int) -> dict[str, tuple[list[str], int]]:
+    """Each task's command line and the tokens it runs the model on (0: not a throughput task);
+    the SAE and the steering sweep at the middle block of ``layers``."""
+    from interlayer.model.loading import SAMPLE_TEXT
+
     il = [str(Path(sys.executable).parent / "interlayer")]
+    data = ["--data", str(SAMPLE_TEXT)]
+    mid = str(layers // 2)
     model = ["--model", str(ckpt), "--dtype", "bfloat16", "--no-progress"]
     py = [sys.executable, "-c"]
     return {
         "collect": (py + [_collect_code(tokens, memory_mb), str(ckpt)], tokens),
         "collect_x10": (py + [_collect_code(10 * tokens, memory_mb), str(ckpt)], 10 * tokens),
-        "cache": (il + ["cache", *model, "--sites", "resid_post.*", "--tokens", str(tokens), "--memory-mb",
+        "cache": (il + ["cache", *model, *data, "--sites", "resid_post.*", "--tokens", str(tokens), "--memory-mb",
                         str(memory_mb), "--out", str(tmp / "cache")], tokens),
-        "cache_x10": (il + ["cache", *model, "--sites", "resid_post.*", "--tokens", str(10 * tokens),
+        "cache_x10": (il + ["cache", *model, *data, "--sites", "resid_post.*", "--tokens", str(10 * tokens),
                             "--memory-mb", str(memory_mb), "--out", str(tmp / "cache_x10")], 10 * tokens),
         "lens_logit": (il + ["lens", "logit", *model, "--memory-mb", str(memory_mb)], 0),
         "mexa": (il + ["probes", "mexa", *model, "--n", "10", "--langs", "eng_Latn,fra_Latn,deu_Latn",
                        "--out", str(tmp / "mexa.json")], 0),
-        "sae_train": (il + ["sae", "train", *model, "--site", "resid_post.8", "--tokens", str(tokens),
+        "sae_train": (il + ["sae", "train", *model, *data, "--site", f"resid_post.{mid}", "--tokens", str(tokens),
                             "--memory-mb", str(memory_mb), "--eval-tokens", "256", "--out", str(tmp / "sae")], 0),
-        "steer_sweep": (il + ["steer", "sweep", *model, "--n", "4", "--train-n", "8", "--layers", "8",
+        "steer_sweep": (il + ["steer", "sweep", *model, "--n", "4", "--train-n", "8", "--layers", mid,
                               "--coefs=-4,4", "--perplexity-tokens", "64", "--out", str(tmp / "steer.json")], 0),
         "iks": (il + ["lens", "iks", *model, "--n", "4", "--max-new-tokens", "4", "--out", str(tmp / "iks.json")], 0),
         "report": (il + ["report", *model, "--profile", "quick", "--only", "model,logit_lens",
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else cache_root() / "scale"
     tmp = work / f"{args.config}-runs"
     ckpt = work / args.config
-    commands = tasks(ckpt, tmp, args.tokens, args.memory_mb)
+    commands = tasks(ckpt, tmp, args.tokens, args.memory_mb, CONFIGS[args.config]["num_hidden_layers"])
     if args.list:
         for name in chosen:
             print(name, " ".join(commands[name][0]))
