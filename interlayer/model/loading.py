@@ -255,9 +255,15 @@ def load_model(
             ``hidden_states`` by one forward pass of 4 tokens
             (:func:`~interlayer.model.site_identity.check_site_identity`; the result is
             :attr:`ModelAdapter.site_identity`); on unless you turn it off.
-        device_map, max_memory, offload_folder, revision, quantization_config: for a checkpoint,
-            passed to ``from_pretrained`` once read and checked (see :mod:`interlayer.model.placement`):
-            ``device_map="auto"`` or ``{"model.layers.9": "disk", ...}``, ``max_memory="0=20GiB,cpu=60GiB"``.
+        device_map: for a checkpoint, where each block goes, passed to ``from_pretrained`` once
+            checked (:mod:`interlayer.model.placement`): ``"auto"`` or a dict such as
+            ``{"model.layers.9": "disk", ...}`` that places every weight.
+        max_memory: per device, e.g. ``"0=20GiB,cpu=60GiB"`` or ``{0: "20GiB", "cpu": "60GiB"}``
+            (implies ``device_map="auto"``); too little is refused, saying how much is needed.
+        offload_folder: where ``"disk"`` blocks are kept.
+        revision: a hub branch, tag or commit.
+        quantization_config: a transformers ``QuantizationConfig`` or its dict; a missing
+            backend is a one-line error.
 
     Raises:
         InterlayerError: a bad placement option, a block placed nowhere, too little ``max_memory``.
