@@ -6,10 +6,10 @@ write at a hook site. Its gate, wrapped around the edit's hook by
 
 * the values the edit made non-finite (NaN or inf where its input was finite, padding
   included: a NaN in a padded key poisons every query through ``0 * NaN``);
-* the change ``delta = after - before`` of each real row (an edit returning ``None`` that
-  changed nothing in place is a read: not measured) (padding excluded; for
+* the change ``delta = after - before`` of each real row (padding excluded; for
   ``Edit(rows="tokens")`` the rows it was given): the rows, ``sum ||delta_i||_2``,
-  ``sum ||delta_i||^2`` and ``sum ||before_i||^2``.
+  ``sum ||delta_i||^2`` and ``sum ||before_i||^2``. A function that returns ``None`` and
+  changed nothing in place is a read, not a write, and is not counted.
 
 The statistics of one batch reach the host in one copy once the pass is over
 (:meth:`EditGates.end_batch`): an edit that wrote NaN or inf raises
@@ -23,7 +23,9 @@ The effect sizes are on the result: ``acts.edit_effects[site]`` is an :class:`Ed
 ``sqrt(sum ||delta_i||^2 / sum ||before_i||^2)`` over the whole run so far). With
 ``logit_effects=True`` the store also runs a clean control pass and the edited pass to the
 logits on the first batch and records the effect there under ``edit_effects["logits"]``
-(:func:`logit_effect`; two extra passes of one batch, so it is opt-in).
+(:func:`interlayer.store.guards.logit_effects`: two extra passes of one batch, up to twice
+the run's cost when that batch holds its longest sequences, so it is opt-in; the edits run
+again there, so an edit that keeps state sees that batch twice).
 """
 
 from __future__ import annotations
