@@ -241,7 +241,8 @@ def _run(model: ModelAdapter, ids: torch.Tensor, layers: list[int], cfg: Jacobia
     try:
         done = sums.contexts
         chunks = stream(model, todo, [f"resid_post.{model.n_layers - 1}"], select="last", batch_size=cfg.batch_size,
-                        rows_per_chunk=cfg.batch_size, edits=fit.edits(), progress=False)
+                        rows_per_chunk=cfg.batch_size, edits=fit.edits(), progress=False,
+                        check_edits=False)  # its "edits" are autograd hooks that return their input
         for _ in chunks:
             if ckpt is not None:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ from .architectures import ArchSpec, arch_spec, final_logit_softcap, get_blocks,
 from .padding import check_padding_side, pad_rows
 from ..errors import LayerIndexError, UnknownSiteError, choices
 from .passes import ForwardPasses, SiteFn, _first, _replace_first
+from .placement import input_device, materialized_state
 from .positions import PositionTracker
+from .site_identity import SiteIdentity
 from .sites import LN_FINAL, SITE_KINDS, Site, parse_site, wildcard_kind
 
 __all__ = ["ModelAdapter", "PositionTracker", "SiteFn"]
@@ -49,6 +51,8 @@ class ModelAdapter(ForwardPasses):
         embed: the model's own token embedding.
         unembed: the model's own unembedding (the LM head).
         logit_softcap: final-logit soft-cap ``c`` or ``None``.
+        site_identity: what :func:`~interlayer.model.site_identity.check_site_identity`
+            found when :func:`~interlayer.load_model` built this adapter (``None`` unchecked).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, name: str | None = None) -> None:
@@ -62,6 +66,7 @@ class ModelAdapter(ForwardPasses):
         self.unembed: nn.Module = get_submodule(model, self.spec.unembed)
         self.logit_softcap: float | None = final_logit_softcap(model, self.spec)
         self.parallel_residual: bool = self.spec.parallel_residual(model.config)
+        self.site_identity: SiteIdentity | None = None
         self._weights_sha256: str | None = None
         self._real_unembed: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -83,8 +88,10 @@ class ModelAdapter(ForwardPasses):
 
     @property
     def device(self) -> torch.device:
-        """The device of the model's weights (that of the unembedding)."""
-        return self.unembed.weight.device
+        """The device inputs go to: the token embedding's (for a model accelerate placed over
+        several devices or offloaded, the device its embedding runs on; see
+        :func:`~interlayer.model.placement.input_device`)."""
+        return input_device(self.model, self.embed)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -127,6 +134,13 @@ class ModelAdapter(ForwardPasses):
         return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
 
     @property
+    def last_hidden_state(self) -> str | None:
+        """Whether the model's final ``hidden_states`` entry is after its final norm
+        (``"post_norm"``: ``ln_final``) or before it (``"pre_norm"``: ``resid_post.{L-1}``),
+        as the load-time site check found; ``None`` when the adapter was not checked."""
+        return None if self.site_identity is None else self.site_identity.last_hidden_state
+
+    @property
     def attn_implementation(self) -> str | None:
         """The attention implementation the model runs (its config's ``_attn_implementation``:
         ``"eager"``, ``"sdpa"``, ...; chosen with ``load_model(attn_implementation=...)``)."""
@@ -148,7 +162,7 @@ class ModelAdapter(ForwardPasses):
             import hashlib
 
             digest = hashlib.sha256()
-            for name, param in self.model.state_dict().items():
+            for name, param in materialized_state(self.model).items():  # offloaded weights read in
                 digest.update(f"{name}:{param.dtype}:{tuple(param.shape)};".encode())
                 tensor = param.detach().contiguous().cpu()
                 digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")

@@ -15,7 +15,9 @@ Hook sites (per layer ``l``; TransformerLens names in brackets):
 * ``mlp_in.l``     [``blocks.l.ln2.hook_normalized``]: the MLP module's input, after
   its pre-norm (Llama ``post_attention_layernorm``, Gemma ``pre_feedforward_layernorm``;
   ``resid_mid`` itself on OLMo-2), where transcoders read.
-* ``mlp_out.l``    [``blocks.l.hook_mlp_out``]:    what the MLP sublayer adds.
+* ``mlp_out.l``    [``blocks.l.hook_mlp_out``]:    what the MLP sublayer adds (on a
+  mixture-of-experts block, Mixtral and Qwen2/3-MoE, the sparse-MoE module's output: the
+  routed experts' weighted sum, plus Qwen2-MoE's gated shared expert).
 * ``resid_post.l`` [``blocks.l.hook_resid_post``]: output of block ``l``.
 """
 
@@ -91,8 +93,16 @@ def _gemma_like(family: str) -> ArchSpec:
 ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma3_text": _gemma_like("gemma3"),
     "gemma2": _gemma_like("gemma2"),
+    # Gemma 1 is laid out like Llama (one norm before each sublayer, no soft-cap); its
+    # sqrt(d_model) embedding scale lives inside embed_tokens, so resid_pre.0 has it.
+    "gemma": _llama_like("gemma"),
     "llama": _llama_like("llama"),
     "mistral": _llama_like("mistral"),
+    # Mixture-of-experts blocks keep Llama's layout; ``mlp`` is the sparse-MoE module
+    # (its router runs inside it and its output is one tensor, not a tuple).
+    "mixtral": _llama_like("mixtral"),
+    "qwen2_moe": _llama_like("qwen2_moe"),
+    "qwen3_moe": _llama_like("qwen3_moe"),
     "qwen2": _llama_like("qwen2"),
     "qwen3": _llama_like("qwen3"),
     "phi3": _llama_like("phi3"),

@@ -3,7 +3,6 @@ all turned into one :class:`~interlayer.model.adapter.ModelAdapter`."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import logging
@@ -18,9 +17,13 @@ from .adapter import ModelAdapter
 from .architectures import ARCHITECTURES
 from .body import check_attn_implementation, set_attn_implementation
 from .conversion_cache import build_entry, cache_root, verify_entry
+from .placement import HF_KEYWORDS, check_quantization, parse_device_map, parse_max_memory
+from .pretrained import from_pretrained as _from_pretrained
+from .pretrained import quiet_transformers as _quiet_transformers
+from .site_identity import check_site_identity
 from ..io.dtypes import parse_dtype
 from ..io.files import MANIFEST
-from ..errors import CacheCorruptError, UnknownModelError, UnsupportedArchitectureError, choices
+from ..errors import CacheCorruptError, InterlayerError, UnknownModelError, choices
 
 log = logging.getLogger(__name__)
 
@@ -156,52 +159,6 @@ def _pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return parse_dtype(dtype, "weights dtype")
 
 
-@contextlib.contextmanager
-def _quiet_transformers(verbose: bool = False):
-    """Hide transformers' per-load progress bars unless logging is at INFO."""
-    from transformers.utils import logging as hf_logging
-
-    if verbose or log.isEnabledFor(logging.INFO):
-        yield
-        return
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _from_pretrained(source: str, name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
-                     local_only: bool, attn_implementation: str | None = None) -> ModelAdapter:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
-    if config.model_type not in ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"unsupported architecture: {', '.join(getattr(config, 'architectures', None) or [config.model_type])} "
-            f"(model_type={config.model_type!r}); supported model types: {choices(sorted(ARCHITECTURES))}"
-        )
-    # attn_implementation=None lets transformers pick its default (sdpa where supported).
-    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_only, use_safetensors=True,
-            **attn,
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
-    except (OSError, ValueError) as err:
-        if not Path(source).is_dir():
-            raise
-        # A checkpoint without tokenizer files still serves token-id inputs.
-        log.warning("%s has no usable tokenizer (%s); text inputs will be refused", source, str(err).splitlines()[0])
-        tokenizer = None
-    model.to(device).eval()
-    return ModelAdapter(model, tokenizer, name=name)
-
-
 def _unwrap(obj: Any, tokenizer: Any) -> tuple[Any, Any]:
     """The Hugging Face model and tokenizer inside a user's object, never copied."""
     if isinstance(obj, tuple) and len(obj) == 2:
@@ -231,14 +188,15 @@ def _from_object(spec: Any, device: str | torch.device | None, dtype: str | torc
             f"cannot load a {type(spec).__name__}; pass an embedded alias ({choices(EMBEDDED)}), a checkpoint "
             "directory, a hub id, a PreTrainedModel, an nnsight LanguageModel or a TransformerBridge"
         )
+    dtype = None if dtype == "auto" else dtype  # a loaded object keeps its own dtype
     if device is not None or dtype is not None:
         model.to(device=torch.device(device) if device is not None else None,
                  dtype=_pick_dtype(dtype) if dtype is not None else None)
     return ModelAdapter(model, tok)
 
 
-def _from_directory(path: Path, text: str, device: torch.device, dtype: torch.dtype,
-                    trust_remote_code: bool, attn_implementation: str | None) -> ModelAdapter:
+def _from_directory(path: Path, text: str, device: torch.device, dtype: str | torch.dtype,
+                    trust_remote_code: bool, extra: dict[str, Any]) -> ModelAdapter:
     """A local Hugging Face checkpoint directory; anything else there is an :class:`UnknownModelError`."""
     if not (path / "config.json").is_file():
         raise UnknownModelError(
@@ -246,10 +204,9 @@ def _from_directory(path: Path, text: str, device: torch.device, dtype: torch.dt
             f"embedded aliases: {choices(EMBEDDED)}"
         )
     try:
-        return _from_pretrained(str(path), text, device, dtype, trust_remote_code, local_only=True,
-                                **_attn(attn_implementation))
+        return _from_pretrained(str(path), text, device, dtype, trust_remote_code, local_only=True, **extra)
     except (OSError, ValueError) as err:
-        if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
+        if isinstance(err, InterlayerError):  # a placement check or an unsupported architecture
             raise
         raise UnknownModelError(f"{text!r} is not a loadable Hugging Face checkpoint "
                                 f"({type(err).__name__}: {_first_line(err)})") from err
@@ -264,6 +221,9 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     compile: bool = False,
+    check_sites: bool = True,
+    device_map: str | dict[str, Any] | None = None, max_memory: str | dict[int | str, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None, revision: str | None = None, quantization_config: Any = None,
 ) -> ModelAdapter:
     """Load a model as a :class:`ModelAdapter`.
 
@@ -280,47 +240,67 @@ def load_model(
               TransformerLens ``TransformerBridge``. Its modules are shared, not copied,
               and its device and dtype are left as they are unless you pass them.
             * a :class:`ModelAdapter`, returned as is.
-        device: defaults to CUDA when available, else the CPU.
-        dtype: defaults to float32, so decoded numbers match the model's own to 1e-4.
+        device: defaults to CUDA when available, else the CPU (not with ``device_map``).
+        dtype: defaults to float32, so decoded numbers match the model's own to 1e-4; ``"auto"``:
+            the checkpoint's (``config.dtype``) on a GPU, float32 on a CPU (a loaded object keeps
+            its own); bfloat16 or float16 halve the memory (float16 on a CPU logs a warning).
         tokenizer: the tokenizer for a bare ``PreTrainedModel``.
         trust_remote_code: passed to transformers; off unless you ask for it.
-        attn_implementation: ``None`` (transformers' default: ``sdpa`` where the model
-            supports it), ``"eager"``, ``"sdpa"``, ``"flash_attention_2"`` or
-            ``"flex_attention"``, checked before anything is loaded. A checkpoint is loaded
-            with it; a loaded object (or adapter) is switched to it in place with
-            transformers' ``set_attn_implementation``, like ``device`` and ``dtype`` (the
+        attn_implementation: ``None`` (transformers' default, ``sdpa`` where supported), ``"eager"``,
+            ``"sdpa"``, ``"flash_attention_2"`` or ``"flex_attention"``, checked first; a loaded object
+            (or adapter) is switched in place with transformers' ``set_attn_implementation`` (the
             object you passed changes). :attr:`ModelAdapter.attn_implementation` reports it.
-        compile: compile the decoder blocks (:meth:`ModelAdapter.compile` with its
-            defaults); off unless you ask for it.
+        compile: compile the decoder blocks (:meth:`ModelAdapter.compile`); off unless you ask.
+        check_sites: check a newly built adapter's residual sites against the model's own
+            ``hidden_states`` by one forward pass of 4 tokens
+            (:func:`~interlayer.model.site_identity.check_site_identity`; the result is
+            :attr:`ModelAdapter.site_identity`); on unless you turn it off.
+        device_map: for a checkpoint, where each block goes, passed to ``from_pretrained`` once
+            checked (:mod:`interlayer.model.placement`): ``"auto"`` or a dict such as
+            ``{"model.layers.9": "disk", ...}`` that places every weight.
+        max_memory: per device, e.g. ``"0=20GiB,cpu=60GiB"`` or ``{0: "20GiB", "cpu": "60GiB"}``
+            (implies ``device_map="auto"``); too little is refused, saying how much is needed.
+        offload_folder: where ``"disk"`` blocks are kept.
+        revision: a hub branch, tag or commit.
+        quantization_config: a transformers ``QuantizationConfig`` or its dict; a missing
+            backend is a one-line error.
+
+    Raises:
+        InterlayerError: a bad placement option, a block placed nowhere, too little ``max_memory``.
+        SiteIdentityError: with ``check_sites``, a site is not the model's own hidden state.
     """
     attn_implementation = check_attn_implementation(attn_implementation)
-    adapter = _load(spec, device, dtype, tokenizer, trust_remote_code, attn_implementation)
+    extra = _hf_options(device, locals())  # the from_pretrained keywords given
+    adapter = _load(spec, device, dtype, tokenizer, trust_remote_code, extra)
     if attn_implementation is not None and adapter.attn_implementation != attn_implementation:
         set_attn_implementation(adapter.model, attn_implementation)
+    # hook-site identity (interlayer.model.site_identity), once, for an adapter built here
+    if check_sites and adapter is not spec:
+        adapter.site_identity = check_site_identity(adapter)
     return adapter.compile() if compile and not adapter.compiled else adapter
 
 
 def _load(spec: Any, device: str | torch.device | None, dtype: str | torch.dtype | None, tokenizer: Any,
-          trust_remote_code: bool, attn_implementation: str | None) -> ModelAdapter:
-    """:func:`load_model` before its attention implementation and compile are applied."""
+          trust_remote_code: bool, extra: dict[str, Any]) -> ModelAdapter:
+    """:func:`load_model` before its attention implementation and compile are applied; ``extra``:
+    the set ``from_pretrained`` keywords (:func:`_hf_options`), for a checkpoint only."""
     if isinstance(spec, ModelAdapter):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
         return _from_object(spec, device, dtype, tokenizer)
     text = os.fspath(spec)
-    device_, dtype_ = _pick_device(device), _pick_dtype(dtype)
+    device_, dtype_ = _pick_device(device), dtype if dtype == "auto" else _pick_dtype(dtype)
     if text in EMBEDDED:
         entry = ensure_converted(text)
-        return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True,
-                                **_attn(attn_implementation))
+        return _from_pretrained(str(entry), text, device_, dtype_, False, local_only=True, **extra)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _from_directory(path, text, device_, dtype_, trust_remote_code, attn_implementation)
+        return _from_directory(path, text, device_, dtype_, trust_remote_code, extra)
     looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_hub_id:
         raise UnknownModelError(f"unknown model {text!r}: not an embedded alias, a checkpoint directory or a hub id "
                                 f"('org/name'); embedded aliases: {choices(EMBEDDED)}")
-    return _from_hub(text, device_, dtype_, trust_remote_code, attn_implementation)
+    return _from_hub(text, device_, dtype_, trust_remote_code, extra)
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -345,16 +325,16 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
-def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool,
-              attn_implementation: str | None) -> ModelAdapter:
+def _from_hub(hub_id: str, device: torch.device, dtype: str | torch.dtype, trust_remote_code: bool,
+              extra: dict[str, Any]) -> ModelAdapter:
     """A hub model: from the local Hugging Face cache when the hub cannot be reached
     (failing at once, in one line, instead of retrying), else fetched."""
     reason = hub_unreachable()
     try:
         return _from_pretrained(hub_id, hub_id, device, dtype, trust_remote_code, local_only=reason is not None,
-                                **_attn(attn_implementation))
+                                **extra)
     except (OSError, ValueError) as err:
-        if isinstance(err, (UnknownModelError, UnsupportedArchitectureError)):
+        if isinstance(err, InterlayerError):  # a placement check or an unsupported architecture
             raise
         if reason is not None:
             raise UnknownModelError(
@@ -365,9 +345,23 @@ def _from_hub(hub_id: str, device: torch.device, dtype: torch.dtype, trust_remot
             f"embedded aliases that need no network: {choices(EMBEDDED)}") from err
 
 
-def _attn(attn_implementation: str | None) -> dict[str, str]:
-    """The ``attn_implementation`` keyword for :func:`_from_pretrained`, only when one is chosen."""
-    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+def _hf_options(device: str | torch.device | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The set ones of the ``from_pretrained`` keywords (:data:`HF_KEYWORDS`), read and
+    checked before anything loads (``max_memory`` alone places the model with ``"auto"``)."""
+    extra = {key: options[key] for key in HF_KEYWORDS if options.get(key) is not None}
+    if "device_map" in extra:
+        extra["device_map"] = parse_device_map(extra["device_map"])
+    if "max_memory" in extra:
+        extra["max_memory"] = parse_max_memory(extra["max_memory"])
+        extra.setdefault("device_map", "auto")
+    if "quantization_config" in extra:
+        extra["quantization_config"] = check_quantization(extra["quantization_config"])
+    if "offload_folder" in extra:
+        extra["offload_folder"] = os.fspath(Path(extra["offload_folder"]).expanduser())
+    if device is not None and "device_map" in extra:
+        raise InterlayerError(f"give device={str(device)!r} or a device_map, not both: a device map places each "
+                              "block itself (device_map={'': 'cuda:0'} puts the whole model on one device)")
+    return extra
 
 
 def _first_line(err: BaseException) -> str:

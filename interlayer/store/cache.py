@@ -71,6 +71,8 @@ class CacheOptions(KeywordOptions, Options):
     text_field: str = option("text", "JSON field or parquet column holding the text")
     seed: int = option(0, "under torchrun: the seed of the split of the token stream among the ranks")
     progress: bool = option(True, "show a progress bar", cli=False)
+    check_padding: bool = option(True, "check the first padded batch (a last, shorter context) against its sequence "
+                                       "run alone (interlayer.store.guards)", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # bounds and choices (check_options)

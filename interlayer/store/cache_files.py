@@ -110,7 +110,8 @@ def cache_chunks(model: ModelAdapter, data: Any, sites: list[Site], options: Any
     :class:`~interlayer.store.cache.CacheOptions`) sets, each chunk one shard."""
     return stream(model, data, sites, select="tokens", context_length=options.context_length,
                   batch_size=options.batch_size, storage_dtype=options.storage_dtype, memory_mb=options.memory_mb,
-                  text_field=options.text_field, skip=skip, limit=limit, progress=False, keep_batches=keep_batches)
+                  text_field=options.text_field, skip=skip, limit=limit, progress=False, keep_batches=keep_batches,
+                  check_padding=options.check_padding)
 
 
 def remove_stale_shards(out: Path, listed: set[str], pattern: re.Pattern[str] = SHARD_FILE) -> None:

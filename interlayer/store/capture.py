@@ -22,6 +22,7 @@ from ..errors import InterlayerError, choices
 from .host import HostRows, HostStage
 from .inputs import Batch
 from .selection import POOLED, Selector
+from .write_gates import EditGates
 from ..model.sites import Site
 
 LOGITS = "logits"
@@ -79,10 +80,14 @@ class Capture:
 
     With a ``stage`` the buffers stay and each write is copied on to the host (see
     :mod:`interlayer.store.host`); without one, :meth:`take` hands the buffers over and the
-    next chunk gets fresh ones (``output_device="model"``, or a CPU model)."""
+    next chunk gets fresh ones (``output_device="model"``, or a CPU model).
+
+    With ``check_edits`` each edit runs behind a write gate (:mod:`interlayer.store.write_gates`):
+    ``gates`` checks its output and measures its change."""
 
     def __init__(self, model: ModelAdapter, sites: list[Site], dtype: torch.dtype, capacity: int, logits: bool,
-                 edits: Mapping[str, Edit] | None = None, stage: HostStage | None = None) -> None:
+                 edits: Mapping[str, Edit] | None = None, stage: HostStage | None = None,
+                 check_edits: bool = True) -> None:
         self.model = model
         self.stage = stage
         self.sites = sites
@@ -90,6 +95,7 @@ class Capture:
         self.capacity = capacity
         self.logits = logits
         self.edits = dict(edits or {})
+        self.gates = EditGates(lambda name: model.site(name).order) if self.edits and check_edits else None
         self.buffers: dict[str, torch.Tensor] = {}
         self._allocate()
         self.meta: list[dict[str, torch.Tensor]] = []
@@ -150,6 +156,8 @@ class Capture:
         with self.model.record_outputs(record) as recorded:
             self.model.forward(batch.input_ids, batch.attention_mask, hooks=hooks,
                                stop_after_layer=max([self.stop_layer, *record]), resume=resume)
+        if self.gates is not None:
+            self.gates.end_batch()  # raises on NaN/inf before the rows count
         self.meta.append(selector.meta)
         self.fill = stop
         self.sequences += int(batch.input_ids.shape[0])
@@ -164,7 +172,11 @@ class Capture:
         for name, edit in self.edits.items():
             if edit.rows == "tokens" and token_rows is None:
                 token_rows = (batch.attention_mask.bool() & ~batch.bos).to(self.model.device)
-            hooks.setdefault(name, []).append(_apply_edit(edit, token_rows, kept))
+            hook = _apply_edit(edit, token_rows, kept)
+            if self.gates is not None:
+                measured = token_rows if edit.rows == "tokens" else batch.attention_mask.bool().to(self.model.device)
+                hook = self.gates.wrap(name, hook, measured, copies_input=edit.rows == "tokens" or edit.source is not None)
+            hooks.setdefault(name, []).append(hook)
         for edit in self.edits.values():
             if edit.source is not None:
                 hooks.setdefault(edit.source, []).append(lambda x, src=edit.source: kept.__setitem__(src, x))

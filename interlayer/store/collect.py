@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -39,10 +39,12 @@ from .assemble import Assembly, planned_rows
 from ..model.adapter import ModelAdapter
 from ..model.sites import Site, parse_site
 from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows, run_shared
+from .guards import PaddingOracle, logit_effects
 from .host import HostRows, host_stage
 from .inputs import TokenSequence, Tokenized, contexts_for_tokens, make_batch, unpacked_batches
 from .options import MODEL_DTYPE, CollectOptions, check_inputs, check_sites, resolve_storage_dtype, storage_dtype_name
 from .selection import POOLED, Selector
+from .write_gates import EditEffect, warn_no_ops
 
 __all__ = ["Activations", "CollectOptions", "Edit", "LOGITS", "collect", "collect_variants", "stream", "stream_variants"]
 
@@ -66,6 +68,9 @@ class Activations:
     n_layers: int
     n_sequences: int = 0
     """How many input sequences (or packed contexts) these rows came from."""
+    edit_effects: dict[str, EditEffect] = field(default_factory=dict)
+    """Each edit's effect at its site over the run so far (and at ``"logits"`` with ``logit_effects=True``):
+    :class:`~interlayer.store.write_gates.EditEffect`; empty without edits or with ``check_edits=False``."""
 
     def __getitem__(self, site: str) -> torch.Tensor:
         if site in self.tensors:
@@ -101,7 +106,7 @@ class Activations:
     def rows(self, keep: torch.Tensor) -> "Activations":
         """The subset of rows where ``keep`` (a bool mask or an index tensor) selects."""
         return Activations({k: v[keep] for k, v in self.tensors.items()}, {k: v[keep] for k, v in self.meta.items()},
-                           self.select, self.model, self.n_layers, self.n_sequences)
+                           self.select, self.model, self.n_layers, self.n_sequences, self.edit_effects)
 
     def stack(self, sites: Sequence[str] | None = None) -> torch.Tensor:
         """``[len(sites), rows, d]``: several sites stacked, e.g. every layer's resid_post."""
@@ -162,7 +167,8 @@ def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
            logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
            limit: int | None = None, tokens: int | None = None, skip: int = 0,
            keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
-           dtype: str | None = None) -> Iterator[Activations]:
+           dtype: str | None = None, check_padding: bool = True, check_edits: bool = True,
+           logit_effects: bool = False) -> Iterator[Activations]:
     """Yield :class:`Activations` chunk by chunk, each at most ``memory_mb`` of rows
     (or at most ``rows_per_chunk`` rows; and at least one batch). Chunks hold whole
     batches, so their boundaries depend only on the inputs and options.
@@ -190,7 +196,8 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
                     logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
                     limit: int | None = None, tokens: int | None = None, skip: int = 0,
                     keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
-                    dtype: str | None = None) -> Iterator[list[Activations]]:
+                    dtype: str | None = None, check_padding: bool = True, check_edits: bool = True,
+                    logit_effects: bool = False) -> Iterator[list[Activations]]:
     """:func:`stream` under several interventions at once: ``variants`` is a list of
     ``edits`` mappings (``{}`` or ``None``: no edit), and each chunk is a list with one
     :class:`Activations` per variant, row for row the same inputs.
@@ -226,8 +233,9 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
     batches, n_sequences = plan or _plan(model, inputs, opts)
     capacity = opts.rows_per_chunk or chunk_rows(model, len(site_list), opts.memory_mb, dtype, opts.logits, len(variants))
     captures: list[Capture] = []
+    oracle = PaddingOracle(model, opts.padding_side, opts.positions, enabled=opts.check_padding)
     on_device = opts.output_device == "model"
-    pending: list[tuple[HostRows, dict[str, torch.Tensor], int]] = []
+    pending: Pending = []
     bar = tqdm(total=n_sequences, unit="seq", disable=not opts.progress, desc="collect")
     try:
         for group in batches:
@@ -237,29 +245,41 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                 # Never allocate more than the whole job needs.
                 rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
                 size = max(1, min(capacity, rows_hint))  # a larger batch gets buffers of its own size
-                captures = [Capture(model, site_list, dtype, size, opts.logits, e, host_stage(model.device, on_device))
-                            for e in edits]
+                captures = [Capture(model, site_list, dtype, size, opts.logits, e, host_stage(model.device, on_device),
+                                    check_edits=opts.check_edits) for e in edits]
+                if opts.logit_effects:  # the first batch, against a clean control pass
+                    logit_effects(model, captures, batch)
             if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
-                pending = [c.take() for c in captures]
-                if all(rows.ready for rows, _, _ in pending):
+                pending = _take(captures)
+                if all(rows.ready for rows, *_ in pending):
                     yield _deliver(pending, model, opts.select)
+            starts = [c.fill for c in captures]
             run_shared(model, captures, batch, selector)
+            oracle.check(group, batch, captures, starts, selector)
             if pending:  # launched the next batch first: chunk n's copies overlap it
                 yield _deliver(pending, model, opts.select)
             bar.update(len(group))
         if captures and captures[0].fill:
-            pending = [c.take() for c in captures]
+            pending = _take(captures)
             yield _deliver(pending, model, opts.select)
+        warn_no_ops(c.gates for c in captures)
     finally:
         bar.close()
 
 
-def _deliver(pending: list[tuple[HostRows, dict[str, torch.Tensor], int]], model: ModelAdapter,
-             select: str) -> list[Activations]:
+Pending = list[tuple[HostRows, dict[str, torch.Tensor], int, dict[str, EditEffect]]]
+
+
+def _take(captures: list[Capture]) -> Pending:
+    """Each capture's filled rows (:meth:`Capture.take`) with its edits' effects so far."""
+    return [(*c.take(), c.gates.effects() if c.gates is not None else {}) for c in captures]
+
+
+def _deliver(pending: Pending, model: ModelAdapter, select: str) -> list[Activations]:
     """The taken chunks as :class:`Activations`, once their rows are ready; ``pending`` is
     emptied, so the generator's frame keeps no reference to a chunk it has handed over."""
-    out = [Activations(rows.wait(), meta, select, model.name, model.n_layers, sequences)
-           for rows, meta, sequences in pending]
+    out = [Activations(rows.wait(), meta, select, model.name, model.n_layers, sequences, effects)
+           for rows, meta, sequences, effects in pending]
     pending.clear()
     return out
 
@@ -276,13 +296,15 @@ def _collect(model: ModelAdapter, inputs: Any, sites: Any, opts: CollectOptions,
     if not int(counts.sum()):
         raise InterlayerError("the inputs produced no rows to collect")
     assemblies = [Assembly(counts) for _ in variants]
+    effects: list[dict[str, EditEffect]] = [{} for _ in variants]  # the last chunk's: the whole run's
     for chunks in _passes(model, inputs, sites, opts, variants, plan=(_drain(groups), n_sequences)):
         _place(assemblies, chunks)
+        effects = [c.edit_effects for c in chunks]
         del chunks
     out = []
-    for assembly in assemblies:
+    for assembly, effect in zip(assemblies, effects):
         tensors, meta, sequences = assembly.result()
-        out.append(Activations(tensors, meta, opts.select, model.name, model.n_layers, sequences))
+        out.append(Activations(tensors, meta, opts.select, model.name, model.n_layers, sequences, effect))
     return out
 
 
@@ -306,7 +328,8 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
             limit: int | None = None, tokens: int | None = None, skip: int = 0,
             keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
-            dtype: str | None = None) -> Activations:
+            dtype: str | None = None, check_padding: bool = True, check_edits: bool = True,
+            logit_effects: bool = False) -> Activations:
     """Collect activations at ``sites`` for ``inputs`` in one forward pass per batch.
 
     Args:
@@ -344,6 +367,9 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         skip: packed contexts only: skip this many contexts without running the model.
         keep_batches: packed contexts only: run only the batches ``j`` where this is true.
         dtype: deprecated name of ``storage_dtype`` (a DeprecationWarning; goes in the next release).
+        check_padding: rerun one padded sequence of the first padded batch alone; raise if it differs (guards).
+        check_edits: an edit's NaN/inf raises, a no-op edit warns, ``edit_effects`` is set (write_gates).
+        logit_effects: also measure the edits' effect at the logits on the first batch (two extra passes).
 
     Inputs and sites of the wrong type (``None``, a dict, ``sites=3``) raise a one-line
     :class:`~interlayer.errors.InterlayerError` before any model pass.
@@ -364,7 +390,8 @@ def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str
                      logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
                      limit: int | None = None, tokens: int | None = None, skip: int = 0,
                      keep_batches: Callable[[int], bool] | None = None, options: CollectOptions | None = None,
-                     dtype: str | None = None) -> list[Activations]:
+                     dtype: str | None = None, check_padding: bool = True, check_edits: bool = True,
+                     logit_effects: bool = False) -> list[Activations]:
     """:func:`collect` under several interventions, sharing each batch's clean prefix
     (see :func:`stream_variants`): one :class:`Activations` per variant, in order.
     The keyword arguments are those of :func:`collect` (``edits`` excepted)."""

@@ -186,6 +186,12 @@ class CollectOptions(KeywordOptions):
         None, "packed contexts only: run only the batches j (contexts j * batch_size to (j + 1) * batch_size - 1 of "
               "the stream, counted before skip) where this is true; the others are tokenized but never run (a rank's "
               "share of a distributed cache)")
+    check_padding: bool = option(True, "on the first batch with padding, run one padded sequence alone and raise if "
+                                       "its rows differ from the batched ones (interlayer.store.guards)")
+    check_edits: bool = option(True, "check each edit's output for NaN/inf (an error naming the site), warn for an "
+                                     "edit that changes nothing, and report edit_effects (interlayer.store.write_gates)")
+    logit_effects: bool = option(False, "with edits: also measure their effect at the logits on the first batch, "
+                                        "against a clean control pass (two extra passes of that batch)")
 
     def __post_init__(self) -> None:
         check_selection(self.select)

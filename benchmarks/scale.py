@@ -1,0 +1,232 @@
+"""Memory bounds at real model sizes (issue 27): every command on random weights of a
+published 1-3B config, in bfloat16, each in a process of its own whose peak RSS (the
+process and its children, sampled every 20 ms) must stay within
+
+    weights + memory_mb + 1.5 GiB
+
+(``weights``: the checkpoint's safetensors bytes). Also the time per token of ``collect``
+and ``cache`` at ``--tokens`` and at ten times as many, which should stay flat.
+
+The checkpoint is built once under ``--work`` (``$INTERLAYER_CACHE/scale``): the published
+config (sizes as in the model's ``config.json``), random weights drawn on the CPU with a
+fixed seed, saved as safetensors with SmolLM2's tokenizer (ids < 49,152, inside every
+config's vocabulary; the weights are random, so only the shapes matter). Nothing is
+downloaded.
+
+Run on an idle machine (one torch process at a time)::
+
+    flock /tmp/interlayer-torch.lock python -m benchmarks.scale --config llama-3.2-1b \\
+        --out benchmarks/results/scale_cpu_llama-3.2-1b.json
+
+``--tasks`` picks commands (default: all of :data:`TASKS`); ``--list`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GIB = 2**30
+
+CONFIGS: dict[str, dict] = {
+    # meta-llama/Llama-3.2-1B config.json (sizes)
+    "llama-3.2-1b": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=2048,
+                         intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=1,
+                         eos_token_id=2),
+    # google/gemma-2-2b config.json (sizes)
+    "gemma-2-2b": dict(model_type="gemma2", architectures=["Gemma2ForCausalLM"], hidden_size=2304,
+                       intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+                       head_dim=256, vocab_size=256000, max_position_embeddings=8192, sliding_window=4096,
+                       query_pre_attn_scalar=256, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    # meta-llama/Llama-3.1-8B config.json (sizes): the GPU suite's
+    "llama-3.1-8b": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=4096,
+                         intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=1,
+                         eos_token_id=2),
+    # a tiny config of the same code path, for trying the script
+    "tiny": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64, intermediate_size=128,
+                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=49152,
+                 max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+}
+"""Published configs (sizes), by name."""
+
+
+def build_checkpoint(name: str, work: Path, seed: int = 0) -> Path:
+    """The random-weight bfloat16 checkpoint of config ``name`` under ``work`` (built once;
+    a finished one has ``.done``)."""
+    out = work / name
+    if (out / ".done").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from interlayer.model.loading import ensure_converted
+
+    shutil.rmtree(out, ignore_errors=True)  # an unfinished build of ours
+    fields = dict(CONFIGS[name])
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    torch.manual_seed(seed)
+    print(f"building {name}: random weights, bfloat16 ...", flush=True)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(ensure_converted("smollm2-135m-instruct")).save_pretrained(out)
+    (out / ".done").write_text("ok\n")
+    return out
+
+
+def weights_bytes(checkpoint: Path) -> int:
+    """The bytes of the checkpoint's safetensors files."""
+    return sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
+
+
+def _collect_code(tokens: int, memory_mb: int) -> str:
+    return ("import sys, time, interlayer; m = interlayer.load_model(sys.argv[1], dtype='bfloat16'); "
+            "from interlayer.model.loading import SAMPLE_TEXT; t = time.perf_counter(); "
+            f"a = interlayer.collect(m, str(SAMPLE_TEXT), 'resid_post.*', tokens={tokens}, context_length=128, "
+            f"memory_mb={memory_mb}, progress=False); "
+            "print('TIMED', time.perf_counter() - t)")
+
+
+def tasks(ckpt: Path, tmp: Path, tokens: int, memory_mb: int, layers: int) -> dict[str, tuple[list[str], int]]:
+    """Each task's command line and the tokens it runs the model on (0: not a throughput task);
+    the SAE and the steering sweep at the middle block of ``layers``."""
+    from interlayer.model.loading import SAMPLE_TEXT
+
+    il = [str(Path(sys.executable).parent / "interlayer")]
+    data = ["--data", str(SAMPLE_TEXT)]
+    mid = str(layers // 2)
+    model = ["--model", str(ckpt), "--dtype", "bfloat16", "--no-progress"]
+    py = [sys.executable, "-c"]
+    return {
+        "collect": (py + [_collect_code(tokens, memory_mb), str(ckpt)], tokens),
+        "collect_x10": (py + [_collect_code(10 * tokens, memory_mb), str(ckpt)], 10 * tokens),
+        "cache": (il + ["cache", *model, *data, "--sites", "resid_post.*", "--tokens", str(tokens), "--memory-mb",
+                        str(memory_mb), "--out", str(tmp / "cache")], tokens),
+        "cache_x10": (il + ["cache", *model, *data, "--sites", "resid_post.*", "--tokens", str(10 * tokens),
+                            "--memory-mb", str(memory_mb), "--out", str(tmp / "cache_x10")], 10 * tokens),
+        "lens_logit": (il + ["lens", "logit", *model, "--memory-mb", str(memory_mb)], 0),
+        "mexa": (il + ["probes", "mexa", *model, "--n", "10", "--langs", "eng_Latn,fra_Latn,deu_Latn",
+                       "--out", str(tmp / "mexa.json")], 0),
+        "sae_train": (il + ["sae", "train", *model, *data, "--site", f"resid_post.{mid}", "--tokens", str(tokens),
+                            "--memory-mb", str(memory_mb), "--eval-tokens", "256", "--out", str(tmp / "sae")], 0),
+        "steer_sweep": (il + ["steer", "sweep", *model, "--n", "4", "--train-n", "8", "--layers", mid,
+                              "--coefs=-4,4", "--perplexity-tokens", "64", "--out", str(tmp / "steer.json")], 0),
+        "iks": (il + ["lens", "iks", *model, "--n", "4", "--max-new-tokens", "4", "--out", str(tmp / "iks.json")], 0),
+        "report": (il + ["report", *model, "--profile", "quick", "--only", "model,logit_lens",
+                         "--out", str(tmp / "report.html")], 0),
+    }
+
+
+TASKS = ("collect", "collect_x10", "cache", "cache_x10", "lens_logit", "mexa", "sae_train", "steer_sweep", "iks",
+         "report")
+"""The commands measured, in order."""
+
+
+def run_measured(cmd: list[str], env: dict[str, str], timeout: float) -> dict:
+    """Run ``cmd``; its wall time, exit code, the tail of its output, and the peak RSS of it
+    and its children (sampled every 20 ms)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                rss = parent.memory_info().rss + sum(c.memory_info().rss for c in parent.children(recursive=True))
+                peak[0] = max(peak[0], rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    done.set()
+    thread.join()
+    timed = [float(line.split()[1]) for line in out.splitlines() if line.startswith("TIMED ")]
+    return {"rc": proc.returncode, "wall_s": time.perf_counter() - start, "peak_rss_mb": peak[0] / 2**20,
+            "timed_s": timed[0] if timed else None, "output_tail": out[-1500:]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="llama-3.2-1b")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens of collect/cache/sae train (x10 for *_x10)")
+    parser.add_argument("--memory-mb", type=int, default=256)
+    parser.add_argument("--work", default=None, help="where checkpoints are built (default $INTERLAYER_CACHE/scale)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per task")
+    parser.add_argument("--list", action="store_true", help="print the tasks' command lines, run nothing")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    chosen = [t for t in args.tasks.split(",") if t]
+    unknown = [t for t in chosen if t not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {', '.join(unknown)}; valid choices: {', '.join(TASKS)}")
+    from interlayer.model.conversion_cache import cache_root
+
+    work = Path(args.work) if args.work else cache_root() / "scale"
+    tmp = work / f"{args.config}-runs"
+    ckpt = work / args.config
+    commands = tasks(ckpt, tmp, args.tokens, args.memory_mb, CONFIGS[args.config]["num_hidden_layers"])
+    if args.list:
+        for name in chosen:
+            print(name, " ".join(commands[name][0]))
+        return 0
+    ckpt = build_checkpoint(args.config, work)
+    weights = weights_bytes(ckpt)
+    bound_mb = (weights + args.memory_mb * 2**20 + 1.5 * GIB) / 2**20
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    for name in chosen:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cmd, tokens = commands[name]
+        print(f"== {name}", flush=True)
+        res = run_measured(cmd, env, args.timeout)
+        res["tokens"] = tokens
+        res["within_bound"] = res["peak_rss_mb"] <= bound_mb
+        if tokens and res["timed_s"]:
+            res["s_per_token"] = res["timed_s"] / tokens
+        results[name] = res
+        print(f"   rc={res['rc']} wall={res['wall_s']:.1f}s peak={res['peak_rss_mb']:.0f} MiB "
+              f"(bound {bound_mb:.0f}) {'ok' if res['within_bound'] else 'OVER'}", flush=True)
+    flat = {base: results[f"{base}_x10"]["wall_s"] / results[base]["wall_s"]
+            for base in ("collect", "cache") if base in results and f"{base}_x10" in results}
+    import torch
+
+    summary = {"config": args.config, "config_fields": CONFIGS[args.config], "dtype": "bfloat16",
+               "device": f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+               "weights_mb": weights / 2**20, "memory_mb": args.memory_mb, "bound_mb": bound_mb,
+               "tokens": args.tokens, "tasks": results, "wall_ratio_x10": flat,
+               "note": "random weights of the published config's sizes; SmolLM2's tokenizer"}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0 if all(r["rc"] == 0 and r["within_bound"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
