@@ -294,7 +294,10 @@ def evaluate_saes(saes: Sequence[SAE], model: ModelAdapter, data: Any, site: str
             for chunks in stream_variants(model, data, read, variants, select="tokens",
                                           context_length=context_length, batch_size=batch_size, limit=n_contexts,
                                           text_field=text_field, memory_mb=memory_mb, output_device="model",
-                                          progress=False):
+                                          progress=False,
+                                          # a perfect reconstruction is a no-op by design, and a
+                                          # non-finite one shows in the spliced CE: no write gates
+                                          check_edits=False):
                 target = None if output == site else chunks[0][output]
                 for acc in accs:
                     acc.add(chunks[0][site], target)

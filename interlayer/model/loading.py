@@ -213,15 +213,9 @@ def _from_directory(path: Path, text: str, device: torch.device, dtype: str | to
 
 
 def load_model(
-    spec: Any = DEFAULT_MODEL,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    *,
-    tokenizer: Any = None,
-    trust_remote_code: bool = False,
-    attn_implementation: str | None = None,
-    compile: bool = False,
-    check_sites: bool = True,
+    spec: Any = DEFAULT_MODEL, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
+    tokenizer: Any = None, trust_remote_code: bool = False, attn_implementation: str | None = None,
+    compile: bool = False, check_sites: bool = True,
     device_map: str | dict[str, Any] | None = None, max_memory: str | dict[int | str, int | str] | None = None,
     offload_folder: str | os.PathLike | None = None, revision: str | None = None, quantization_config: Any = None,
 ) -> ModelAdapter:
@@ -246,24 +240,19 @@ def load_model(
             its own); bfloat16 or float16 halve the memory (float16 on a CPU logs a warning).
         tokenizer: the tokenizer for a bare ``PreTrainedModel``.
         trust_remote_code: passed to transformers; off unless you ask for it.
-        attn_implementation: ``None`` (transformers' default, ``sdpa`` where supported), ``"eager"``,
-            ``"sdpa"``, ``"flash_attention_2"`` or ``"flex_attention"``, checked first; a loaded object
-            (or adapter) is switched in place with transformers' ``set_attn_implementation`` (the
-            object you passed changes). :attr:`ModelAdapter.attn_implementation` reports it.
+        attn_implementation: ``None`` (transformers' default), ``"eager"``, ``"sdpa"``,
+            ``"flash_attention_2"`` or ``"flex_attention"``; a loaded object is switched in place.
         compile: compile the decoder blocks (:meth:`ModelAdapter.compile`); off unless you ask.
         check_sites: check a newly built adapter's residual sites against the model's own
             ``hidden_states`` by one forward pass of 4 tokens
             (:func:`~interlayer.model.site_identity.check_site_identity`; the result is
             :attr:`ModelAdapter.site_identity`); on unless you turn it off.
-        device_map: for a checkpoint, where each block goes, passed to ``from_pretrained`` once
-            checked (:mod:`interlayer.model.placement`): ``"auto"`` or a dict such as
-            ``{"model.layers.9": "disk", ...}`` that places every weight.
-        max_memory: per device, e.g. ``"0=20GiB,cpu=60GiB"`` or ``{0: "20GiB", "cpu": "60GiB"}``
-            (implies ``device_map="auto"``); too little is refused, saying how much is needed.
+        device_map: ``"auto"`` or a dict placing every weight (``{"model.layers.9": "disk", ...}``),
+            checked, then passed to ``from_pretrained`` (:mod:`interlayer.model.placement`).
+        max_memory: per device (``"0=20GiB,cpu=60GiB"``); implies ``device_map="auto"``.
         offload_folder: where ``"disk"`` blocks are kept.
         revision: a hub branch, tag or commit.
-        quantization_config: a transformers ``QuantizationConfig`` or its dict; a missing
-            backend is a one-line error.
+        quantization_config: a transformers ``QuantizationConfig`` or its dict.
 
     Raises:
         InterlayerError: a bad placement option, a block placed nowhere, too little ``max_memory``.

@@ -169,6 +169,7 @@ def parse_max_memory(value: str | Mapping[Any, Any] | None) -> dict[int | str, i
 
 
 def _size_bytes(size: int | str) -> int:
+    require_accelerate()
     from accelerate.utils import convert_file_size_to_int
 
     try:
@@ -244,6 +245,7 @@ def check_placement(config: Any, options: Mapping[str, Any], dtype: torch.dtype,
 
 def meta_model(config: Any, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
     """The model of ``config`` with its weights on the meta device (accelerate's ``init_empty_weights``)."""
+    require_accelerate()
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -297,6 +299,7 @@ def placement_units(model: nn.Module) -> list[str]:
 
 
 def _check_memory(model: nn.Module, max_memory: Mapping[Any, Any], dtype: torch.dtype, offload: bool) -> None:
+    require_accelerate()
     from accelerate.utils import compute_module_sizes
 
     if offload or "disk" in max_memory:
@@ -361,3 +364,16 @@ def materialized_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def require_accelerate() -> None:
+    """Refuse, in one line, a placement option without accelerate installed.
+
+    Raises:
+        InterlayerError: accelerate is not installed.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise InterlayerError("device_map, max_memory and offloading need accelerate: "
+                              "pip install 'interlayer[placement]' (or accelerate)")
