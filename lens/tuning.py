@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from interlayer.progress import tqdm
 
 from interlayer.store.collect import Activations
@@ -24,7 +24,7 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.io.checkpointing import check_resume_identity, load_optimizer, optimizer_tensors
 from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
-from interlayer.io.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_json_atomic, write_safetensors_atomic
 from interlayer.options import CONTEXT_LENGTH, resolve_layers
 from interlayer.io.seeding import epoch_permutation
 
@@ -126,7 +126,7 @@ def _save_checkpoint(ckpt: Path, lens: TunedLens, optimizer, schedule, step: int
     ckpt.mkdir(parents=True, exist_ok=True)
     adam, param_groups = optimizer_tensors(optimizer)
     tensors = {f"lens.{k}": v.detach().cpu().contiguous() for k, v in lens.state_dict().items()}
-    write_atomic(ckpt / "state.safetensors", save({**tensors, **adam}))
+    write_safetensors_atomic(ckpt / "state.safetensors", {**tensors, **adam})
     write_json_atomic(ckpt / "state.json", {"step": step, "options": options, "param_groups": param_groups,
                                             "schedule": schedule.state_dict()})
 

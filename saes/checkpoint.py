@@ -15,13 +15,12 @@ from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
 from interlayer.distributed import World, broadcast_object, raise_together
 from interlayer.errors import InterlayerError
 from interlayer.io.checkpointing import (CheckpointMismatchError, check_resume_identity, load_optimizer,
                                         optimizer_tensors)
-from interlayer.io.files import write_atomic
+from interlayer.io.files import write_safetensors_atomic
 
 from .normalization import mean_norm_scale, normalize
 from .options import TrainOptions
@@ -71,7 +70,7 @@ def save_checkpoint(ckpt: Path, sae: SAE, optimizer: torch.optim.Optimizer, stat
     meta = {"step": state["step"], "source": state["source"], "history": state["history"], "identity": identity,
             "seconds": state["seconds"],
             "sae_cfg": sae.cfg.to_dict(), "param_groups": param_groups}
-    write_atomic(ckpt, save(tensors, metadata={"state": json.dumps(meta)}))
+    write_safetensors_atomic(ckpt, tensors, metadata={"state": json.dumps(meta)})
 
 
 def read_checkpoint(ckpt: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

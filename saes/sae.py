@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.io.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_json_atomic, write_safetensors_atomic
 
 from .archs import REGISTRY, ArchFields, Code, EncodeContext, architecture
 from .archs.jumprelu import BANDWIDTH, INITIAL_THRESHOLD
@@ -207,6 +207,14 @@ class SAE(nn.Module):
             self.b_skip = nn.Parameter(torch.zeros(cfg.output_width))
         self.activation = architecture(cfg.arch).activation(cfg)
 
+    @classmethod
+    def empty(cls, cfg: SAEConfig) -> "SAE":
+        """An SAE of ``cfg`` whose tensors are not yet allocated (on the meta device), for
+        :meth:`load_tensors` to fill: loading a file then takes its own tensors' memory
+        once, not a random initialisation's beside them."""
+        with torch.device("meta"):
+            return cls(cfg)
+
     @property
     def d_in(self) -> int:
         """Width of the activations the SAE reads (``cfg.d_in``: the site's ``d_model``)."""
@@ -297,7 +305,7 @@ class SAE(nn.Module):
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        write_atomic(out / WEIGHTS, save(tensors, metadata={"format": str(FORMAT)}))
+        write_safetensors_atomic(out / WEIGHTS, tensors, metadata={"format": str(FORMAT)})
         write_json_atomic(out / CONFIG, {"format": FORMAT, **self.cfg.to_dict()})
         return out
 
@@ -313,7 +321,7 @@ class SAE(nn.Module):
         data = read_config(path)  # a one-line error for invalid JSON, another format (sparsify) or bad types
         data.pop("format", None)
         try:
-            sae = cls(SAEConfig.from_dict(data))
+            sae = cls.empty(SAEConfig.from_dict(data))
         except TypeError as err:  # a required field missing
             raise InterlayerError(f"{path / CONFIG}: {err}") from None
         tensors = load_file(str(path / WEIGHTS))
@@ -322,7 +330,8 @@ class SAE(nn.Module):
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Load a state dict, naming ``source`` and the differences when it does not fit."""
-        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        current = self.state_dict()
+        expected = {k: tuple(v.shape) for k, v in current.items()}
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != got:
             missing = sorted(set(expected) - set(got))
@@ -330,4 +339,7 @@ class SAE(nn.Module):
             shapes = [f"{k}: {got[k]} vs {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
             raise InterlayerError(f"{source} does not fit a {self!r}: missing {missing}, unexpected {extra}, "
                                   f"shape mismatches {shapes}")
-        self.load_state_dict(tensors)
+        assign = any(t.is_meta for t in current.values())  # an SAE.empty: take the tensors as they are
+        if assign:
+            tensors = {k: v.to(current[k].dtype).contiguous() for k, v in tensors.items()}
+        self.load_state_dict(tensors, assign=assign)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from interlayer.errors import InterlayerError, choices
-from interlayer.io.files import write_atomic, write_json_atomic
+from interlayer.io.files import write_json_atomic, write_safetensors_atomic
 
 from .formats import SAELENS_CONFIG, SAELENS_WEIGHTS, is_interlayer_dir, is_saelens_dir
 from .sae import SAE, SAEConfig
@@ -87,7 +87,7 @@ def to_saelens(sae: SAE, out: str | Path) -> Path:
         config.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / SAELENS_WEIGHTS, save({k: v.contiguous() for k, v in tensors.items()}))
+    write_safetensors_atomic(out / SAELENS_WEIGHTS, {k: v.contiguous() for k, v in tensors.items()})
     write_json_atomic(out / SAELENS_CONFIG, config)
     return out
 
@@ -130,7 +130,7 @@ def from_saelens(path: str | Path, site: str | None = None) -> SAE:
     k = int(config["k"]) if arch in ("topk", "batchtopk") else None
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, arch=ours, k=k, normalization=_NORMALIZATION_IN[norm],
                     model=metadata.get("model_name"), site=site or metadata.get("interlayer_site") or metadata.get("hook_name"))
-    sae = SAE(cfg)
+    sae = SAE.empty(cfg)
     state = {"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec}
     if arch == "jumprelu":
         if "threshold" in tensors:

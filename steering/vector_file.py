@@ -22,10 +22,9 @@ from typing import Any
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
 from interlayer.errors import InterlayerError, LayerIndexError, choices
-from interlayer.io.files import write_atomic
+from interlayer.io.files import write_safetensors_atomic
 from interlayer.model.adapter import ModelAdapter
 from interlayer.model.sites import SITE_KINDS, Site
 
@@ -203,7 +202,7 @@ class SteeringVector:
         if path.suffix != ".safetensors":
             raise InterlayerError(f"{path}: a steering vector is saved as .safetensors")
         tensors = {f"direction.{l}": v.contiguous() for l, v in self.directions.items()}
-        write_atomic(path, save(tensors, metadata=self.metadata()))
+        write_safetensors_atomic(path, tensors, metadata=self.metadata())
         return path
 
     @classmethod

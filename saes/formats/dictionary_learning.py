@@ -259,7 +259,7 @@ def _build(cfg_fields: dict[str, Any], tensors: dict[str, torch.Tensor], d: int,
     from ..archs import gated  # noqa: F401  (registers gated)
 
     try:
-        sae = SAE(SAEConfig(d, h, **cfg_fields))
+        sae = SAE.empty(SAEConfig(d, h, **cfg_fields))
     except InterlayerError as err:
         raise SAEFormatError(f"{weights}: {err}") from None
     return load_state(sae, tensors, weights)

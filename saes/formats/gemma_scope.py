@@ -130,7 +130,7 @@ def build_sae(file: Path, state: dict[str, torch.Tensor], threshold: torch.Tenso
         if not torch.isfinite(threshold).all():
             raise SAEFormatError(f"{file}: the JumpReLU threshold has values that are not finite (NaN or inf)")
         state["activation.log_threshold"] = threshold.float().clamp_min(0).log()
-    return load_state(SAE(cfg), state, file)
+    return load_state(SAE.empty(cfg), state, file)
 
 
 def release_of(path: Path, pattern: re.Pattern[str]) -> re.Match[str] | None:

@@ -132,7 +132,7 @@ def read(path: Path) -> "SAE":
                         skip="linear" if skip else None)
     except InterlayerError as err:
         raise SAEFormatError(f"{path / CONFIG}: {err}") from None
-    sae = SAE(cfg)
+    sae = SAE.empty(cfg)
     state = {"W_enc": enc.T, "b_enc": tensors.get("encoder.bias"), "W_dec": tensors["W_dec"],
              "b_dec": tensors.get("b_dec")}
     if "W_skip" in tensors:
@@ -184,9 +184,7 @@ def to_sparsify(sae: "SAE", out: str | Path) -> Path:
             statistics sparsify cannot hold), an output width other than ``d_in``, or a
             top-AFA SAE in the authors' mode (no ``b_enc``).
     """
-    from safetensors.torch import save
-
-    from interlayer.io.files import write_atomic, write_json_atomic
+    from interlayer.io.files import write_json_atomic, write_safetensors_atomic
 
     cfg = sae.cfg
     if cfg.arch not in EXPORTABLE or cfg.authors_exact:
@@ -200,7 +198,7 @@ def to_sparsify(sae: "SAE", out: str | Path) -> Path:
                               f"from d_in={cfg.d_in}")
     tensors, transcode = _sparsify_tensors(sae)
     out = Path(out)
-    write_atomic(out / WEIGHTS, save(tensors, metadata={"format": "pt"}))
+    write_safetensors_atomic(out / WEIGHTS, tensors, metadata={"format": "pt"})
     write_json_atomic(out / CONFIG, {"activation": cfg.arch, "expansion_factor": max(1, cfg.d_sae // cfg.d_in),
                                      "normalize_decoder": True, "num_latents": cfg.d_sae, "k": int(cfg.k),
                                      "multi_topk": False, "skip_connection": cfg.skip is not None,
