@@ -114,10 +114,8 @@ class StepProcessor:
         if not self.iks_layers:
             return {}
         source = self.rows if self.opts.metric == "cosine" else decoded
-        mid = torch.stack([source[_mid(l)] for l in self.iks_layers])
-        post = torch.stack([source[_post(l)] for l in self.iks_layers])
-        values = iks(mid, post, self.opts.metric)
-        return {l: values[i] for i, l in enumerate(self.iks_layers)}
+        # layer by layer, without stacking copies of every layer's logits
+        return {l: iks(source[_mid(l)][None], source[_post(l)][None], self.opts.metric)[0] for l in self.iks_layers}
 
     def _fusion_layer(self, values: dict[int, torch.Tensor], b: int) -> torch.Tensor:
         if self.opts.layer is not None:
