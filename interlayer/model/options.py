@@ -1,7 +1,8 @@
 """The options that name and load a model: :class:`ModelOptions`, the option group of
 every command that loads one (``--model``, ``--device``, ``--dtype``,
 ``--trust-remote-code``, ``--attn-implementation``, ``--compile``, and the placement options
-``--device-map``, ``--max-memory``, ``--offload-folder``, ``--revision``, ``--quantization``). It sits with the
+``--device-map``, ``--max-memory``, ``--offload-folder``, ``--revision``, ``--quantization``,
+``--no-check-sites``). It sits with the
 model, below the store, so that a method's config takes it without importing the store."""
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ModelOptions(Options):
     quantization: str | None = option(None, "load quantised with bitsandbytes (needs the bitsandbytes package and "
                                             "usually a GPU); other schemes from Python (quantization_config=)",
                                       choices=QUANTIZATIONS, group="model")
+    check_sites: bool = option(True, "check at load that each resid_post site equals the model's own hidden state "
+                                     "(--no-check-sites skips it: about 0.1 s)", group="model")
 
     def load(self) -> "ModelAdapter":
         """Load the model these options name (see :func:`interlayer.load_model`)."""
@@ -64,6 +67,8 @@ class ModelOptions(Options):
         for name in ("device_map", "max_memory", "offload_folder", "revision"):
             if getattr(self, name) is not None:
                 extra[name] = self.parsed(name)
+        if not self.check_sites:
+            extra["check_sites"] = False
         if self.quantization is not None:
             dtype = parse_dtype(self.dtype if self.dtype not in (None, "auto") else "bfloat16")
             extra["quantization_config"] = quantization_for(self.quantization, dtype)

@@ -140,7 +140,7 @@ def _capture(adapter: Any, ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], 
         raise SiteIdentityError(
             f"{type(adapter.model).__name__} returned {got} and fired {len(seen)} of {len(sites)} site hooks; "
             f"expected {adapter.n_layers + 1} hidden_states (embedding + one per block); "
-            "pass load_model(..., check_sites=False) to skip this check"
+            "pass load_model(..., check_sites=False) or --no-check-sites to skip this check"
         )
     return seen, tuple(hidden)
 
@@ -149,7 +149,7 @@ def _mismatch(adapter: Any, site: str, entry: str, diff: float, tol: float) -> S
     return SiteIdentityError(
         f"{adapter.model_type}: site {site} differs from the model's {entry} by up to {diff:.3g} "
         f"(tolerance {tol:.3g}); its entry in interlayer.model.architectures does not fit this model "
-        "(pass load_model(..., check_sites=False) to load it unchecked)"
+        "(pass load_model(..., check_sites=False) or --no-check-sites to load it unchecked)"
     )
 
 

@@ -185,3 +185,17 @@ def test_the_command_line_takes_the_placement_flags():
     args = parser.parse_args(["info", "--device-map", "auto", "--max-memory", "cpu=1GiB", "--dtype", "auto",
                               "--revision", "main", "--offload-folder", "off"])
     assert (args.device_map, args.max_memory, args.dtype, args.revision) == ("auto", "cpu=1GiB", "auto", "main")
+
+
+def test_no_check_sites_reaches_load_model_and_the_check_runs_by_default(monkeypatch):
+    from interlayer.cli import dispatch as cli
+    from interlayer.model import loading
+
+    seen = []
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: seen.append(k) or "model")
+    parser = cli.build_parser(cli.discover())
+    assert parser.parse_args(["info"]).check_sites is True
+    assert parser.parse_args(["info", "--no-check-sites"]).check_sites is False
+    ModelOptions().load()
+    ModelOptions(check_sites=False).load()
+    assert "check_sites" not in seen[0] and seen[1]["check_sites"] is False
