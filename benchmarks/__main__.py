@@ -58,6 +58,9 @@ def full_set() -> dict[str, tuple[str, list[str]]]:
                                      "--out", str(RESULTS / "steering.json")]),
         # issue 26: logit, tuned and Jacobian lenses on both embedded models (a findings run, not a ratio)
         "lens_comparison": ("lens_comparison.py", ["--out", str(RESULTS / "lens_comparison.json")]),
+        # issue 27: peak memory of every command on random bf16 weights of published 1-3B configs
+        "scale_llama": ("scale.py", ["--config", "llama-3.2-1b", "--out", str(RESULTS / "scale_cpu_llama-3.2-1b.json")]),
+        "scale_gemma": ("scale.py", ["--config", "gemma-2-2b", "--out", str(RESULTS / "scale_cpu_gemma-2-2b.json")]),
     }
 
 
@@ -80,6 +83,8 @@ def quick_set(out: Path) -> dict[str, tuple[str, list[str]]]:
         "steering": ("steering.py", ["--prompts", "4", "--batch-size", "4", "--new-tokens", "4", "--repeats", "1",
                                      "--sweep-repeats", "1", "--vector-repeats", "1", "--vector-pairs", "4",
                                      "--out", str(out / "steering.json")]),
+        "scale_llama": ("scale.py", ["--config", "tiny", "--tasks", "collect,collect_x10", "--tokens", "32",
+                                     "--work", str(out / "scale"), "--out", str(out / "scale.json")]),
     }
 
 

@@ -10,6 +10,8 @@
 #   llama_all       Llama-3.1-8B config (made on the GPU), all 32 layers, 8 x 512
 #   sae             benchmarks/sae.py --device cuda $SAE_FLAGS (TopK step against sparsify, SAELens)
 #   topafa          benchmarks/topafa.py --device cuda $TOPAFA_FLAGS (top-AFA selection + encoder)
+#   scale_8b        benchmarks/scale.py, Llama-3.1-8B config (random bf16 weights, built on the host):
+#                   peak host RSS and GPU memory of collect/cache (x1, x10), lens logit, sae train
 #   gemma_all_compiled, gemma_fit, llama_l8, llama_all_compiled, gemma_l8_compiled
 # Writes $RESULTS/gpu_<device>_<step>.json (<device> from nvidia-smi: h200, h100, ...) and
 # $RESULTS/gpu_<device>_suite.json (each step's status and seconds); where $OUT is set (the
@@ -96,6 +98,9 @@ if [ -f benchmarks/topafa.py ]; then
 else
     echo "== topafa: benchmarks/topafa.py missing"; printf 'topafa\tmissing\t0\t\n' >> "$SUMMARY"
 fi
+SCALE=$([ "$DRY_RUN" = 1 ] && echo tiny || echo llama-3.1-8b)
+step scale_8b 200 $PY -m benchmarks.scale --config $SCALE --tasks collect,collect_x10,cache,cache_x10,lens_logit,sae_train \
+    --timeout 60 --out "${P}_scale_${SCALE}.json"
 if [ -d .gpu ]; then  # carried: a trained top-AFA SAE (.gpu/topafa_sel, fp16) and 4,096 of its rows (.gpu/rows_l8.safetensors)
     step sae_selection_trained 40 $PY benchmarks/sae.py --device $DEVICE --sae .gpu/topafa_sel --rows .gpu/rows_l8.safetensors \
         --batch 4096 --rounds 5 --selection-only --out "${P}_sae_selection_trained.json"

@@ -20,7 +20,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 PACKAGES="nnsight transformer-lens sae-lens eai-sparsify plotly gguf
   pydantic pydantic-core annotated-types typing-inspection greenlet googleapis-common-protos
   better-abc datasets dill multiprocess zstandard fancy-einsum beartype typeguard transformers-stream-generator
-  docstring-parser natsort schedulefree simple-parsing platformdirs"
+  docstring-parser natsort schedulefree simple-parsing platformdirs psutil"
 mkdir -p "$DIR"
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"

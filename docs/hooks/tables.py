@@ -6,7 +6,9 @@
 * ``sae-sweep``: the Gemma ``resid_post.8`` SAE sweep, from
   ``benchmarks/results/sae_gemma_sweep_pareto.csv``;
 * ``knowledge-qa``: the QA table of the knowledge-layer findings, from
-  ``benchmarks/results/knowledge_findings_<model>.json``."""
+  ``benchmarks/results/knowledge_findings_<model>.json``;
+* ``scale-memory``: the peak memory of every command at real model sizes, from
+  ``benchmarks/results/scale_cpu_*.json`` (``benchmarks/scale.py``)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ SCRIPTS = (
     (r"^knowledge_.*_(closed|open)\.json$", "`knowledge.py`"),
     (r"^foundation\.json$", "`foundation.py`"),
     (r"^distributed", "`distributed.py`"),
+    (r"^scale_", "`scale.py`"),
 )
 
 
@@ -193,7 +196,19 @@ def knowledge_qa() -> str:
     return "\n".join(rows) + f"\n\nGenerated from {files} in `benchmarks/results/`."
 
 
-GENERATORS = {"benchmark-results": benchmark_results, "sae-sweep": sae_sweep, "knowledge-qa": knowledge_qa}
+def scale_memory() -> str:
+    """The peak RSS of every command at real model sizes, from
+    ``benchmarks/results/scale_cpu_*.json`` (the table of ``benchmarks/scale.py --table``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("interlayer_bench_scale", ROOT / "benchmarks" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.table([str(p) for p in sorted(RESULTS.glob("scale_cpu_*.json"))])
+
+
+GENERATORS = {"benchmark-results": benchmark_results, "sae-sweep": sae_sweep, "knowledge-qa": knowledge_qa,
+              "scale-memory": scale_memory}
 
 
 def fill(markdown: str) -> str:

@@ -113,3 +113,14 @@ def test_findings_tables_carry_the_result_files_numbers():
     for path in tables.RESULTS.glob("knowledge_findings_*.json"):
         record = json.loads(path.read_text(encoding="utf-8"))
         assert record["model"] in qa
+
+
+def test_scale_table_has_every_command_of_every_result_file():
+    table = tables.fill("<!-- generated: scale-memory -->")
+    paths = sorted(tables.RESULTS.glob("scale_cpu_*.json"))
+    assert paths, "the scale results are committed"
+    for path in paths:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        for name, task in record["tasks"].items():
+            line = next(l for l in table.splitlines() if l.startswith(f"| {record['config']} (") and f"| {name} |" in l)
+            assert f"| {task['peak_rss_mb']:,.0f} |" in line, line

@@ -33,7 +33,7 @@ def test_list_names_every_benchmark():
                          check=True).stdout
     names = [line.split()[0] for line in out.splitlines()]
     assert names == ["store", "store_layer8", "cache", "cache_3layers", "sae", "topafa", "mexa", "steering",
-                     "lens_comparison"]
+                     "lens_comparison", "scale_llama", "scale_gemma"]
     assert "--layer 8" in out.splitlines()[1]
 
 
