@@ -99,8 +99,9 @@ else
     echo "== topafa: benchmarks/topafa.py missing"; printf 'topafa\tmissing\t0\t\n' >> "$SUMMARY"
 fi
 SCALE=$([ "$DRY_RUN" = 1 ] && echo tiny || echo llama-3.1-8b)
+TOKENIZER=$([ -d "$WHEELS/../tokenizer-smollm2" ] && echo "--tokenizer $WHEELS/../tokenizer-smollm2")  # no embedded model there
 step scale_8b 200 $PY -m benchmarks.scale --config $SCALE --tasks collect,collect_x10,cache,cache_x10,lens_logit,sae_train \
-    --timeout 60 --out "${P}_scale_${SCALE}.json"
+    --timeout 60 $TOKENIZER --out "${P}_scale_${SCALE}.json"
 if [ -d .gpu ]; then  # carried: a trained top-AFA SAE (.gpu/topafa_sel, fp16) and 4,096 of its rows (.gpu/rows_l8.safetensors)
     step sae_selection_trained 40 $PY benchmarks/sae.py --device $DEVICE --sae .gpu/topafa_sel --rows .gpu/rows_l8.safetensors \
         --batch 4096 --rounds 5 --selection-only --out "${P}_sae_selection_trained.json"

@@ -35,5 +35,8 @@ for name in $PACKAGES; do
     fi
     echo "$name==$version"
 done
+# SmolLM2's tokenizer for benchmarks/scale.py's random checkpoints (the embedded model does not travel)
+"$PYTHON" -c "import sys; from transformers import AutoTokenizer; from interlayer.model.loading import ensure_converted
+AutoTokenizer.from_pretrained(ensure_converted('smollm2-135m-instruct')).save_pretrained(sys.argv[1])" "$DIR/../tokenizer-smollm2"
 ls "$DIR"/*.whl | wc -l | xargs echo "wheels:"
 du -sh "$DIR"

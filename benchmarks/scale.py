@@ -65,9 +65,10 @@ CONFIGS: dict[str, dict] = {
 """Published configs (sizes), by name."""
 
 
-def build_checkpoint(name: str, work: Path, seed: int = 0) -> Path:
+def build_checkpoint(name: str, work: Path, seed: int = 0, tokenizer: str | None = None) -> Path:
     """The random-weight bfloat16 checkpoint of config ``name`` under ``work`` (built once;
-    a finished one has ``.done``)."""
+    a finished one has ``.done``), with the tokenizer saved in the folder ``tokenizer``
+    (default: the embedded SmolLM2's, converted on first use)."""
     out = work / name
     if (out / ".done").is_file():
         return out
@@ -83,7 +84,7 @@ def build_checkpoint(name: str, work: Path, seed: int = 0) -> Path:
     print(f"building {name}: random weights, bfloat16 ...", flush=True)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(ensure_converted("smollm2-135m-instruct")).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer or ensure_converted("smollm2-135m-instruct")).save_pretrained(out)
     (out / ".done").write_text("ok\n")
     return out
 
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=256)
     parser.add_argument("--work", default=None, help="where checkpoints are built (default $INTERLAYER_CACHE/scale)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per task")
+    parser.add_argument("--tokenizer", default=None, help="a tokenizer folder for the checkpoint (default: the "
+                                                          "embedded SmolLM2's; on a machine without it, a copy)")
     parser.add_argument("--list", action="store_true", help="print the tasks' command lines, run nothing")
     parser.add_argument("--out", default=None)
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of these results, run nothing")
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in chosen:
             print(name, " ".join(commands[name][0]))
         return 0
-    ckpt = build_checkpoint(args.config, work)
+    ckpt = build_checkpoint(args.config, work, tokenizer=args.tokenizer)
     weights = weights_bytes(ckpt)
     bound_mb = (weights + args.memory_mb * 2**20 + 1.5 * GIB) / 2**20
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
