@@ -275,7 +275,44 @@ def table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(name: str, command: tuple[list[str], int], config: str, bound_mb: float, env: dict[str, str],
+            timeout: float) -> dict:
+    """Run one task's command and judge its peak against ``bound_mb`` (``sae train`` also
+    against the bound with its SAE's state, :func:`sae_state_mb`); prints one line."""
+    cmd, tokens = command
+    print(f"== {name}", flush=True)
+    res = run_measured(cmd, env, timeout)
+    res["tokens"] = tokens
+    res["within_bound"] = res["peak_rss_mb"] <= bound_mb
+    if name == "sae_train":  # the SAE being trained is weights too: the bound with its state (see sae_state_mb)
+        res["sae_state_mb"] = sae_state_mb(CONFIGS[config]["hidden_size"])
+        res["bound_with_sae_state_mb"] = bound_mb + res["sae_state_mb"]
+        res["within_bound_with_sae_state"] = res["peak_rss_mb"] <= res["bound_with_sae_state_mb"]
+    if tokens and res["timed_s"]:
+        res["s_per_token"] = res["timed_s"] / tokens
+    sae = (f"; with the SAE's state {res['bound_with_sae_state_mb']:.0f}: "
+           f"{'ok' if res['within_bound_with_sae_state'] else 'OVER'}") if "sae_state_mb" in res else ""
+    print(f"   rc={res['rc']} wall={res['wall_s']:.1f}s peak={res['peak_rss_mb']:.0f} MiB "
+          f"(bound {bound_mb:.0f}) {'ok' if res['within_bound'] else 'OVER'}{sae}", flush=True)
+    return res
+
+
+def summarise(args: argparse.Namespace, weights: int, bound_mb: float, results: dict[str, dict]) -> dict:
+    """The result file's record: the config, the device, the bound, the headline ratios and every task."""
+    import torch
+
+    flat, marginal = per_token_growth(results)
+    device = (f"{torch.cuda.get_device_name(0)} (the commands' default device), host {os.cpu_count()} cores"
+              if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
+    return {"config": args.config, "config_fields": CONFIGS[args.config], "dtype": "bfloat16", "device": device,
+            "weights_mb": weights / 2**20, "memory_mb": args.memory_mb, "bound_mb": bound_mb,
+            "model": f"{args.config} config, random bfloat16 weights", **headlines(results, bound_mb),
+            "tokens": args.tokens, "tasks": results, "s_per_token_ratio_x10": flat,
+            "marginal_s_per_token_x10": marginal,
+            "note": "random weights of the published config's sizes; SmolLM2's tokenizer"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="llama-3.2-1b")
     parser.add_argument("--tasks", default=",".join(TASKS),
@@ -290,21 +327,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of these results, run nothing")
     args = parser.parse_args(argv)
+    args.chosen = [t for t in args.tasks.split(",") if t]
+    unknown = [t for t in args.chosen if t not in TASKS + OPTIONAL_TASKS]
+    if unknown and not args.table:
+        parser.error(f"unknown task(s) {', '.join(unknown)}; valid choices: {', '.join(TASKS + OPTIONAL_TASKS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.table:
         print(table(args.table))
         return 0
-    chosen = [t for t in args.tasks.split(",") if t]
-    unknown = [t for t in chosen if t not in TASKS + OPTIONAL_TASKS]
-    if unknown:
-        parser.error(f"unknown task(s) {', '.join(unknown)}; valid choices: {', '.join(TASKS + OPTIONAL_TASKS)}")
     from interlayer.model.conversion_cache import cache_root
 
     work = Path(args.work) if args.work else cache_root() / "scale"
     tmp = work / f"{args.config}-runs"
-    ckpt = work / args.config
-    commands = tasks(ckpt, tmp, args.tokens, args.memory_mb, CONFIGS[args.config]["num_hidden_layers"])
+    commands = tasks(work / args.config, tmp, args.tokens, args.memory_mb, CONFIGS[args.config]["num_hidden_layers"])
     if args.list:
-        for name in chosen:
+        for name in args.chosen:
             print(name, " ".join(commands[name][0]))
         return 0
     ckpt = build_checkpoint(args.config, work, tokenizer=args.tokenizer)
@@ -312,39 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     bound_mb = (weights + args.memory_mb * 2**20 + 1.5 * GIB) / 2**20
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
-    for name in chosen:
+    for name in args.chosen:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        cmd, tokens = commands[name]
-        print(f"== {name}", flush=True)
-        res = run_measured(cmd, env, args.timeout)
-        res["tokens"] = tokens
-        res["within_bound"] = res["peak_rss_mb"] <= bound_mb
-        if name == "sae_train":  # the SAE being trained is weights too: the bound with its state (see sae_state_mb)
-            res["sae_state_mb"] = sae_state_mb(CONFIGS[args.config]["hidden_size"])
-            res["bound_with_sae_state_mb"] = bound_mb + res["sae_state_mb"]
-            res["within_bound_with_sae_state"] = res["peak_rss_mb"] <= res["bound_with_sae_state_mb"]
-        if tokens and res["timed_s"]:
-            res["s_per_token"] = res["timed_s"] / tokens
-        results[name] = res
-        sae = (f"; with the SAE's state {res['bound_with_sae_state_mb']:.0f}: "
-               f"{'ok' if res['within_bound_with_sae_state'] else 'OVER'}") if "sae_state_mb" in res else ""
-        print(f"   rc={res['rc']} wall={res['wall_s']:.1f}s peak={res['peak_rss_mb']:.0f} MiB "
-              f"(bound {bound_mb:.0f}) {'ok' if res['within_bound'] else 'OVER'}{sae}", flush=True)
-    flat, marginal = per_token_growth(results)
-    import torch
-
-    device = (f"{torch.cuda.get_device_name(0)} (the commands' default device), host {os.cpu_count()} cores"
-              if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
-    summary = {"config": args.config, "config_fields": CONFIGS[args.config], "dtype": "bfloat16", "device": device,
-               "weights_mb": weights / 2**20, "memory_mb": args.memory_mb, "bound_mb": bound_mb,
-               "model": f"{args.config} config, random bfloat16 weights", **headlines(results, bound_mb),
-               "tokens": args.tokens, "tasks": results, "s_per_token_ratio_x10": flat,
-               "marginal_s_per_token_x10": marginal,
-               "note": "random weights of the published config's sizes; SmolLM2's tokenizer"}
+        results[name] = measure(name, commands[name], args.config, bound_mb, env, args.timeout)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(summarise(args, weights, bound_mb, results), indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0 if all(r["rc"] == 0 and r.get("within_bound_with_sae_state", r["within_bound"])
                     for r in results.values()) else 1
