@@ -24,7 +24,6 @@ The options are :class:`~interlayer.store.options.CollectOptions`; the on-disk c
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from ..model.sites import Site, parse_site
 from .capture import LOGITS, Capture, Edit, check_edits, chunk_rows, run_shared
 from .guards import PaddingOracle, logit_effects
 from .host import HostRows, host_stage
-from .inputs import TokenSequence, Tokenized, contexts_for_tokens, make_batch, unpacked_batches
+from .batching import plan_batches as _plan
+from .inputs import contexts_for_tokens, make_batch
 from .options import MODEL_DTYPE, CollectOptions, check_inputs, check_sites, resolve_storage_dtype, storage_dtype_name
 from .selection import POOLED, Selector
 from .write_gates import EditEffect, warn_no_ops
@@ -126,43 +126,11 @@ class Activations:
 
 
 # ----------------------------------------------------------------- passes
-def _plan(model: ModelAdapter, inputs: Any, opts: CollectOptions) -> tuple[Iterator[list[TokenSequence]], int | None]:
-    """Batches of sequences, and the number of sequences when known up front (an
-    upper bound for packed contexts with a ``limit`` or ``tokens``, and for unpacked
-    inputs longer than one window; ``None`` for a file or a generator). Both stream:
-    unpacked inputs are tokenized and sorted by length one window at a time
-    (:func:`~interlayer.store.inputs.unpacked_batches`)."""
-    tok = Tokenized(model, opts.max_length)
-    if opts.context_length is not None:
-        contexts = tok.packed(inputs, opts.context_length, opts.text_field)
-        limit = opts.limit
-        if opts.tokens is not None:  # the first contexts of the stream that hold them, less those skipped
-            limit = max(0, contexts_for_tokens(model, opts.tokens, opts.context_length) - opts.skip)
-        if opts.skip or limit is not None:
-            contexts = itertools.islice(contexts, opts.skip, None if limit is None else opts.skip + limit)
-
-        keep = opts.keep_batches or (lambda _: True)
-
-        def sequential() -> Iterator[list[TokenSequence]]:
-            chunk: list[TokenSequence] = []
-            number = opts.skip // opts.batch_size
-            for context in contexts:
-                chunk.append(context)
-                if len(chunk) == opts.batch_size:
-                    if keep(number):
-                        yield chunk
-                    chunk, number = [], number + 1
-            if chunk and keep(number):
-                yield chunk
-
-        return sequential(), limit
-    return unpacked_batches(tok, inputs, opts.batch_size, opts.text_field, opts.limit)
-
-
 def stream(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
            *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
-           batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-           storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+           batch_size: int = 8, batch_tokens: int | None = None, context_length: int | None = None,
+           padding_side: str = "right", storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0,
+           rows_per_chunk: int | None = None,
            output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
            logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
            limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -190,8 +158,9 @@ def _check_call(inputs: Any, sites: Any, opts: CollectOptions) -> None:
 def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                     variants: Sequence[Mapping[str, Any] | None],
                     *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
-                    batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-                    storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+                    batch_size: int = 8, batch_tokens: int | None = None, context_length: int | None = None,
+                    padding_side: str = "right", storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0,
+                    rows_per_chunk: int | None = None,
                     output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
                     logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
                     limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -322,8 +291,9 @@ def _place(assemblies: list[Assembly], chunks: list[Activations]) -> None:
 
 def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
-            batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-            storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+            batch_size: int = 8, batch_tokens: int | None = None, context_length: int | None = None,
+            padding_side: str = "right", storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0,
+            rows_per_chunk: int | None = None,
             output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
             logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
             limit: int | None = None, tokens: int | None = None, skip: int = 0,
@@ -342,13 +312,13 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
         select: which rows to keep: ``"tokens"``, ``"last"``, ``"positions"``, ``"mean"`` or ``"weighted_mean"``.
         positions: for ``select="positions"``, the positions to keep in each input sequence.
         batch_size: sequences per forward pass.
+        batch_tokens: most padded tokens per pass (unpacked inputs; :mod:`~interlayer.store.batching`).
         context_length: pack documents into contexts of this many tokens (BOS first);
             ``None`` keeps each input as one sequence.
         padding_side: pad on the ``"left"`` or the ``"right"``; results are the same either way.
         storage_dtype: the dtype rows are stored in: ``"model"`` (the default: the model's own
-            dtype, so a bfloat16 model gives bfloat16 rows and a float32 one float32 rows; pooled
-            means, computed in float32, stay float32),
-            float32, bfloat16 or float16 (or bf16, fp16). Logits are always float32.
+            dtype; pooled means, computed in float32, stay float32), float32, bfloat16 or
+            float16 (or bf16, fp16). Logits are always float32.
         memory_mb: budget for the preallocated device buffers, MiB.
         rows_per_chunk: chunks of :func:`stream` of at most this many rows (whole batches, at
             least one) instead of what ``memory_mb`` holds; exactly this many when every batch
@@ -384,8 +354,9 @@ def collect(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
 def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                      variants: Sequence[Mapping[str, Any] | None],
                      *, select: str = "tokens", positions: Sequence[Sequence[int]] | None = None,
-                     batch_size: int = 8, context_length: int | None = None, padding_side: str = "right",
-                     storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0, rows_per_chunk: int | None = None,
+                     batch_size: int = 8, batch_tokens: int | None = None, context_length: int | None = None,
+                     padding_side: str = "right", storage_dtype: str = MODEL_DTYPE, memory_mb: float = 256.0,
+                     rows_per_chunk: int | None = None,
                      output_device: str = "cpu", max_length: int | None = None, text_field: str = "text",
                      logits: bool = False, edits: Mapping[str, Any] | None = None, progress: bool = True,
                      limit: int | None = None, tokens: int | None = None, skip: int = 0,

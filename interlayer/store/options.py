@@ -169,6 +169,10 @@ class CollectOptions(KeywordOptions):
                                        "its buffers over, so up to two chunks' buffers live there at once). On a GPU, "
                                        "'model' spares a copy to the host and back for consumers that work on the GPU",
                                 choices=OUTPUT_DEVICES)
+    batch_tokens: int | None = option(None, "unpacked sequences: at most this many padded tokens (sequences x "
+                                            "longest) in one forward pass, a longer batch split in order; default: "
+                                            "what 256 MiB holds of the model's per-token forward activations "
+                                            "(interlayer.store.batching)", min=1)
     max_length: int | None = option(None, "truncate longer sequences (default: the model's context), with a warning",
                                     min=1)
     text_field: str = option("text", "column or JSON field holding the text")

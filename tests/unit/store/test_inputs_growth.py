@@ -23,9 +23,12 @@ BOS, EOS, VOCAB = 1, 2, 50_000
 
 
 def _model(max_positions: int = 4096):
-    """What tokenizing and batching token ids read from a model, and nothing else."""
+    """What tokenizing and batching token ids read from a model (its widths for the
+    per-pass token budget, interlayer.store.batching), and nothing else."""
+    config = types.SimpleNamespace(intermediate_size=64, num_attention_heads=4)
     return types.SimpleNamespace(tokenizer=None, max_positions=max_positions, bos_token_id=BOS, eos_token_id=EOS,
-                                 pad_token_id=0, vocab_size=VOCAB, name="stand-in", device=torch.device("cpu"))
+                                 pad_token_id=0, vocab_size=VOCAB, name="stand-in", device=torch.device("cpu"),
+                                 model=types.SimpleNamespace(config=config), d_model=32, dtype=torch.float32)
 
 
 def _document(n: int) -> list[int]:

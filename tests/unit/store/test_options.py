@@ -17,6 +17,7 @@ from interlayer.store.options import CollectOptions, KeywordOptions
     ({"skip": -1}, "skip must be an integer of at least 0, got -1"),
     ({"context_length": 1}, "context_length must be an integer of at least 2, got 1"),
     ({"rows_per_chunk": 0}, "rows_per_chunk must be an integer of at least 1, got 0"),
+    ({"batch_tokens": 0}, "batch_tokens must be an integer of at least 1, got 0"),
     ({"memory_mb": 0.0}, "memory_mb must be greater than 0, got 0.0"),
     ({"output_device": "gpu"}, "output_device='gpu'; valid choices: 'cpu', 'model'"),
     ({"padding_side": "up"}, "padding_side='up'; valid choices: 'left', 'right'"),
@@ -30,7 +31,7 @@ def test_collect_options_check_their_declared_bounds(given, says):
 def test_every_bound_is_declared_in_the_field():
     declared = {f.name for f in dataclasses.fields(CollectOptions)
                 if f.metadata.get("min") is not None or f.metadata.get("choices") or f.metadata.get("above") is not None}
-    assert declared == {"select", "batch_size", "context_length", "padding_side", "memory_mb", "rows_per_chunk",
+    assert declared == {"select", "batch_size", "batch_tokens", "context_length", "padding_side", "memory_mb", "rows_per_chunk",
                         "output_device", "max_length", "limit", "tokens", "skip"}
 
 
