@@ -87,7 +87,7 @@ class Capture:
 
     def __init__(self, model: ModelAdapter, sites: list[Site], dtype: torch.dtype, capacity: int, logits: bool,
                  edits: Mapping[str, Edit] | None = None, stage: HostStage | None = None,
-                 check_edits: bool = True) -> None:
+                 check_edits: bool = True, shared: frozenset[str] = frozenset()) -> None:
         self.model = model
         self.stage = stage
         self.sites = sites
@@ -95,6 +95,7 @@ class Capture:
         self.capacity = capacity
         self.logits = logits
         self.edits = dict(edits or {})
+        self.shared = shared  # sites whose edits every capture of the run has (see run_shared)
         self.gates = EditGates(lambda name: model.site(name).order) if self.edits and check_edits else None
         self.buffers: dict[str, torch.Tensor] = {}
         self._allocate()
@@ -123,8 +124,10 @@ class Capture:
         """The deepest block this capture's pass can skip by replaying a clean pass over
         the same batch (see :meth:`ModelAdapter.resume_after`): the block before its first
         read or edit, or that read's or edit's own block for ``resid_post``; ``None`` if
-        it must run from the start."""
-        edited = [*self.edits, *(e.source for e in self.edits.values() if e.source is not None)]
+        it must run from the start. Edits every capture shares (:attr:`shared`) do not
+        count: the prefix it resumes from was computed with them."""
+        own = {name: e for name, e in self.edits.items() if name not in self.shared}
+        edited = [*own, *(e.source for e in own.values() if e.source is not None)]
         first = min([_start(s) for s in self.sites] + [_start(self.model.site(n)) for n in edited]
                     + [self.model.n_layers])
         return first - 1 if first >= 1 else None
@@ -163,21 +166,23 @@ class Capture:
         self.sequences += int(batch.input_ids.shape[0])
         return recorded
 
-    def _edit_hooks(self, batch: Batch) -> dict[str, list[SiteFn]]:
-        """The edits' hooks; a source site gets a hook keeping its activation (after
-        any edit there) for the edit that reads it."""
+    def _edit_hooks(self, batch: Batch, only: frozenset[str] | None = None) -> dict[str, list[SiteFn]]:
+        """The edits' hooks (of the sites in ``only``, ungated, when given: a shared
+        prefix's); a source site gets a hook keeping its activation (after any edit
+        there) for the edit that reads it."""
         hooks: dict[str, list[SiteFn]] = {}
         token_rows = None
         kept: dict[str, torch.Tensor] = {}
-        for name, edit in self.edits.items():
+        edits = self.edits if only is None else {k: v for k, v in self.edits.items() if k in only}
+        for name, edit in edits.items():
             if edit.rows == "tokens" and token_rows is None:
                 token_rows = (batch.attention_mask.bool() & ~batch.bos).to(self.model.device)
             hook = _apply_edit(edit, token_rows, kept)
-            if self.gates is not None:
+            if self.gates is not None and only is None:
                 measured = token_rows if edit.rows == "tokens" else batch.attention_mask.bool().to(self.model.device)
                 hook = self.gates.wrap(name, hook, measured, copies_input=edit.rows == "tokens" or edit.source is not None)
             hooks.setdefault(name, []).append(hook)
-        for edit in self.edits.values():
+        for edit in edits.values():
             if edit.source is not None:
                 hooks.setdefault(edit.source, []).append(lambda x, src=edit.source: kept.__setitem__(src, x))
         return hooks
@@ -324,19 +329,22 @@ def check_edits(model: ModelAdapter, edits: Mapping[str, Any] | None) -> dict[st
 
 
 def run_shared(model: ModelAdapter, captures: list[Capture], batch: Batch, selector: Selector) -> None:
-    """Run one batch through every capture; with several, the edited ones resume from
-    the clean prefix (recorded by the first unedited capture, or by a prefix-only pass)."""
+    """Run one batch through every capture; with several, the others resume from the
+    shared prefix: the pass with only the edits every capture shares (:attr:`Capture.shared`;
+    none: the clean pass), recorded by the first capture that has only those, or by a
+    prefix-only pass."""
     if len(captures) == 1:
         captures[0].run(batch, selector)
         return
-    clean = next((c for c in captures if not c.edits), None)
+    clean = next((c for c in captures if set(c.edits) <= c.shared), None)
     resumers = [c for c in captures if c is not clean and c.resume_layer is not None]
     needed = sorted({c.resume_layer for c in resumers})
     if clean is not None:
         recorded = clean.run(batch, selector, record=needed)
     elif needed:
+        hooks = captures[0]._edit_hooks(batch, only=captures[0].shared)
         with model.record_outputs(needed) as recorded:
-            model.forward(batch.input_ids, batch.attention_mask, stop_after_layer=needed[-1])
+            model.forward(batch.input_ids, batch.attention_mask, hooks=hooks, stop_after_layer=needed[-1])
     for capture in captures:
         if capture is clean:
             continue

@@ -173,26 +173,38 @@ def stream_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str 
 
     Each batch's clean prefix is computed once: a variant resumes right before its first
     edited (or read) block from the clean pass's output there, so a sweep of
-    interventions at layer ``l`` costs the blocks after ``l`` only. Results equal
-    separate :func:`stream` calls with each variant's ``edits`` (to float rounding).
-    The keyword arguments are those of :func:`collect` (``edits`` excepted).
+    interventions at layer ``l`` costs the blocks after ``l`` only. ``edits=`` are
+    shared: every variant has them too, and the prefix the variants resume from is the
+    pass with those edits alone (activation patching: a corruption in ``edits=``, one
+    restoration per variant; :mod:`interlayer.store.patching`). Results equal separate
+    :func:`stream` calls with each variant's edits (and the shared ones), to float
+    rounding. The keyword arguments are those of :func:`collect`.
     """
     opts = CollectOptions.of_call(options, locals())
-    _check_variants(inputs, sites, opts, variants)
-    return _passes(model, inputs, sites, opts, list(variants))
+    merged, shared = _check_variants(model, inputs, sites, opts, variants)
+    return _passes(model, inputs, sites, opts, merged, shared=shared)
 
 
-def _check_variants(inputs: Any, sites: Any, opts: CollectOptions, variants: Any) -> None:
-    if opts.edits:
-        raise InterlayerError("give the edits of each variant in variants=[...], not edits=")
+def _check_variants(model: ModelAdapter, inputs: Any, sites: Any, opts: CollectOptions,
+                    variants: Any) -> tuple[list[Mapping[str, Any]], frozenset[str]]:
+    """The variants with the shared ``edits=`` added to each, and the shared sites."""
     if isinstance(variants, Mapping) or not isinstance(variants, Sequence) or not variants:
         raise InterlayerError("variants must be a non-empty list of edits mappings ({} for the clean pass)")
     _check_call(inputs, sites, opts)
+    shared = check_edits(model, opts.edits)
+    merged = []
+    for number, variant in enumerate(variants):
+        own = check_edits(model, variant)
+        if clash := sorted(set(own) & set(shared)):
+            raise InterlayerError(f"variant {number} edits {clash[0]!r}, which edits= edits in every variant; "
+                                  "combine the two into one function")
+        merged.append({**shared, **own})
+    return merged, frozenset(shared)
 
 
 def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site], opts: CollectOptions,
             variants: list[Mapping[str, Any] | None], plan: tuple[Iterator[Any], int | None] | None = None,
-            ) -> Iterator[list[Activations]]:
+            shared: frozenset[str] = frozenset()) -> Iterator[list[Activations]]:
     """The store's passes, one chunk (a list: one :class:`Activations` per variant) at a
     time. Where the rows reach the host asynchronously, chunk n is handed over once the
     first batch of chunk n + 1 is launched and chunk n's copies are done."""
@@ -215,7 +227,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
                 rows_hint = selector.n_rows * (math.ceil(n_sequences / len(group)) if n_sequences else 1 << 30)
                 size = max(1, min(capacity, rows_hint))  # a larger batch gets buffers of its own size
                 captures = [Capture(model, site_list, dtype, size, opts.logits, e, host_stage(model.device, on_device),
-                                    check_edits=opts.check_edits) for e in edits]
+                                    check_edits=opts.check_edits, shared=shared) for e in edits]
                 if opts.logit_effects:  # the first batch, against a clean control pass
                     logit_effects(model, captures, batch)
             if captures[0].fill + selector.n_rows > captures[0].capacity and captures[0].fill:
@@ -254,7 +266,7 @@ def _deliver(pending: Pending, model: ModelAdapter, select: str) -> list[Activat
 
 
 def _collect(model: ModelAdapter, inputs: Any, sites: Any, opts: CollectOptions,
-             variants: list[Mapping[str, Any] | None]) -> list[Activations]:
+             variants: list[Mapping[str, Any] | None], shared: frozenset[str] = frozenset()) -> list[Activations]:
     """:func:`collect_variants` (and :func:`collect`, one variant): the passes of a plan
     held whole, whose rows per sequence size each result up front; each chunk's rows are
     written to their final places (:class:`~interlayer.store.assemble.Assembly`) and the
@@ -266,7 +278,7 @@ def _collect(model: ModelAdapter, inputs: Any, sites: Any, opts: CollectOptions,
         raise InterlayerError("the inputs produced no rows to collect")
     assemblies = [Assembly(counts) for _ in variants]
     effects: list[dict[str, EditEffect]] = [{} for _ in variants]  # the last chunk's: the whole run's
-    for chunks in _passes(model, inputs, sites, opts, variants, plan=(_drain(groups), n_sequences)):
+    for chunks in _passes(model, inputs, sites, opts, variants, plan=(_drain(groups), n_sequences), shared=shared):
         _place(assemblies, chunks)
         effects = [c.edit_effects for c in chunks]
         del chunks
@@ -365,7 +377,7 @@ def collect_variants(model: ModelAdapter, inputs: Any, sites: str | Sequence[str
                      logit_effects: bool = False) -> list[Activations]:
     """:func:`collect` under several interventions, sharing each batch's clean prefix
     (see :func:`stream_variants`): one :class:`Activations` per variant, in order.
-    The keyword arguments are those of :func:`collect` (``edits`` excepted)."""
+    The keyword arguments are those of :func:`collect` (``edits``: shared by every variant)."""
     opts = CollectOptions.of_call(options, locals())
-    _check_variants(inputs, sites, opts, variants)
-    return _collect(model, inputs, sites, opts, list(variants))
+    merged, shared = _check_variants(model, inputs, sites, opts, variants)
+    return _collect(model, inputs, sites, opts, merged, shared)
