@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "interlayer.report.cli",
     "interlayer.saes.cli",
     "interlayer.steering.cli",
+    "interlayer.tracing.cli",
 )
 """The modules whose import registers the built-in commands."""
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"interlayer": "interlayer", "interlayer.lens": "lens", "interlayer.saes": "saes",
-            "interlayer.probes": "probes", "interlayer.steering": "steering", "interlayer.report": "report"}
-METHODS = ("interlayer.lens", "interlayer.saes", "interlayer.probes", "interlayer.steering", "interlayer.report")
+            "interlayer.probes": "probes", "interlayer.steering": "steering", "interlayer.report": "report",
+            "interlayer.tracing": "tracing"}
+METHODS = ("interlayer.lens", "interlayer.saes", "interlayer.probes", "interlayer.steering", "interlayer.report",
+           "interlayer.tracing")
 DISPATCHER = "interlayer.cli.dispatch"
 
 
