@@ -18,6 +18,9 @@ from .decoding_options import DecodingOptions
 from .dola import dola_contrast, dola_layers, dola_site, head_mask, repetition_penalty
 from .knowledge import candidate_layers, iks
 
+LOGITS_CHUNK_MB = 64.0
+"""MiB of float32 logits greedy decoding with IKS recording holds at once per step."""
+
 
 @dataclass
 class Step:
@@ -43,7 +46,8 @@ class StepProcessor:
     the decoding's scores, and records what it chose.
 
     Every row it needs (the final state, both sides of each candidate's FFN, DoLa's
-    layers) is decoded in one head call per step. Unless the decoding is plain greedy, the
+    layers) is decoded in one head call per step (greedy decoding recording IKS: in calls
+    of :data:`LOGITS_CHUNK_MB`). Unless the decoding is plain greedy, the
     model's own unembedding is skipped (:meth:`ModelAdapter.skip_head`) and the final
     logits come from that same call, so the unembedding is read once per step."""
 
@@ -89,11 +93,13 @@ class StepProcessor:
             self.steps = [[] for _ in range(input_ids.shape[0])]
         plan = self._plan()
         decoded: dict[str, torch.Tensor] = {}
-        if plan:
+        if self.opts.decoding == "greedy":
+            final, values = self._greedy_step(scores)
+        else:
             logits = self.decoder.layer_logits(torch.stack([self.rows[s] for s, _ in plan]), [l for _, l in plan])
             decoded = {site: logits[i] for i, (site, _) in enumerate(plan)}
-        final = decoded[plan[0][0]].to(scores.device) if self.own_head else scores.float()
-        values = self._iks(decoded)
+            final = decoded[plan[0][0]].to(scores.device) if self.own_head else scores.float()
+            values = self._iks(decoded)
         chosen: torch.Tensor | None = None
         divergences: dict[int, torch.Tensor] = {}
         if self.opts.decoding == "greedy":
@@ -107,6 +113,43 @@ class StepProcessor:
         out = repetition_penalty(out, input_ids, self.opts.penalty)
         self._note(input_ids, out, chosen, values, divergences)
         return out
+
+    def _greedy_step(self, scores: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Greedy decoding's final logits and the recorded IKS. Only the final row and, for
+        the JSD IKS, each layer's (``resid_mid``, ``resid_post``) pair need logits: they are
+        decoded :data:`LOGITS_CHUNK_MB` at a time, final row first, then pair by pair, each
+        pair's IKS taken once both sides are decoded (at Gemma-2-2B's vocabulary every
+        layer's logits at once were 0.3 GiB per step, the quick report's memory peak)."""
+        if not self.own_head:
+            return scores.float(), {}
+        last = self.model.n_layers - 1
+        order = [(_post(last), last)]
+        if self.opts.metric == "jsd":
+            order += [pair for l in self.iks_layers for pair in ((_mid(l), l), (_post(l), l)) if pair != order[0]]
+        rows = int(self.rows[order[0][0]].shape[0])
+        per = max(2, int(LOGITS_CHUNK_MB * 2**20 // max(1, rows * self.model.vocab_size * 4)))
+        final: torch.Tensor | None = None
+        values: dict[int, torch.Tensor] = {}
+        pending: dict[str, torch.Tensor] = {}
+        for start in range(0, len(order), per):
+            part = order[start:start + per]
+            logits = self.decoder.layer_logits(torch.stack([self.rows[s] for s, _ in part]), [l for _, l in part])
+            got = {site: logits[i] for i, (site, _) in enumerate(part)}
+            if final is None:
+                final = got.pop(order[0][0]).clone()
+            pending.update(got)
+            have = {**pending, order[0][0]: final}
+            for l in self.iks_layers if self.opts.metric == "jsd" else ():
+                if l not in values and _mid(l) in have and _post(l) in have:
+                    values[l] = iks(have[_mid(l)][None], have[_post(l)][None], "jsd")[0]
+                    pending.pop(_mid(l), None)
+                    pending.pop(_post(l), None)
+            pending = {k: v.clone() for k, v in pending.items()}  # a half pair outlives its chunk, not the chunk
+            del logits, got, have
+        if self.opts.metric != "jsd":
+            values = self._iks({})
+        assert final is not None
+        return final.to(scores.device), values
 
     def _iks(self, decoded: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
         """IKS of every recorded layer (:func:`~interlayer.lens.knowledge.iks`), from the

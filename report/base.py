@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,10 @@ class SectionResult:
                    payload["seconds"], payload.get("forward_calls", 0))
 
 
+SHARED_USERS: dict[str, tuple[str, ...]] = {"sample": ("logit_lens", "saturation"), "flores": ("mexa", "probes")}
+"""The sections that use each shared pass (a pass not listed is kept to the end)."""
+
+
 class ReportContext:
     """What every section gets: the model, the profile, the lens, and the shared store
     passes (each computed once, on first use, and kept for the other sections)."""
@@ -115,6 +119,15 @@ class ReportContext:
         if name not in self._shared:
             self._shared[name] = compute()
         return self._shared[name]
+
+    def release(self, remaining: Sequence[str]) -> list[str]:
+        """Drop the shared passes no section in ``remaining`` uses (:data:`SHARED_USERS`;
+        the FLORES embeddings of every layer are 0.2 GiB at Gemma-2-2B's width), so later
+        sections do not run on top of them; returns the names dropped."""
+        dropped = [n for n in self._shared if not set(SHARED_USERS.get(n, remaining)) & set(remaining)]
+        for name in dropped:
+            del self._shared[name]
+        return dropped
 
     def depth(self, layer: int | None, of: int | None = None) -> float:
         """Relative depth of block ``layer``: the fraction of blocks applied, ``(layer + 1) / L``

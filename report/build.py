@@ -170,7 +170,8 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
     results: dict[str, SectionResult] = {}
     parts = _parts(parts_dir)
     bar = tqdm(sections, desc="report", unit="section", disable=not progress)
-    for section in bar:
+    for number, section in enumerate(bar):
+        ctx.release([s.name for s in sections[number:]])
         bar.set_postfix_str(section.name)
         key = hashlib.sha256(json.dumps({**base_key, "section": section.name}, sort_keys=True).encode()).hexdigest()
         cached = _load_part(parts, section.name, key)

@@ -76,8 +76,10 @@ def _decode_direct(model, h):
     return torch.tanh(z / cap) * cap if cap else z
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_iks_per_step_equals_plain_hooks_without_cache(family, tmp_path):
+@pytest.mark.parametrize("family, chunked", [("llama", False), ("gemma2", False), ("llama", True)])
+def test_iks_per_step_equals_plain_hooks_without_cache(family, chunked, tmp_path, monkeypatch):
+    if chunked:  # two rows of logits per head call: pairs straddle the chunks
+        monkeypatch.setattr("interlayer.lens.fused_steps.LOGITS_CHUNK_MB", 1e-9)
     model = _tiny(family, tmp_path)
     layers = list(range(model.n_layers))
     gens = generate(model, PROMPTS, decoding="greedy", record=layers, max_new_tokens=4, batch_size=2, progress=False)

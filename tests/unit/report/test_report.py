@@ -148,3 +148,17 @@ def test_report_sae_panel_equals_evaluate_sae(model, tmp_path):
     SAE(SAEConfig(d_in=model.d_model, d_sae=8, arch="relu", site="resid_post.7")).save(tmp_path / "sae7")
     with pytest.raises(InterlayerError, match="out of range"):
         build_report(model, tmp_path / "r2.html", sae=str(tmp_path / "sae7"), profile=TINY, progress=False)
+
+
+def test_a_shared_pass_is_dropped_once_no_remaining_section_uses_it():
+    from interlayer.report.base import ReportContext, SHARED_USERS
+
+    ctx = ReportContext(None, None)  # type: ignore[arg-type]
+    calls = []
+    for name in ("flores", "sample", "other"):
+        ctx.shared(name, lambda n=name: calls.append(n) or n)
+    assert SHARED_USERS["flores"] == ("mexa", "probes")
+    assert ctx.release(["probes", "iks"]) == ["sample"]  # flores still has its probe, 'other' is kept to the end
+    assert ctx.release(["iks"]) == ["flores"]
+    assert ctx.release([]) == ["other"]  # the end of the report
+    assert ctx.shared("flores", lambda: "again") == "again" and calls == ["flores", "sample", "other"]
