@@ -39,16 +39,21 @@ class Profile:
     steering_pairs: int           # contrast pairs to train the vector
     steering_items: int           # held-out items per sweep cell
     sae_tokens: int
+    trace_facts: int = 4          # known facts causal tracing averages over
+    trace_scan: int = 100         # known_1000 facts read to find them
+    trace_samples: int = 10       # noise samples per fact (ROME: 10)
 
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", prompts=3, sample_tokens=256, latent_words=24, mexa_languages=20, mexa_sentences=20,
                      probe_folds=3, iks_questions=8, iks_steps=4, consistency_questions=4, consistency_paths=3,
-                     consistency_tokens=32, steering_pairs=32, steering_items=16, sae_tokens=1024),
+                     consistency_tokens=32, steering_pairs=32, steering_items=16, sae_tokens=1024,
+                     trace_facts=4, trace_scan=100, trace_samples=10),
     # the sizes of the README findings
     "full": Profile("full", prompts=3, sample_tokens=2048, latent_words=None, mexa_languages=33, mexa_sentences=100,
                     probe_folds=5, iks_questions=40, iks_steps=8, consistency_questions=20, consistency_paths=5,
-                    consistency_tokens=96, steering_pairs=200, steering_items=100, sae_tokens=8192),
+                    consistency_tokens=96, steering_pairs=200, steering_items=100, sae_tokens=8192,
+                    trace_facts=40, trace_scan=1209),
 }
 """The sizes of a report run by ``--profile`` name: ``quick`` (minutes on a CPU) and ``full`` (the
 sizes of the published findings).
@@ -97,6 +102,14 @@ class SectionResult:
                    payload["seconds"], payload.get("forward_calls", 0))
 
 
+def load_prompts(path: Any) -> list[tuple[str, str]]:
+    """The logit lens's ``(prompt, target)`` pairs of a ``--prompts`` JSONL file, one
+    ``{"prompt", "target"}`` object per line (errors name the file and the line)."""
+    from interlayer.io.json_records import string_records
+
+    return [(r["prompt"], r["target"]) for _, r in string_records(path, ("prompt", "target"), flag="--prompts")]
+
+
 SHARED_USERS: dict[str, tuple[str, ...]] = {"sample": ("logit_lens", "saturation"), "flores": ("mexa", "probes")}
 """The sections that use each shared pass (a pass not listed is kept to the end)."""
 
@@ -106,8 +119,11 @@ class ReportContext:
     passes (each computed once, on first use, and kept for the other sections)."""
 
     def __init__(self, model: ModelAdapter, profile: Profile, *, lens: Lens = LOGIT_LENS, sae_dir: str | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, facts: Any = None, prompts: Any = None) -> None:
         self.model = model
+        self.facts = facts  # causal tracing's facts file (None: the packaged known_1000)
+        self.prompts_file = prompts  # the logit lens's (prompt, target) file (None: the packaged examples)
+        self.prompts: list[tuple[str, str]] | None = None if prompts is None else load_prompts(prompts)
         self.profile = profile
         self.lens = lens
         self.sae_dir = sae_dir

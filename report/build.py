@@ -34,6 +34,7 @@ from interlayer.options import str_list
 
 from .base import Profile, ReportContext, Section, SectionResult, check_profile, settings_of
 from .render import numbers_json, render
+from .sections_causal import tracing_section
 from .sections_layers import latent_section, logit_lens_section, model_card, saturation_section
 from .sections_methods import check_sae_dir, iks_section, sae_section, steering_section
 from .sections_probes import consistency_section, mexa_section, probes_section
@@ -46,6 +47,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("mexa", "MEXA cross-lingual alignment", mexa_section),
     Section("probes", "Linear probe: language identity", probes_section),
     Section("iks", "Knowledge layers (IKS)", iks_section),
+    Section("tracing", "Causal tracing", tracing_section),
     Section("consistency", "Internal consistency", consistency_section),
     Section("steering", "Steering", steering_section),
     Section("sae", "Sparse autoencoder", sae_section, needs_sae=True),
@@ -147,9 +149,15 @@ def check_outputs(out: str | Path) -> None:
                 refuse(file, f"is not in a folder the report wrote ({FOLDER_MARKER} is missing)")
 
 
+def _fingerprint(path: str | Path | None) -> str | None:
+    """A user data file's sha256 (a resumed section reruns when its data changed)."""
+    return None if path is None else hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+
+
 def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: str | Sequence[str] | None = None,
                  skip: str | Sequence[str] | None = None, sae: str | None = None, lens: Lens = LOGIT_LENS,
-                 lens_source: str | None = None, profile: str | Profile = "quick", progress: bool = True) -> ReportFiles:
+                 lens_source: str | None = None, profile: str | Profile = "quick", facts: str | Path | None = None,
+                 prompts: str | Path | None = None, progress: bool = True) -> ReportFiles:
     """Run the report's sections on ``model`` and write ``out`` (HTML), ``report.json``
     (next to it, named after it), the tables as CSV and the per-section resume files.
     A side file that is not the report's own is refused first (:func:`check_outputs`)."""
@@ -163,10 +171,11 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
     for folder in (parts_dir, tables_dir):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FOLDER_MARKER).touch()
-    ctx = ReportContext(model, prof, lens=lens, sae_dir=sae, progress=progress)
+    ctx = ReportContext(model, prof, lens=lens, sae_dir=sae, progress=progress, facts=facts, prompts=prompts)
     base_key = {"model": model.name, "weights": model.weights_sha256(), "profile": settings_of(prof),
                 "lens": lens.name, "lens_source": lens_source, "sae": str(Path(sae).resolve()) if sae else None,
-                "version": _version()}
+                "version": _version(), "facts": _fingerprint(facts),
+                "prompts": _fingerprint(prompts)}
     results: dict[str, SectionResult] = {}
     parts = _parts(parts_dir)
     bar = tqdm(sections, desc="report", unit="section", disable=not progress)

@@ -18,11 +18,19 @@ def run_report(cfg: ReportConfig) -> int:
     select_sections(cfg.only, cfg.skip, cfg.sae is not None)
     if cfg.sae is not None:
         check_sae_dir(cfg.sae)
+    if cfg.facts is not None:
+        from interlayer.tracing import load_facts
+
+        load_facts(cfg.facts)  # a bad line is one error naming the file and the line, before the model loads
+    if cfg.prompts is not None:
+        from .base import load_prompts
+
+        load_prompts(cfg.prompts)
     cfg.check_lens()
     model = cfg.load()
     kwargs = {"lens": cfg.build(model), "lens_source": cfg.tuned_lens} if cfg.tuned_lens else {}
     files = build_report(model, cfg.out, only=cfg.only, skip=cfg.skip, sae=cfg.sae, profile=cfg.profile,
-                         progress=not cfg.no_progress, **kwargs)
+                         facts=cfg.facts, prompts=cfg.prompts, progress=not cfg.no_progress, **kwargs)
     failed = [n for n, r in files.results.items() if r.status != "ok"]
     rows = [{"section": name, "status": r.status, "seconds": r.seconds, "forward_calls": r.forward_calls}
             for name, r in files.results.items()]

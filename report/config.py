@@ -20,5 +20,10 @@ class ReportConfig(RunOptions, LensOptions, ModelOptions):
     skip: str | None = option(None, "comma-separated sections to leave out")
     sae: str | None = option(None, "an SAE in any format interlayer loads (checked on held-out tokens first): "
                                    "adds the SAE panel")
+    facts: str | None = option(None, "causal tracing's facts: a .jsonl file with one {\"prompt\", \"subject\", "
+                                     "\"target\"} object per line (default: the packaged known_1000)", group="data",
+                               suffixes=(".jsonl",))
+    prompts: str | None = option(None, "the logit lens's prompts: a .jsonl file with one {\"prompt\", \"target\"} "
+                                       "object per line (default: three packaged examples)", suffixes=(".jsonl",))
     profile: str = option("quick", "quick (minutes on a CPU) or full (the README findings' sizes)",
                           choices=("quick", "full"))

@@ -10,6 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
+from interlayer.plot_text import plot_text
 
 from .base import SectionResult
 
@@ -45,7 +46,7 @@ def summary_figure(results: dict[str, SectionResult]) -> go.Figure | None:
         if result.status != "ok":
             continue
         for label, (x, y) in result.curves.items():
-            fig.add_trace(go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=html.escape(label)))
+            fig.add_trace(go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=plot_text(label)))
     if not fig.data:
         return None
     fig.update_layout(title="Where things happen: every analysis over relative depth",

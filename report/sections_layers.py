@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 
 from interlayer.options import CONTEXT_LENGTH
 
+from interlayer.plot_text import plot_text
+
 from .base import ReportContext, SectionResult, settings_of
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
     from interlayer.lens import logit_lens
 
     model = ctx.model
-    pairs = EXAMPLE_PROMPTS[: ctx.profile.prompts]
+    pairs = ctx.prompts if ctx.prompts is not None else EXAMPLE_PROMPTS[: ctx.profile.prompts]
     res = logit_lens(model, [p for p, _ in pairs], targets=[t for _, t in pairs], top_k=1, lens=ctx.lens)
     rows = res.rows
     last = [int(rows.index[(rows.prompt == i)].max()) for i in range(len(pairs))]
@@ -77,7 +79,8 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
     entropy = sample.entropy.mean(1).tolist()
     kl = sample.kl_to_final.mean(1).tolist()
     first_top = {t: _first(r, lambda v: v == 0) for t, r in ranks.items()}
-    fig = go.Figure([go.Scatter(x=res.layers, y=p, name=f"P({t!r}) after {pairs[i][0]!r}", mode="lines+markers")
+    fig = go.Figure([go.Scatter(x=res.layers, y=p, name=plot_text(f"P({t!r}) after {pairs[i][0]!r}"),
+                                mode="lines+markers")
                      for i, (t, p) in enumerate(probs.items())])
     fig.update_layout(title="Logit lens: probability of the expected next token at the last position",
                       xaxis_title="layer", yaxis={"title": "probability", "range": [0, 1]})
@@ -86,7 +89,8 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
     curves.update_layout(title=f"Logit lens over {sample.n_tokens} tokens of sample text",
                          xaxis_title="layer", yaxis_title="KL to the final layer (nats)",
                          yaxis2={"title": "entropy (nats)", "overlaying": "y", "side": "right"})
-    prose = []
+    source = f"the prompts of {ctx.prompts_file}" if ctx.prompts is not None else "the packaged example prompts"
+    prose = [f"Data: {source}."]
     for (prompt, target), layer in zip(pairs, [first_top[t] for _, t in pairs]):
         prose.append(f"After {prompt!r}, {target!r} is the top token from layer {layer} on "
                      f"(relative depth {ctx.depth(layer):.2f})." if layer is not None else
@@ -94,7 +98,7 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
     below = _first(kl, lambda v: v < 1.0)
     prose.append(f"On sample text the mean KL to the final layer falls from {kl[0]:.2f} nats at layer 0 to "
                  + (f"below 1 nat at layer {below}." if below is not None else f"{kl[-2]:.2f} at the last-but-one layer."))
-    numbers = {"prompts": [p for p, _ in pairs], "targets": [t for _, t in pairs], "target_probability": probs,
+    numbers = {"data": source, "prompts": [p for p, _ in pairs], "targets": [t for _, t in pairs], "target_probability": probs,
                "target_rank": ranks, "first_layer_top1": first_top, "sample_tokens": sample.n_tokens,
                "sample_entropy": entropy, "sample_kl_to_final": kl}
     depth = [ctx.depth(l) for l in res.layers]

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from interlayer.errors import InterlayerError
+from interlayer.io.json_records import string_records
 from interlayer.model.adapter import ModelAdapter
 
 FIELDS = ("prompt", "subject", "target")
@@ -45,40 +45,15 @@ def packaged_facts(n: int | None = None) -> list[Fact]:
     return facts[:n] if n is not None else facts
 
 
-def _fact_from(record: Any, where: str) -> Fact:
-    if not isinstance(record, dict):
-        raise InterlayerError(f"{where}: expected a JSON object with {', '.join(FIELDS)}, got {type(record).__name__}")
-    missing = [f for f in FIELDS if f not in record]
-    if missing:
-        raise InterlayerError(f"{where}: missing field {missing[0]!r} (each line needs {', '.join(FIELDS)})")
-    try:
-        return Fact(record["prompt"], record["subject"], record["target"])
-    except InterlayerError as err:
-        raise InterlayerError(f"{where}: {err}") from None
-
-
 def load_facts(path: str | Path, n: int | None = None) -> list[Fact]:
     """The facts of a JSONL file (``prompt``, ``subject``, ``target`` per line; blank
     lines skipped), the first ``n``. Errors name the file and the line."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise InterlayerError(f"--facts {str(path)!r} does not exist; give a .jsonl file with one "
-                              '{"prompt", "subject", "target"} object per line')
-    facts: list[Fact] = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InterlayerError(f"{where}: not JSON ({err.msg} at column {err.colno})") from None
-            facts.append(_fact_from(record, where))
-            if n is not None and len(facts) == n:
-                break
-    if not facts:
-        raise InterlayerError(f"{file} holds no facts")
+    facts = []
+    for where, record in string_records(path, FIELDS, flag="--facts", n=n):
+        try:
+            facts.append(Fact(record["prompt"], record["subject"], record["target"]))
+        except InterlayerError as err:
+            raise InterlayerError(f"{where}: {err}") from None
     return facts
 
 

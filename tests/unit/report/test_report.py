@@ -36,7 +36,18 @@ def test_report_sections_numbers_escaping_and_resume(model, tmp_path, monkeypatc
     files = build_report(model, out, skip="consistency", profile=TINY, progress=False)
     html = out.read_text()
     results = files.results
-    assert set(results) == {"model", "logit_lens", "latent", "saturation", "mexa", "probes", "iks", "steering"}
+    assert set(results) == {"model", "logit_lens", "latent", "saturation", "mexa", "probes", "iks", "tracing",
+                            "steering"}
+    # the rendering bugs of the review: the steering star beside its number, every MEXA language labelled
+    steer = results["steering"].figures[0]
+    cells = [t for trace in steer.data if trace.type == "heatmap" and trace.text is not None for row in trace.text
+             for t in row]
+    assert sum(t.endswith(" ★") for t in cells) == 1 and not [t for t in steer.data if t.type == "scatter"]
+    mexa_fig = results["mexa"].figures[0]
+    assert len(mexa_fig.layout.yaxis.ticktext) == len(results["mexa"].numbers["scores"])
+    traced = results["tracing"].numbers
+    assert traced["scanned"] >= traced["n_facts"] and len(traced["facts"]) == traced["n_facts"]
+    assert traced["known_only"] and traced["samples"] == TINY.trace_samples
     # the word-level tiny tokenizer has none of the latent-language words: that section fails, the rest render
     assert results["latent"].status == "failed" and "failed" in html
     assert all(r.status == "ok" for n, r in results.items() if n != "latent"), {n: r.error for n, r in results.items()}
@@ -162,3 +173,40 @@ def test_a_shared_pass_is_dropped_once_no_remaining_section_uses_it():
     assert ctx.release(["iks"]) == ["flores"]
     assert ctx.release([]) == ["other"]  # the end of the report
     assert ctx.shared("flores", lambda: "again") == "again" and calls == ["flores", "sample", "other"]
+
+
+def test_plot_text_escapes_markup_and_keeps_quotes():
+    from interlayer.plot_text import plot_text
+
+    assert plot_text('"quoted" <b>&') == '"quoted" &lt;b&gt;&amp;'  # plotly.js shows &quot; literally
+    assert plot_text("it's") == "it's"
+
+
+def test_the_users_facts_flow_into_the_tracing_section_escaped(model, tmp_path):
+    facts = tmp_path / "<img src=x onerror=alert(1)>.jsonl"
+    facts.write_text('{"prompt": "w5 w9 w14 w22", "subject": "w9", "target": "w17"}\n'
+                     '{"prompt": "w6 w7 w8", "subject": "w7 w8", "target": "w30"}\n')
+    out = tmp_path / "r.html"
+    files = build_report(model, out, only="tracing", profile=TINY, facts=facts, progress=False)
+    numbers = files.results["tracing"].numbers
+    assert files.results["tracing"].status == "ok", files.results["tracing"].error
+    assert numbers["data"] == f"the facts of {facts}" and numbers["scanned"] == 2
+    html = out.read_text()
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_the_users_prompts_flow_into_the_logit_lens_and_bad_ones_are_one_line(model, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "w5 w6 \\"q\\" <i>x</i>", "target": " w7"}\n')
+    files = build_report(model, tmp_path / "r.html", only="logit_lens", profile=TINY, prompts=prompts, progress=False)
+    numbers = files.results["logit_lens"].numbers
+    assert numbers["data"] == f"the prompts of {prompts}" and numbers["prompts"] == ['w5 w6 "q" <i>x</i>']
+    html = (tmp_path / "r.html").read_text()
+    assert "<i>x</i>" not in html
+    prompts.write_text('{"prompt": "w5"}\n')
+    from interlayer.cli import dispatch
+
+    code = dispatch.main(["report", "--model", str(tmp_path / "none"), "--prompts", str(prompts),
+                          "--out", str(tmp_path / "x.html")])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"{prompts}:1: missing field 'target' (each line needs prompt, target)")

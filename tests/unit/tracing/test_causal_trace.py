@@ -99,14 +99,15 @@ def test_known_only_keeps_only_what_the_model_predicts(tiny):
 
 
 @pytest.mark.parametrize("line, says", [
-    ('{"prompt": "a b", "subject": "b"}', "line 2: missing field 'target'"),
-    ('{"prompt": "a b", "subject": "c", "target": "x"}', "line 2: the subject 'c' is not in the prompt"),
-    ("not json", "line 2: not JSON"),
-    ('["a"]', "line 2: expected a JSON object"),
+    ('{"prompt": "a b", "subject": "b"}', "facts.jsonl:3: missing field 'target'"),
+    ('{"prompt": "a b", "subject": "c", "target": "x"}', "facts.jsonl:3: the subject 'c' is not in the prompt"),
+    ('{"prompt": "a b", "subject": "b", "target": 4}', "facts.jsonl:3: field 'target' must be a non-empty string"),
+    ("not json", "facts.jsonl:3 is not valid JSON"),
+    ('["a"]', "facts.jsonl:3: expected a JSON object"),
 ])
 def test_a_bad_facts_line_is_named(tmp_path, line, says):
     path = tmp_path / "facts.jsonl"
-    path.write_text('{"prompt": "Paris is in", "subject": "Paris", "target": "France"}\n' + line + "\n")
-    with pytest.raises(interlayer.InterlayerError, match=re.escape("facts.jsonl:" + says.removeprefix("line "))):
+    path.write_text('{"prompt": "Paris is in", "subject": "Paris", "target": "France"}\n\n' + line + "\n")
+    with pytest.raises(interlayer.InterlayerError, match=re.escape(says)):
         load_facts(path)
     assert load_facts(path, n=1) == [Fact("Paris is in", "Paris", "France")]
