@@ -38,7 +38,6 @@ padding and stopping conventions (:mod:`interlayer.generation`).
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +52,7 @@ from interlayer.generation import eos_ids, generate_ids, stop_length
 from interlayer.layers import layer_from_hidden_index
 from interlayer.model.adapter import ModelAdapter
 from interlayer.results import Result, require
+from interlayer.plot_text import plot_text
 
 from .decoding_options import (DECODINGS, DEFAULT_ALPHA, DEFAULT_BETA, DOLA_BUCKETS, DOLA_REPETITION_PENALTY,
                                FUSIONS, DecodingOptions)
@@ -130,7 +130,7 @@ class Generation(Result):
         column = "hidden_index" if "hidden_index" in frame else "layer"
         fig = go.Figure(go.Scatter(x=frame.step if len(frame) else [], y=frame[column] if column in frame else [],
                                    mode="lines+markers", name=column))
-        fig.update_layout(title=html.escape(f"{self.decoding} decoding: {len(self.steps)} steps"), xaxis_title="step",
+        fig.update_layout(title=plot_text(f"{self.decoding} decoding: {len(self.steps)} steps"), xaxis_title="step",
                           yaxis_title="hidden state (0 = embeddings)" if column == "hidden_index" else "layer")
         return fig
 

@@ -23,7 +23,6 @@ The IKS is computed in one place, :func:`iks`; the decoding itself (LFD, DoLa) i
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from collections import Counter
@@ -43,6 +42,7 @@ from interlayer.errors import InterlayerError, LayerIndexError
 from interlayer.intervals import LEVEL, mean_interval
 from interlayer.options import int_list
 from interlayer.results import Result, decode_array, encode_array, require
+from interlayer.plot_text import plot_text
 
 from .decoding_options import FUSION_SELECTIONS, IKS_METRICS
 
@@ -245,7 +245,7 @@ class IKSResult(Result):
         fig.update_xaxes(title_text="fusion layer", row=1, col=2)
         fig.update_yaxes(title_text="IKS", row=1, col=1)
         fig.update_yaxes(title_text="count", row=1, col=2)
-        fig.update_layout(title=html.escape(f"Internal knowledge score: {self.model} (n={self.n}, "
+        fig.update_layout(title=plot_text(f"Internal knowledge score: {self.model} (n={self.n}, "
                                             f"{self.values.shape[0]} {self.select}s)"))
         return fig
 
@@ -318,7 +318,7 @@ class SimHiddenResult(Result):
         fig = go.Figure(go.Scatter(x=self.layers, y=self.mean, mode="lines+markers", name="SimHidden (95% interval)",
                                    error_y={"type": "data", "symmetric": False, "array": high - self.mean,
                                             "arrayminus": self.mean - low, "visible": True}))
-        fig.update_layout(title=html.escape(f"SimHidden: cosine of FFN outputs with vs without the answer sentence "
+        fig.update_layout(title=plot_text(f"SimHidden: cosine of FFN outputs with vs without the answer sentence "
                                             f"({self.model}, n={self.values.shape[0]})"),
                           xaxis_title="layer", yaxis_title="cos(mlp_out with, mlp_out without)")
         return fig

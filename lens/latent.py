@@ -23,7 +23,6 @@ bias these analyses towards English; the logit lens is the default for that reas
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import random
@@ -44,6 +43,7 @@ from interlayer.errors import InterlayerError, choices
 from interlayer.intervals import LEVEL, PROBABILITY, mean_interval
 from interlayer.prompts import chat_turn
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
+from interlayer.plot_text import plot_text
 
 from .prefixes import PrefixIndex
 
@@ -198,11 +198,11 @@ class LatentResult(Result):
         for name, mean, band in series:
             fig.add_trace(go.Scatter(x=self.layers + self.layers[::-1], y=band["high"] + band["low"][::-1], fill="toself",
                                      opacity=0.2, line={"width": 0}, showlegend=False, hoverinfo="skip", name=name))
-            fig.add_trace(go.Scatter(x=self.layers, y=mean, name=html.escape(name), mode="lines+markers"))
+            fig.add_trace(go.Scatter(x=self.layers, y=mean, name=plot_text(name), mode="lines+markers"))
         fig.add_trace(go.Scatter(x=self.layers, y=payload["entropy"], name="entropy (nats)", yaxis="y2",
                                  line={"dash": "dot", "color": "grey"}))
         fig.update_layout(
-            title=html.escape(f"{self.task} {self.src}->{self.tgt}, {self.model}, {self.lens} lens, {self.n_words} words"),
+            title=plot_text(f"{self.task} {self.src}->{self.tgt}, {self.model}, {self.lens} lens, {self.n_words} words"),
             xaxis_title="layer", yaxis={"title": "probability", "range": [0, 1]},
             yaxis2={"title": "entropy (nats)", "overlaying": "y", "side": "right"},
         )

@@ -4,7 +4,6 @@ lens decodes instead (drop-in)."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from interlayer.decoding import DEFAULT_MEMORY_MB, LOGIT_LENS, LayerDecoder, Len
 from interlayer.errors import InterlayerError
 from interlayer.intervals import PROBABILITY, mean_interval
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
+from interlayer.plot_text import plot_text
 
 
 @dataclass
@@ -124,18 +124,18 @@ class LogitLensResult(Result):
         picked = [r for r, p in enumerate(self.rows.prompt) if p == prompt]
         if not picked:
             raise InterlayerError(f"prompt {prompt} is out of range; valid prompts are 0..{len(self.prompts) - 1}")
-        text = [[html.escape(self.top_tokens[li][r][0]) for r in picked] for li in range(len(self.layers))]
-        hover = [[f"layer {layer}, position {self.rows.position[r]}<br>top: {html.escape(self.top_tokens[li][r][0])}"
+        text = [[plot_text(self.top_tokens[li][r][0]) for r in picked] for li in range(len(self.layers))]
+        hover = [[f"layer {layer}, position {self.rows.position[r]}<br>top: {plot_text(self.top_tokens[li][r][0])}"
                   f" ({float(self.top_probs[li, r, 0]):.3f})<br>entropy {float(self.entropy[li, r]):.2f}"
                   f"<br>KL to final {float(self.kl_to_final[li, r]):.2f}" for r in picked]
                  for li, layer in enumerate(self.layers)]
         fig = go.Figure(go.Heatmap(
             z=self.top_probs[:, picked, 0].numpy(),
-            x=[f"{self.rows.position[r]}:{html.escape(self.rows.input_token[r])}" for r in picked],
+            x=[f"{self.rows.position[r]}:{plot_text(self.rows.input_token[r])}" for r in picked],
             y=[str(layer) for layer in self.layers], text=text, texttemplate="%{text}", hovertext=hover,
             hoverinfo="text", colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "p(top-1)"},
         ))
-        fig.update_layout(title=f"{self.lens.capitalize()} lens: {html.escape(self.model)}", xaxis_title="input position",
+        fig.update_layout(title=f"{self.lens.capitalize()} lens: {plot_text(self.model)}", xaxis_title="input position",
                           yaxis_title="layer (resid_post)")
         return fig
 
@@ -144,7 +144,7 @@ class LogitLensResult(Result):
         intervals over the positions: entropy, KL to the final layer, and each target's probability."""
         fig = make_subplots(rows=1, cols=3, subplot_titles=("entropy (nats)", "KL to final (nats)", "target probability"))
         series = [("entropy", self.entropy, None, 1), ("KL", self.kl_to_final, None, 2)]
-        series += [(f"p({html.escape(name)})", self.target_probs[:, :, t], PROBABILITY, 3)
+        series += [(f"p({plot_text(name)})", self.target_probs[:, :, t], PROBABILITY, 3)
                    for t, name in enumerate(self.targets)]
         for name, values, bounds, col in series:
             per_row = values.double().numpy().T  # [rows, layers]
@@ -154,7 +154,7 @@ class LogitLensResult(Result):
                 "type": "data", "symmetric": False, "array": (high - mean).tolist(),
                 "arrayminus": (mean - low).tolist()}), 1, col)
         fig.update_xaxes(title_text="layer")
-        fig.update_layout(title=f"{self.lens.capitalize()} lens by layer: {html.escape(self.model)}")
+        fig.update_layout(title=f"{self.lens.capitalize()} lens by layer: {plot_text(self.model)}")
         return fig
 
 

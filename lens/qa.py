@@ -16,7 +16,6 @@ the result is written.
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from interlayer.io.journal import Journal
 from interlayer.options import str_list
 from interlayer.prompts import CHAT_MODES, ChatMode, chat_turn, use_chat
 from interlayer.results import Result, require
+from interlayer.plot_text import plot_text
 
 from .fused_decoding import DECODINGS, DecodingOptions, generate
 from .qa_data import QALoad, QARecord, load_qa, noise_passages, with_passages
@@ -110,13 +110,13 @@ class QAResult(Result):
                 rows = [s for s in self.scores if s.setting == setting]
                 values = [getattr(s, metric) for s in rows]
                 bounds = [getattr(s, f"{metric}_ci") for s in rows]
-                fig.add_trace(go.Bar(x=[html.escape(s.method) for s in rows], y=values,
-                                     name=html.escape(f"{label}, {setting}"), error_y={
+                fig.add_trace(go.Bar(x=[plot_text(s.method) for s in rows], y=values,
+                                     name=plot_text(f"{label}, {setting}"), error_y={
                                          "type": "data", "symmetric": False,
                                          "array": [b[1] - v for b, v in zip(bounds, values)],
                                          "arrayminus": [v - b[0] for b, v in zip(bounds, values)]}))
         fig.update_layout(barmode="group", yaxis={"title": "rate", "range": [0, 1]}, xaxis_title="decoding",
-                          title=html.escape(f"QA: {self.model} on {self.data} (n={self.n})"))
+                          title=plot_text(f"QA: {self.model} on {self.data} (n={self.n})"))
         return fig
 
     def to_frame(self) -> pd.DataFrame:

@@ -11,7 +11,6 @@ tokens are already predicted correctly at the first layer of a 16-layer code mod
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ from interlayer.errors import InterlayerError
 from interlayer.intervals import proportion_interval
 from interlayer.options import CONTEXT_LENGTH
 from interlayer.results import Result, decode_array, encode_array, require
+from interlayer.plot_text import plot_text
 
 from .tuning import stacked_resid
 
@@ -120,7 +120,7 @@ class SaturationResult(Result):
                 "arrayminus": frame[key] - frame[f"{key}_low"]}), 1, 1)
         fig.add_trace(go.Bar(x=frame.layer, y=self.exit_histogram().tokens, name="tokens exiting"), 1, 2)
         fig.update_xaxes(title_text="layer")
-        fig.update_layout(title=html.escape(f"Saturation: {self.model}, {self.lens} lens, {self.n_tokens} tokens"))
+        fig.update_layout(title=plot_text(f"Saturation: {self.model}, {self.lens} lens, {self.n_tokens} tokens"))
         return fig
 
 

@@ -14,7 +14,6 @@ Embeddings come from the activation store, batched; padding does not change them
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -32,6 +31,7 @@ from interlayer.intervals import proportion_interval
 from interlayer.layers import hidden_index, hidden_index_layers, hidden_index_site
 from interlayer.options import str_list
 from interlayer.results import Result, require
+from interlayer.plot_text import plot_text
 
 POOLINGS = {"weighted": "weighted_mean", "last": "last"}
 SUFFIXES = (".devtest", ".txt")
@@ -212,22 +212,24 @@ class MexaResult(Result):
         hover = []
         for lang in langs:
             low, high = self.interval(lang)
-            hover.append([f"{html.escape(lang)}, hidden state {i}: {v:.3f} [{a:.3f}, {b:.3f}]"
+            hover.append([f"{plot_text(lang)}, hidden state {i}: {v:.3f} [{a:.3f}, {b:.3f}]"
                           for i, (v, a, b) in enumerate(zip(self.scores[lang], low, high))])
         fig = go.Figure(go.Heatmap(z=[self.scores[l] for l in langs], x=self.hidden_index,
-                                   y=[html.escape(l) for l in langs], zmin=0, zmax=1, colorscale="Viridis",
+                                   y=[plot_text(l) for l in langs], zmin=0, zmax=1, colorscale="Viridis",
                                    hovertext=hover, hoverinfo="text", colorbar={"title": "MEXA"}))
-        fig.update_layout(title=html.escape(f"MEXA alignment with {self.pivot}: {self.model} ({self.pooling}, n={self.n})"),
+        fig.update_layout(title=plot_text(f"MEXA alignment with {self.pivot}: {self.model} ({self.pooling}, n={self.n})"),
                           xaxis_title="hidden state (0 = embeddings)", yaxis_title="language",
-                          height=max(400, 18 * len(langs)))
+                          height=max(400, 22 * len(langs)))
+        fig.update_yaxes(tickmode="array", tickvals=list(range(len(langs))), ticktext=[plot_text(l) for l in langs],
+                         automargin=True)  # every language labelled, not every other one
         return fig
 
     def plot_summary(self) -> go.Figure:
         """Bars of the mean and max over layers per language."""
         frame = self.summary()
-        fig = go.Figure([go.Bar(x=[html.escape(l) for l in frame.language], y=frame["mean"], name="mean over layers"),
-                         go.Bar(x=[html.escape(l) for l in frame.language], y=frame["max"], name="max over layers")])
-        fig.update_layout(barmode="group", title=html.escape(f"MEXA summary: {self.model}"), yaxis={"range": [0, 1]})
+        fig = go.Figure([go.Bar(x=[plot_text(l) for l in frame.language], y=frame["mean"], name="mean over layers"),
+                         go.Bar(x=[plot_text(l) for l in frame.language], y=frame["max"], name="max over layers")])
+        fig.update_layout(barmode="group", title=plot_text(f"MEXA summary: {self.model}"), yaxis={"range": [0, 1]})
         return fig
 
 

@@ -66,7 +66,6 @@ logits in memory.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,6 +84,7 @@ from interlayer.decoding import LayerDecoder
 from interlayer.errors import InterlayerError
 from interlayer.results import Result, decode_array, decode_frame, encode_array, encode_frame, require
 from interlayer.model.sites import LN_FINAL
+from interlayer.plot_text import plot_text
 
 from .reconstruction import DENSE_FREQUENCY, PER_TOKEN_ROWS, Accumulator, eps_lbo_form
 from .sae import SAE
@@ -164,7 +164,7 @@ class SAEEvaluation(Result):
                 if inner > 0:
                     fig.add_hline(y=1 / math.sqrt(inner), line_dash="dot",
                                   annotation_text=f"ε={eps:.2e} (q{int(q * 100)}) {'+' if sign > 0 else '−'}")
-        fig.update_layout(title=html.escape(f"ZF plot {self.label}".strip()), xaxis_title="||z||",
+        fig.update_layout(title=plot_text(f"ZF plot {self.label}".strip()), xaxis_title="||z||",
                           yaxis_title="||f~|| / ||z||")
         return fig
 
@@ -172,7 +172,7 @@ class SAEEvaluation(Result):
         """The distribution of ε_LBO over tokens (log10)."""
         values = np.log10(np.maximum(self.per_token.eps_lbo.to_numpy(), 1e-30))
         fig = go.Figure(go.Histogram(x=values, nbinsx=60))
-        fig.update_layout(title=html.escape(f"ε_LBO {self.label}".strip()), xaxis_title="log10 ε_LBO", yaxis_title="tokens")
+        fig.update_layout(title=plot_text(f"ε_LBO {self.label}".strip()), xaxis_title="log10 ε_LBO", yaxis_title="tokens")
         return fig
 
     def firing_histogram(self) -> go.Figure:
@@ -181,7 +181,7 @@ class SAEEvaluation(Result):
         floor = math.log10(0.5 / max(1, int(self.metrics["tokens"])))
         values = np.where(freq > 0, np.log10(np.maximum(freq, 1e-30)), floor)
         fig = go.Figure(go.Histogram(x=values, nbinsx=60))
-        fig.update_layout(title=html.escape(f"Latent firing frequency {self.label}".strip()),
+        fig.update_layout(title=plot_text(f"Latent firing frequency {self.label}".strip()),
                           xaxis_title=f"log10 firing frequency (dead at {floor:.1f})", yaxis_title="latents")
         return fig
 

@@ -4,7 +4,6 @@ sweep as a result (:class:`SAESweep`)."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from interlayer.errors import InterlayerError, choices
 from interlayer.results import Result, decode_frame, encode_frame, require
+from interlayer.plot_text import plot_text
 
 from .grid import family as line_of
 
@@ -95,24 +95,24 @@ PANELS = (("explained_variance", "explained variance"), ("nmse", "NMSE"), ("ce_l
 def pareto_figure(table: pd.DataFrame, title: str = "SAE sweep") -> go.Figure:
     """L0 (log) against each metric of :data:`PANELS`, one line per architecture (top-AFA
     per form), members in order of L0."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[html.escape(p[1]) for p in PANELS],
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[plot_text(p[1]) for p in PANELS],
                         horizontal_spacing=0.1, vertical_spacing=0.16)
     families = list(dict.fromkeys(_family(r) for r in table.itertuples()))
     palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
     for f, family in enumerate(families):
         part = table[[_family(r) == family for r in table.itertuples()]].sort_values("l0")
-        labels = [html.escape(str(m)) for m in part.member]
+        labels = [plot_text(str(m)) for m in part.member]
         for p, (col, name) in enumerate(PANELS):
-            fig.add_trace(go.Scatter(x=part.l0, y=part[col], mode="lines+markers", name=html.escape(family),
+            fig.add_trace(go.Scatter(x=part.l0, y=part[col], mode="lines+markers", name=plot_text(family),
                                      legendgroup=family, showlegend=p == 0, text=labels,
                                      line={"color": palette[f % len(palette)]},
-                                     hovertemplate="%{text}<br>L0 %{x:.1f}<br>" + html.escape(name) + " %{y:.4g}<extra></extra>"),
+                                     hovertemplate="%{text}<br>L0 %{x:.1f}<br>" + plot_text(name) + " %{y:.4g}<extra></extra>"),
                           row=p // 2 + 1, col=p % 2 + 1)
     for p in range(len(PANELS)):
         fig.update_xaxes(type="log", title_text="L0", row=p // 2 + 1, col=p % 2 + 1)
     for p in (1, 3):  # NMSE and the authors' MSE: log
         fig.update_yaxes(type="log", row=p // 2 + 1, col=p % 2 + 1)
-    fig.update_layout(title=html.escape(title), height=760, width=1100)
+    fig.update_layout(title=plot_text(title), height=760, width=1100)
     return fig
 
 

@@ -15,7 +15,6 @@ clean prefix once and each cell only from its layer on.
 
 from __future__ import annotations
 
-import html
 import math
 import warnings
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from interlayer.io.seeding import epoch_seed
 from interlayer.model.sites import LN_FINAL
 from interlayer.options import CONTEXT_LENGTH
 from interlayer.prompts import ChatMode, use_chat
+from interlayer.plot_text import plot_text
 
 from .datasets import ContrastPair, load_pairs
 from .inject import steer
@@ -247,22 +247,27 @@ class SteeringSweepResult(Result):
         x = [f"{c:g}" for c in self.coefs]
         y = [str(l) for l in self.layers]
         limit = float(max(np.abs(self.shift).max(), np.abs(self.random_shift).max(), 1e-6))
+        best = self.best
         for col, (z, scale) in enumerate(((self.shift, "RdBu"), (self.random_shift, "RdBu"),
                                           (self.delta_perplexity, "Reds")), 1):
             kwargs = {"zmin": -limit, "zmax": limit} if col < 3 else {}
+            text = [[f"{float(v):.3f}" for v in row] for row in np.asarray(z)]
+            if col == 1:  # the best cell's mark goes beside its number, not over it
+                i, j = self.layers.index(best["layer"]), list(self.coefs).index(best["coef"])
+                text[i][j] += " ★"
             if col == 1 and self.shift_low is not None:
                 kwargs["hovertext"] = [[f"layer {l}, coef {c:g}: shift {self.shift[i, j]:.3f} "
                                         f"[{self.shift_low[i, j]:.3f}, {self.shift_high[i, j]:.3f}]"
                                         for j, c in enumerate(self.coefs)] for i, l in enumerate(self.layers)]
                 kwargs["hoverinfo"] = "text"
-            fig.add_trace(go.Heatmap(z=z, x=x, y=y, colorscale=scale, showscale=col != 2, texttemplate="%{z:.3f}",
-                                     colorbar={"x": 0.62 if col == 1 else 1.0, "len": 0.8}, **kwargs), 1, col)
-        best = self.best
-        fig.add_trace(go.Scatter(x=[f"{best['coef']:g}"], y=[str(best["layer"])], mode="markers", showlegend=False,
-                                 marker={"symbol": "star", "size": 14, "color": "black"}, name="best"), 1, 1)
+            # the shift's colour bar stands right of the random heatmap, which shares its scale
+            fig.add_trace(go.Heatmap(z=z, x=x, y=y, colorscale=scale, showscale=col != 2, text=text,
+                                     texttemplate="%{text}", colorbar={"x": 0.645 if col == 1 else 1.0,
+                                                                       "xanchor": "left", "len": 0.8,
+                                                                       "thickness": 12}, **kwargs), 1, col)
         fig.update_xaxes(title_text="coefficient")
         fig.update_yaxes(title_text="layer", col=1)
-        fig.update_layout(title=html.escape(f"Steering sweep: {self.dataset} on {self.model} (n={self.n}, "
+        fig.update_layout(title=plot_text(f"Steering sweep: {self.dataset} on {self.model} (n={self.n}, "
                                             f"base P(matching) {self.base:.3f})"))
         return fig
 

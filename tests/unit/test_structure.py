@@ -141,6 +141,7 @@ CORE_LEVELS: tuple[tuple[str, ...], ...] = (
     ("interlayer.errors",),
     ("interlayer.io",),
     ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals", "interlayer.progress",
+     "interlayer.plot_text",
      "interlayer.layers", "interlayer._moved", "interlayer.decode_outputs"),
     ("interlayer.model",),
     ("interlayer.store", "interlayer.decoding", "interlayer.prompts", "interlayer.naming"),
