@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 EXECUTED = ROOT / "build" / "notebooks"
-LIBRARY = ("interlayer", "lens", "saes", "probes", "steering", "report")
+LIBRARY = ("interlayer", "lens", "saes", "probes", "steering", "report", "tracing")
 KEY = "interlayer_docs_key"
 CHECK_TAG = "interlayer-test-check"
 TIMEOUT_S = 1800

@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-METHOD_PACKAGES = ("lens", "saes", "probes", "steering", "report")
+METHOD_PACKAGES = ("lens", "saes", "probes", "steering", "report", "tracing")
 """The folders at the repository root that install as ``interlayer.<name>``."""
 
 API_MODULES = {
@@ -20,6 +20,9 @@ API_MODULES = {
     "interlayer.saes": "Sparse autoencoders: architectures, training, sweeps, evaluation, files.",
     "interlayer.steering": "Steering vectors: training, injection, sweeps, evaluation, GGUF files.",
     "interlayer.report": "The layer-wise report.",
+    "interlayer.tracing": "Causal tracing of facts (ROME), on the store's activation patching.",
+    "interlayer.store.patching": "Activation patching in the store: corruptions, restorations, patch grids, "
+                                 "denoising and noising.",
     "interlayer.layers": "Layer numbering and its converters.",
     "interlayer.naming": "Each ecosystem's name for a hook site (Hugging Face, TransformerLens, sparsify, Gemma Scope 2, "
                          "tuned-lens, llama.cpp, repeng), converted both ways.",

