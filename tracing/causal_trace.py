@@ -91,6 +91,7 @@ class FactTrace:
         return np.stack([ie[:, g].mean(1) if g else np.full(ie.shape[0], np.nan) for g in groups.values()])
 
     def to_json(self) -> dict[str, Any]:
+        """The trace as JSON: the fact, its tokens, the probabilities and every score."""
         return {"prompt": self.fact.prompt, "subject": self.fact.subject, "target": self.fact.target,
                 "tokens": self.tokens, "subject_positions": self.subject, "target_id": self.target_id,
                 "clean": self.clean, "corrupted": self.corrupted, "known": self.known,
@@ -98,6 +99,7 @@ class FactTrace:
 
     @classmethod
     def from_json(cls, p: dict[str, Any]) -> "FactTrace":
+        """The trace :meth:`to_json` wrote."""
         return cls(Fact(p["prompt"], p["subject"], p["target"]), p["tokens"], p["subject_positions"], p["target_id"],
                    p["clean"], p["corrupted"], p["known"], {k: np.asarray(v) for k, v in p["scores"].items()})
 
@@ -178,6 +180,7 @@ class CausalTrace(Result):
         return {"kind": kind, "peak_layer": peak, "peak_effect": float(mean[peak]), "first": lo, "last": hi}
 
     def to_json(self) -> dict[str, Any]:
+        """The settings, the bands of every kind and every fact's trace (what ``--out`` writes)."""
         payload = {k: getattr(self, k) for k in ("model", "n_layers", "kinds", "window", "noise", "std", "samples",
                                                   "seed", "known_only", "scanned")}
         payload["n_facts"] = len(self.facts)
@@ -187,10 +190,12 @@ class CausalTrace(Result):
 
     @classmethod
     def from_json(cls, p: dict[str, Any]) -> "CausalTrace":
+        """The result :meth:`to_json` (or ``interlayer trace --out``) wrote."""
         return cls(p["model"], p["n_layers"], p["kinds"], p["window"], p["noise"], p["std"], p["samples"], p["seed"],
                    p["known_only"], p["scanned"], [FactTrace.from_json(f) for f in p["facts"]])
 
     def to_frame(self) -> "Any":
+        """:meth:`summary` of every kind, one frame."""
         import pandas as pd
 
         return pd.concat([self.summary(k) for k in self.kinds], ignore_index=True)
