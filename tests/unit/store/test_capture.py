@@ -173,5 +173,7 @@ def test_variants_resume_skips_the_prefix_blocks():
     assert inner == [1 + 1, 1 + 1, 3 + 2]
     with pytest.raises(InterlayerError, match="variants"):
         interlayer.collect_variants(model, IDS, [], [], logits=True, progress=False)
-    with pytest.raises(InterlayerError, match="variants="):
-        interlayer.collect_variants(model, IDS, [], [{}], logits=True, edits=edit, progress=False)
+    # edits= with variants is shared by every variant (activation patching's corruption; test_shared_edits.py)
+    shared = interlayer.collect_variants(model, IDS, [], [{}], logits=True, edits=edit, progress=False)[0]
+    alone = interlayer.collect(model, IDS, [], logits=True, edits=edit, progress=False)
+    torch.testing.assert_close(shared["logits"], alone["logits"])
