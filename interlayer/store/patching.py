@@ -172,32 +172,31 @@ def patch_grid(model: ModelAdapter, ids: Sequence[int], source: Mapping[str, tor
     return PatchGrid([tuple(g) for g in groups], list(positions), float(probs[0]), grid)
 
 
-def _pair(clean: Sequence[int], corrupted: Sequence[int]) -> int:
-    """The first position where the two inputs differ (they must be as long)."""
-    if len(clean) != len(corrupted):
-        raise InterlayerError(f"patching between prompts needs inputs of the same length; got {len(clean)} and "
-                              f"{len(corrupted)} tokens")
-    return next((i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b), len(clean))
+def _between(model: ModelAdapter, run: Sequence[int], source: Sequence[int], sites: Sequence[str], target: int,
+             positions: Sequence[int] | None) -> PatchGrid:
+    """Run ``run`` with ``source``'s activation patched in at each (site, position); the
+    two prompts must be as long, and positions before their first difference are equal."""
+    if len(run) != len(source):
+        raise InterlayerError(f"patching between prompts needs inputs of the same length; got {len(source)} and "
+                              f"{len(run)} tokens")
+    first = next((i for i, (a, b) in enumerate(zip(run, source)) if a != b), len(run))
+    recorded = record(model, source, sites)
+    return patch_grid(model, run, recorded, [(s,) for s in sites], list(positions or range(len(run))), target,
+                      first_changed=first)
 
 
 def denoising(model: ModelAdapter, clean: Sequence[int], corrupted: Sequence[int], sites: Sequence[str], target: int,
               positions: Sequence[int] | None = None) -> PatchGrid:
     """Run ``corrupted`` and restore ``clean``'s activation at each (site, position):
     how much of ``target``'s probability each restores."""
-    first = _pair(clean, corrupted)
-    source = record(model, clean, sites)
-    return patch_grid(model, corrupted, source, [(s,) for s in sites], list(positions or range(len(clean))), target,
-                      first_changed=first)
+    return _between(model, corrupted, clean, sites, target, positions)
 
 
 def noising(model: ModelAdapter, clean: Sequence[int], corrupted: Sequence[int], sites: Sequence[str], target: int,
             positions: Sequence[int] | None = None) -> PatchGrid:
     """Run ``clean`` and patch in ``corrupted``'s activation at each (site, position):
     how much of ``target``'s probability each destroys."""
-    first = _pair(clean, corrupted)
-    source = record(model, corrupted, sites)
-    return patch_grid(model, clean, source, [(s,) for s in sites], list(positions or range(len(clean))), target,
-                      first_changed=first)
+    return _between(model, clean, corrupted, sites, target, positions)
 
 
 __all__ = ["EMBED_SITE", "EmbeddingNoise", "PatchGrid", "denoising", "embedding_std", "noising", "patch_grid",
