@@ -58,7 +58,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
            cli: bool = True, required: bool = False, min: float | None = None, above: float | None = None,
            suffixes: tuple[str, ...] | None = None, group: str | None = None, flag: str | None = None,
            short: str | None = None, parse: Callable[[str], Any] | None = None, items: type | None = None,
-           repeat: bool = False, deprecated_positional: bool = False) -> Any:
+           repeat: bool = False, deprecated_positional: bool = False, positional: bool = False) -> Any:
     """A config field.
 
     Args:
@@ -81,6 +81,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
         repeat: the flag may be given several times; the field holds a list.
         deprecated_positional: the value may also be given as a positional argument (old
             spelling; a notice says so).
+        positional: with ``repeat``, the values may also be given as positional arguments
+            (``interlayer report compare A.json B.json``).
     """
     if group is not None and group not in GROUPS:
         raise InterlayerError(f"option group {group!r}: valid choices: {choices_(GROUPS)}")
@@ -90,7 +92,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
         parse = LIST_TYPES[items]
     meta = {"help": help, "choices": choices, "cli": cli, "required": required, "min": min, "above": above,
             "suffixes": suffixes, "group": group, "flag": flag, "short": short, "parse": parse, "repeat": repeat,
-            "deprecated_positional": deprecated_positional}
+            "deprecated_positional": deprecated_positional, "positional": positional}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -40,7 +40,7 @@ from interlayer.decoding import LOGIT_LENS, LayerDecoder, Lens
 from interlayer.errors import InterlayerError
 from interlayer.generation import Sampling, generate_texts
 from interlayer.io.journal import Journal
-from interlayer.intervals import PROBABILITY, bootstrap_interval, proportion_interval
+from interlayer.intervals import PROBABILITY, bootstrap_interval, mean_interval, proportion_interval
 from interlayer.layers import hidden_index, hidden_index_layers
 from interlayer.results import Result, decode_array, encode_array, require
 
@@ -109,6 +109,8 @@ class ConsistencyResult(Result):
     texts: list[list[str]] = field(default_factory=list)
     auroc_ci: tuple[float, float] | None = None
     """95% percentile-bootstrap interval of the AUROC over sampled paths (None when undefined)."""
+    agreement_correct_ci: tuple[list[float], list[float]] | None = None
+    """Per hidden state, the 95% bootstrap interval of ``agreement_correct`` over the correct paths."""
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, int):
@@ -131,7 +133,9 @@ class ConsistencyResult(Result):
             "ic_mean_correct": float(self.ic[self.correct].mean()) if self.correct.any() else None,
             "ic_mean_incorrect": float(self.ic[~self.correct].mean()) if (~self.correct).any() else None,
             "path_accuracy": float(self.correct.mean()),
-            "agreement": {"correct": self.agreement_correct, "incorrect": self.agreement_incorrect},
+            "agreement": {"correct": self.agreement_correct, "incorrect": self.agreement_incorrect,
+                          **({"correct_low": list(self.agreement_correct_ci[0]), "correct_high": list(self.agreement_correct_ci[1])}
+                             if self.agreement_correct_ci is not None else {})},
             "ic": encode_array(self.ic), "correct": encode_array(self.correct), "texts": self.texts,
         }
 
@@ -150,7 +154,8 @@ class ConsistencyResult(Result):
                    correct=decode_array(payload["correct"]),
                    agreement_correct=list(payload["agreement"]["correct"]),
                    agreement_incorrect=list(payload["agreement"]["incorrect"]),
-                   texts=[list(t) for t in payload.get("texts", [])], auroc_ci=None if ci is None else tuple(ci))
+                   texts=[list(t) for t in payload.get("texts", [])], auroc_ci=None if ci is None else tuple(ci),
+                   agreement_correct_ci=_agreement_ci(payload["agreement"]))
 
     def headline(self) -> dict[str, Any]:
         """Questions, paths, the three accuracies and the AUROC with their intervals."""
@@ -262,12 +267,12 @@ def internal_consistency(model: ModelAdapter, examples: Sequence[Example], label
         weighted.append(float(np.mean([weighted_vote(sampled_answers[q, :k], sampled_ic[q, :k], len(labels)) == gold[q]
                                         for q in range(n)])))
     auroc, auroc_ci = _auroc(sampled_correct.reshape(-1), sampled_ic.reshape(-1))
-    agree_correct, agree_wrong = _agreement(scores, y_hat, correct)
+    agree_correct, agree_wrong, agree_ci = _agreement(scores, y_hat, correct)
     return ConsistencyResult(
         model=model.name, dataset=dataset, labels=tuple(labels), n=n, paths=paths,
         layers=hidden_index_layers(int(scores.shape[1])), greedy_accuracy=float(correct[:, 0].mean()), sc_accuracy=sc,
         ic_accuracy=weighted, auroc=auroc, ic=sampled_ic, correct=sampled_correct, agreement_correct=agree_correct,
-        agreement_incorrect=agree_wrong, texts=generated, auroc_ci=auroc_ci,
+        agreement_incorrect=agree_wrong, texts=generated, auroc_ci=auroc_ci, agreement_correct_ci=agree_ci,
     )
 
 
@@ -304,9 +309,11 @@ def _auroc(correct: np.ndarray, ic: np.ndarray) -> tuple[float, tuple[float, flo
     return auroc, bootstrap_interval(paired_auroc, (correct, ic), bounds=PROBABILITY, n_resamples=1000)
 
 
-def _agreement(scores: torch.Tensor, y_hat: torch.Tensor, correct: np.ndarray) -> tuple[list[float], list[float]]:
+def _agreement(scores: torch.Tensor, y_hat: torch.Tensor,
+               correct: np.ndarray) -> tuple[list[float], list[float], tuple[list[float], list[float]] | None]:
     """Per hidden state, the mean calibrated score of each sampled path's answer, over the
-    correct and over the incorrect paths (the greedy path of each question left out)."""
+    correct and over the incorrect paths (the greedy path of each question left out), and
+    the 95% bootstrap interval of the first over the correct paths."""
     n, per = y_hat.shape
     per_layer = scores.gather(2, y_hat.reshape(-1)[:, None, None].expand(-1, scores.shape[1], 1))[..., 0]  # [n*per, L+1]
     sampled_rows = torch.ones(n, per, dtype=torch.bool)
@@ -314,7 +321,17 @@ def _agreement(scores: torch.Tensor, y_hat: torch.Tensor, correct: np.ndarray) -
     mask_correct = torch.from_numpy(correct.reshape(-1)) & sampled_rows.view(-1)
     mask_wrong = ~torch.from_numpy(correct.reshape(-1)) & sampled_rows.view(-1)
     agree = lambda m: per_layer[m].mean(0).tolist() if m.any() else []  # noqa: E731
-    return agree(mask_correct), agree(mask_wrong)
+    ci = None
+    if mask_correct.any():
+        low, high = mean_interval(per_layer[mask_correct].double().numpy(), bounds=PROBABILITY)
+        ci = (low.tolist(), high.tolist())
+    return agree(mask_correct), agree(mask_wrong), ci
+
+
+def _agreement_ci(agreement: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    if "correct_low" not in agreement:
+        return None
+    return list(agreement["correct_low"]), list(agreement["correct_high"])
 
 
 __all__ = ["DATASETS", "LABELS", "TRIGGER", "ConsistencyResult", "Example", "calibrate", "calibrate_label_scores",

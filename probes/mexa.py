@@ -99,7 +99,10 @@ def sentence_embeddings(model: ModelAdapter, sentences: Sequence[str], pooling: 
     sites = hidden_state_sites(model)
     acts = collect(model, list(sentences), sites, select=POOLINGS[pooling], batch_size=batch_size, progress=progress,
                    padding_side=padding_side)
-    return acts.stack(sites).double()
+    out = torch.empty((len(sites), *acts[sites[0]].shape), dtype=torch.float64)
+    for i, site in enumerate(sites):  # filled site by site, each freed once copied: no stacked copy beside it
+        out[i] = acts.tensors.pop(site)
+    return out
 
 
 def cosine_matrix(pivot: torch.Tensor, other: torch.Tensor) -> torch.Tensor:

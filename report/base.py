@@ -18,6 +18,9 @@ from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
 
+from .summary import Panel
+from .user_data import load_prompts, load_word_pairs
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -42,13 +45,14 @@ class Profile:
     trace_facts: int = 4          # known facts causal tracing averages over
     trace_scan: int = 100         # known_1000 facts read to find them
     trace_samples: int = 10       # noise samples per fact (ROME: 10)
+    trace_positions: str = "all"  # positions restored: all (ROME) or key (first/last subject token, last token)
 
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", prompts=3, sample_tokens=256, latent_words=24, mexa_languages=20, mexa_sentences=20,
                      probe_folds=3, iks_questions=8, iks_steps=4, consistency_questions=4, consistency_paths=3,
                      consistency_tokens=32, steering_pairs=32, steering_items=16, sae_tokens=1024,
-                     trace_facts=4, trace_scan=100, trace_samples=10),
+                     trace_facts=4, trace_scan=100, trace_samples=5, trace_positions="key"),
     # the sizes of the README findings
     "full": Profile("full", prompts=3, sample_tokens=2048, latent_words=None, mexa_languages=33, mexa_sentences=100,
                     probe_folds=5, iks_questions=40, iks_steps=8, consistency_questions=20, consistency_paths=5,
@@ -69,14 +73,15 @@ def check_profile(name: str) -> Profile:
 @dataclass
 class SectionResult:
     """What a section shows: every number (``numbers``, all of them JSON), sentences
-    written from them, figures, tables (also written as CSV), and per-layer curves for the
-    cross-layer summary (``label -> (relative depth 0..1, value 0..1)``)."""
+    written from them, figures, tables (also written as CSV), and its panels of the
+    cross-layer summary (:class:`~interlayer.report.summary.Panel`: a per-layer quantity in
+    its own units, its interval and its layer of interest)."""
 
     numbers: dict[str, Any] = field(default_factory=dict)
     prose: list[str] = field(default_factory=list)
     figures: list[go.Figure] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    panels: list[Panel] = field(default_factory=list)
     status: str = "ok"
     error: str = ""
     seconds: float = 0.0
@@ -88,26 +93,18 @@ class SectionResult:
         return {"numbers": self.numbers, "prose": self.prose,
                 "figures": [json.loads(pio.to_json(f, validate=False)) for f in self.figures],
                 "tables": {k: json.loads(v.to_json(orient="split", index=False)) for k, v in self.tables.items()},
-                "curves": {k: [list(map(float, x)), list(map(float, y))] for k, (x, y) in self.curves.items()},
+                "panels": [p.to_json() for p in self.panels],
                 "status": self.status, "error": self.error, "seconds": self.seconds,
                 "forward_calls": self.forward_calls}
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "SectionResult":
-        """The section result ``to_json`` wrote (a resume file): tables, figures and curves rebuilt."""
+        """The section result ``to_json`` wrote (a resume file): tables, figures and panels rebuilt."""
         tables = {k: pd.DataFrame(v["data"], columns=v["columns"]) for k, v in payload["tables"].items()}
         figures = [pio.from_json(json.dumps(f), skip_invalid=True) for f in payload["figures"]]
-        curves = {k: (v[0], v[1]) for k, v in payload["curves"].items()}
-        return cls(payload["numbers"], payload["prose"], figures, tables, curves, payload["status"], payload["error"],
+        panels = [Panel.from_json(p) for p in payload["panels"]]
+        return cls(payload["numbers"], payload["prose"], figures, tables, panels, payload["status"], payload["error"],
                    payload["seconds"], payload.get("forward_calls", 0))
-
-
-def load_prompts(path: Any) -> list[tuple[str, str]]:
-    """The logit lens's ``(prompt, target)`` pairs of a ``--prompts`` JSONL file, one
-    ``{"prompt", "target"}`` object per line (errors name the file and the line)."""
-    from interlayer.io.json_records import string_records
-
-    return [(r["prompt"], r["target"]) for _, r in string_records(path, ("prompt", "target"), flag="--prompts")]
 
 
 SHARED_USERS: dict[str, tuple[str, ...]] = {"sample": ("logit_lens", "saturation"), "flores": ("mexa", "probes")}
@@ -119,16 +116,30 @@ class ReportContext:
     passes (each computed once, on first use, and kept for the other sections)."""
 
     def __init__(self, model: ModelAdapter, profile: Profile, *, lens: Lens = LOGIT_LENS, sae_dir: str | None = None,
-                 progress: bool = False, facts: Any = None, prompts: Any = None) -> None:
+                 progress: bool = False, facts: Any = None, prompts: Any = None, word_pairs: Any = None,
+                 text: Any = None, steering_dataset: str | None = None, qa_data: str | None = None) -> None:
         self.model = model
         self.facts = facts  # causal tracing's facts file (None: the packaged known_1000)
         self.prompts_file = prompts  # the logit lens's (prompt, target) file (None: the packaged examples)
         self.prompts: list[tuple[str, str]] | None = None if prompts is None else load_prompts(prompts)
+        self.word_pairs_file = word_pairs  # latent language's words (None: the packaged list)
+        self.word_pairs = None if word_pairs is None else load_word_pairs(word_pairs)
+        self.text = text  # the sample text (None: the packaged one)
+        self.steering_dataset = steering_dataset
+        self.qa_data = qa_data
         self.profile = profile
         self.lens = lens
         self.sae_dir = sae_dir
         self.progress = progress
         self._shared: dict[str, Any] = {}
+
+    def sample_text(self) -> tuple[str, str]:
+        """The sample text's path and how the report names it (``--text`` or the packaged one)."""
+        from interlayer.model.loading import SAMPLE_TEXT
+
+        if self.text is None:
+            return str(SAMPLE_TEXT), "packaged sample text"
+        return str(self.text), f"the text of {self.text}"
 
     def shared(self, name: str, compute: Callable[[], Any]) -> Any:
         """The shared pass ``name``, computed by ``compute`` the first time it is asked for."""

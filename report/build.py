@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from interlayer.progress import tqdm
 
@@ -32,6 +33,8 @@ from interlayer.io.journal import KeyedParts
 from interlayer.io.files import check_writable, write_json_atomic, write_text_atomic
 from interlayer.options import str_list
 
+from .static_figures import check_formats
+from .user_data import check_user_data, fingerprint
 from .base import Profile, ReportContext, Section, SectionResult, check_profile, settings_of
 from .render import numbers_json, render
 from .sections_causal import tracing_section
@@ -149,20 +152,28 @@ def check_outputs(out: str | Path) -> None:
                 refuse(file, f"is not in a folder the report wrote ({FOLDER_MARKER} is missing)")
 
 
-def _fingerprint(path: str | Path | None) -> str | None:
-    """A user data file's sha256 (a resumed section reruns when its data changed)."""
-    return None if path is None else hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+USER_DATA = ("prompts", "word_pairs", "facts", "steering_dataset", "qa_data", "text")
+"""The report's user-data options (:mod:`interlayer.report.user_data`), by keyword."""
 
 
 def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: str | Sequence[str] | None = None,
                  skip: str | Sequence[str] | None = None, sae: str | None = None, lens: Lens = LOGIT_LENS,
-                 lens_source: str | None = None, profile: str | Profile = "quick", facts: str | Path | None = None,
-                 prompts: str | Path | None = None, progress: bool = True) -> ReportFiles:
+                 lens_source: str | None = None, profile: str | Profile = "quick", progress: bool = True,
+                 static_figures: str | Sequence[str] | None = None, **data: Any) -> ReportFiles:
     """Run the report's sections on ``model`` and write ``out`` (HTML), ``report.json``
     (next to it, named after it), the tables as CSV and the per-section resume files.
+    ``data`` holds the user's own data by :data:`USER_DATA` keyword (``prompts``,
+    ``word_pairs``, ``facts``: files; ``steering_dataset``, ``qa_data``: names or files;
+    ``text``: a file), each checked before any computation. ``static_figures`` (``png``,
+    ``svg`` or both) also writes every figure as an image into ``NAME.figures/``.
     A side file that is not the report's own is refused first (:func:`check_outputs`)."""
     out = check_writable(out, suffixes=(".html",))
     check_outputs(out)
+    unknown = sorted(set(data) - set(USER_DATA))
+    if unknown:
+        raise InterlayerError(f"unknown report data {unknown[0]!r}; valid choices: {choices(USER_DATA)}")
+    formats = check_formats(static_figures)
+    check_user_data(**data)
     prof = check_profile(profile) if isinstance(profile, str) else profile
     sections = select_sections(only, skip, sae is not None)
     if sae is not None:
@@ -171,11 +182,10 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
     for folder in (parts_dir, tables_dir):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FOLDER_MARKER).touch()
-    ctx = ReportContext(model, prof, lens=lens, sae_dir=sae, progress=progress, facts=facts, prompts=prompts)
+    ctx = ReportContext(model, prof, lens=lens, sae_dir=sae, progress=progress, **data)
     base_key = {"model": model.name, "weights": model.weights_sha256(), "profile": settings_of(prof),
                 "lens": lens.name, "lens_source": lens_source, "sae": str(Path(sae).resolve()) if sae else None,
-                "version": _version(), "facts": _fingerprint(facts),
-                "prompts": _fingerprint(prompts)}
+                "version": _version(), **{k: fingerprint(data.get(k)) for k in USER_DATA}}
     results: dict[str, SectionResult] = {}
     parts = _parts(parts_dir)
     bar = tqdm(sections, desc="report", unit="section", disable=not progress)
@@ -188,18 +198,36 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
         if cached is None:
             parts.save(section.name, key, results[section.name].to_json())
     bar.close()
-    title = f"interlayer report: {model.name}"
-    header = {"profile": prof.name, "lens": lens.name, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "sections": len(results), "failed": sum(r.status != "ok" for r in results.values())}
+    _write(out, model, prof, lens.name, sections, results, {k: None if v is None else str(v) for k, v in data.items()})
+    if formats:
+        from .static_figures import write_static_figures
+
+        write_static_figures(results, out.with_name(out.stem + ".figures"), formats)
+    return ReportFiles(out, json_path, tables_dir, parts_dir, results)
+
+
+def _write(out: Path, model: ModelAdapter, prof: Profile, lens: str, sections: Sequence[Section],
+           results: dict[str, SectionResult], data: dict[str, str | None]) -> None:
+    """The HTML, the JSON (with the "where things happen" rows and the data used) and the CSVs."""
     from plotly.offline import get_plotlyjs
 
-    write_text_atomic(out, render(title, [(s.name, s.title) for s in sections], results, get_plotlyjs(), header))
-    write_json_atomic(json_path, {"schema": REPORT_SCHEMA, "model": model.name, "profile": settings_of(prof),
-                                  "lens": lens.name, "sections": numbers_json(results)})
+    from .render import all_panels
+    from .summary import where_table
+
+    json_path, tables_dir, _ = output_paths(out)
+    title = f"interlayer report: {model.name}"
+    header = {"profile": prof.name, "lens": lens, "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "sections": len(results), "failed": sum(r.status != "ok" for r in results.values())}
+    write_text_atomic(out, render(title, [(s.name, s.title) for s in sections], results, get_plotlyjs(), header,
+                                  n_layers=model.n_layers, tables_href=tables_dir.name))
+    where = where_table(all_panels(results))
+    write_json_atomic(json_path, {"schema": REPORT_SCHEMA, "model": model.name, "n_layers": model.n_layers,
+                                  "profile": settings_of(prof), "lens": lens, "data": data,
+                                  "where": json.loads(where.to_json(orient="records")),
+                                  "sections": numbers_json(results)})
     for name, result in results.items():
         for table, frame in result.tables.items():
             write_text_atomic(tables_dir / f"{name}.{table}.csv", frame.to_csv(index=False))
-    return ReportFiles(out, json_path, tables_dir, parts_dir, results)
 
 
 def _run(section: Section, ctx: ReportContext) -> SectionResult:
@@ -235,5 +263,5 @@ def _version() -> str:
     return interlayer.__version__
 
 
-__all__ = ["REPORT_SCHEMA", "ReportFiles", "SECTIONS", "SECTION_NAMES", "build_report", "check_outputs", "output_paths",
+__all__ = ["REPORT_SCHEMA", "ReportFiles", "USER_DATA", "SECTIONS", "SECTION_NAMES", "build_report", "check_outputs", "output_paths",
            "select_sections"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from interlayer.cli.registry import command, say, show
 from interlayer.io.files import check_writable
 
-from .config import ReportConfig
+from .config import CompareConfig, ReportConfig
 
 
 @command("report", ReportConfig)
@@ -18,19 +18,16 @@ def run_report(cfg: ReportConfig) -> int:
     select_sections(cfg.only, cfg.skip, cfg.sae is not None)
     if cfg.sae is not None:
         check_sae_dir(cfg.sae)
-    if cfg.facts is not None:
-        from interlayer.tracing import load_facts
+    from .static_figures import check_formats
+    from .user_data import check_user_data
 
-        load_facts(cfg.facts)  # a bad line is one error naming the file and the line, before the model loads
-    if cfg.prompts is not None:
-        from .base import load_prompts
-
-        load_prompts(cfg.prompts)
+    check_formats(cfg.static_figures)
+    check_user_data(**cfg.user_data())  # a bad line is one error naming the file and the line, before the model loads
     cfg.check_lens()
     model = cfg.load()
     kwargs = {"lens": cfg.build(model), "lens_source": cfg.tuned_lens} if cfg.tuned_lens else {}
     files = build_report(model, cfg.out, only=cfg.only, skip=cfg.skip, sae=cfg.sae, profile=cfg.profile,
-                         facts=cfg.facts, prompts=cfg.prompts, progress=not cfg.no_progress, **kwargs)
+                         progress=not cfg.no_progress, static_figures=cfg.static_figures, **cfg.user_data(), **kwargs)
     failed = [n for n, r in files.results.items() if r.status != "ok"]
     rows = [{"section": name, "status": r.status, "seconds": r.seconds, "forward_calls": r.forward_calls}
             for name, r in files.results.items()]
@@ -40,4 +37,13 @@ def run_report(cfg: ReportConfig) -> int:
     if failed:
         say(f"failed sections: {', '.join(failed)} (see the report)")
         return 3  # finished, with failed parts
+    return 0
+
+
+@command("report-compare", CompareConfig)
+def run_compare(cfg: CompareConfig) -> int:
+    from .compare import write_comparison
+
+    out = write_comparison(cfg.reports or [], cfg.out)
+    say(f"wrote {out} (and {out.with_suffix('.json').name})")
     return 0

@@ -15,6 +15,7 @@ from interlayer.options import CONTEXT_LENGTH
 from interlayer.plot_text import plot_text
 
 from .base import ReportContext, SectionResult, settings_of
+from .summary import Panel
 
 if TYPE_CHECKING:
     from interlayer.lens.saturation import SaturationResult
@@ -53,10 +54,9 @@ def sample_decoding(ctx: ReportContext) -> "SaturationResult":
     with entropy and KL to the final layer): one store pass, decoded once, shared by the
     logit-lens curves and the saturation section."""
     from interlayer.lens.saturation import saturation
-    from interlayer.model.loading import SAMPLE_TEXT
 
     model = ctx.model
-    return saturation(model, str(SAMPLE_TEXT), tokens=ctx.profile.sample_tokens,
+    return saturation(model, ctx.sample_text()[0], tokens=ctx.profile.sample_tokens,
                       context_length=min(CONTEXT_LENGTH, model.max_positions), lens=ctx.lens, entropy_and_kl=True,
                       progress=False)
 
@@ -96,16 +96,31 @@ def logit_lens_section(ctx: ReportContext) -> SectionResult:
                      f"(relative depth {ctx.depth(layer):.2f})." if layer is not None else
                      f"After {prompt!r}, {target!r} is never the top token at the last position.")
     below = _first(kl, lambda v: v < 1.0)
-    prose.append(f"On sample text the mean KL to the final layer falls from {kl[0]:.2f} nats at layer 0 to "
+    prose.append(f"On {sample.n_tokens} tokens of {ctx.sample_text()[1]} the mean KL to the final layer falls from {kl[0]:.2f} nats at layer 0 to "
                  + (f"below 1 nat at layer {below}." if below is not None else f"{kl[-2]:.2f} at the last-but-one layer."))
     numbers = {"data": source, "prompts": [p for p, _ in pairs], "targets": [t for _, t in pairs], "target_probability": probs,
                "target_rank": ranks, "first_layer_top1": first_top, "sample_tokens": sample.n_tokens,
                "sample_entropy": entropy, "sample_kl_to_final": kl}
-    depth = [ctx.depth(l) for l in res.layers]
-    kl_max = max(max(kl), 1e-9)
+    panel = _kl_panel(ctx, sample, below)
     return SectionResult(numbers, prose, [res.plot(0), fig, curves],
                          {"logit_lens_curves": pd.DataFrame({"layer": res.layers, "kl_to_final": kl, "entropy": entropy})},
-                         {"logit lens: 1 - KL/KL(layer 0)": (depth, [1 - v / kl_max for v in kl])})
+                         [panel])
+
+
+def _kl_panel(ctx: ReportContext, sample: "SaturationResult", below: int | None) -> Panel:
+    from interlayer.intervals import mean_interval
+
+    per_token = sample.kl_to_final.double().numpy()  # [layers, tokens]
+    low, high = mean_interval(per_token.T)
+    kl = per_token.mean(1)
+    sentence = (f"The logit lens's KL to the final layer falls below 1 nat at layer {below} (relative depth "
+                f"{ctx.depth(below):.2f}); from there on the intermediate layers already predict what the model will."
+                if below is not None else
+                f"The logit lens's KL to the final layer stays above 1 nat ({kl[-2]:.2f} at the last-but-one layer).")
+    return Panel("Logit lens", "KL(final ‖ layer), nats", ctx.model.n_layers, list(sample.layers), kl.tolist(),
+                 low.tolist(), high.tolist(), f"95% bootstrap over {sample.n_tokens} sample-text tokens",
+                 below, "first layer below 1 nat" if below is not None else "", sentence,
+                 data=f"{sample.n_tokens} tokens of {ctx.sample_text()[1]}")
 
 
 def saturation_section(ctx: ReportContext) -> SectionResult:
@@ -114,7 +129,8 @@ def saturation_section(ctx: ReportContext) -> SectionResult:
     half = _first(frame.match_final, lambda v: v >= 0.5)
     best = int(frame.match_next.idxmax())
     median_exit = float(np.median(res.exit_layer.numpy()))
-    prose = [f"Half the tokens already have their final top-1 token at layer {half} "
+    prose = [f"Data: {res.n_tokens} tokens of {ctx.sample_text()[1]}.",
+             f"Half the tokens already have their final top-1 token at layer {half} "
              f"(relative depth {ctx.depth(half):.2f})." if half is not None else
              "Fewer than half the tokens reach their final top-1 token before the last layer.",
              f"The median token exits (its top-1 stays the final one from then on) at layer {median_exit:.0f} "
@@ -123,24 +139,37 @@ def saturation_section(ctx: ReportContext) -> SectionResult:
              f"({frame.match_next.iloc[-1]:.1%} at the last layer)."]
     numbers = {"tokens": res.n_tokens, "match_final": frame.match_final.tolist(), "match_next": frame.match_next.tolist(),
                "exit_fraction": frame.exit_fraction.tolist(), "half_saturated_layer": half, "median_exit_layer": median_exit}
-    depth = [ctx.depth(l) for l in res.layers]
-    return SectionResult(numbers, prose, [res.plot()], {"saturation": frame},
-                         {"saturation: top-1 = final": (depth, frame.match_final.tolist())})
+    from interlayer.intervals import proportion_interval
+
+    bands = [proportion_interval(round(v * res.n_tokens), res.n_tokens) for v in frame.match_final]
+    sentence = (f"Half the tokens have their final top-1 token by layer {half} (relative depth {ctx.depth(half):.2f})."
+                if half is not None else "Fewer than half the tokens have their final top-1 token before the last layer.")
+    panel = Panel("Saturation", "fraction of tokens whose top-1 is the final one", ctx.model.n_layers, list(res.layers),
+                  frame.match_final.tolist(), [b[0] for b in bands], [b[1] for b in bands],
+                  f"95% Wilson over {res.n_tokens} tokens", half, "half the tokens saturated" if half is not None else "",
+                  sentence, data=f"{res.n_tokens} tokens of {ctx.sample_text()[1]}")
+    return SectionResult(numbers, prose, [res.plot()], {"saturation": frame}, [panel])
 
 
 def latent_section(ctx: ReportContext) -> SectionResult:
     from interlayer.lens import latent_language
 
     figures, prose, numbers, tables = [], [], {}, {}
-    targets = []
-    for src, tgt in LATENT_PAIRS:
-        res = latent_language(ctx.model, src=src, tgt=tgt, task="translation", latents=["en"],
+    pairs, words = LATENT_PAIRS, None
+    if ctx.word_pairs is not None:
+        pairs, words = [ctx.word_pairs[:2]], ctx.word_pairs[2]
+    source = (f"the word pairs of {ctx.word_pairs_file}" if words is not None
+              else "the packaged word list (Wendler et al. 2024)")
+    prose.append(f"Data: {source}.")
+    results = []
+    for src, tgt in pairs:
+        res = latent_language(ctx.model, src=src, tgt=tgt, task="translation", latents=["en"], words=words,
                               limit=ctx.profile.latent_words, lens=ctx.lens, progress=False)
         payload = res.to_json()
         en, target = payload["p_latent"]["en"], payload["p_target"]
         peak = int(np.argmax(en))
         wins = _first(range(len(target)), lambda l: target[l] > en[l] and target[l] > 0.05)
-        prose.append(f"{src}→{tgt} ({res.n_words} words): English peaks at layer {peak} (p = {en[peak]:.2f}); the "
+        prose.append(f"{src}→{tgt} ({res.n_words} words): English peaks at layer {peak} (P = {en[peak]:.2f}); the "
                      + (f"target first beats English at layer {wins} (relative depth {ctx.depth(wins):.2f})."
                         if wins is not None else "target never beats English."))
         numbers[f"{src}-{tgt}"] = {k: payload[k] for k in ("n_words", "p_target", "p_latent", "p_source", "ci")}
@@ -148,10 +177,27 @@ def latent_section(ctx: ReportContext) -> SectionResult:
         numbers[f"{src}-{tgt}"]["target_wins_layer"] = wins
         figures.append(res.plot())
         tables[f"latent_{src}_{tgt}"] = res.to_frame()
-        targets.append(target)
-    depth = [ctx.depth(l) for l in range(ctx.model.n_layers)]
-    return SectionResult(numbers, prose, figures, tables,
-                         {"latent language: P(target)": (depth, np.mean(targets, 0).tolist())})
+        results.append(payload)
+    numbers["data"] = source
+    return SectionResult(numbers, prose, figures, tables, [_latent_panel(ctx, results, pairs, source)])
+
+
+def _latent_panel(ctx: ReportContext, results: list[dict[str, Any]], pairs: Any, source: str) -> Panel:
+    """P(target) averaged over the pairs, its interval the average of the pairs' bounds; the
+    marked layer is the first where the averaged target beats the averaged English."""
+    target = np.mean([r["p_target"] for r in results], 0)
+    english = np.mean([r["p_latent"]["en"] for r in results], 0)
+    low = np.mean([r["ci"]["p_target"]["low"] for r in results], 0)
+    high = np.mean([r["ci"]["p_target"]["high"] for r in results], 0)
+    wins = _first(range(len(target)), lambda l: target[l] > english[l] and target[l] > 0.05)
+    names = ", ".join(f"{a}→{b}" for a, b in pairs)
+    sentence = (f"In translation ({names}) the target language first beats English at layer {wins} (relative depth "
+                f"{ctx.depth(wins):.2f}); before it, English peaks at layer {int(np.argmax(english))}."
+                if wins is not None else f"In translation ({names}) the target language never beats English.")
+    interval = ("95% bootstrap over words" + (", the average of the pairs' bounds" if len(results) > 1 else ""))
+    return Panel("Latent language", f"P(target word), mean of {names}", ctx.model.n_layers,
+                 list(results[0]["layers"]), target.tolist(), low.tolist(), high.tolist(), interval, wins,
+                 "target first beats English" if wins is not None else "", sentence, data=source)
 
 
 __all__ = ["latent_section", "logit_lens_section", "model_card", "sample_decoding", "saturation_section"]

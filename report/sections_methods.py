@@ -13,6 +13,7 @@ from interlayer.errors import InterlayerError
 from interlayer.options import CONTEXT_LENGTH
 
 from .base import ReportContext, SectionResult
+from .summary import Panel
 
 STEERING_DATASET = "persona:agreeableness"
 STEERING_COEFS = (-8.0, -4.0, 4.0, 8.0)
@@ -20,25 +21,34 @@ STEERING_COEFS = (-8.0, -4.0, 4.0, 8.0)
 
 def iks_section(ctx: ReportContext) -> SectionResult:
     from interlayer.lens import iks_on_data
+    from interlayer.lens.qa_data import load_qa
 
     p = ctx.profile
-    res = iks_on_data(ctx.model, "nq", p.iks_questions, passage=True, max_new_tokens=p.iks_steps, batch_size=4,
+    data = ctx.qa_data or "nq"
+    passage = any(r.passage for r in load_qa(data, p.iks_questions).records)
+    res = iks_on_data(ctx.model, data, p.iks_questions, passage=passage, max_new_tokens=p.iks_steps, batch_size=4,
                       progress=False)
     mean = res.mean
     hist = res.histogram
     mode = max(hist, key=hist.get)
     low = int(np.argmin(mean))
-    prose = [f"While answering {res.n} NQ questions from their gold passage ({res.values.shape[0]} decoding steps), "
-             f"the FFN changes the next-token distribution least (lowest IKS) at layer {low} and most at layer "
-             f"{int(np.argmax(mean))}.",
-             f"Among the fusion candidates {res.candidates}, l* = {res.layer} (mean IKS {mean[res.layer]:.4f}); per step "
-             f"the choice falls most often on layer {mode} ({hist[mode]} of {sum(hist.values())} steps).",
+    source = (f"the questions of {data}" if ctx.qa_data else "NQ-open") + (" with their gold passages" if passage else "")
+    prose = [f"Data: {source}.",
+             f"While answering {res.n} questions ({res.values.shape[0]} decoding steps), the FFN changes the "
+             f"next-token distribution least (lowest IKS) at layer {res.layers[low]} and most at layer "
+             f"{res.layers[int(np.argmax(mean))]}.",
+             f"Among the fusion candidates {res.candidates}, l* = {res.layer} (mean IKS {mean[res.layers.index(res.layer)]:.4f}); "
+             f"per step the choice falls most often on layer {mode} ({hist[mode]} of {sum(hist.values())} steps).",
              "This is the project's reading of LFD's internal knowledge score (see the README)."]
     payload = {k: v for k, v in res.to_json().items() if k not in ("values", "chosen")}  # per-step data stay out
-    top = max(float(mean.max()), 1e-12)
-    depth = [ctx.depth(l) for l in res.layers]
-    return SectionResult(payload, prose, [res.plot()], {"iks": res.to_frame()},
-                         {"IKS (÷ max)": (depth, [float(v) / top for v in mean])})
+    payload["data"] = source
+    lo, hi = res.interval()
+    sentence = (f"IKS puts the knowledge layer l* at layer {res.layer} (relative depth {ctx.depth(res.layer):.2f}), "
+                f"the candidate whose FFN changes the next-token distribution least.")
+    panel = Panel("IKS", "internal knowledge score (JSD, mean over steps)", ctx.model.n_layers, list(res.layers),
+                  mean.tolist(), lo.tolist(), hi.tolist(), f"95% bootstrap over {res.values.shape[0]} decoding steps",
+                  res.layer, "l* (lowest IKS among the candidates)", sentence, data=source)
+    return SectionResult(payload, prose, [res.plot()], {"iks": res.to_frame()}, [panel])
 
 
 def steering_section(ctx: ReportContext) -> SectionResult:
@@ -47,23 +57,43 @@ def steering_section(ctx: ReportContext) -> SectionResult:
     n = ctx.model.n_layers
     layers = sorted({n // 4, n // 2, (3 * n) // 4})
     p = ctx.profile
-    vector = train_vectors(ctx.model, STEERING_DATASET, layers, normalize=False, n=p.steering_pairs, progress=False)
-    res = sweep(ctx.model, vector, STEERING_DATASET, layers, list(STEERING_COEFS), n=p.steering_items,
+    dataset = ctx.steering_dataset or STEERING_DATASET
+    vector = train_vectors(ctx.model, dataset, layers, normalize=False, n=p.steering_pairs, progress=False)
+    res = sweep(ctx.model, vector, dataset, layers, list(STEERING_COEFS), n=p.steering_items,
                 perplexity_tokens=128, progress=False)
     best = res.best
     random_max = float(np.abs(res.random_shift).max())
-    name = STEERING_DATASET if isinstance(STEERING_DATASET, str) else "custom pairs"
-    prose = [f"A mean-difference vector for {name} (from {p.steering_pairs} contrast pairs) was added at "
+    dataset = dataset if isinstance(dataset, str) else f"{len(dataset)} custom contrast pairs"
+    prose = [f"Data: {dataset}" + (" (packaged)." if ctx.steering_dataset is None else "."),
+             f"A mean-difference vector (from {p.steering_pairs} contrast pairs) was added at "
              f"layers {layers} with coefficients {list(STEERING_COEFS)} (multiples of the raw mean difference).",
              f"The largest shift in P(matching) within the perplexity bound is {best['shift']:+.3f} at layer "
              f"{best['layer']}, coefficient {best['coef']:g} (Δ perplexity {best['delta_perplexity']:+.2f}); a random "
              f"direction of the same norm moves it by at most {random_max:.3f} anywhere.",
              f"Unsteered, P(matching) is {res.base:.3f} on {res.n} held-out items."]
-    per_layer = np.abs(res.shift).max(1)
-    top = max(float(per_layer.max()), 1e-12)
-    return SectionResult(res.to_json(), prose, [res.plot()], {"steering_sweep": res.to_frame()},
-                         {"steering: max |shift| (÷ max)": ([ctx.depth(l) for l in layers],
-                                                            [float(v) / top for v in per_layer])})
+    numbers = {**res.to_json(), "data": dataset}
+    return SectionResult(numbers, prose, [res.plot()], {"steering_sweep": res.to_frame()},
+                         [_steering_panel(ctx, res, dataset, random_max)])
+
+
+def _steering_panel(ctx: ReportContext, res: Any, dataset: str, random_max: float) -> Panel:
+    """Per steered layer, the largest shift over the coefficients with that cell's interval;
+    the marked layer is the sweep's best cell, unless a random direction does as well."""
+    best = res.best
+    cells = [int(np.argmax(row)) for row in res.shift]
+    value = [float(res.shift[i, j]) for i, j in enumerate(cells)]
+    low = high = None
+    if res.shift_low is not None:
+        low = [float(res.shift_low[i, j]) for i, j in enumerate(cells)]
+        high = [float(res.shift_high[i, j]) for i, j in enumerate(cells)]
+    beats = best["shift"] > random_max
+    sentence = (f"Steering toward {dataset} works best at layer {best['layer']} (shift {best['shift']:+.3f}, "
+                f"coefficient {best['coef']:g})" + (", above any random direction's effect." if beats else
+                f", but a random direction moves P(matching) as much ({random_max:.3f}): no layer is shown to steer."))
+    return Panel("Steering", "largest shift in P(matching) over the coefficients", ctx.model.n_layers, list(res.layers),
+                 value, low, high, f"95% bootstrap over {res.n} held-out items", best["layer"] if beats else None,
+                 "best steering layer" if beats else "", sentence, reference=random_max,
+                 reference_label="largest random-direction |shift|", data=dataset)
 
 
 # ------------------------------------------------------------------------ SAE

@@ -11,6 +11,7 @@ import numpy as np
 from interlayer.layers import hidden_index_layers
 
 from .base import ReportContext, SectionResult
+from .summary import Panel
 
 PIVOT = "eng_Latn"
 
@@ -45,10 +46,24 @@ def mexa_section(ctx: ReportContext) -> SectionResult:
              f"Best aligned: {summary.language[0]} (mean {summary['mean'][0]:.2f}, max {summary['max'][0]:.2f}); "
              f"least: {summary.language.iloc[-1]} (mean {summary['mean'].iloc[-1]:.2f}).",
              f"Over all languages and layers the mean score is {float(np.mean(mean_by_layer)):.2f}."]
-    numbers = {**res.to_json(), "mean_by_layer": mean_by_layer.tolist(), "peak_hidden_state": peak}
-    depth = [ctx.depth(layer) for layer in res.layers]  # hidden state i at i / L
+    source = f"FLORES-200 devtest, {len(scores)} languages and English x {flores['n']} sentences"
+    prose.insert(0, f"Data: {source}.")
+    numbers = {**res.to_json(), "mean_by_layer": mean_by_layer.tolist(), "peak_hidden_state": peak, "data": source}
+    from interlayer.intervals import mean_interval
+
+    low, high = mean_interval(np.array([scores[l] for l in scores]), bounds=(0.0, 1.0))
+    best = res.layers[peak]  # hidden state i is block i - 1's output
+    sentence = (f"Sentences align best with their English translations at {_layer(best)} (relative depth "
+                f"{ctx.depth(best):.2f}; mean MEXA {mean_by_layer[peak]:.2f} over {len(scores)} languages).")
+    panel = Panel("MEXA", "alignment with English (mean over languages)", ctx.model.n_layers, list(res.layers),
+                  mean_by_layer.tolist(), low.tolist(), high.tolist(), f"95% bootstrap over {len(scores)} languages",
+                  best, "best aligned layer", sentence, data=source)
     return SectionResult(numbers, prose, [res.plot(), res.plot_summary()], {"mexa": res.to_frame(), "mexa_summary": summary},
-                         {"MEXA: mean alignment": (depth, mean_by_layer.tolist())})
+                         [panel])
+
+
+def _layer(layer: int | None) -> str:
+    return "the embeddings" if layer is None else f"layer {layer}"
 
 
 def probes_section(ctx: ReportContext) -> SectionResult:
@@ -74,10 +89,20 @@ def probes_section(ctx: ReportContext) -> SectionResult:
     numbers = {"task": "language identity", "languages": langs, "sentences_per_language": flores["n"],
                "accuracy": res.accuracy, "ci_low": res.ci_low, "ci_high": res.ci_high, "control": res.control,
                "chance": res.chance, "folds": res.folds, "best_site": frame.site[best]}
-    hidden = len(res.sites) - 1
-    return SectionResult(numbers, prose, [res.plot()], {"probe_language_identity": frame},
-                         {"probe: language identity": ([ctx.depth(layer) for layer in hidden_index_layers(hidden + 1)],
-                                                       res.accuracy)})
+    layers = hidden_index_layers(len(res.sites))
+    above = next((i for i, low in enumerate(res.ci_low) if low > res.chance), None)
+    first = layers[above] if above is not None else None
+    sentence = (f"A linear probe tells the {len(langs)} languages apart above chance from {_layer(first)} on "
+                f"({frame.accuracy[above]:.1%} there, chance {res.chance:.1%}); its best is {frame.accuracy[best]:.1%}."
+                if above is not None else f"No layer's probe is above chance ({res.chance:.1%}) on these languages.")
+    source = f"FLORES-200 devtest, {len(langs)} languages x {flores['n']} sentences"
+    numbers["data"] = source
+    prose.insert(0, f"Data: {source}.")
+    panel = Panel("Probe: language identity", "accuracy (cross-validated)", ctx.model.n_layers, layers,
+                  list(res.accuracy), [max(0.0, v) for v in res.ci_low], [min(1.0, v) for v in res.ci_high],
+                  f"95% Wilson over {len(labels)} sentences", first, "first layer above chance" if above is not None else "",
+                  sentence, reference=res.chance, reference_label="chance", data=source)
+    return SectionResult(numbers, prose, [res.plot()], {"probe_language_identity": frame}, [panel])
 
 
 def consistency_section(ctx: ReportContext) -> SectionResult:
@@ -99,13 +124,24 @@ def consistency_section(ctx: ReportContext) -> SectionResult:
     if peak is not None:
         prose.append(f"Latent predictions agree most with the final answer at layer {peak} "
                      f"({agree[peak]:.1%} for correct paths).")
-    layers = len(res.agreement_correct)
-    curve = {}
-    if layers and np.isfinite(agree).all():
-        curve = {"consistency: agreement (correct paths)": ([ctx.depth(layer) for layer in res.layers[:layers]],
-                                                             agree.tolist())}
+    source = f"CoinFlip, {res.n} questions x {res.paths} sampled paths"
+    prose.insert(0, f"Data: {source}.")
+    if res.n < 20:
+        prose.append(f"With {res.n} questions these numbers are a smoke test, not a measurement: the intervals are wide.")
     numbers = {k: v for k, v in payload.items() if k not in ("ic", "correct", "texts")}  # per-path data stay out
-    return SectionResult(numbers, prose, [res.plot()], {"consistency": res.to_frame()}, curve)
+    numbers["data"] = source
+    panels = []
+    if agree.size and np.isfinite(agree).all():
+        ci = res.agreement_correct_ci
+        mark = res.layers[peak]
+        sentence = (f"On correct reasoning paths the latent answer agrees most with the final one at {_layer(mark)} "
+                    f"({agree[peak]:.1%}; AUROC of internal consistency "
+                    + (f"{auroc:.2f})." if auroc is not None else "undefined)."))
+        panels.append(Panel("Internal consistency", "agreement with the answer (correct paths)", ctx.model.n_layers,
+                            list(res.layers[:agree.size]), agree.tolist(), None if ci is None else list(ci[0]),
+                            None if ci is None else list(ci[1]), "95% bootstrap over correct sampled paths", mark,
+                            "most agreement", sentence, data=source))
+    return SectionResult(numbers, prose, [res.plot()], {"consistency": res.to_frame()}, panels)
 
 
 __all__ = ["consistency_section", "flores_embeddings", "mexa_section", "probes_section"]

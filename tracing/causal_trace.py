@@ -41,6 +41,11 @@ from .facts import Fact, subject_positions
 KINDS: dict[str, str] = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 """The traced kinds and the site each restores."""
 
+POSITIONS = ("all", "key")
+"""Which positions are restored: ``all`` (ROME) or ``key``, the :data:`KEY_GROUPS` only."""
+KEY_GROUPS = ("first subject token", "last subject token", "last token")
+"""The token groups ``positions="key"`` restores: where ROME's early and late sites are."""
+
 TOKEN_GROUPS = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
                 "further tokens", "last token")
 """ROME's token groups (its Figure 2)."""
@@ -70,6 +75,16 @@ def token_groups(n_tokens: int, subject: Sequence[int]) -> dict[str, list[int]]:
             "last token": [n_tokens - 1]}
 
 
+def restored_positions(n_tokens: int, subject: Sequence[int], positions: str = "all") -> list[int]:
+    """The positions a trace restores: every one, or (``"key"``) those of :data:`KEY_GROUPS`."""
+    if positions not in POSITIONS:
+        raise InterlayerError(f"unknown positions {positions!r}; valid choices: {choices(POSITIONS)}")
+    if positions == "all":
+        return list(range(n_tokens))
+    groups = token_groups(n_tokens, subject)
+    return sorted({p for name in KEY_GROUPS for p in groups[name]})
+
+
 @dataclass
 class FactTrace:
     """One fact's trace. ``scores[kind]`` is ``[n_layers, n_tokens]``: the answer's
@@ -95,19 +110,21 @@ class FactTrace:
         return {"prompt": self.fact.prompt, "subject": self.fact.subject, "target": self.fact.target,
                 "tokens": self.tokens, "subject_positions": self.subject, "target_id": self.target_id,
                 "clean": self.clean, "corrupted": self.corrupted, "known": self.known,
-                "scores": {k: v.tolist() for k, v in self.scores.items()}}
+                "scores": {k: [[None if np.isnan(x) else float(x) for x in row] for row in v] for k, v in self.scores.items()}}
 
     @classmethod
     def from_json(cls, p: dict[str, Any]) -> "FactTrace":
         """The trace :meth:`to_json` wrote."""
         return cls(Fact(p["prompt"], p["subject"], p["target"]), p["tokens"], p["subject_positions"], p["target_id"],
-                   p["clean"], p["corrupted"], p["known"], {k: np.asarray(v) for k, v in p["scores"].items()})
+                   p["clean"], p["corrupted"], p["known"],
+                   {k: np.array(v, dtype=np.float64) for k, v in p["scores"].items()})
 
 
 def trace_fact(model: ModelAdapter, fact: Fact, *, std: float, kinds: Sequence[str] = ("resid",), window: int = 10,
-               samples: int = 10, seed: int = 0, skip_unknown: bool = False) -> FactTrace:
+               samples: int = 10, seed: int = 0, skip_unknown: bool = False, positions: str = "all") -> FactTrace:
     """Trace one fact (noise of standard deviation ``std`` at the subject's tokens);
-    ``skip_unknown``: a fact the model does not know gets its clean run only (no scores)."""
+    ``skip_unknown``: a fact the model does not know gets its clean run only (no scores);
+    ``positions="key"`` restores the :data:`KEY_GROUPS` only (the others' scores are NaN)."""
     ids, subject, target = subject_positions(model, fact)
     groups = [g for kind in kinds for g in site_groups(model.n_layers, kind, window)]
     sites = sorted({s for g in groups for s in g}, key=lambda s: model.site(s).order)
@@ -118,11 +135,14 @@ def trace_fact(model: ModelAdapter, fact: Fact, *, std: float, kinds: Sequence[s
     if skip_unknown and not known:
         return FactTrace(fact, tokens, subject, target, clean_p, float("nan"), False)
     noise = EmbeddingNoise(tuple(subject), std, samples, seed)
-    grid = patch_grid(model, ids, clean, groups, list(range(len(ids))), target,
+    where = restored_positions(len(ids), subject, positions)
+    grid = patch_grid(model, ids, clean, groups, where, target,
                       corruption={EMBED_SITE: noise.edit(model.d_model)}, rows=samples, first_changed=min(subject))
     scores, start = {}, 0
     for kind in kinds:
-        scores[kind] = grid.probability[start:start + model.n_layers].numpy()
+        full = np.full((model.n_layers, len(ids)), np.nan)
+        full[:, where] = grid.probability[start:start + model.n_layers].numpy()
+        scores[kind] = full
         start += model.n_layers
     return FactTrace(fact, tokens, subject, target, clean_p, grid.base, bool(known), scores)
 
@@ -142,6 +162,8 @@ class CausalTrace(Result):
     known_only: bool
     scanned: int
     facts: list[FactTrace]
+    positions: str = "all"
+    """``all`` or ``key`` (:data:`POSITIONS`)."""
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -182,7 +204,7 @@ class CausalTrace(Result):
     def to_json(self) -> dict[str, Any]:
         """The settings, the bands of every kind and every fact's trace (what ``--out`` writes)."""
         payload = {k: getattr(self, k) for k in ("model", "n_layers", "kinds", "window", "noise", "std", "samples",
-                                                  "seed", "known_only", "scanned")}
+                                                  "seed", "known_only", "scanned", "positions")}
         payload["n_facts"] = len(self.facts)
         payload["bands"] = [self.band(k) for k in self.kinds] if self.facts else []
         payload["facts"] = [f.to_json() for f in self.facts]
@@ -192,7 +214,7 @@ class CausalTrace(Result):
     def from_json(cls, p: dict[str, Any]) -> "CausalTrace":
         """The result :meth:`to_json` (or ``interlayer trace --out``) wrote."""
         return cls(p["model"], p["n_layers"], p["kinds"], p["window"], p["noise"], p["std"], p["samples"], p["seed"],
-                   p["known_only"], p["scanned"], [FactTrace.from_json(f) for f in p["facts"]])
+                   p["known_only"], p["scanned"], [FactTrace.from_json(f) for f in p["facts"]], p.get("positions", "all"))
 
     def to_frame(self) -> "Any":
         """:meth:`summary` of every kind, one frame."""
@@ -210,12 +232,15 @@ class CausalTrace(Result):
 def causal_trace(model: ModelAdapter, facts: Sequence[Fact], *, n: int | None = None,
                  kinds: Sequence[str] = ("resid", "mlp", "attn"), window: int = 10, noise: float = 3.0,
                  std: float | None = None, samples: int = 10, seed: int = 0, known_only: bool = True,
-                 progress: bool = True) -> CausalTrace:
+                 positions: str = "all", progress: bool = True) -> CausalTrace:
     """Trace ``facts`` (the first ``n`` the model knows with ``known_only``, else the
     first ``n``). The noise's standard deviation is ``std``, by default ``noise`` x
-    :func:`~interlayer.store.patching.embedding_std` of the facts' subjects."""
+    :func:`~interlayer.store.patching.embedding_std` of the facts' subjects.
+    ``positions="key"`` restores only the first and last subject token and the last token
+    (:data:`KEY_GROUPS`), about a third of ROME's passes on a short prompt."""
     for kind in kinds:
         site_groups(1, kind, window)  # an unknown kind fails before any pass
+    restored_positions(1, [0], positions)
     if window < 1 or samples < 1 or not noise > 0:
         raise InterlayerError(f"window and samples must be at least 1 and noise positive; got {window}, {samples}, {noise}")
     if std is None:
@@ -230,15 +255,15 @@ def causal_trace(model: ModelAdapter, facts: Sequence[Fact], *, n: int | None = 
                 break
             scanned += 1
             trace = trace_fact(model, fact, std=std, kinds=kinds, window=window, samples=samples, seed=seed,
-                               skip_unknown=known_only)
+                               skip_unknown=known_only, positions=positions)
             if trace.known or not known_only:
                 traced.append(trace)
                 bar.update(1)
     finally:
         bar.close()
     return CausalTrace(model.name, model.n_layers, list(kinds), window, noise, float(std), samples, seed, known_only,
-                       scanned, traced)
+                       scanned, traced, positions)
 
 
-__all__ = ["CausalTrace", "FactTrace", "KINDS", "TOKEN_GROUPS", "causal_trace", "site_groups", "token_groups",
+__all__ = ["CausalTrace", "FactTrace", "KEY_GROUPS", "KINDS", "POSITIONS", "TOKEN_GROUPS", "restored_positions", "causal_trace", "site_groups", "token_groups",
            "trace_fact", "window_layers"]

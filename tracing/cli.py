@@ -21,7 +21,7 @@ def run_trace(cfg: TraceConfig) -> int:
     check_outputs(cfg.out, (".json",), cfg.figures)
     model = cfg.load()
     result = causal_trace(model, facts, n=cfg.n, kinds=kinds, window=cfg.window, noise=cfg.noise,
-                          samples=cfg.samples, seed=cfg.seed, known_only=not cfg.all_facts,
+                          samples=cfg.samples, seed=cfg.seed, known_only=not cfg.all_facts, positions=cfg.positions,
                           progress=not cfg.no_progress)
     payload = result.to_json()
     say(f"traced {len(result.facts)} fact(s) of {result.scanned} read"

@@ -23,5 +23,7 @@ class TraceConfig(RunOptions, ModelOptions):
                           above=0)
     samples: int = option(10, "noise samples per fact (ROME: 10)", min=1)
     seed: int = option(0, "the noise's seed")
+    positions: str = option("all", "positions to restore: all (ROME) or key (the first and last subject token and the "
+                                   "last token: fewer passes)", choices=("all", "key"))
     out: str | None = out_option("write the result JSON here", suffixes=(".json",))
     figures: str | None = figures_option("the average indirect effect heatmaps")

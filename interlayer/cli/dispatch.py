@@ -34,6 +34,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 """The modules whose import registers the built-in commands."""
 
+JOINED_NAMES: dict[tuple[str, ...], str] = {("report", "compare"): "report-compare"}
+"""Commands spelled as two words under a command that is itself one (``report compare``)."""
+
 DISTRIBUTED_COMMANDS = ("cache", "sae train")
 """The commands that run on several processes under ``torchrun`` (every other command
 would only repeat the same work on each rank and race on its output files)."""
@@ -50,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``interlayer`` script; returns the exit status (see
     :data:`~interlayer.cli.registry.EXIT_CODES`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for words, name in JOINED_NAMES.items():  # `interlayer report compare` is the command `report-compare`
+        if tuple(argv[:len(words)]) == words:
+            argv = [name, *argv[len(words):]]
     parser = build_parser(discover())
     try:
         args = parser.parse_args(argv)
@@ -98,6 +104,10 @@ def _run(cmd: Command, args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cmd.config) if f.metadata.get("cli", True)}
     for field in dataclasses.fields(cmd.config):
         given = getattr(args, f"{field.name}__positional", None)
+        if field.metadata.get("positional"):
+            if given:
+                values[field.name] = [*given, *(values[field.name] or [])]
+            continue
         if given is not None:
             print(f"interlayer: the positional {field.name.upper()} is deprecated; use {flag_name(field)} {given}",
                   file=sys.stderr)

@@ -192,6 +192,9 @@ def _add_options(parser: argparse.ArgumentParser, config: type) -> None:
         if meta.get("repeat"):
             shown = f" ({shown.strip()[1:-1]}, repeatable)" if shown else " (repeatable)"
         section.add_argument(*names, default=default, help=f"{help_text}{shown}", **kwargs)
+        if meta.get("positional"):
+            parser.add_argument(f"{field.name}__positional", nargs="*", default=[], type=kwargs["type"],
+                                metavar=field.name.upper(), help=f"{help_text} (or {names[-1]}, repeatable)")
         if meta.get("deprecated_positional"):
             parser.add_argument(f"{field.name}__positional", nargs="?", default=None, type=kwargs["type"],
                                 metavar=field.name.upper(), help=argparse.SUPPRESS)

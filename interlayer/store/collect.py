@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from ..host_memory import trim_host_memory
 from ..progress import tqdm
 
 from ..errors import InterlayerError, UnknownSiteError, choices
@@ -239,6 +240,7 @@ def _passes(model: ModelAdapter, inputs: Any, sites: str | Sequence[str | Site],
             oracle.check(group, batch, captures, starts, selector)
             if pending:  # launched the next batch first: chunk n's copies overlap it
                 yield _deliver(pending, model, opts.select)
+            trim_host_memory(model.device)  # the batch's freed tensors back to the OS, not left to creep
             bar.update(len(group))
         if captures and captures[0].fill:
             pending = _take(captures)

@@ -141,6 +141,7 @@ CORE_LEVELS: tuple[tuple[str, ...], ...] = (
     ("interlayer.errors",),
     ("interlayer.io",),
     ("interlayer.options", "interlayer.distributed", "interlayer.results", "interlayer.intervals", "interlayer.progress",
+     "interlayer.host_memory",
      "interlayer.plot_text",
      "interlayer.layers", "interlayer._moved", "interlayer.decode_outputs"),
     ("interlayer.model",),

@@ -51,8 +51,8 @@ def test_report_sections_numbers_escaping_and_resume(model, tmp_path, monkeypatc
     # the word-level tiny tokenizer has none of the latent-language words: that section fails, the rest render
     assert results["latent"].status == "failed" and "failed" in html
     assert all(r.status == "ok" for n, r in results.items() if n != "latent"), {n: r.error for n, r in results.items()}
-    # plotly.js inlined once, one drawing per figure
-    assert html.count("<script>") == 1 + html.count("Plotly.newPlot(")
+    # plotly.js inlined once, the layer selector's script, one drawing per figure
+    assert html.count("<script>") == 2 + html.count("Plotly.newPlot(")
     assert html.count("Plotly.newPlot(") == 1 + sum(len(r.figures) for r in results.values())
     assert not re.search(r"<(script|link|img|iframe)[^>]*(src|href)=", html)  # nothing loaded from elsewhere
     # user text is escaped everywhere: in the text and inside figure specs
