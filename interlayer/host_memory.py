@@ -23,7 +23,7 @@ _LOADED = False
 def _libc() -> Any:
     global _LIBC, _LOADED
     if not _LOADED:
-        _LOADED = True
+        _LOADED, _LIBC = True, None
         if sys.platform.startswith("linux") and os.environ.get("INTERLAYER_MALLOC_TRIM", "1") != "0":
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

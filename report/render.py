@@ -161,8 +161,8 @@ def _timing_table(sections: Sequence[tuple[str, str]], results: dict[str, Sectio
     rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(results[n].status)}</td>"
                    f"<td>{results[n].seconds:.1f}</td><td>{results[n].forward_calls}</td></tr>"
                    for n, t in sections if n in results)
-    return ("<table><tr><th>section</th><th>status</th><th>seconds</th><th>model forward calls</th></tr>"
-            f"{rows}</table>")
+    return ("<details><summary>time and model forward calls per section</summary><table><tr><th>section</th>"
+            f"<th>status</th><th>seconds</th><th>model forward calls</th></tr>{rows}</table></details>")
 
 
 def _section_html(name: str, title: str, result: SectionResult, tables_href: str | None = None) -> str:

@@ -34,8 +34,8 @@ def tracing_section(ctx: ReportContext) -> SectionResult:
     prose = [known, f"Noise of {trace.noise:g} x the subjects' embedding std ({trace.std:.3g}, {trace.samples} samples) "
                     f"drops the answer's mean probability from {clean:.3f} to {corrupted:.3f}."]
     if trace.positions == "key":
-        prose.append("Only the first and last subject token and the last token were restored (the profile's "
-                     "positions=key); the full profile restores every position, as ROME does.")
+        prose.append("Only the first and last subject token and the last token were restored (positions=key); "
+                     "`interlayer trace` restores every position, as ROME does.")
     if len(trace.facts) < 20:
         prose.append(f"With {len(trace.facts)} facts the averages are a smoke test, not a measurement: see the intervals.")
     frame = trace.to_frame()

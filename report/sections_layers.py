@@ -184,20 +184,23 @@ def latent_section(ctx: ReportContext) -> SectionResult:
 
 def _latent_panel(ctx: ReportContext, results: list[dict[str, Any]], pairs: Any, source: str) -> Panel:
     """P(target) averaged over the pairs, its interval the average of the pairs' bounds; the
-    marked layer is the first where the averaged target beats the averaged English."""
+    marked layer is the first where the averaged target beats the averaged source word."""
     target = np.mean([r["p_target"] for r in results], 0)
+    src = np.mean([r["p_source"] for r in results], 0)
     english = np.mean([r["p_latent"]["en"] for r in results], 0)
     low = np.mean([r["ci"]["p_target"]["low"] for r in results], 0)
     high = np.mean([r["ci"]["p_target"]["high"] for r in results], 0)
-    wins = _first(range(len(target)), lambda l: target[l] > english[l] and target[l] > 0.05)
+    wins = _first(range(len(target)), lambda l: target[l] > src[l] and target[l] > 0.05)
     names = ", ".join(f"{a}→{b}" for a, b in pairs)
-    sentence = (f"In translation ({names}) the target language first beats English at layer {wins} (relative depth "
-                f"{ctx.depth(wins):.2f}); before it, English peaks at layer {int(np.argmax(english))}."
-                if wins is not None else f"In translation ({names}) the target language never beats English.")
+    peak = int(np.argmax(english))
+    sentence = (f"In translation ({names}) the target word first beats the source word at layer {wins} (relative depth "
+                f"{ctx.depth(wins):.2f}); English, the latent language, peaks at layer {peak} (P = {english[peak]:.2f})."
+                if wins is not None else f"In translation ({names}) the target word never beats the source word; "
+                f"English peaks at layer {peak} (P = {english[peak]:.2f}).")
     interval = ("95% bootstrap over words" + (", the average of the pairs' bounds" if len(results) > 1 else ""))
     return Panel("Latent language", f"P(target word), mean of {names}", ctx.model.n_layers,
                  list(results[0]["layers"]), target.tolist(), low.tolist(), high.tolist(), interval, wins,
-                 "target first beats English" if wins is not None else "", sentence, data=source)
+                 "target first beats the source" if wins is not None else "", sentence, data=source)
 
 
 __all__ = ["latent_section", "logit_lens_section", "model_card", "sample_decoding", "saturation_section"]

@@ -124,7 +124,6 @@ def check_sae_dir(path: str, model_name: str | None = None, d_model: int | None 
 
 
 def sae_section(ctx: ReportContext) -> SectionResult:
-    from interlayer.model.loading import SAMPLE_TEXT
     from interlayer.saes import evaluate_sae
     from interlayer.saes.loading import load
 
@@ -133,11 +132,13 @@ def sae_section(ctx: ReportContext) -> SectionResult:
     # identity and behaviour on held-out tokens: a refused SAE fails this section with the reason
     sae = load(ctx.sae_dir, ctx.model, verify=True, quiet=True)
     site = sae.cfg.site
-    res = evaluate_sae(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
+    text, source = ctx.sample_text()
+    res = evaluate_sae(sae, ctx.model, text, site, tokens=ctx.profile.sae_tokens,
                        context_length=min(CONTEXT_LENGTH, ctx.model.max_positions), progress=False)
     m = {**res.metrics, **res.spliced}
     contexts = _sample_contexts(ctx, sae, site)
-    prose = [f"The SAE at {site} ({sae.cfg.arch}, {sae.d_sae} latents) keeps {m.get('l0', float('nan')):.1f} latents "
+    prose = [f"Data: {int(m.get('tokens', 0))} tokens of {source}.",
+             f"The SAE at {site} ({sae.cfg.arch}, {sae.d_sae} latents) keeps {m.get('l0', float('nan')):.1f} latents "
              f"per token and explains {m.get('explained_variance', float('nan')):.1%} of the variance "
              f"(NMSE {m.get('nmse', float('nan')):.3f}) on {int(m.get('tokens', 0))} tokens of sample text.",
              f"Spliced into the model it recovers {m.get('ce_loss_recovered', float('nan')):.1%} of the cross-entropy "
@@ -159,10 +160,9 @@ def top_contexts(ctx: ReportContext, sae: Any, site: str, latents: int = 3, per_
 
 def _sample_contexts(ctx: ReportContext, sae: Any, site: str, **options: int) -> pd.DataFrame:
     """The SAE's top-activating contexts on the packaged sample text (:func:`interlayer.saes.top_contexts`)."""
-    from interlayer.model.loading import SAMPLE_TEXT
     from interlayer.saes import top_contexts as saes_top_contexts
 
-    return saes_top_contexts(sae, ctx.model, str(SAMPLE_TEXT), site, tokens=ctx.profile.sae_tokens,
+    return saes_top_contexts(sae, ctx.model, ctx.sample_text()[0], site, tokens=ctx.profile.sae_tokens,
                              context_length=min(CONTEXT_LENGTH, ctx.model.max_positions), **options)
 
 

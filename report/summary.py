@@ -171,14 +171,14 @@ def panels_figure(models: dict[str, list[Panel]], title: str = "Where things hap
                               line={"color": color, "dash": "dash", "width": 1.5})
                 fig.add_annotation(x=panel.mark_depth, y=1 - 0.12 * m, xref=_axis("x", ax), yref=f"{_axis('y', ax)} domain",
                                    text=plot_text(f"{layer_name(panel.mark_layer)}: {panel.mark_what}"), showarrow=False,
-                                   xanchor="left", font={"size": 10, "color": color}, bgcolor="rgba(255,255,255,0.7)")
+                                   xanchor="left" if panel.mark_depth < 0.55 else "right", font={"size": 10, "color": color}, bgcolor="rgba(255,255,255,0.7)")
             if panel.reference is not None and m == 0:
                 fig.add_shape(type="line", x0=0, x1=1, y0=panel.reference, y1=panel.reference, xref=_axis("x", ax),
                               yref=_axis("y", ax), line={"color": "#888", "dash": "dot", "width": 1})
                 fig.add_annotation(x=1, y=panel.reference, xref=_axis("x", ax), yref=_axis("y", ax), xanchor="right",
                                    yanchor="bottom", text=plot_text(panel.reference_label), showarrow=False,
                                    font={"size": 9, "color": "#666"})
-    fig.update_xaxes(range=[-0.03, 1.03])
+    fig.update_xaxes(range=[-0.03, 1.03], showticklabels=True)
     for col in range(1, PANEL_COLUMNS + 1):
         fig.update_xaxes(title_text="relative depth (0 = embeddings, 1 = last layer)", row=rows, col=col)
     fig.update_annotations(font_size=11, selector={"showarrow": False, "xref": "paper"})

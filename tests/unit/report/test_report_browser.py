@@ -49,8 +49,11 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
     model = interlayer.load_model(make_tiny("llama"), tokenizer=make_tokenizer(tmp_path / "tok"))
     model.name = f"tiny {EVIL}"
     monkeypatch.setattr(sections_layers, "EXAMPLE_PROMPTS", (("w5 w6 " + EVIL, " w7"), ("w8 w9", " w10")))
-    files = build_report(model, tmp_path / "report.html", only="model,logit_lens,saturation,mexa,probes,latent",
-                         profile=TINY, progress=False)
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"prompt": "w5 w9 w14 w22", "subject": "w9", "target": "w17"}\n')
+    files = build_report(model, tmp_path / "report.html", only="model,logit_lens,saturation,mexa,probes,latent,tracing",
+                         profile=TINY, progress=False, facts=facts)
+    assert files.results["tracing"].status == "ok", files.results["tracing"].error
     n_figures = 1 + sum(len(r.figures) for r in files.results.values())  # + the cross-layer summary
     errors, requests, dialogs = [], [], []
     with sync_playwright() as p:

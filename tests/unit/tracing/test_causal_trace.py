@@ -90,6 +90,30 @@ def test_mlp_window_tracing_equals_plain_hooks(tiny):
     assert band["first"] <= band["peak_layer"] <= band["last"]
 
 
+def test_key_positions_restore_the_same_cells_and_leave_the_rest_out(tiny):
+    _, model = tiny
+    options = dict(kinds=("resid", "mlp"), window=2, std=1.5, samples=3, seed=1, known_only=False, progress=False)
+    full = causal_trace(model, [FACT], **options).facts[0]
+    trace = causal_trace(model, [FACT], positions="key", **options)
+    key = trace.facts[0]
+    ids, subject, _ = subject_positions(model, FACT)
+    kept = [2, 3, len(ids) - 1]  # first and last subject token, last token
+    for kind in ("resid", "mlp"):
+        assert key.scores[kind][:, kept] == pytest.approx(full.scores[kind][:, kept], rel=1e-5, abs=1e-8)
+        left = [p for p in range(len(ids)) if p not in kept]
+        assert np.isnan(key.scores[kind][:, left]).all()
+        effects = key.effects(kind)  # the groups it restored are the full trace's, the others NaN
+        for group in ("first subject token", "last subject token", "last token"):
+            g = TOKEN_GROUPS.index(group)
+            assert effects[g] == pytest.approx(full.effects(kind)[g], rel=1e-5, abs=1e-8)
+        assert np.isnan(effects[TOKEN_GROUPS.index("further tokens")]).all()
+    again = type(trace).from_json(json.loads(json.dumps(trace.to_json(), allow_nan=False)))  # NaN as null
+    assert again.positions == "key" and np.isnan(again.facts[0].scores["resid"][:, 0]).all()
+    assert trace.band("resid")["peak_layer"] in range(model.n_layers)
+    with pytest.raises(interlayer.InterlayerError, match="unknown positions 'some'; valid choices: 'all', 'key'"):
+        causal_trace(model, [FACT], positions="some", std=1.0, progress=False)
+
+
 def test_known_only_keeps_only_what_the_model_predicts(tiny):
     _, model = tiny
     trace = causal_trace(model, [FACT], kinds=("resid",), std=1.0, samples=2, known_only=True, progress=False)
