@@ -42,6 +42,19 @@ def _browser_or_skip() -> str:
     return chromium
 
 
+def _watched_page(browser, errors: list, dialogs: list, requests: list | None = None):
+    """A page that records console errors, page errors, dialogs (an injected script that
+    ran) and, with ``requests``, every request that leaves the file."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    if requests is not None:
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
+                else None)
+    return page
+
+
 def test_report_renders_in_chromium(tmp_path, monkeypatch):
     chromium = _browser_or_skip()
     from playwright.sync_api import sync_playwright
@@ -59,12 +72,7 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:", "blob:"))
-                    else None)
+            page = _watched_page(browser, errors, dialogs, requests)
             page.goto(files.html.as_uri())
             page.wait_for_function(f"document.querySelectorAll('.figure svg.main-svg').length >= {n_figures}",
                                    timeout=30_000)
@@ -117,10 +125,7 @@ def test_report_comparison_renders_in_chromium(tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page = _watched_page(browser, errors, dialogs)
             page.goto(out.as_uri())
             page.wait_for_selector("#fig-compare svg.main-svg", timeout=30_000)
             legend = page.evaluate("Array.from(document.querySelectorAll('#fig-compare .legendtext'))"
