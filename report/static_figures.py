@@ -40,7 +40,7 @@ def check_formats(value: str | Sequence[str] | None) -> tuple[str, ...]:
         if name not in FORMATS:
             raise InterlayerError(f"--static-figures: unknown format {name!r}; valid choices: {choices(FORMATS)}")
     if names and backend() is None:
-        raise InterlayerError("--static-figures needs kaleido (pip install kaleido) or a chromium on PATH "
+        raise InterlayerError("--static-figures needs kaleido (pip install interlayer[static-figures]) or a chromium on PATH "
                               f"({', '.join(CHROMIUM_NAMES)}); neither was found")
     return tuple(dict.fromkeys(names))
 
