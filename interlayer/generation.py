@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .errors import InterlayerError
+from .host_memory import trim_host_memory
 from .model.adapter import ModelAdapter, SiteFn
 from .model.padding import pad_rows
 
@@ -135,6 +136,7 @@ def generate_ids(model: ModelAdapter, prompts: Prompts, *, max_new_tokens: int, 
         if sampling is not None:
             torch.manual_seed(sampling.seed)
         out = model.model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **options)
+    trim_host_memory(model.device)  # the grown key-value cache and step tensors, freed, back to the OS
     return out[:, ids.shape[1]:]
 
 

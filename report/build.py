@@ -29,6 +29,7 @@ from interlayer.progress import tqdm
 from interlayer.model.adapter import ModelAdapter
 from interlayer.decoding import LOGIT_LENS, Lens
 from interlayer.errors import InterlayerError, choices
+from interlayer.host_memory import release_host_memory
 from interlayer.io.journal import KeyedParts
 from interlayer.io.files import check_writable, write_json_atomic, write_text_atomic
 from interlayer.options import str_list
@@ -191,6 +192,7 @@ def build_report(model: ModelAdapter, out: str | Path = "report.html", *, only: 
     bar = tqdm(sections, desc="report", unit="section", disable=not progress)
     for number, section in enumerate(bar):
         ctx.release([s.name for s in sections[number:]])
+        release_host_memory(model.device)  # the last section's freed memory back to the OS before the next one
         bar.set_postfix_str(section.name)
         key = hashlib.sha256(json.dumps({**base_key, "section": section.name}, sort_keys=True).encode()).hexdigest()
         cached = _load_part(parts, section.name, key)

@@ -30,3 +30,35 @@ def test_the_store_trims_after_every_batch(monkeypatch):
     model = interlayer.load_model(make_tiny("llama"))
     interlayer.collect(model, [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "resid_post.0", batch_size=1, progress=False)
     assert calls == ["cpu"] * 3
+
+
+def test_generation_trims_after_each_call(monkeypatch):
+    import interlayer
+    from interlayer import generation
+    from tests.tiny_models import make_tiny
+
+    calls = []
+    monkeypatch.setattr(generation, "trim_host_memory", lambda device: calls.append(str(device)))
+    model = interlayer.load_model(make_tiny("llama"))
+    generation.generate_ids(model, [[1, 2, 3]], max_new_tokens=2)
+    generation.generate_ids(model, [[4, 5]], max_new_tokens=2)
+    assert calls == ["cpu"] * 2
+
+
+def test_the_report_releases_memory_before_every_section(monkeypatch, tmp_path):
+    import interlayer
+    from interlayer.report import build
+    from tests.tiny_models import make_tiny
+
+    calls = []
+    monkeypatch.setattr(build, "release_host_memory", lambda device: calls.append(str(device)))
+    model = interlayer.load_model(make_tiny("llama"))
+    files = build.build_report(model, tmp_path / "r.html", only="model,logit_lens", progress=False)
+    assert list(files.results) == ["model", "logit_lens"] and calls == ["cpu"] * 2
+
+
+def test_release_collects_garbage_before_trimming(monkeypatch):
+    order = []
+    monkeypatch.setattr(host_memory.gc, "collect", lambda: order.append("gc"))
+    monkeypatch.setattr(host_memory, "trim_host_memory", lambda device: order.append(f"trim {device}") or True)
+    assert host_memory.release_host_memory("cpu") is True and order == ["gc", "trim cpu"]
