@@ -78,6 +78,10 @@ def left_padded(model: ModelAdapter, prompts: Prompts) -> tuple[torch.Tensor, to
     return pad_rows([list(map(int, x)) for x in items], model.pad_token_id, "left")
 
 
+TRIM_STEPS = 8
+"""Decoding steps between two host-memory trims during generation on a CPU."""
+
+
 class StopAtNewline:
     """A stopping criterion: a row stops once its generated text holds a newline."""
 
@@ -87,6 +91,23 @@ class StopAtNewline:
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         texts = self.model.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
         return torch.tensor(["\n" in t for t in texts], device=input_ids.device)
+
+
+class TrimEvery:
+    """A logits processor that changes nothing and hands freed host memory back to the OS
+    every ``steps`` decoding steps (:func:`interlayer.host_memory.trim_host_memory`): the
+    key-value cache grows by a copy each step, and the freed smaller copies stayed in the
+    heap (the resident set crept by 0.7 GiB over the quick report's consistency
+    generations on Gemma-2-2B)."""
+
+    def __init__(self, device: Any, steps: int | None = None) -> None:
+        self.device, self.steps, self.calls = device, steps or TRIM_STEPS, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls % self.steps == 0:
+            trim_host_memory(self.device)
+        return scores
 
 
 def stop_length(model: ModelAdapter, tokens: Sequence[int], eos: Iterable[int], stop_at_newline: bool) -> int:
@@ -111,7 +132,8 @@ def generate_ids(model: ModelAdapter, prompts: Prompts, *, max_new_tokens: int, 
     ``processors``: logits processors (called with ``(input_ids, scores)``, returning the
     scores), run after the model's; ``hooks``: adapter read hooks active during the call;
     ``skip_head``: the model returns its final hidden state instead of logits (the
-    processors then make the scores)."""
+    processors then make the scores). On a CPU, freed host memory goes back to the OS every
+    :data:`TRIM_STEPS` steps and after the call (:class:`TrimEvery`)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -127,8 +149,9 @@ def generate_ids(model: ModelAdapter, prompts: Prompts, *, max_new_tokens: int, 
     else:
         options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                        num_return_sequences=paths)
-    if processors:
-        options["logits_processor"] = LogitsProcessorList(list(processors))
+    trims = [TrimEvery(model.device)] if str(model.device).startswith("cpu") else []
+    if processors or trims:
+        options["logits_processor"] = LogitsProcessorList([*processors, *trims])
     if stop_at_newline:
         options["stopping_criteria"] = StoppingCriteriaList([StopAtNewline(model, ids.shape[1])])
     with torch.no_grad(), model.hooks(dict(hooks or {})), \

@@ -10,8 +10,9 @@ called once per batch (a no-op off glibc, and when the model is not on the CPU).
 The same creep happens between the report's sections (each leaves its freed tensors
 behind, and the next section's transient comes on top: the whole quick report on
 Gemma-2-2B peaked 0.9 GiB above a fresh process's baseline) and across generation
-calls (the key-value cache grows step by step). :func:`release_host_memory` collects
-garbage first and is called between report sections; generation trims after each call.
+calls (the key-value cache grows by a copy each step). :func:`release_host_memory`
+collects garbage first and is called between report sections;
+:func:`interlayer.generation.generate_ids` trims every few steps and after each call.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ padding and stopping conventions (:mod:`interlayer.generation`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +176,17 @@ def generate(model: ModelAdapter, prompts: str | Sequence[str] | Sequence[Sequen
     return out[0] if single else out
 
 
+def last_position_keeper(rows: dict[str, Any], site: str) -> Callable[[Any], None]:
+    """A read hook storing a copy of the last position of ``site`` in ``rows[site]``. A
+    copy, not a view: a view of the prefill's ``[batch, tokens, d_model]`` output kept every
+    site's whole prompt alive until the next step (0.4 GiB at the quick report's IKS on
+    Gemma-2-2B, 53 sites of 4 passages)."""
+    def keep(x: Any) -> None:
+        rows[site] = x[:, -1].detach().clone()
+
+    return keep
+
+
 def _generate_batch(model: ModelAdapter, decoder: LayerDecoder, items: list[Any], opts: DecodingOptions,
                     max_new_tokens: int, stop_at_newline: bool) -> list[Generation]:
     """One left-padded batch through :func:`interlayer.generation.generate_ids`, with read
@@ -184,14 +195,9 @@ def _generate_batch(model: ModelAdapter, decoder: LayerDecoder, items: list[Any]
     rows: dict[str, Any] = {}
     processor = StepProcessor(model, decoder, opts, rows, eos)
 
-    def keeper(site: str):
-        def keep(x: Any) -> None:
-            rows[site] = x[:, -1].detach()
-
-        return keep
-
     generate_ids(model, items, max_new_tokens=max_new_tokens, processors=[processor], stop_at_newline=stop_at_newline,
-                 hooks={site: keeper(site) for site in processor.sites()}, skip_head=processor.own_head)
+                 hooks={site: last_position_keeper(rows, site) for site in processor.sites()},
+                 skip_head=processor.own_head)
     results = []
     for row, item in enumerate(items):
         steps = _until_stop(model, processor.steps[row] if processor.steps else [], eos, stop_at_newline)

@@ -62,3 +62,45 @@ def test_release_collects_garbage_before_trimming(monkeypatch):
     monkeypatch.setattr(host_memory.gc, "collect", lambda: order.append("gc"))
     monkeypatch.setattr(host_memory, "trim_host_memory", lambda device: order.append(f"trim {device}") or True)
     assert host_memory.release_host_memory("cpu") is True and order == ["gc", "trim cpu"]
+
+
+def test_trim_every_leaves_the_scores_alone_and_trims_every_n_steps(monkeypatch):
+    import torch
+
+    from interlayer import generation
+
+    calls = []
+    monkeypatch.setattr(generation, "trim_host_memory", lambda device: calls.append(str(device)))
+    trim = generation.TrimEvery("cpu", steps=3)
+    scores = torch.randn(2, 5)
+    outs = [trim(torch.zeros(2, 1, dtype=torch.long), scores) for _ in range(7)]
+    assert all(o is scores for o in outs) and calls == ["cpu"] * 2
+
+
+def test_trimming_inside_generation_changes_no_token(monkeypatch):
+    import interlayer
+    from interlayer import generation
+    from interlayer.generation import Sampling
+    from tests.tiny_models import make_tiny
+
+    model = interlayer.load_model(make_tiny("llama"))
+    prompts = [[1, 2, 3], [4, 5, 6, 7]]
+    sampling = Sampling(temperature=0.8, top_p=0.9, top_k=0, seed=3)
+    monkeypatch.setattr(generation, "TRIM_STEPS", 10**6)
+    greedy, sampled = (generation.generate_ids(model, prompts, max_new_tokens=6),
+                       generation.generate_ids(model, prompts, max_new_tokens=6, sampling=sampling, paths=2))
+    monkeypatch.setattr(generation, "TRIM_STEPS", 1)
+    assert generation.generate_ids(model, prompts, max_new_tokens=6).equal(greedy)
+    assert generation.generate_ids(model, prompts, max_new_tokens=6, sampling=sampling, paths=2).equal(sampled)
+
+
+def test_the_fused_decoder_keeps_a_copy_of_the_last_position_not_a_view():
+    import torch
+
+    from interlayer.lens.fused_decoding import last_position_keeper
+
+    rows = {}
+    prefill = torch.randn(2, 50, 8)
+    last_position_keeper(rows, "resid_post.0")(prefill)
+    kept = rows["resid_post.0"]
+    assert kept.equal(prefill[:, -1]) and kept.untyped_storage().nbytes() == 2 * 8 * 4
